@@ -1,0 +1,114 @@
+"""MMGL configuration: OPT plus the three MMGL design switches, all off by default."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import OPTConfig
+
+NEIGHBOR_MODES = ("none", "self_attention", "cross_attention")
+POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
+GNN_TYPES = ("gcn", "gat", "sage")
+
+
+@strict
+class MMGLConfig(OPTConfig):
+    r"""
+    Configuration of [`MMGLForConditionalGeneration`]: an [`OPTConfig`] plus the MMGL switches. With every switch
+    at its default the model is exactly OPT (same weights, same logits).
+
+    Args:
+        neighbor_mode (`str`, *optional*, defaults to `"none"`):
+            How neighbours reach the language model. `"none"`: plain OPT. `"self_attention"`: projected neighbour
+            embeddings replace `<neighbor>` placeholder tokens in the input sequence (SA-E, and SA-TE when the
+            processor writes neighbour texts as raw tokens and passes only images). `"cross_attention"`:
+            neighbours are read through gated cross-attention blocks (CA-E).
+        text_neighbor_num_tokens (`int`, *optional*, defaults to 4):
+            Number of LM token vectors each text neighbour is mapped to (paper: 4).
+        image_neighbor_num_tokens (`int`, *optional*, defaults to 4):
+            Number of LM token vectors each image neighbour is mapped to (paper: 4).
+        text_neighbor_embed_dim (`int`, *optional*, defaults to 512):
+            Width of the frozen encoder's text embeddings (CLIP ViT-B/32: 512).
+        image_neighbor_embed_dim (`int`, *optional*, defaults to 512):
+            Width of the frozen encoder's image embeddings (CLIP ViT-B/32: 512).
+        neighbor_token_id (`int`, *optional*):
+            Id of the `<neighbor>` placeholder token the processor writes. Required in self-attention mode.
+        max_text_neighbors (`int`, *optional*, defaults to 11):
+            Most text neighbours per example (paper: 11); sizes the sequence position encoding.
+        max_image_neighbors (`int`, *optional*, defaults to 5):
+            Most image neighbours per example (paper: 5); sizes the sequence position encoding.
+        position_encoding (`str`, *optional*, defaults to `"none"`):
+            Graph position encoding added to the neighbour embeddings: `"none"`, `"sequence"` (a learned embedding
+            per neighbour order), `"laplacian"` (the `lpe_k` first non-trivial Laplacian eigenvectors of the
+            neighbour graph, projected) or `"gnn"` (a graph network over the neighbour embeddings).
+        lpe_k (`int`, *optional*, defaults to 4):
+            Number of Laplacian eigenvectors for `position_encoding="laplacian"`.
+        gnn_type (`str`, *optional*, defaults to `"gcn"`):
+            torch_geometric layer for `position_encoding="gnn"`: `"gcn"`, `"gat"` or `"sage"`.
+        gnn_num_layers (`int`, *optional*, defaults to 2):
+            Number of graph layers for `position_encoding="gnn"`.
+        cross_attention_interval (`int`, *optional*, defaults to 4):
+            One gated cross-attention block every this many decoder layers (paper: 4), placed before the
+            self-attention of layers `interval-1, 2*interval-1, ...`.
+        neighbor_encoder_name (`str`, *optional*):
+            open_clip model name (e.g. `"ViT-B-32"`) of a frozen encoder kept inside the model, so raw neighbour
+            texts and images work end to end. `None`: only precomputed neighbour embeddings are accepted.
+        neighbor_encoder_pretrained (`str`, *optional*):
+            open_clip pretrained tag (e.g. `"openai"`) or local checkpoint path that
+            [`MMGLForConditionalGeneration.load_neighbor_encoder_weights`] loads; a saved MMGL checkpoint already
+            holds the encoder weights.
+        neighbor_encoder_config (`dict`, *optional*):
+            A full open_clip model config, for encoders that are not registered by name (e.g. tiny test models).
+    """
+
+    model_type = "mmgl"
+    # Trainer's evaluation loop must not try to gather the per-sequence neighbour keys/values.
+    keys_to_ignore_at_inference = ["past_key_values", "neighbor_key_values"]
+
+    neighbor_mode: str = "none"
+    text_neighbor_num_tokens: int = 4
+    image_neighbor_num_tokens: int = 4
+    text_neighbor_embed_dim: int = 512
+    image_neighbor_embed_dim: int = 512
+    neighbor_token_id: int | None = None
+    max_text_neighbors: int = 11
+    max_image_neighbors: int = 5
+    position_encoding: str = "none"
+    lpe_k: int = 4
+    gnn_type: str = "gcn"
+    gnn_num_layers: int = 2
+    cross_attention_interval: int = 4
+    neighbor_encoder_name: str | None = None
+    neighbor_encoder_pretrained: str | None = None
+    neighbor_encoder_config: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _check_choice("neighbor_mode", self.neighbor_mode, NEIGHBOR_MODES)
+        _check_choice("position_encoding", self.position_encoding, POSITION_ENCODINGS)
+        _check_choice("gnn_type", self.gnn_type, GNN_TYPES)
+        if self.neighbor_mode == "none" and self.position_encoding != "none":
+            raise ValueError(
+                f"position_encoding={self.position_encoding!r} needs neighbours, but neighbor_mode='none'; "
+                "set neighbor_mode to 'self_attention' or 'cross_attention'."
+            )
+        if self.neighbor_mode == "self_attention" and self.neighbor_token_id is None:
+            raise ValueError("neighbor_mode='self_attention' needs neighbor_token_id (the `<neighbor>` token id).")
+        if self.cross_attention_interval < 1:
+            raise ValueError(f"cross_attention_interval must be >= 1, got {self.cross_attention_interval}.")
+        for name in ("text_neighbor_num_tokens", "image_neighbor_num_tokens", "lpe_k", "gnn_num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    @property
+    def max_neighbors(self) -> int:
+        return self.max_text_neighbors + self.max_image_neighbors
+
+    def has_cross_attention(self, layer_idx: int) -> bool:
+        """Whether decoder layer `layer_idx` carries a gated cross-attention block."""
+        return self.neighbor_mode == "cross_attention" and (layer_idx + 1) % self.cross_attention_interval == 0
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+__all__ = ["MMGLConfig"]

@@ -1,0 +1,364 @@
+"""MMGL for conditional generation: OPT that reads a node's multimodal neighbours.
+
+Neighbours (frozen-encoder embeddings of texts and images) are mapped to LM token vectors, given a graph position
+encoding, and reach the LM either in its input sequence at `<neighbor>` placeholders (self-attention, LLaVA-style)
+or through gated cross-attention blocks (Flamingo/IDEFICS-style). With `neighbor_mode="none"` this is
+`OPTForCausalLM`, weight for weight.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.opt.modeling_opt import OPTForCausalLM, OPTPreTrainedModel
+from transformers.modeling_utils import slice_logits_to_keep
+
+from .configuration_mmgl import MMGLConfig
+from .cross_attention import MMGLDecoderLayer, MMGLGatedCrossAttentionBlock, MMGLNeighborKeyValues
+from .graph_position_encoding import build_position_encoding
+from .neighbor_encoder import MMGLNeighborEncoder
+from .neighbor_projection import MMGLNeighborProjection
+
+# Inputs that describe the neighbours; generation passes them at prefill only (see prepare_inputs_for_generation).
+NEIGHBOR_INPUT_NAMES = (
+    "text_neighbor_embeds",
+    "text_neighbor_input_ids",
+    "text_neighbor_mask",
+    "image_neighbor_embeds",
+    "image_neighbor_pixel_values",
+    "image_neighbor_mask",
+    "neighbor_adjacency",
+)
+
+
+@dataclass
+class MMGLCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """[`CausalLMOutputWithPast`] plus `neighbor_key_values` ([`MMGLNeighborKeyValues`], cross-attention mode with
+    caching): the neighbour keys/values, computed once and fed back at every decoding step."""
+
+    neighbor_key_values: MMGLNeighborKeyValues | None = None
+
+
+class MMGLPreTrainedModel(OPTPreTrainedModel):
+    config_class = MMGLConfig
+    config: MMGLConfig
+    _no_split_modules = ["OPTDecoderLayer", "MMGLDecoderLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # Gates start closed, so a freshly initialised cross-attention model computes exactly what OPT computes.
+        if isinstance(module, MMGLGatedCrossAttentionBlock):
+            init.zeros_(module.alpha_cross_attn)
+            init.zeros_(module.alpha_dense)
+
+
+class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
+    """OPT causal LM conditioned on multimodal neighbours. See [`MMGLConfig`] for the switches and
+    `docs/INTERFACE.md` for the neighbour inputs."""
+
+    def __init__(self, config: MMGLConfig):
+        super().__init__(config)
+        if config.neighbor_mode == "cross_attention":
+            self.model.decoder.layers = nn.ModuleList(
+                MMGLDecoderLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)
+            )
+        # Self-attention neighbours enter at the token-embedding width; cross-attention reads hidden states.
+        width = config.word_embed_proj_dim if config.neighbor_mode == "self_attention" else config.hidden_size
+        self.neighbor_projection = MMGLNeighborProjection(config, width) if config.neighbor_mode != "none" else None
+        self.position_encoding = build_position_encoding(config, width)
+        has_encoder = config.neighbor_encoder_name is not None or config.neighbor_encoder_config is not None
+        self.neighbor_encoder = MMGLNeighborEncoder(config) if has_encoder else None
+        self.post_init()
+
+    def load_neighbor_encoder_weights(self, pretrained: str | None = None):
+        """Loads the frozen encoder's open_clip weights (`pretrained` tag or path, default the config's)."""
+        if self.neighbor_encoder is None:
+            raise ValueError("This model has no neighbour encoder: set `neighbor_encoder_name` in MMGLConfig.")
+        pretrained = pretrained or self.config.neighbor_encoder_pretrained
+        if pretrained is None:
+            raise ValueError("No open_clip weights to load: pass `pretrained` or set `neighbor_encoder_pretrained`.")
+        self.neighbor_encoder.load_pretrained(self.config.neighbor_encoder_name, pretrained)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Neighbours -> LM token vectors
+
+    def _modality_embeds(self, modality, embeds, raw, mask, batch_size, device):
+        """Validated `(B, N, D)` embeddings and `(B, N)` mask of one modality, encoding raw inputs if given."""
+        config = self.config
+        embeds_name, mask_name = f"{modality}_neighbor_embeds", f"{modality}_neighbor_mask"
+        raw_name = "text_neighbor_input_ids" if modality == "text" else "image_neighbor_pixel_values"
+        expected_dim = getattr(config, f"{modality}_neighbor_embed_dim")
+        if embeds is not None and raw is not None:
+            raise ValueError(f"Pass either `{embeds_name}` or `{raw_name}`, not both.")
+        if embeds is None and raw is None:
+            if mask is not None:
+                raise ValueError(f"`{mask_name}` was given without `{embeds_name}` or `{raw_name}`.")
+            empty = torch.zeros(batch_size, 0, expected_dim, device=device)
+            return empty, torch.zeros(batch_size, 0, dtype=torch.long, device=device)
+        given_name, given = (embeds_name, embeds) if embeds is not None else (raw_name, raw)
+        if mask is None:
+            raise ValueError(
+                f"`{given_name}` of shape {tuple(given.shape)} needs `{mask_name}` of shape {tuple(given.shape[:2])} "
+                "(1 for a real neighbour, 0 for a padding slot)."
+            )
+        if raw is not None:
+            if self.neighbor_encoder is None:
+                raise ValueError(
+                    f"`{raw_name}` needs a neighbour encoder inside the model (MMGLConfig.neighbor_encoder_name); "
+                    f"pass precomputed `{embeds_name}` instead."
+                )
+            raw_ndim = 3 if modality == "text" else 5
+            if raw.dim() != raw_ndim or raw.shape[0] != batch_size:
+                raise ValueError(f"`{raw_name}` has shape {tuple(raw.shape)}; expected {raw_ndim} dims, batch {batch_size}.")
+            if raw.shape[1] == 0:
+                embeds = torch.zeros(batch_size, 0, expected_dim, device=device)
+            elif modality == "text":
+                embeds = self.neighbor_encoder.encode_text(raw)
+            else:
+                embeds = self.neighbor_encoder.encode_image(raw)
+        if embeds.dim() != 3 or embeds.shape[0] != batch_size or embeds.shape[-1] != expected_dim:
+            raise ValueError(
+                f"`{embeds_name}` has shape {tuple(embeds.shape)}; expected ({batch_size}, num_neighbors, "
+                f"{expected_dim}) ({modality}_neighbor_embed_dim={expected_dim})."
+            )
+        if tuple(mask.shape) != tuple(embeds.shape[:2]):
+            raise ValueError(
+                f"`{mask_name}` has shape {tuple(mask.shape)}; expected {tuple(embeds.shape[:2])} to match "
+                f"`{given_name}`."
+            )
+        return embeds, mask.to(device=device, dtype=torch.long)
+
+    def embed_neighbors(
+        self,
+        batch_size: int,
+        text_neighbor_embeds=None,
+        text_neighbor_input_ids=None,
+        text_neighbor_mask=None,
+        image_neighbor_embeds=None,
+        image_neighbor_pixel_values=None,
+        image_neighbor_mask=None,
+        neighbor_adjacency=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neighbour token vectors in node order: all text slots, then all image slots.
+
+        Returns:
+            `tokens` `(B, Nt * text_neighbor_num_tokens + Ni * image_neighbor_num_tokens, width)` and `token_mask`
+            `(B, same)`, 1 where the token belongs to a real neighbour.
+        """
+        config = self.config
+        device = self.lm_head.weight.device
+        text_embeds, text_mask = self._modality_embeds(
+            "text", text_neighbor_embeds, text_neighbor_input_ids, text_neighbor_mask, batch_size, device
+        )
+        image_embeds, image_mask = self._modality_embeds(
+            "image", image_neighbor_embeds, image_neighbor_pixel_values, image_neighbor_mask, batch_size, device
+        )
+        text_tokens, image_tokens = self.neighbor_projection(text_embeds, image_embeds)
+        num_text, num_image = text_mask.shape[1], image_mask.shape[1]
+        num_nodes = num_text + num_image
+        if neighbor_adjacency is not None and tuple(neighbor_adjacency.shape) != (batch_size, num_nodes, num_nodes):
+            raise ValueError(
+                f"`neighbor_adjacency` has shape {tuple(neighbor_adjacency.shape)}; expected "
+                f"({batch_size}, {num_nodes}, {num_nodes}) for {num_text} text + {num_image} image neighbour slots."
+            )
+        if self.position_encoding is not None:
+            if num_text > config.max_text_neighbors or num_image > config.max_image_neighbors:
+                raise ValueError(
+                    f"Got {num_text} text and {num_image} image neighbour slots; the position encoding allows at most "
+                    f"max_text_neighbors={config.max_text_neighbors} and max_image_neighbors={config.max_image_neighbors}."
+                )
+            if neighbor_adjacency is None and config.position_encoding in ("laplacian", "gnn"):
+                raise ValueError(
+                    f"position_encoding={config.position_encoding!r} needs `neighbor_adjacency` of shape "
+                    f"({batch_size}, {num_nodes}, {num_nodes})."
+                )
+            node_states = torch.cat([text_tokens.mean(2), image_tokens.mean(2)], dim=1)
+            node_mask = torch.cat([text_mask, image_mask], dim=1)
+            node_positions = torch.cat(
+                [torch.arange(num_text, device=device), config.max_text_neighbors + torch.arange(num_image, device=device)]
+            ).expand(batch_size, -1)
+            encoding = self.position_encoding(node_states, node_mask, node_positions, neighbor_adjacency)
+            text_tokens = text_tokens + encoding[:, :num_text, None]
+            image_tokens = image_tokens + encoding[:, num_text:, None]
+        tokens = torch.cat([text_tokens.flatten(1, 2), image_tokens.flatten(1, 2)], dim=1)
+        token_mask = torch.cat(
+            [
+                text_mask.repeat_interleave(config.text_neighbor_num_tokens, dim=1),
+                image_mask.repeat_interleave(config.image_neighbor_num_tokens, dim=1),
+            ],
+            dim=1,
+        )
+        return tokens, token_mask
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """`(B, L)` bool mask of `<neighbor>` placeholders, from ids or (prompt tuning passes only embeddings) from
+        the placeholder's embedding."""
+        if input_ids is not None:
+            return input_ids == self.config.neighbor_token_id
+        placeholder = self.get_input_embeddings()(
+            torch.tensor(self.config.neighbor_token_id, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == placeholder).all(-1)
+
+    def scatter_neighbors(self, input_ids, inputs_embeds, tokens, token_mask) -> torch.Tensor:
+        """Writes each real neighbour's token vectors at its placeholders, in node order, row by row."""
+        placeholders = self.get_placeholder_mask(input_ids, inputs_embeds)
+        found, expected = placeholders.sum(1), token_mask.sum(1)
+        if not torch.equal(found.cpu(), expected.cpu()):
+            row = int((found != expected).nonzero()[0, 0])
+            raise ValueError(
+                f"Row {row} of `input_ids` holds {int(found[row])} `<neighbor>` placeholders (id "
+                f"{self.config.neighbor_token_id}) but its neighbours need {int(expected[row])} "
+                f"(text_neighbor_num_tokens={self.config.text_neighbor_num_tokens} per real text neighbour + "
+                f"image_neighbor_num_tokens={self.config.image_neighbor_num_tokens} per real image neighbour)."
+            )
+        source = tokens[token_mask.bool()].to(inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1).expand_as(inputs_embeds), source)
+
+    def cross_attention_key_values(self, tokens, token_mask) -> MMGLNeighborKeyValues | None:
+        """Keys/values of every cross-attention block, computed once per sequence."""
+        if tokens.shape[1] == 0:
+            return None
+        key_values = {
+            idx: layer.gated_cross_attention.cross_attn.key_values(tokens)
+            for idx, layer in enumerate(self.model.decoder.layers)
+            if layer.gated_cross_attention is not None
+        }
+        real = token_mask.bool()
+        # A finite minimum, not -inf: a row without neighbours must not produce NaNs (its update is zeroed anyway).
+        attention_mask = torch.zeros(real.shape, dtype=tokens.dtype, device=tokens.device)
+        attention_mask = attention_mask.masked_fill(~real, torch.finfo(tokens.dtype).min)[:, None, None, :]
+        has_neighbors = real.any(dim=1).to(tokens.dtype)[:, None, None]
+        return MMGLNeighborKeyValues(key_values, attention_mask, has_neighbors)
+
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        text_neighbor_embeds: torch.Tensor | None = None,
+        text_neighbor_input_ids: torch.LongTensor | None = None,
+        text_neighbor_mask: torch.Tensor | None = None,
+        image_neighbor_embeds: torch.Tensor | None = None,
+        image_neighbor_pixel_values: torch.Tensor | None = None,
+        image_neighbor_mask: torch.Tensor | None = None,
+        neighbor_adjacency: torch.Tensor | None = None,
+        neighbor_key_values: MMGLNeighborKeyValues | None = None,
+        **kwargs,
+    ) -> MMGLCausalLMOutputWithPast:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(B, L)`): token ids, with `<neighbor>` placeholders in
+            self-attention mode.
+        labels (`torch.LongTensor` of shape `(B, L)`): next-token targets, -100 where no loss is taken.
+        text_neighbor_embeds (`torch.FloatTensor` of shape `(B, Nt, text_neighbor_embed_dim)`) or
+        text_neighbor_input_ids (`torch.LongTensor` of shape `(B, Nt, context_length)`), with
+        text_neighbor_mask (`(B, Nt)`): text neighbours, precomputed or raw for the in-model encoder.
+        image_neighbor_embeds (`(B, Ni, image_neighbor_embed_dim)`) or image_neighbor_pixel_values
+        (`(B, Ni, 3, H, W)`), with image_neighbor_mask (`(B, Ni)`): image neighbours.
+        neighbor_adjacency (`torch.FloatTensor` of shape `(B, Nt + Ni, Nt + Ni)`): graph over text then image slots.
+        neighbor_key_values ([`MMGLNeighborKeyValues`]): cross-attention state from an earlier step (generation).
+        """
+        neighbor_inputs = {
+            "text_neighbor_embeds": text_neighbor_embeds,
+            "text_neighbor_input_ids": text_neighbor_input_ids,
+            "text_neighbor_mask": text_neighbor_mask,
+            "image_neighbor_embeds": image_neighbor_embeds,
+            "image_neighbor_pixel_values": image_neighbor_pixel_values,
+            "image_neighbor_mask": image_neighbor_mask,
+            "neighbor_adjacency": neighbor_adjacency,
+        }
+        has_neighbor_inputs = any(value is not None for value in neighbor_inputs.values())
+        mode = self.config.neighbor_mode
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+
+        if mode == "none" and has_neighbor_inputs:
+            raise ValueError("Neighbour inputs were given but this model has neighbor_mode='none'.")
+        if has_neighbor_inputs and neighbor_key_values is None:
+            batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+            tokens, token_mask = self.embed_neighbors(batch_size, **neighbor_inputs)
+            if mode == "self_attention":
+                if inputs_embeds is None:
+                    inputs_embeds = self.get_input_embeddings()(input_ids)
+                inputs_embeds = self.scatter_neighbors(input_ids, inputs_embeds, tokens, token_mask)
+                input_ids = None
+            else:
+                neighbor_key_values = self.cross_attention_key_values(tokens, token_mask)
+        elif mode == "self_attention" and input_ids is not None:
+            found = int((input_ids == self.config.neighbor_token_id).sum())
+            if found:
+                raise ValueError(
+                    f"`input_ids` holds {found} `<neighbor>` placeholders but no neighbour inputs were given."
+                )
+
+        if neighbor_key_values is not None:
+            kwargs["neighbor_key_values"] = neighbor_key_values
+        outputs = self.model.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states).contiguous()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MMGLCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            neighbor_key_values=neighbor_key_values if use_cache else None,
+        )
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Generation: neighbours are read at prefill; later steps reuse the cache (and the cross-attention keys/values).
+
+    def prepare_inputs_for_generation(self, *args, neighbor_key_values=None, is_first_iteration=False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            # The self-attention cache already holds the neighbour tokens; cross-attention reuses its keys/values.
+            for name in NEIGHBOR_INPUT_NAMES:
+                model_inputs.pop(name, None)
+            if neighbor_key_values is not None:
+                model_inputs["neighbor_key_values"] = neighbor_key_values
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict[str, Any], *args, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if getattr(outputs, "neighbor_key_values", None) is not None:
+            model_kwargs["neighbor_key_values"] = outputs.neighbor_key_values
+        return model_kwargs
+
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `register_for_auto_class` keeps one auto class per model class; map the others by hand so AutoModel and
+        # AutoModelForCausalLM both load this class from the remote code.
+        self.config.auto_map = {
+            **(self.config.auto_map or {}),
+            "AutoConfig": "configuration_mmgl.MMGLConfig",
+            "AutoModel": "modeling_mmgl.MMGLForConditionalGeneration",
+            "AutoModelForCausalLM": "modeling_mmgl.MMGLForConditionalGeneration",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+MMGLConfig.register_for_auto_class()
+MMGLForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["MMGLCausalLMOutputWithPast", "MMGLForConditionalGeneration", "MMGLPreTrainedModel"]
