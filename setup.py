@@ -38,5 +38,5 @@ setup(
     py_modules=["run_summarization"],
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "scipy"]},
 )

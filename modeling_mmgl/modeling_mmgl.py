@@ -65,6 +65,11 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             self.model.decoder.layers = nn.ModuleList(
                 MMGLDecoderLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)
             )
+            # transformers initialises each sub-`PreTrainedModel` (OPTModel, OPTDecoder) with its own
+            # `_init_weights`, which knows nothing of the gates; route them through ours so gates missing from a
+            # checkpoint start closed instead of uninitialised.
+            self.model._init_weights = self._init_weights
+            self.model.decoder._init_weights = self._init_weights
         # Self-attention neighbours enter at the token-embedding width; cross-attention reads hidden states.
         width = config.word_embed_proj_dim if config.neighbor_mode == "self_attention" else config.hidden_size
         self.neighbor_projection = MMGLNeighborProjection(config, width) if config.neighbor_mode != "none" else None
@@ -350,7 +355,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         # `register_for_auto_class` keeps one auto class per model class; map the others by hand so AutoModel and
         # AutoModelForCausalLM both load this class from the remote code.
         self.config.auto_map = {
-            **(self.config.auto_map or {}),
+            **(getattr(self.config, "auto_map", None) or {}),
             "AutoConfig": "configuration_mmgl.MMGLConfig",
             "AutoModel": "modeling_mmgl.MMGLForConditionalGeneration",
             "AutoModelForCausalLM": "modeling_mmgl.MMGLForConditionalGeneration",

@@ -1,0 +1,107 @@
+"""Tiny MMGL models and neighbour batches for tests (CPU, milliseconds)."""
+
+import torch
+
+from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+
+VOCAB = 100
+NEIGHBOR_TOKEN = 99
+TEXT_DIM, IMAGE_DIM = 16, 8
+TINY_OPT = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=4,
+    ffn_dim=64,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    dropout=0.0,
+    pad_token_id=1,
+    bos_token_id=2,
+    eos_token_id=2,
+)
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def tiny_config(mode="self_attention", position_encoding="none", **overrides) -> MMGLConfig:
+    kwargs = dict(
+        TINY_OPT,
+        neighbor_mode=mode,
+        neighbor_token_id=NEIGHBOR_TOKEN,
+        text_neighbor_embed_dim=TEXT_DIM,
+        image_neighbor_embed_dim=IMAGE_DIM,
+        text_neighbor_num_tokens=2,
+        image_neighbor_num_tokens=3,
+        max_text_neighbors=4,
+        max_image_neighbors=3,
+        position_encoding=position_encoding,
+        cross_attention_interval=2,
+    )
+    kwargs.update(overrides)
+    return MMGLConfig(**kwargs)
+
+
+def tiny_model(mode="self_attention", position_encoding="none", seed=0, open_gates=True, **overrides):
+    torch.manual_seed(seed)
+    model = MMGLForConditionalGeneration(tiny_config(mode, position_encoding, **overrides)).eval()
+    if open_gates:
+        # Closed gates make cross-attention the identity; open them so neighbours matter in tests.
+        for layer in model.model.decoder.layers:
+            block = getattr(layer, "gated_cross_attention", None)
+            if block is not None:
+                block.alpha_cross_attn.data.fill_(1.0)
+                block.alpha_dense.data.fill_(1.0)
+    return model
+
+
+def neighbor_batch(config: MMGLConfig, seed=0, prefix_len=3, suffix_len=6):
+    """Two rows: left-padded prompt, placeholders (self-attention mode) after a prefix, then text.
+
+    Row 0 has text neighbours 0 and 1 and image 0; row 1 has text neighbour 0 and images 0 and 1. Slot 2 of the
+    text neighbours is padding in both rows.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    text_mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    image_mask = torch.tensor([[1, 0], [1, 1]])
+    num_placeholders = (
+        config.text_neighbor_num_tokens * text_mask.sum(1) + config.image_neighbor_num_tokens * image_mask.sum(1)
+    )
+    if config.neighbor_mode != "self_attention":
+        num_placeholders = torch.zeros_like(num_placeholders)
+    lengths = prefix_len + num_placeholders + suffix_len
+    width = int(lengths.max())
+    input_ids = torch.full((2, width), TINY_OPT["pad_token_id"])
+    attention_mask = torch.zeros(2, width, dtype=torch.long)
+    for row in range(2):
+        tokens = torch.cat(
+            [
+                torch.randint(3, 90, (prefix_len,), generator=generator),
+                torch.full((int(num_placeholders[row]),), NEIGHBOR_TOKEN),
+                torch.randint(3, 90, (suffix_len,), generator=generator),
+            ]
+        )
+        input_ids[row, width - len(tokens) :] = tokens  # left padding, as for generation
+        attention_mask[row, width - len(tokens) :] = 1
+    adjacency = torch.zeros(2, 5, 5)
+    for a, b in [(0, 1), (0, 3), (1, 3), (3, 4)]:
+        adjacency[:, a, b] = adjacency[:, b, a] = 1
+    adjacency = adjacency * torch.cat([text_mask, image_mask], 1)[:, :, None] * torch.cat([text_mask, image_mask], 1)[:, None, :]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "text_neighbor_embeds": torch.randn(2, 3, config.text_neighbor_embed_dim, generator=generator),
+        "text_neighbor_mask": text_mask,
+        "image_neighbor_embeds": torch.randn(2, 2, config.image_neighbor_embed_dim, generator=generator),
+        "image_neighbor_mask": image_mask,
+        "neighbor_adjacency": adjacency,
+    }
+
+
+def labels_for(batch):
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    labels[labels == NEIGHBOR_TOKEN] = -100
+    return labels
