@@ -1,0 +1,381 @@
+"""Embedding cache with a tiny random-init open_clip model (no hub, CPU)."""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from processing.embedding_cache import (
+    ClipEncoder,
+    CorruptShardError,
+    EmbeddingCache,
+    EncoderMismatchError,
+    build_embedding_cache,
+    collect_neighbor_inputs,
+    image_key,
+    main,
+    resolve_image_path,
+    text_key,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+TEXTS = [f"section text number {i} about Ray Charles" for i in range(10)]
+
+
+def tiny_encoder(seed=0, config=TINY):
+    torch.manual_seed(seed)
+    return ClipEncoder("tiny", model_config=config, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return tiny_encoder()
+
+
+class Spy:
+    """Wraps a ClipEncoder: records what gets encoded and can die on the n-th encoder call."""
+
+    def __init__(self, encoder, die_on_call=None):
+        self.encoder = encoder
+        self.die_on_call = die_on_call
+        self.calls = 0
+        self.texts = []
+        self.images = 0
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def _tick(self):
+        self.calls += 1
+        if self.die_on_call is not None and self.calls >= self.die_on_call:
+            raise RuntimeError("simulated kill")
+
+    def encode_text(self, texts):
+        self._tick()
+        self.texts.extend(texts)
+        return self.encoder.encode_text(texts)
+
+    def encode_image(self, pixels):
+        self._tick()
+        self.images += pixels.shape[0]
+        return self.encoder.encode_image(pixels)
+
+
+class FakeState:
+    """Stands in for accelerate.PartialState of one rank of a multi-process run."""
+
+    def __init__(self, rank, world):
+        self.process_index, self.num_processes = rank, world
+        self.is_main_process = rank == 0
+        self.device = torch.device("cpu")
+
+    def wait_for_everyone(self):
+        pass
+
+
+def build(cache_dir, encoder, **kwargs):
+    kwargs.setdefault("progress", False)
+    return build_embedding_cache(cache_dir, encoder=encoder, **kwargs)
+
+
+def write_images(folder, n=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i}.png"
+        Image.new("RGB", (40 + i, 30), (60 * i, 100, 200 - 50 * i)).save(path)
+        paths.append(path)
+    Image.new("L", (20, 50), 128).save(folder / "gray.jpg")  # needs the RGB conversion
+    Image.new("RGBA", (33, 33), (10, 200, 10, 100)).save(folder / "rgba.png")
+    return paths + [folder / "gray.jpg", folder / "rgba.png"]
+
+
+def shards(cache_dir, kind="text"):
+    return sorted((Path(cache_dir) / kind).glob("shard-*.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_keys():
+    assert text_key("é") == hashlib.sha256("é".encode("utf-8")).hexdigest()
+    assert image_key(b"abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_dedup_and_values_equal_the_encoder(tmp_path, encoder):
+    images = write_images(tmp_path / "img")
+    twin = tmp_path / "img" / "copy-of-img0.png"
+    shutil.copy(images[0], twin)
+    texts = ["a cat", "a dog", "a cat", "ünïcode ✓", "a dog"]
+    spy = Spy(encoder)
+    cache = build(tmp_path / "cache", spy, texts=texts, image_paths=images + [twin, images[1]],
+                  dtype="float32", batch_size=2)
+    assert sorted(spy.texts) == ["a cat", "a dog", "ünïcode ✓"]  # each once
+    assert spy.images == len(images)  # the twin file has the same bytes as img0
+    assert len(cache.keys("text")) == 3 and len(cache.keys("image")) == len(images)
+    assert cache.embed_dim == 32 and cache.dtype == torch.float32
+
+    with torch.no_grad():
+        unique = ["a cat", "a dog", "ünïcode ✓"]
+        direct = encoder.model.encode_text(encoder.tokenizer(unique), normalize=True)
+        pixels = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in images])
+        direct_img = encoder.model.encode_image(pixels, normalize=True)
+    for text, expected in zip(unique, direct):
+        torch.testing.assert_close(cache.get_text(text), expected, atol=1e-5, rtol=1e-5)
+    for path, expected in zip(images, direct_img):
+        torch.testing.assert_close(cache.get_image(path), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.get_image(twin), cache.get_image(images[0]))
+    torch.testing.assert_close(cache.get_image(twin.read_bytes()), cache.get_image(images[0]))
+    shutil.copy(images[1], twin)  # the file changes under the same path: its key must too
+    torch.testing.assert_close(cache.get_image(twin), cache.get_image(images[1]))
+    assert cache.get_text("never seen") is None
+    assert ("text", text_key("a cat")) in cache and ("image", text_key("a cat")) not in cache
+
+    batch, found = cache.get_many("text", [text_key("a dog"), "0" * 64])
+    assert found.tolist() == [True, False] and batch.shape == (2, 32)
+    torch.testing.assert_close(batch[0], direct[1], atol=1e-5, rtol=1e-5)
+    assert torch.all(batch[1] == 0)
+    with pytest.raises(ValueError, match="unknown embedding kind 'audio'"):
+        cache.get("audio", "x")
+
+
+def test_float16_storage_is_close(tmp_path, encoder):
+    cache = build(tmp_path / "c16", encoder, texts=TEXTS[:4])
+    assert cache.dtype == torch.float16
+    direct = encoder.encode_text(TEXTS[:4])
+    for text, expected in zip(TEXTS[:4], direct):
+        got = cache.get_text(text)
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got.float(), expected, atol=2e-3, rtol=0)
+
+
+def test_resume_after_kill_encodes_only_the_rest(tmp_path, encoder):
+    reference = build(tmp_path / "ref", encoder, texts=TEXTS, dtype="float32", batch_size=2, shard_size=2)
+
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        build(cache_dir, Spy(encoder, die_on_call=4), texts=TEXTS, dtype="float32", batch_size=2, shard_size=2)
+    assert [p.name for p in shards(cache_dir)] == [f"shard-r000-0000{i}.safetensors" for i in range(3)]
+    # As if the kill had struck while the next shard was being written.
+    (cache_dir / "text" / ".shard-r000-00003.safetensors.tmp").write_bytes(b"half a shard")
+    partial = EmbeddingCache(cache_dir)
+    assert len(partial.keys("text")) == 6  # the temp file is never read
+
+    spy = Spy(encoder)
+    cache = build(cache_dir, spy, texts=TEXTS, dtype="float32", batch_size=2, shard_size=2)
+    assert spy.texts == TEXTS[6:]
+    assert cache.build_summary["text"]["cached"] == 6 and cache.build_summary["text"]["encoded"] == 4
+    assert not list((cache_dir / "text").glob("*.tmp"))
+    for text in TEXTS:
+        torch.testing.assert_close(cache.get_text(text), reference.get_text(text), atol=1e-6, rtol=1e-5)
+
+    again = Spy(encoder)
+    build(cache_dir, again, texts=TEXTS, dtype="float32", batch_size=2, shard_size=2)
+    assert again.calls == 0  # a complete cache encodes nothing
+
+
+def test_truncated_shard_is_detected_and_recomputed(tmp_path, encoder, caplog):
+    cache_dir = tmp_path / "cache"
+    original = build(cache_dir, encoder, texts=TEXTS[:6], batch_size=2, shard_size=2)
+    expected = {t: original.get_text(t) for t in TEXTS[:6]}
+    damaged = shards(cache_dir)[1]
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(CorruptShardError, match=str(damaged)):
+        EmbeddingCache(cache_dir)
+
+    spy = Spy(encoder)
+    with caplog.at_level(logging.ERROR, logger="processing.embedding_cache"):
+        cache = build(cache_dir, spy, texts=TEXTS[:6], batch_size=2, shard_size=2)
+    assert str(damaged) in caplog.text
+    assert sorted(spy.texts) == sorted(TEXTS[2:4])  # only the damaged shard's rows
+    assert damaged.with_name(damaged.name + ".corrupt").exists()
+    assert cache.build_summary["set_aside"] == [str(damaged)]
+    for text, value in expected.items():
+        torch.testing.assert_close(cache.get_text(text), value)
+
+
+def test_flipped_bytes_fail_the_checksum(tmp_path, encoder):
+    cache_dir = tmp_path / "cache"
+    build(cache_dir, encoder, texts=TEXTS[:4], batch_size=2, shard_size=2)
+    damaged = shards(cache_dir)[0]
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0xFF  # inside the tensor data: the header stays valid
+    damaged.write_bytes(bytes(data))
+
+    cache = EmbeddingCache(cache_dir)  # the header is fine...
+    with pytest.raises(CorruptShardError, match=f"{damaged}.*checksum"):
+        cache.get_text(TEXTS[0])  # ...but the data is never handed out
+
+    spy = Spy(encoder)
+    rebuilt = build(cache_dir, spy, texts=TEXTS[:4], batch_size=2, shard_size=2)
+    assert sorted(spy.texts) == sorted(TEXTS[:2])
+    rebuilt.verify()
+
+
+def test_mixing_encoders_is_refused(tmp_path, encoder):
+    cache_dir = tmp_path / "cache"
+    build(cache_dir, encoder, texts=TEXTS[:2])
+    before = sorted(p.name for p in (cache_dir / "text").iterdir())
+
+    other_weights = tiny_encoder(seed=1)
+    with pytest.raises(EncoderMismatchError, match=r"cache_config.json.*weights_sha256"):
+        build(cache_dir, other_weights, texts=TEXTS)
+    wider = dict(TINY, embed_dim=16)
+    with pytest.raises(EncoderMismatchError, match=r"config_sha256.*embed_dim: cache has 32, this build has 16"):
+        build(cache_dir, tiny_encoder(config=wider), texts=TEXTS)
+    with pytest.raises(EncoderMismatchError, match="dtype: cache has 'float16', this build has 'float32'"):
+        build(cache_dir, encoder, texts=TEXTS, dtype="float32")
+    assert sorted(p.name for p in (cache_dir / "text").iterdir()) == before
+    config = json.loads((cache_dir / "cache_config.json").read_text())
+    assert config["model_name"] == "tiny" and config["pretrained"] is None
+
+
+def test_split_across_processes(tmp_path, encoder):
+    images = write_images(tmp_path / "img")
+    single = build(tmp_path / "single", encoder, texts=TEXTS, image_paths=images, dtype="float32")
+
+    cache_dir = tmp_path / "multi"
+    spies = []
+    for rank in (0, 1):  # the ranks run one after the other here; under accelerate, together
+        spy = Spy(encoder)
+        cache = build(cache_dir, spy, texts=TEXTS, image_paths=images, dtype="float32", state=FakeState(rank, 2))
+        spies.append(spy)
+    assert spies[0].texts == TEXTS[0::2] and spies[1].texts == TEXTS[1::2]
+    assert {p.name for p in shards(cache_dir)} == {"shard-r000-00000.safetensors", "shard-r001-00000.safetensors"}
+    assert spies[0].images + spies[1].images == len(images)
+    assert len(cache.keys("text")) == len(TEXTS) and len(cache.keys("image")) == len(images)
+    for text in TEXTS:
+        torch.testing.assert_close(cache.get_text(text), single.get_text(text), atol=1e-6, rtol=1e-5)
+    for path in images:
+        torch.testing.assert_close(cache.get_image(path), single.get_image(path), atol=1e-6, rtol=1e-5)
+
+
+def test_two_real_processes_with_torchrun(tmp_path, encoder):
+    """Two processes under torchrun (gloo on CPU) split the keys and write rank-named shards."""
+    script = tmp_path / "embed.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from processing.embedding_cache import build_embedding_cache\n"
+        "torch.manual_seed(0)  # the same weights as the `encoder` fixture\n"
+        f"build_embedding_cache(sys.argv[1], texts={TEXTS!r}, model_name='tiny', model_config={TINY!r},\n"
+        "                      batch_size=2, shard_size=2, progress=False)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path / "cache")],
+        env=env, capture_output=True, text=True, timeout=100,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = {p.name for p in shards(tmp_path / "cache")}
+    assert {n[:10] for n in names} == {"shard-r000", "shard-r001"}
+    assert len(names) == 6  # 5 texts per rank, 2 per shard
+    spy = Spy(encoder)
+    cache = build(tmp_path / "cache", spy, texts=TEXTS)  # same encoder identity: accepted...
+    assert spy.calls == 0  # ...and nothing is left to encode
+    for text, expected in zip(TEXTS, encoder.encode_text(TEXTS)):
+        torch.testing.assert_close(cache.get_text(text).float(), expected, atol=2e-3, rtol=0)
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, encoder, caplog):
+    images = write_images(tmp_path / "img", n=1)
+    bad = tmp_path / "img" / "not-an-image.jpg"
+    bad.write_bytes(b"<html>nope</html>")
+    with caplog.at_level(logging.WARNING, logger="processing.embedding_cache"):
+        cache = build(tmp_path / "cache", encoder, image_paths=images + [bad, tmp_path / "missing.png"])
+    summary = cache.build_summary["image"]
+    assert summary["encoded"] == len(images) and summary["failed"] == 1 and summary["unreadable"] == 1
+    assert str(bad) in caplog.text and "missing.png" in caplog.text
+    assert cache.get_image(bad) is None
+
+
+def test_open_without_config_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cache_config.json"):
+        EmbeddingCache(tmp_path)
+
+
+def test_resolve_image_path_stays_inside_image_dir(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "A%26B.jpg").write_bytes(b"x")
+    (tmp_path / "images" / "C&D.jpg").write_bytes(b"x")
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    base = "https://upload.wikimedia.org/wikipedia/commons/7/74/"
+    assert resolve_image_path(base + "A%26B.jpg", tmp_path / "images").name == "A%26B.jpg"
+    assert resolve_image_path(base + "C%26D.jpg", tmp_path / "images").name == "C&D.jpg"
+    assert resolve_image_path(base + "..%2Fsecret.jpg", tmp_path / "images") is None
+    assert resolve_image_path(base + "..", tmp_path / "images") is None
+
+
+def test_collect_and_cli_on_a_wikiweb2m_table(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    images = write_images(tmp_path / "images", n=2)
+    url = "https://upload.wikimedia.org/wikipedia/commons/{}/{}".format
+    rows = {
+        "page_title": ["Page A", "Page B"],
+        "clean_page_description": ["A page.", "Another page."],
+        "section_text": [["Intro of A.", "Body of A."], ["Intro of B.", ""]],
+        "section_image_clean_ref_desc": [[["A caption."], []], [["A caption."], []]],
+        "section_image_captions": [[["alt, A caption."], []], [[], []]],
+        "section_image_url": [
+            [[url("a/ab", images[0].name)], []],
+            [[url("c/cd", images[1].name), url("e/ef", "absent.png")], []],
+        ],
+    }
+    ds = datasets.Dataset.from_dict(rows)
+    texts, paths, missing = collect_neighbor_inputs(ds, tmp_path / "images")
+    assert texts == ["A page.", "Another page.", "Intro of A.", "Body of A.", "Intro of B.",
+                     "A caption.", "alt, A caption."]
+    assert paths == images[:2] and missing == [url("e/ef", "absent.png")]
+
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "ds"))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    code = main([str(tmp_path / "ds"), str(tmp_path / "images"), str(tmp_path / "cache"),
+                 "--model", "tiny", "--model_config", str(tmp_path / "tiny.json"), "--no_progress"])
+    assert code == 0
+    cache = EmbeddingCache(tmp_path / "cache")
+    assert all(cache.get_text(t) is not None for t in texts)
+    assert all(cache.get_image(p) is not None for p in paths)
+
+
+def test_collect_through_an_image_fetcher_cache(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from processing.image_fetcher import ImageManifest
+
+    fetched = tmp_path / "fetched"
+    write_images(tmp_path / "src", n=1)
+    data = (tmp_path / "src" / "img0.png").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    (fetched / sha[:2]).mkdir(parents=True)
+    (fetched / sha[:2] / f"{sha}.png").write_bytes(data)
+    manifest = ImageManifest(fetched / "manifest.jsonl")
+    manifest.append({"url": "https://x.org/a/Photo.jpg", "status": "ok", "path": f"{sha[:2]}/{sha}.png"})
+    manifest.append({"url": "https://x.org/b/Gone.jpg", "status": "error", "reason": "http_404"})
+    ds = datasets.Dataset.from_dict({"section_image_url": [[["https://x.org/a/Photo.jpg", "https://x.org/b/Gone.jpg"]]]})
+    texts, paths, missing = collect_neighbor_inputs(ds, fetched)
+    assert texts == [] and paths == [fetched / sha[:2] / f"{sha}.png"] and missing == ["https://x.org/b/Gone.jpg"]
+
+
+def test_real_wikipedia_images(tmp_path, encoder, realwiki_dir):
+    images = sorted((realwiki_dir / "images").iterdir())
+    cache = build(tmp_path / "cache", encoder, image_paths=images, batch_size=16, shard_size=16)
+    assert cache.build_summary["image"]["failed"] == 0
+    assert len(cache.keys("image")) == len({image_key(p) for p in images})
+    for path in images:
+        embedding = cache.get_image(path)
+        assert embedding is not None and abs(float(embedding.float().norm()) - 1) < 1e-2
