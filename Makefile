@@ -3,6 +3,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: test demo clean
+DEMO := out/demo
+DEMO_ARGS := --config_overrides "hidden_size=128,num_hidden_layers=2,ffn_dim=256,num_attention_heads=4,max_position_embeddings=512" \
+	--tokenizer_vocab_size 2000 --neighbor_encoder_config demo/tiny_clip.json --neighbor_encoder_pretrained none \
+	--embedding_cache_dir $(DEMO)/embedding_cache --image_dir $(DEMO)/data/images \
+	--train_files $(DEMO)/data/wikiweb2m-sample.tfrecord.gz --do_train --do_predict --max_steps 500 \
+	--per_device_train_batch_size 16 --per_device_eval_batch_size 32 --learning_rate 2e-3 --warmup_steps 30 \
+	--max_predict_samples 200 --max_source_length 256 --max_target_length 32 --generation_max_new_tokens 24 \
+	--logging_steps 20 --save_strategy no --report_to tensorboard --seed 0
 
 $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -13,5 +21,14 @@ $(BIN)/activate: setup.py
 test: $(BIN)/activate
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
+# The README's main command: offline, on the bundled sample, section_only vs all (SA-E + Laplacian PE).
+demo: $(BIN)/activate
+	HF_HUB_OFFLINE=1 $(BIN)/python -m processing.sample_data $(DEMO)/data --num_pages 600
+	HF_HUB_OFFLINE=1 $(BIN)/python run_summarization.py $(DEMO_ARGS) --context section_only --output_dir $(DEMO)/section_only
+	HF_HUB_OFFLINE=1 $(BIN)/python run_summarization.py $(DEMO_ARGS) --context all --neighbor_encoding sa_e \
+		--position_encoding laplacian --output_dir $(DEMO)/all
+	$(BIN)/python demo/report.py $(DEMO)/section_only $(DEMO)/all $(DEMO)/demo.png
+	HF_HUB_OFFLINE=1 $(BIN)/python demo/summarize_one.py $(DEMO)/all $(DEMO)/data/wikiweb2m-sample.tfrecord.gz $(DEMO)/data/images
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info out

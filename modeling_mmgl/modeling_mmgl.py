@@ -77,6 +77,9 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         has_encoder = config.neighbor_encoder_name is not None or config.neighbor_encoder_config is not None
         self.neighbor_encoder = MMGLNeighborEncoder(config) if has_encoder else None
         self.post_init()
+        if config.neighbor_token_id is not None and config.neighbor_mode == "self_attention":
+            # The model must never write a placeholder: the next step would hold one without a neighbour.
+            self.generation_config.suppress_tokens = [config.neighbor_token_id]
 
     def load_neighbor_encoder_weights(self, pretrained: str | None = None):
         """Loads the frozen encoder's open_clip weights (`pretrained` tag or path, default the config's)."""

@@ -280,3 +280,12 @@ def test_config_validation():
         MMGLConfig(position_encoding="laplacian")
     with pytest.raises(ValueError, match="needs neighbor_token_id"):
         MMGLConfig(neighbor_mode="self_attention")
+
+
+def test_generation_never_writes_a_placeholder():
+    model = tiny_model("self_attention", "none")
+    with torch.no_grad():
+        model.lm_head.weight[NEIGHBOR_TOKEN] += 100.0  # make the placeholder the most likely next token
+    batch = neighbor_batch(model.config)
+    generated = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=1, eos_token_id=None)
+    assert not (generated[:, batch["input_ids"].shape[1]:] == NEIGHBOR_TOKEN).any()

@@ -1,0 +1,154 @@
+"""Model overhead of MMGL over plain OPT at OPT-125m's width and depth, measured side by side in one run.
+
+Prints, for self-attention (SA-E) and cross-attention (CA-E) mode over plain OPT:
+- training step time (forward + backward + AdamW step) at the same total sequence length (target SA <= 1.10);
+- for CA, the overhead its extra gated blocks explain by their matmul FLOPs;
+- cached greedy generation tokens/s (target >= 0.9).
+
+Runs are interleaved (OPT, SA, CA, OPT, SA, CA, ...) and the median is reported, so machine noise hits all modes
+alike. Usage: `python benchmarks/bench_model.py [--device cuda] [--dtype bfloat16] [--batch_size 2] [--seq_len 256]`.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+
+OPT_125M = dict(
+    vocab_size=50272, hidden_size=768, num_hidden_layers=12, ffn_dim=3072, num_attention_heads=12,
+    max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0,
+)
+NEIGHBOR_TOKEN = 50271
+TEXT_NEIGHBORS, IMAGE_NEIGHBORS, TOKENS_PER_NEIGHBOR, EMBED_DIM = 11, 5, 4, 512  # the paper's budgets
+
+
+def build(mode, device, dtype):
+    config = MMGLConfig(
+        **OPT_125M, neighbor_mode=mode, neighbor_token_id=NEIGHBOR_TOKEN if mode != "none" else None,
+        position_encoding="sequence" if mode != "none" else "none",
+        text_neighbor_embed_dim=EMBED_DIM, image_neighbor_embed_dim=EMBED_DIM,
+    )
+    model = MMGLForConditionalGeneration(config).to(device=device, dtype=dtype)
+    for name, param in model.named_parameters():
+        if "alpha_" in name:
+            param.data.fill_(0.5)  # open gates: measure the real work, not a skipped branch
+    return model
+
+
+def batch_for(mode, batch_size, seq_len, device, dtype, generator):
+    """Same total length `seq_len` in every mode; SA spends 64 of it on neighbour placeholders."""
+    input_ids = torch.randint(3, 50000, (batch_size, seq_len), generator=generator)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if mode != "none":
+        num_placeholders = (TEXT_NEIGHBORS + IMAGE_NEIGHBORS) * TOKENS_PER_NEIGHBOR
+        if mode == "self_attention":
+            input_ids[:, 8 : 8 + num_placeholders] = NEIGHBOR_TOKEN
+        batch.update(
+            text_neighbor_embeds=torch.randn(batch_size, TEXT_NEIGHBORS, EMBED_DIM, generator=generator),
+            text_neighbor_mask=torch.ones(batch_size, TEXT_NEIGHBORS, dtype=torch.long),
+            image_neighbor_embeds=torch.randn(batch_size, IMAGE_NEIGHBORS, EMBED_DIM, generator=generator),
+            image_neighbor_mask=torch.ones(batch_size, IMAGE_NEIGHBORS, dtype=torch.long),
+        )
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def train_step(model, optimizer, batch, device):
+    sync(device)
+    start = time.perf_counter()
+    loss = model(**batch, labels=batch["input_ids"], use_cache=False).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def generation_tokens_per_second(model, batch, new_tokens, device):
+    prompt = {k: v for k, v in batch.items()}
+    sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             use_cache=True, pad_token_id=1, eos_token_id=None)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] == prompt["input_ids"].shape[1] + new_tokens
+    return out.shape[0] * new_tokens / elapsed
+
+
+def extra_block_share(config, seq_len, num_memory_tokens):
+    """Matmul FLOPs of the gated cross-attention blocks over those of OPT, per token of the sequence."""
+    d, ffn, layers, vocab = config.hidden_size, config.ffn_dim, config.num_hidden_layers, config.vocab_size
+    base = layers * (4 * d * d + 2 * d * ffn + 2 * seq_len * d) + d * vocab
+    blocks = layers // config.cross_attention_interval
+    extra = blocks * (2 * d * d + 2 * d * ffn + 2 * d * d * num_memory_tokens / seq_len + 2 * num_memory_tokens * d)
+    return extra / base
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--seq_len", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompt_len", type=int, default=128)
+    parser.add_argument("--new_tokens", type=int, default=32)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    modes = ["none", "self_attention", "cross_attention"]
+    models = {mode: build(mode, args.device, dtype) for mode in modes}
+    optimizers = {mode: torch.optim.AdamW(models[mode].parameters(), lr=1e-5) for mode in modes}
+    train_batches = {m: batch_for(m, args.batch_size, args.seq_len, args.device, dtype, generator) for m in modes}
+    gen_batches = {m: batch_for(m, 1, args.prompt_len, args.device, dtype, generator) for m in modes}
+
+    step_times = {mode: [] for mode in modes}
+    token_rates = {mode: [] for mode in modes}
+    for mode in modes:  # warm-up: allocator, kernels, optimizer state
+        models[mode].train()
+        train_step(models[mode], optimizers[mode], train_batches[mode], args.device)
+    for _ in range(args.repeats):
+        for mode in modes:
+            models[mode].train()
+            step_times[mode].append(train_step(models[mode], optimizers[mode], train_batches[mode], args.device))
+    for mode in modes:
+        models[mode].eval()
+        generation_tokens_per_second(models[mode], gen_batches[mode], 4, args.device)
+    for _ in range(args.repeats):
+        for mode in modes:
+            token_rates[mode].append(
+                generation_tokens_per_second(models[mode], gen_batches[mode], args.new_tokens, args.device)
+            )
+
+    step = {mode: statistics.median(step_times[mode]) for mode in modes}
+    rate = {mode: statistics.median(token_rates[mode]) for mode in modes}
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU x{torch.get_num_threads()} threads"
+    print(f"device: {device_name}, dtype {args.dtype}, OPT-125m shape (768 x 12 layers), batch {args.batch_size}, "
+          f"sequence {args.seq_len}, 16 neighbours x 4 tokens, gates open, median of {args.repeats}")
+    print(f"{'mode':<18}{'train step s':>14}{'ratio':>8}{'gen tok/s':>12}{'ratio':>8}")
+    for mode in modes:
+        print(f"{mode:<18}{step[mode]:>14.3f}{step[mode] / step['none']:>8.3f}"
+              f"{rate[mode]:>12.1f}{rate[mode] / rate['none']:>8.3f}")
+    share = extra_block_share(models["cross_attention"].config, args.seq_len, 64)
+    measured = step["cross_attention"] / step["none"] - 1
+    print(f"cross-attention: {models['cross_attention'].config.num_hidden_layers // 4} gated blocks add "
+          f"{share:.1%} matmul FLOPs -> they explain {share / measured:.0%} of the measured {measured:.1%} overhead"
+          if measured > 0 else f"cross-attention: blocks add {share:.1%} FLOPs; measured overhead {measured:.1%}")
+    sa_ok = step["self_attention"] / step["none"] <= 1.10
+    gen_ok = all(rate[m] / rate["none"] >= 0.9 for m in modes)
+    print(f"targets: SA train ratio <= 1.10: {'met' if sa_ok else 'MISSED'}; "
+          f"generation ratios >= 0.9: {'met' if gen_ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
