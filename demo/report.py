@@ -1,0 +1,48 @@
+"""Demo report: metrics table of the trained runs, a plot of loss curves and metrics, one pipeline summary."""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRICS = ("predict_bleu4", "predict_rougeL", "predict_cider")
+
+
+def load_run(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "predict_results.json").read_text())
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    losses = [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+    return {"metrics": metrics, "losses": losses}
+
+
+def main(run_dirs, plot_path):
+    runs = {Path(d).name: load_run(Path(d)) for d in run_dirs}
+    print(f"{'run':<16}" + "".join(f"{m.split('_')[1]:>10}" for m in METRICS))
+    for name, run in runs.items():
+        print(f"{name:<16}" + "".join(f"{run['metrics'][m]:>10.4f}" for m in METRICS))
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, run in runs.items():
+        steps, losses = zip(*run["losses"])
+        loss_axis.plot(steps, losses, label=name)
+    loss_axis.set(xlabel="step", ylabel="training loss", title="Loss")
+    loss_axis.legend()
+    width = 0.8 / len(runs)
+    for i, (name, run) in enumerate(runs.items()):
+        metric_axis.bar([j + i * width for j in range(len(METRICS))], [run["metrics"][m] for m in METRICS], width, label=name)
+    metric_axis.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(METRICS))], [m.split("_")[1] for m in METRICS])
+    metric_axis.set(title="Test metrics")
+    metric_axis.legend()
+    figure.tight_layout()
+    figure.savefig(plot_path, dpi=120)
+    print(f"plot: {plot_path}")
+    first, last = list(runs.values())[0], list(runs.values())[-1]
+    better = last["metrics"]["predict_rougeL"] > first["metrics"]["predict_rougeL"]
+    print(f"{list(runs)[-1]} {'beats' if better else 'does NOT beat'} {list(runs)[0]} on ROUGE-L")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:-1], sys.argv[-1])

@@ -1,0 +1,408 @@
+"""`mmgl-summarization`: a transformers pipeline that writes the summary (first sentence) of a section.
+
+Usage, from a folder written by `save_for_hub` (works offline, in a process that cannot import this
+package)::
+
+    from transformers import pipeline
+
+    pipe = pipeline("mmgl-summarization", model="path/or/hub-id", trust_remote_code=True)
+    pipe({"page": page, "section": 2})                    # -> {"summary_text": "..."}
+    pipe(page, section=2, max_new_tokens=32, num_beams=4)
+    pipe([{"page": p, "section": s} for p, s in todo], batch_size=8)   # -> a list of dicts
+
+A page is what `PageGraph.coerce` accepts: a WikiWeb2M page row (feature names verbatim), a
+`PageGraph`, or a plain dict ``{"title", "description", "sections": [{"title", "text", "images":
+[{"path" | "url" | "image", "caption"}]}]}``. In a plain dict an image may also be a `PIL.Image.Image`
+(or the file's bytes) under ``"image"``; the pipeline writes it to a temporary PNG file for the
+processor. For a plain dict the summary of the target section is unknown: unless that section gives
+``"summary"`` or ``"rest"`` itself, its input text is its FULL text (`PageGraph.from_dict` would
+otherwise split a first sentence off and drop it from the input). For a WikiWeb2M row the input is
+``section_rest_sentence``, as in training.
+
+Neighbours: with ``embedding_cache`` (a path or an `EmbeddingCache`, or any object with
+``get_text`` / ``get_image`` / ``embed_dim``) they are passed as precomputed embeddings; without it
+as raw open_clip ids and pixels, which the model encodes with its frozen ``neighbor_encoder`` (a
+model without one needs a cache: a clear error says so). Missing images (no file, no ``image_dir``)
+are masked, never replaced by blank pixels.
+
+Batching uses the processor's own collator (left padding), so ``batch_size=B`` gives exactly
+``model.generate(**processor(pages, sections, for_generation=True))``. Generation parameters
+(``max_new_tokens``, ``num_beams``, ``do_sample``, ... or ``generate_kwargs={...}``) go to
+``generate``; ``max_new_tokens`` defaults to the processor's ``max_target_length``.
+
+`save_for_hub` writes a flat, self-contained Hub folder: weights, tokenizer, processor config, the
+modeling files, the processing files (this one included) and ``custom_pipelines`` in config.json.
+This file imports installed packages and same-folder files only (``page_graph.py``, and
+``embedding_cache.py`` when a cache is given by path), never modeling code.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sized
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+from .page_graph import PageGraph
+
+TASK = "mmgl-summarization"
+_GENERATION_KEYS = frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_"))
+
+
+class MMGLSummarizationPipeline(Pipeline):
+    r"""Section summarization with an MMGL model (`MMGLForConditionalGeneration`) and its `MMGLProcessor`.
+
+    Inputs (``__call__``): one input or a list of them, each ``{"page": page, "section": int}``, or a bare
+    page with ``section=`` given as a call parameter (see the module docstring for the page formats).
+
+    Parameters (at construction or per call):
+        section (`int`, *optional*): target section for inputs that are bare pages.
+        max_new_tokens (`int`, *optional*): summary tokens to generate; defaults to the processor's
+            ``max_target_length`` unless the model's generation config sets a length.
+        num_beams (`int`, *optional*): beam search width (any other `generate` parameter is accepted
+            too, by name or in ``generate_kwargs``).
+        image_dir (`str`, *optional*): folder of the image files that image URLs / relative paths refer to.
+        embedding_cache (`str` or `EmbeddingCache`, *optional*): precomputed neighbour embeddings; without
+            one, neighbours are encoded by the model's ``neighbor_encoder``.
+
+    Returns:
+        `dict` ``{"summary_text": str}`` per input (a list of them for ``num_return_sequences > 1``), or a
+        list of those for a list of inputs.
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+    _pipeline_calls_generate = True
+
+    def __init__(self, model, processor=None, **kwargs):
+        if processor is None:
+            # Built by hand rather than by `pipeline(...)`: the processor sits next to the weights.
+            source = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+            if not source:
+                raise ValueError(
+                    "MMGLSummarizationPipeline needs its MMGLProcessor: pass processor=..., or load the model from a "
+                    "folder written by save_for_hub so that the processor can be loaded from it"
+                )
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+        self._embedding_caches: Dict[str, Any] = {}
+        super().__init__(model=model, processor=processor, **kwargs)
+        if self.tokenizer is None:
+            self.tokenizer = getattr(self.processor, "tokenizer", None)
+
+    # ------------------------------------------------------------------ parameters
+
+    def _sanitize_parameters(
+        self,
+        section: Optional[int] = None,
+        max_new_tokens: Optional[int] = None,
+        num_beams: Optional[int] = None,
+        image_dir: Optional[Union[str, os.PathLike]] = None,
+        embedding_cache: Any = None,
+        generate_kwargs: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ):
+        unknown = sorted(set(kwargs) - _GENERATION_KEYS - {"generation_config"})
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected parameter(s) {unknown}; it takes section, image_dir, "
+                "embedding_cache, max_new_tokens, num_beams, generate_kwargs and generate() parameters"
+            )
+        preprocess_params: Dict[str, Any] = {}
+        if section is not None:
+            preprocess_params["section"] = section
+        if image_dir is not None:
+            preprocess_params["image_dir"] = image_dir
+        if embedding_cache is not None:
+            preprocess_params["embedding_cache"] = self._open_embedding_cache(embedding_cache)
+        generation = dict(generate_kwargs or {})
+        generation.update(kwargs)
+        if max_new_tokens is not None:
+            generation["max_new_tokens"] = max_new_tokens
+        if num_beams is not None:
+            generation["num_beams"] = num_beams
+        forward_params = {"generate_kwargs": generation} if generation else {}
+        return preprocess_params, forward_params, {}
+
+    def _open_embedding_cache(self, cache: Any) -> Any:
+        if not isinstance(cache, (str, os.PathLike)):
+            missing = [name for name in ("get_text", "get_image", "embed_dim") if not hasattr(cache, name)]
+            if missing:
+                raise TypeError(
+                    f"embedding_cache must be a cache folder or an EmbeddingCache-like object; "
+                    f"{type(cache).__name__} lacks {missing}"
+                )
+            return cache
+        key = os.path.abspath(os.fspath(cache))
+        if key not in self._embedding_caches:
+            from .embedding_cache import EmbeddingCache
+
+            self._embedding_caches[key] = EmbeddingCache(key)
+        return self._embedding_caches[key]
+
+    def _has_neighbor_encoder(self) -> bool:
+        model = self.model
+        if hasattr(model, "get_base_model"):  # a peft model
+            model = model.get_base_model()
+        return getattr(model, "neighbor_encoder", None) is not None
+
+    # ------------------------------------------------------------------ the four stages
+
+    def preprocess(
+        self,
+        inputs: Any,
+        section: Optional[int] = None,
+        image_dir: Optional[Union[str, os.PathLike]] = None,
+        embedding_cache: Any = None,
+    ) -> Dict[str, torch.Tensor]:
+        page, section = self._split_input(inputs, section)
+        needs_slots = self.processor.has_text_slots or self.processor.has_image_slots
+        if embedding_cache is None and needs_slots and not self._has_neighbor_encoder():
+            raise ValueError(
+                "this model has no neighbor_encoder (MMGLConfig.neighbor_encoder_name / neighbor_encoder_config), so "
+                "it cannot encode raw neighbour texts and images: pass embedding_cache=<cache folder or "
+                "EmbeddingCache> with the neighbours' precomputed embeddings"
+            )
+        with contextlib.ExitStack() as stack:
+
+            made: List[str] = []
+
+            def scratch() -> str:  # a folder for in-memory images, made only when one is met
+                if not made:
+                    made.append(stack.enter_context(tempfile.TemporaryDirectory(prefix="mmgl-pipeline-")))
+                return made[0]
+
+            graph = self._to_graph(page, section, scratch)
+            graph.check_section(section)  # IndexError naming the page and its number of sections
+            # The processor reads the image files here, so the scratch folder may go right after.
+            batch = self.processor(
+                graph, section, embedding_cache=embedding_cache, image_dir=image_dir, for_generation=True
+            )
+        return dict(batch)
+
+    def _forward(self, model_inputs: Dict[str, torch.Tensor], generate_kwargs: Optional[Dict[str, Any]] = None):
+        generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}))
+        already_set = self._get_set_generation_params(generate_kwargs)
+        if "max_new_tokens" not in already_set and "max_length" not in already_set:
+            generate_kwargs["max_new_tokens"] = self.processor.max_target_length
+        if already_set.get("pad_token_id") is None:
+            generate_kwargs["pad_token_id"] = self.processor.pad_token_id
+        generate_kwargs["return_dict_in_generate"] = False  # the token ids, whatever the generation config says
+        input_ids = model_inputs["input_ids"]
+        output = self.model.generate(**model_inputs, **generate_kwargs)
+        # generate(input_ids=...) returns prompt + new tokens (all rows share the left-padded prompt width).
+        new_tokens = output[:, input_ids.shape[1] :]
+        batch_size = input_ids.shape[0]
+        return {"generated_ids": new_tokens.reshape(batch_size, -1, new_tokens.shape[-1])}
+
+    def postprocess(self, model_outputs: Dict[str, torch.Tensor]):
+        sequences = model_outputs["generated_ids"][0]  # (num_return_sequences, T)
+        texts = [
+            {"summary_text": self.tokenizer.decode(ids, skip_special_tokens=True).strip()} for ids in sequences
+        ]
+        return texts[0] if len(texts) == 1 else texts
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        # The default collate only pads token keys; neighbour slots and graphs need the processor's collator.
+        from torch.utils.data import DataLoader
+
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:  # a generator: one worker keeps the order
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)
+        collator = self.processor.data_collator(for_generation=True)
+
+        def collate(items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+            # Each item is a batch of one (no padding at all): unbatch, then pad the real batch.
+            return collator([{key: value[0] for key, value in item.items()} for item in items])
+
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    # ------------------------------------------------------------------ inputs
+
+    @staticmethod
+    def _split_input(inputs: Any, section: Optional[int]):
+        if isinstance(inputs, Mapping) and "page" in inputs:
+            page = inputs["page"]
+            section = inputs.get("section", section)
+        elif type(inputs).__name__ == "PageGraph" or (
+            isinstance(inputs, Mapping) and ("sections" in inputs or "section_title" in inputs)
+        ):
+            page = inputs
+        else:
+            raise TypeError(
+                "expected {'page': <page>, 'section': <int>} or a page (WikiWeb2M row, page dict or PageGraph) with "
+                f"section=..., got {type(inputs).__name__}"
+                + (f" with keys {sorted(inputs)}" if isinstance(inputs, Mapping) else "")
+            )
+        if section is None:
+            raise ValueError(
+                "no target section: pass {'page': page, 'section': i} or pipe(page, section=i)"
+            )
+        if isinstance(section, bool) or not isinstance(section, int):
+            if isinstance(section, torch.Tensor) and section.numel() == 1 and not section.is_floating_point():
+                section = int(section)
+            else:
+                raise TypeError(f"section must be an int (a section index), got {section!r}")
+        return page, section
+
+    @property
+    def _graph_class(self) -> type:
+        """The processor's own `PageGraph` class. Loaded from the Hub, the processor and this pipeline are
+        separate dynamic modules, each with its own copy of page_graph.py, and the processor only takes
+        graphs of its copy."""
+        module = sys.modules.get(type(self.processor).__module__)
+        return getattr(module, "PageGraph", PageGraph)
+
+    def _to_graph(self, page: Any, section: int, scratch: Callable[[], str]):
+        """A `PageGraph` of the processor's class; a plain dict's target text is its full text and in-memory
+        images become files."""
+        graph_class = self._graph_class
+        if isinstance(page, Mapping) and "sections" in page and "section_title" not in page:
+            sections = page["sections"]
+            if not isinstance(sections, (list, tuple)):
+                raise TypeError(f"page['sections'] must be a list of section dicts, got {type(sections).__name__}")
+            page = dict(page)
+            page["sections"] = [
+                _prepare_section(sec, is_target=(i == section), scratch=scratch) for i, sec in enumerate(sections)
+            ]
+        elif not isinstance(page, graph_class) and type(page).__name__ == "PageGraph" and dataclasses.is_dataclass(page):
+            # A graph built with another copy of page_graph.py (e.g. the installed package): same fields.
+            page = graph_class(**{f.name: getattr(page, f.name) for f in dataclasses.fields(page) if f.init})
+        return graph_class.coerce(page)
+
+
+def _prepare_section(sec: Any, is_target: bool, scratch: Callable[[], str]) -> Any:
+    if not isinstance(sec, Mapping):
+        return sec  # `PageGraph.from_dict` reports it
+    sec = dict(sec)
+    if is_target and sec.get("summary") is None and sec.get("rest") is None:
+        # Unknown summary: the whole section text is the input (from_dict would split one sentence off).
+        sec["summary"] = ""
+    images = sec.get("images")
+    if images:
+        sec["images"] = [_materialize_image(image, scratch) for image in images]
+    return sec
+
+
+def _materialize_image(image: Any, scratch: Callable[[], str]) -> Any:
+    """Write an in-memory image (``PIL.Image`` or bytes under ``"image"``) to a PNG / raw file in ``scratch()``."""
+    if not isinstance(image, Mapping):
+        return image
+    data = image.get("image")
+    if image.get("path") or image.get("url") or data is None or isinstance(data, (str, os.PathLike)):
+        return image
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        payload, suffix = bytes(data), ".img"
+    elif hasattr(data, "save") and hasattr(data, "mode"):  # PIL.Image.Image
+        buffer = io.BytesIO()
+        data.save(buffer, format="PNG")  # lossless: the processor sees the same pixels
+        payload, suffix = buffer.getvalue(), ".png"
+    else:
+        raise TypeError(f"image 'image' must be a path, a PIL image or bytes, got {type(data).__name__}")
+    path = os.path.join(scratch(), hashlib.sha256(payload).hexdigest() + suffix)
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(payload)
+    return {**image, "image": path}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registration and a self-contained Hub folder
+# ---------------------------------------------------------------------------------------------------
+
+
+def register_pipeline() -> None:
+    """Register ``"mmgl-summarization"`` in this process, so that ``pipeline("mmgl-summarization", model=<MMGL
+    model object>, processor=...)`` works and `save_for_hub` can record the pipeline in config.json."""
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=MMGLSummarizationPipeline, pt_model=AutoModelForCausalLM)
+
+
+_PROJECT_PACKAGES = ("processing", "modeling_mmgl")
+
+
+def check_flat_folder(folder: Union[str, os.PathLike]) -> None:
+    """Raise if a ``.py`` file of ``folder`` imports relatively something that is not a file of ``folder``
+    (found the way transformers finds them, by regex, so even an indented or lazy import counts), or imports
+    this project's packages (``processing``, ``modeling_mmgl``) by absolute name."""
+    import ast
+
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    folder = Path(folder)
+    local = {path.stem for path in folder.glob("*.py")}
+    problems = []
+    for path in sorted(folder.glob("*.py")):
+        for module in sorted(get_relative_imports(path)):
+            if module not in local:
+                problems.append(f"{path.name}: 'from .{module} import' is not a file of the folder")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level > 1:
+                problems.append(f"{path.name}: 'from {'.' * node.level}{node.module or ''} import' leaves the folder")
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in _PROJECT_PACKAGES:
+                    problems.append(f"{path.name}: imports the package {name!r}, which a Hub folder does not have")
+    if problems:
+        raise RuntimeError(f"{folder} is not a flat Hub folder:\n  " + "\n  ".join(problems))
+
+
+def save_for_hub(model, processor, output_dir: Union[str, os.PathLike]) -> List[str]:
+    """Write ``model`` and ``processor`` to ``output_dir`` as a flat Hub folder that loads with
+    ``pipeline("mmgl-summarization", model=output_dir, trust_remote_code=True)`` (and `AutoModel`,
+    `AutoModelForCausalLM`, `AutoProcessor`, `AutoTokenizer` with ``trust_remote_code=True``) in a process
+    without this package.
+
+    Writes: config.json (``auto_map`` for AutoConfig / AutoModel / AutoModelForCausalLM and
+    ``custom_pipelines``), generation_config.json, model.safetensors, the tokenizer files
+    (tokenizer_config.json with ``auto_map.AutoProcessor``), processor_config.json (``auto_map.AutoProcessor``)
+    and preprocessor_config.json, and the code: the modeling files and ``processing_mmgl.py``,
+    ``collator.py``, ``page_graph.py``, ``pipeline_mmgl.py``, ``embedding_cache.py``, ``image_fetcher.py``.
+
+    Args:
+        model (`MMGLForConditionalGeneration`): the model (merge peft adapters first).
+        processor (`MMGLProcessor`): its processor.
+        output_dir (`str` or `os.PathLike`): the folder (created if needed).
+
+    Returns:
+        `list[str]`: the file names in ``output_dir``.
+    """
+    if hasattr(model, "merge_and_unload") or hasattr(model, "get_base_model"):
+        raise TypeError("save_for_hub needs a plain model: merge peft adapters first (model = model.merge_and_unload())")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    register_pipeline()
+    # Processor code and `auto_map.AutoProcessor` in processor_config.json / tokenizer_config.json.
+    type(processor).register_for_auto_class("AutoProcessor")
+    pipe = MMGLSummarizationPipeline(model=model, processor=processor, task=TASK, device=-1)
+    # Through the pipeline object: config.json gets `custom_pipelines` and pipeline_mmgl.py (+ the files it
+    # imports relatively) is copied; then the model (+ modeling files), tokenizer and image processor.
+    pipe.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    # Python caches copied along with nothing else: keep the folder to its files.
+    shutil.rmtree(output_dir / "__pycache__", ignore_errors=True)
+    check_flat_folder(output_dir)
+    return sorted(p.name for p in output_dir.iterdir())
+
+
+__all__ = ["TASK", "MMGLSummarizationPipeline", "check_flat_folder", "register_pipeline", "save_for_hub"]

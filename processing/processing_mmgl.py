@@ -1,0 +1,891 @@
+"""Processor for Multimodal Graph Learning (MMGL) section summarization.
+
+`MMGLProcessor` turns (page, target section) into the model inputs of docs/INTERFACE.md: an OPT
+prompt with ``<neighbor>`` placeholders and labels on the summary only, the neighbours (raw or as
+cached embeddings) with masks, and the graph between the neighbours.
+
+Example layout (one example, training; ``|`` separates token segments)::
+
+    </s> | [SA-TE only] " Context:" | " <text neighbour 1>" | " <text neighbour 2>" | ...
+         | " Section:" | " <section title>: <section text after its first sentence>"
+         | <neighbor> x text_neighbor_num_tokens per text slot        (SA-E only)
+         | <neighbor> x image_neighbor_num_tokens per real image slot (SA-TE and SA-E)
+         | " Summary:" | " <summary>" </s>
+    labels: -100 everywhere except " <summary>" </s>
+
+for generation the example stops after " Summary:". Every text segment is tokenised on its own as
+``" " + text`` (no special tokens, special-token strings inside text are split as plain text), so
+an example is a concatenation of per-text id arrays: the token cache (`build_token_cache`) stores
+each unique text's ids once and building an example is slicing and concatenating.
+
+Neighbour selection (deterministic; `select_neighbors`). Sections are ranked for target ``t`` as:
+its parent section first, then the other sections by ``(|s - t|, s)`` (nearest first, the earlier
+one on ties).
+
+* text slots, at most ``max_text_neighbors``, empty texts skipped:
+  ``section_only``: none. ``section_all``: the captions of the target's images.
+  ``text_only`` / ``all``: the page description, the captions of the target's images, then for each
+  ranked section its text followed by its images' captions.
+* image slots, at most ``max_image_neighbors``: ``section_all``: the target's images; ``all``: the
+  target's images, then each ranked section's images; none otherwise. An image that is not on disk
+  (raw mode) or not in the embedding cache keeps its slot with mask 0 and gets no placeholders.
+
+Which keys an example has depends only on the configuration: text slots exist in SA-E and CA-E for
+every context but ``section_only`` (in SA-TE texts are raw tokens); image slots for ``section_all``
+and ``all``; ``neighbor_adjacency`` whenever there are slots.
+
+Graph projection (`neighbor_adjacency`, nodes ``[text slots..., image slots...]``). Each slot stands
+for a page-graph node: the page node (description), a section node (its text) or an image node
+(its caption as a text slot, its pixels as an image slot). Two real slots ``a != b`` are adjacent
+when their nodes are (1) the same node (an image's caption slot and its image slot), (2) adjacent
+in the page graph, or (3) both adjacent to the target section node. The target is the node being
+summarised: it is the prompt, not a slot, so it is contracted and its graph neighbours become
+pairwise adjacent (otherwise the target's own images, in SA-TE the only slots, would be
+disconnected). Masked (missing) and padding slots are isolated; there are no self loops.
+
+Leakage: the target's summary (clean and raw first sentence) never enters any input. The target
+contributes only ``section_rest_sentence``; any neighbour text, caption, title or the target text
+that still contains the summary verbatim has it cut out before tokenisation or embedding lookup.
+
+This file is Hub-loadable: it imports installed packages and same-folder files (``page_graph.py``,
+``collator.py``) only, and never modeling code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import unquote
+
+import numpy as np
+import torch
+from transformers import AddedToken, BatchFeature, CLIPImageProcessor
+from transformers.processing_utils import ProcessorMixin
+
+from .collator import MMGLDataCollator
+from .page_graph import PageGraph, PageGraphIndex
+
+CONTEXTS = ("section_only", "section_all", "text_only", "all")
+NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
+NEIGHBOR_TOKEN = "<neighbor>"
+# open_clip's default preprocessing statistics (OPENAI_DATASET_MEAN / _STD).
+_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Shared zero scalar behind the broadcast pixel block of examples without any image file.
+_ZERO = torch.zeros(())
+
+
+def clip_image_processor(model_name: str = "ViT-B-32", image_size: Optional[int] = None) -> CLIPImageProcessor:
+    """A `CLIPImageProcessor` that reproduces open_clip's eval preprocessing for ``model_name``.
+
+    open_clip resizes the shortest edge to ``image_size`` (bicubic), centre-crops ``image_size`` and
+    normalises with the model's mean/std (OpenAI CLIP statistics unless the config says otherwise).
+    Works offline: only the bundled model config is read.
+    """
+    mean, std = _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
+    if image_size is None:
+        import open_clip
+
+        config = open_clip.get_model_config(model_name)
+        if config is None:
+            raise ValueError(f"open_clip has no model config named {model_name!r}")
+        vision = config.get("vision_cfg", {})
+        image_size = vision.get("image_size", 224)
+        mean = tuple(vision.get("image_mean", mean))
+        std = tuple(vision.get("image_std", std))
+        if isinstance(image_size, (list, tuple)):
+            image_size = image_size[0]
+    return CLIPImageProcessor(
+        size={"shortest_edge": int(image_size)},
+        crop_size={"height": int(image_size), "width": int(image_size)},
+        do_center_crop=True,
+        resample=3,  # PIL.Image.BICUBIC, as open_clip
+        image_mean=list(mean),
+        image_std=list(std),
+        do_convert_rgb=True,
+    )
+
+
+def _scrub(text: str, forbidden: Sequence[str]) -> str:
+    """Cut every occurrence of the target's summary out of ``text`` (the object is kept when clean)."""
+    for sentence in forbidden:
+        if sentence and sentence in text:
+            text = " ".join(text.replace(sentence, " ").split())
+    return text
+
+
+@dataclass
+class NeighborSelection:
+    """The neighbours of one example, in slot order.
+
+    Args:
+        target_node (`int`): page-graph node of the target section.
+        text_nodes (`list[int]`): node of each text neighbour (page, section or image-caption node).
+        texts (`list[str]`): the text of each text neighbour, summary-free.
+        image_nodes (`list[int]`): node of each image neighbour.
+        image_refs (`list[str | None]`): path or URL of each image neighbour.
+    """
+
+    target_node: int
+    text_nodes: List[int]
+    texts: List[str]
+    image_nodes: List[int]
+    image_refs: List[Optional[str]]
+
+
+class MMGLTokenCache:
+    """Token ids of every unique text of a data set, tokenised once.
+
+    ``lm`` maps a text to its OPT ids (``" " + text``, int64 array); ``clip`` maps a neighbour text
+    to its open_clip ids (`(Lc,)` long tensor). Keys are the texts themselves (looked up by their
+    hash). ``identity`` records the tokenizers the ids came from; a processor refuses a cache made
+    by other tokenizers.
+    """
+
+    def __init__(self, identity: Mapping[str, str]):
+        self.identity = dict(identity)
+        self.lm: Dict[str, np.ndarray] = {}
+        self.clip: Dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.lm) + len(self.clip)
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        with open(path, "wb") as f:
+            pickle.dump(
+                {"identity": self.identity, "lm": self.lm, "clip": {k: v.numpy() for k, v in self.clip.items()}},
+                f,
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "MMGLTokenCache":
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+        cache = cls(state["identity"])
+        cache.lm = state["lm"]
+        cache.clip = {k: torch.from_numpy(v) for k, v in state["clip"].items()}
+        return cache
+
+
+class _RuntimeState:
+    """Caches that must not be serialised nor deep-copied with the processor config (`to_dict`)."""
+
+    def __init__(self):
+        self.token_cache: Optional[MMGLTokenCache] = None
+        self.clip_tokenizer = None
+        self.prompt_ids: Optional[Dict[str, np.ndarray]] = None
+        self.identity: Optional[Dict[str, str]] = None
+        self.pixel_size = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class MMGLProcessor(ProcessorMixin):
+    r"""Builds MMGL model inputs from a page graph and a target section.
+
+    Args:
+        image_processor (`CLIPImageProcessor`, *optional*): preprocessing of raw neighbour images, as
+            the CLIP image encoder's; defaults to `clip_image_processor(neighbor_encoder_name)`.
+        tokenizer (`PreTrainedTokenizerBase`): the OPT tokenizer. ``<neighbor>`` is added to it as a
+            special token when missing; its id is the model's ``neighbor_token_id``.
+        context (`str`, *optional*, defaults to `"all"`): ``section_only`` (target section text),
+            ``section_all`` (+ its images and captions), ``text_only`` (all text of the page) or
+            ``all`` (all text and images of the page).
+        neighbor_encoding (`str`, *optional*, defaults to `"sa_e"`): ``sa_te`` (neighbour texts as raw
+            tokens, images as embeddings), ``sa_e`` (every neighbour as embeddings in the sequence) or
+            ``ca_e`` (neighbours through cross-attention; no placeholders).
+        text_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per text neighbour.
+        image_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per image neighbour.
+        max_text_neighbors (`int`, *optional*, defaults to 11): text neighbour budget.
+        max_image_neighbors (`int`, *optional*, defaults to 5): image neighbour budget.
+        max_source_length (`int`, *optional*, defaults to 512): tokens before the summary (prompt,
+            texts and placeholders). Only texts are truncated (from their end), never placeholders or
+            prompts: the target text keeps what the SA-TE neighbour texts leave free and at least
+            half of the text budget; the neighbour texts share the rest in slot order.
+        max_target_length (`int`, *optional*, defaults to 128): summary tokens including eos.
+        neighbor_encoder_name (`str`, *optional*, defaults to `"ViT-B-32"`): open_clip model name whose
+            tokenizer makes ``text_neighbor_input_ids`` (works offline).
+        neighbor_context_length (`int`, *optional*): open_clip context length ``Lc``; defaults to the
+            model's (77 for CLIP).
+        include_section_title (`bool`, *optional*, defaults to `True`): prefix the target text with
+            its section title.
+        context_prompt / section_prompt / summary_prompt (`str`, *optional*): the fixed prompt words,
+            ``"Context:"``, ``"Section:"`` and ``"Summary:"``.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        context: str = "all",
+        neighbor_encoding: str = "sa_e",
+        text_neighbor_num_tokens: int = 4,
+        image_neighbor_num_tokens: int = 4,
+        max_text_neighbors: int = 11,
+        max_image_neighbors: int = 5,
+        max_source_length: int = 512,
+        max_target_length: int = 128,
+        neighbor_encoder_name: str = "ViT-B-32",
+        neighbor_context_length: Optional[int] = None,
+        include_section_title: bool = True,
+        context_prompt: str = "Context:",
+        section_prompt: str = "Section:",
+        summary_prompt: str = "Summary:",
+        **kwargs,
+    ):
+        if tokenizer is None:
+            raise ValueError("MMGLProcessor needs a tokenizer (the OPT tokenizer of the model)")
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+        if neighbor_encoding not in NEIGHBOR_ENCODINGS:
+            raise ValueError(f"neighbor_encoding must be one of {NEIGHBOR_ENCODINGS}, got {neighbor_encoding!r}")
+        for name, value, low in (
+            ("text_neighbor_num_tokens", text_neighbor_num_tokens, 1),
+            ("image_neighbor_num_tokens", image_neighbor_num_tokens, 1),
+            ("max_text_neighbors", max_text_neighbors, 0),
+            ("max_image_neighbors", max_image_neighbors, 0),
+            ("max_source_length", max_source_length, 1),
+            ("max_target_length", max_target_length, 2),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token; the summary must end with one")
+        if image_processor is None:
+            image_processor = clip_image_processor(neighbor_encoder_name)
+        if NEIGHBOR_TOKEN not in tokenizer.get_vocab():
+            # Added as a special token so it is never split nor produced from ordinary text.
+            tokenizer.add_tokens([AddedToken(NEIGHBOR_TOKEN, special=True, normalized=False)], special_tokens=True)
+
+        self.context = context
+        self.neighbor_encoding = neighbor_encoding
+        self.text_neighbor_num_tokens = text_neighbor_num_tokens
+        self.image_neighbor_num_tokens = image_neighbor_num_tokens
+        self.max_text_neighbors = max_text_neighbors
+        self.max_image_neighbors = max_image_neighbors
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self.neighbor_encoder_name = neighbor_encoder_name
+        self.neighbor_context_length = neighbor_context_length
+        self.include_section_title = include_section_title
+        self.context_prompt = context_prompt
+        self.section_prompt = section_prompt
+        self.summary_prompt = summary_prompt
+        self._state = _RuntimeState()
+        super().__init__(image_processor, tokenizer, **kwargs)
+        self.neighbor_token_id = int(tokenizer.convert_tokens_to_ids(NEIGHBOR_TOKEN))
+
+    # ------------------------------------------------------------------ configuration queries
+
+    @property
+    def has_text_slots(self) -> bool:
+        """Text neighbours are passed as slots (embeddings / CLIP ids), not raw tokens."""
+        return self.neighbor_encoding != "sa_te" and self.context != "section_only"
+
+    @property
+    def has_image_slots(self) -> bool:
+        return self.context in ("section_all", "all")
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def model_input_names(self) -> List[str]:
+        names = ["input_ids", "attention_mask", "labels"]
+        if self.has_text_slots:
+            names += ["text_neighbor_embeds", "text_neighbor_input_ids", "text_neighbor_mask"]
+        if self.has_image_slots:
+            names += ["image_neighbor_embeds", "image_neighbor_pixel_values", "image_neighbor_mask"]
+        if self.has_text_slots or self.has_image_slots:
+            names.append("neighbor_adjacency")
+        return names
+
+    @property
+    def clip_tokenizer(self):
+        """The open_clip tokenizer of ``neighbor_encoder_name`` (imported lazily: it is heavy)."""
+        if self._state.clip_tokenizer is None:
+            import open_clip
+
+            kwargs = {"context_length": self.neighbor_context_length} if self.neighbor_context_length else {}
+            self._state.clip_tokenizer = open_clip.get_tokenizer(self.neighbor_encoder_name, **kwargs)
+        return self._state.clip_tokenizer
+
+    @property
+    def neighbor_context_size(self) -> int:
+        return int(getattr(self.clip_tokenizer, "context_length", self.neighbor_context_length or 77))
+
+    def data_collator(self, for_generation: bool = False, pad_to_multiple_of: Optional[int] = None) -> MMGLDataCollator:
+        """The collator matching this processor's pad id."""
+        return MMGLDataCollator(self.pad_token_id, for_generation=for_generation, pad_to_multiple_of=pad_to_multiple_of)
+
+    # ------------------------------------------------------------------ neighbour selection
+
+    @staticmethod
+    def section_ranking(graph: PageGraph, section_idx: int) -> List[int]:
+        """Other sections in neighbour order: the parent, then by ``(|s - t|, s)``, i.e.
+        ``t-1, t+1, t-2, t+2, ...`` (nearest first, the earlier one on ties)."""
+        parent = graph.section_parents[section_idx]
+        num = graph.num_sections
+        ranking = [parent] if parent >= 0 else []
+        for distance in range(1, max(section_idx, num - 1 - section_idx) + 1):
+            for s in (section_idx - distance, section_idx + distance):
+                if 0 <= s < num and s != parent:
+                    ranking.append(s)
+        return ranking
+
+    def select_neighbors(self, page: Any, section_idx: int) -> NeighborSelection:
+        """Choose the text and image neighbours of ``section_idx`` under the budgets (module docstring)."""
+        graph = PageGraph.coerce(page)
+        graph.check_section(section_idx)
+        context = self.context
+        ranking = self.section_ranking(graph, section_idx) if context != "section_only" else []
+
+        # Text candidates in slot order; the budget and empty texts are applied below.
+        candidates: List[int] = []
+        if context in ("text_only", "all"):
+            candidates.append(graph.page_node)
+        if context != "section_only":
+            candidates.extend(graph.image_nodes[section_idx])
+        if context in ("text_only", "all"):
+            for s in ranking:
+                candidates.append(graph.section_nodes[s])
+                candidates.extend(graph.image_nodes[s])
+        forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
+        summary, raw_summary = forbidden
+        if raw_summary == summary:
+            raw_summary = ""  # one substring test per text is enough
+        usable = graph.usable_texts
+        text_nodes: List[int] = []
+        texts: List[str] = []
+        if self.max_text_neighbors > 0:
+            for node in candidates:
+                text = usable[node]
+                if text is None:
+                    continue
+                if (summary and summary in text) or (raw_summary and raw_summary in text):
+                    text = _scrub(text, forbidden)
+                    if not text:
+                        continue
+                texts.append(text)
+                text_nodes.append(node)
+                if len(texts) == self.max_text_neighbors:
+                    break
+
+        image_nodes: List[int] = []
+        if context in ("section_all", "all"):
+            image_nodes = list(graph.image_nodes[section_idx][: self.max_image_neighbors])
+            if context == "all":
+                for s in ranking:
+                    if len(image_nodes) >= self.max_image_neighbors:
+                        break
+                    image_nodes.extend(graph.image_nodes[s][: self.max_image_neighbors - len(image_nodes)])
+        return NeighborSelection(
+            target_node=graph.section_nodes[section_idx],
+            text_nodes=text_nodes,
+            texts=texts,
+            image_nodes=image_nodes,
+            image_refs=[graph.nodes[n].image for n in image_nodes],
+        )
+
+    def target_text(self, graph: PageGraph, section_idx: int) -> str:
+        """The target's input text: ``"<title>: <rest>"`` (summary-free, before scrubbing)."""
+        rest = graph.rest_texts[section_idx]
+        title = graph.section_title(section_idx) if self.include_section_title else ""
+        return f"{title}: {rest}" if title and rest else (title or rest)
+
+    @staticmethod
+    def neighbor_adjacency(
+        graph: PageGraph, target_node: int, slot_nodes: Sequence[int], slot_mask: Sequence[int]
+    ) -> torch.Tensor:
+        """Project the page graph onto the neighbour slots (rules in the module docstring).
+
+        Args:
+            graph (`PageGraph`): the page.
+            target_node (`int`): the target section's node (contracted).
+            slot_nodes (`list[int]`): the node of each slot, text slots then image slots.
+            slot_mask (`list[int]`): 1 for a real slot, 0 for a missing one (kept isolated).
+
+        Returns:
+            `torch.FloatTensor` of shape `(N, N)`, symmetric 0/1, zero diagonal.
+        """
+        n = len(slot_nodes)
+        if not any(slot_mask):
+            return torch.zeros((n, n))
+        adjacency = np.zeros((n, n), dtype=np.float32)
+        neighbors = graph.neighbors
+        around_target = neighbors[target_node]
+        slots_of: Dict[int, List[int]] = {}
+        for a, node in enumerate(slot_nodes):
+            if slot_mask[a]:
+                slots_of.setdefault(node, []).append(a)
+        rows: List[int] = []
+        cols: List[int] = []
+        hub: List[int] = []
+        for node, slots in slots_of.items():
+            for v in neighbors[node]:  # rule 2: adjacent in the page graph
+                for b in slots_of.get(v, ()):
+                    for a in slots:
+                        rows.append(a)
+                        cols.append(b)
+            if len(slots) > 1:  # rule 1: one node, two slots (caption + image)
+                for a in slots:
+                    for b in slots:
+                        rows.append(a)
+                        cols.append(b)
+            if node in around_target:
+                hub.extend(slots)
+        for a in hub:  # rule 3: co-neighbours of the contracted target
+            rows.extend([a] * len(hub))
+            cols.extend(hub)
+        if rows:
+            adjacency[rows, cols] = 1.0
+            adjacency[cols, rows] = 1.0
+            np.fill_diagonal(adjacency, 0.0)
+        return torch.from_numpy(adjacency)
+
+    # ------------------------------------------------------------------ tokenisation (cached or not)
+
+    def _tokenizer_identity(self) -> Dict[str, str]:
+        if self._state.identity is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            if backend is not None:
+                spec = backend.to_str()
+            else:
+                spec = repr(sorted(self.tokenizer.get_vocab().items()))
+            self._state.identity = {
+                "lm": f"{type(self.tokenizer).__name__}:{hashlib.sha256(spec.encode('utf-8')).hexdigest()}",
+                "clip": f"{self.neighbor_encoder_name}:{self.neighbor_context_length}",
+            }
+        return self._state.identity
+
+    def _encode_lm(self, texts: Sequence[str]) -> List[np.ndarray]:
+        # " " + text: segments then join like words of one running text under byte-level BPE.
+        # split_special_tokens: a literal "<neighbor>" or "</s>" in page text stays plain text.
+        encoded = self.tokenizer(
+            [" " + t for t in texts], add_special_tokens=False, split_special_tokens=True
+        )["input_ids"]
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded]
+
+    def _encode_clip(self, texts: Sequence[str]) -> List[torch.Tensor]:
+        return list(self.clip_tokenizer(list(texts)).long())
+
+    def _lm_ids_many(self, texts: Sequence[str]) -> List[np.ndarray]:
+        """`_lm_ids` of several texts: one dict lookup each when cached, one tokenizer call for the rest."""
+        cache = self._state.token_cache
+        if cache is None:
+            return self._encode_lm(texts) if texts else []
+        table = cache.lm
+        found = [table.get(text) for text in texts]
+        if any(ids is None for ids in found):
+            for i, text in enumerate(texts):
+                if found[i] is None:
+                    found[i] = table[text] = self._encode_lm([text])[0]
+        return found
+
+    def _clip_ids_many(self, texts: Sequence[str]) -> List[torch.Tensor]:
+        """open_clip ids of several texts, from the token cache when there is one."""
+        cache = self._state.token_cache
+        if cache is None:
+            return self._encode_clip(texts) if texts else []
+        table = cache.clip
+        found = [table.get(text) for text in texts]
+        if any(ids is None for ids in found):
+            for i, text in enumerate(texts):
+                if found[i] is None:
+                    found[i] = table[text] = self._encode_clip([text])[0]
+        return found
+
+    def _prompt_ids(self) -> Dict[str, np.ndarray]:
+        if self._state.prompt_ids is None:
+            bos = self.tokenizer.bos_token_id
+            self._state.prompt_ids = {
+                "bos": np.asarray([] if bos is None else [bos], dtype=np.int64),
+                "eos": np.asarray([self.tokenizer.eos_token_id], dtype=np.int64),
+                "context": self._encode_lm([self.context_prompt])[0],
+                "section": self._encode_lm([self.section_prompt])[0],
+                "summary": self._encode_lm([self.summary_prompt])[0],
+            }
+        return self._state.prompt_ids
+
+    @property
+    def token_cache(self) -> Optional[MMGLTokenCache]:
+        return self._state.token_cache
+
+    def set_token_cache(self, cache: Optional[MMGLTokenCache]) -> None:
+        """Use ``cache`` (or none); refuses a cache built with other tokenizers."""
+        if cache is not None and cache.identity != self._tokenizer_identity():
+            raise ValueError(
+                f"token cache was built with tokenizers {cache.identity}, this processor uses {self._tokenizer_identity()}"
+            )
+        self._state.token_cache = cache
+
+    def build_token_cache(
+        self,
+        pages: Any,
+        neighbor_input_ids: Optional[bool] = None,
+        batch_size: int = 2048,
+        show_progress: bool = True,
+    ) -> MMGLTokenCache:
+        """Tokenise every unique text of ``pages`` once (batched) and use the ids from now on.
+
+        Collects, per page: the target text and summary of every section with a summary, and (for
+        SA-TE) every node text that can be a neighbour; with ``neighbor_input_ids`` also the open_clip
+        ids of the node texts. Texts met later (e.g. summary-scrubbed ones) are added on first use.
+
+        Args:
+            pages: a `PageGraphIndex` (its pages with samples), or an iterable of page graphs, WikiWeb2M
+                rows or page dicts.
+            neighbor_input_ids (`bool`, *optional*): also cache open_clip ids for raw text neighbours;
+                defaults to whether this configuration has text slots (pass `False` when an embedding
+                cache will provide text embeddings).
+            batch_size (`int`, *optional*, defaults to 2048): texts per tokenizer call.
+            show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
+
+        Returns:
+            `MMGLTokenCache`, also installed on the processor (it extends the current one if any).
+        """
+        from tqdm.auto import tqdm
+
+        if neighbor_input_ids is None:
+            neighbor_input_ids = self.has_text_slots
+        cache = self._state.token_cache
+        if cache is None:
+            cache = MMGLTokenCache(self._tokenizer_identity())
+        graphs: Iterable[PageGraph]
+        if isinstance(pages, PageGraphIndex):
+            graphs = pages.graphs()
+        else:
+            graphs = (PageGraph.coerce(page) for page in pages)
+        lm_texts: Dict[str, None] = {}
+        clip_texts: Dict[str, None] = {}
+        raw_neighbor_texts = self.neighbor_encoding == "sa_te" and self.context != "section_only"
+        for graph in tqdm(graphs, desc="collecting texts", unit="page", disable=not show_progress):
+            for s in range(graph.num_sections):
+                if graph.summaries[s]:
+                    lm_texts[self.target_text(graph, s)] = None
+                    lm_texts[graph.summaries[s]] = None
+            for node in graph.nodes:
+                if node.text:
+                    if raw_neighbor_texts:
+                        lm_texts[node.text] = None
+                    if neighbor_input_ids:
+                        clip_texts[node.text] = None
+        for texts, table, encode in (
+            ([t for t in lm_texts if t not in cache.lm], cache.lm, self._encode_lm),
+            ([t for t in clip_texts if t not in cache.clip], cache.clip, self._encode_clip),
+        ):
+            for start in tqdm(
+                range(0, len(texts), batch_size), desc="tokenizing", unit="batch", disable=not show_progress or not texts
+            ):
+                chunk = texts[start : start + batch_size]
+                table.update(zip(chunk, encode(chunk)))
+        self._state.token_cache = cache
+        return cache
+
+    # ------------------------------------------------------------------ neighbour payloads
+
+    @staticmethod
+    def resolve_image(ref: Optional[str], image_dir: Optional[Union[str, os.PathLike]]) -> Optional[str]:
+        """Path of an image node's file: a URL maps to ``image_dir/<last path component>`` (as stored
+        by WikiWeb2M image folders; the URL-decoded name is tried too); a relative path is taken under
+        ``image_dir``. The path may not exist (the caller masks it)."""
+        if not ref:
+            return None
+        if "://" in ref:
+            if image_dir is None:
+                return None
+            name = ref.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+            path = os.path.join(image_dir, name)
+            if not os.path.exists(path):
+                decoded = os.path.join(image_dir, unquote(name))
+                if os.path.exists(decoded):
+                    return decoded
+            return path
+        if image_dir is not None and not os.path.isabs(ref):
+            return os.path.join(image_dir, ref)
+        return ref
+
+    def _pixel_size(self) -> Tuple[int, int]:
+        ip = self.image_processor
+        if self._state.pixel_size is not None and self._state.pixel_size[0] is ip:
+            return self._state.pixel_size[1]
+        self._state.pixel_size = (ip, self._compute_pixel_size(ip))
+        return self._state.pixel_size[1]
+
+    @staticmethod
+    def _compute_pixel_size(ip) -> Tuple[int, int]:
+        crop = getattr(ip, "crop_size", None)
+        if getattr(ip, "do_center_crop", False) and crop is not None:
+            return int(crop["height"]), int(crop["width"])
+        size = ip.size
+        if size.get("height") is not None:
+            return int(size["height"]), int(size["width"])
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+
+    def _text_payload(self, graph: PageGraph, section_idx: int, selection: NeighborSelection, embedding_cache) -> Dict[str, torch.Tensor]:
+        num = len(selection.texts)
+        if embedding_cache is not None:
+            embeds = []
+            for text in selection.texts:
+                embed = embedding_cache.get_text(text)
+                if embed is None:
+                    raise KeyError(
+                        f"page {graph.page_id!r}, section {section_idx}: the embedding cache has no entry for text "
+                        f"neighbour {text[:60]!r}...; precompute embeddings for the texts of `select_neighbors`"
+                    )
+                embeds.append(torch.as_tensor(embed, dtype=torch.float32).reshape(-1))
+            values = torch.stack(embeds) if embeds else torch.zeros((0, int(embedding_cache.embed_dim)))
+            key = "text_neighbor_embeds"
+        else:
+            ids = self._clip_ids_many(selection.texts)
+            values = torch.stack(ids) if ids else torch.zeros((0, self.neighbor_context_size), dtype=torch.long)
+            key = "text_neighbor_input_ids"
+        return {key: values, "text_neighbor_mask": torch.ones(num, dtype=torch.long)}
+
+    def _image_payload(
+        self, selection: NeighborSelection, embedding_cache, image_dir
+    ) -> Tuple[Dict[str, torch.Tensor], List[int]]:
+        """Image slot tensors and the mask as a list. Only files on disk count: the raw path reads
+        them and a content-addressed embedding cache hashes them; the others are masked."""
+        num = len(selection.image_nodes)
+        mask = [0] * num
+        on_disk = []
+        for j, ref in enumerate(selection.image_refs):
+            path = self.resolve_image(ref, image_dir)
+            if path is not None and os.path.isfile(path):
+                on_disk.append((j, path))
+        if embedding_cache is not None:
+            found = {}
+            for j, path in on_disk:
+                try:
+                    embed = embedding_cache.get_image(path)
+                except OSError:
+                    embed = None
+                if embed is not None:
+                    found[j] = torch.as_tensor(embed, dtype=torch.float32).reshape(-1)
+            dim = next(iter(found.values())).shape[0] if found else int(embedding_cache.embed_dim)
+            values = torch.zeros((num, dim))
+            for j, embed in found.items():
+                values[j] = embed
+                mask[j] = 1
+            return {"image_neighbor_embeds": values, "image_neighbor_mask": torch.tensor(mask, dtype=torch.long)}, mask
+        height, width = self._pixel_size()
+        loaded = []
+        for j, path in on_disk:
+            try:
+                from PIL import Image
+
+                with Image.open(path) as image:
+                    loaded.append((j, image.convert("RGB")))
+            except (OSError, ValueError) as err:  # unreadable file: masked like a missing one
+                warnings.warn(f"could not read image {path!r} ({err}); masking it")
+        if loaded:
+            values = torch.zeros((num, 3, height, width))
+            pixels = self.image_processor(images=[image for _, image in loaded], return_tensors="pt")["pixel_values"]
+            for (j, _), pixel in zip(loaded, pixels):
+                values[j] = pixel
+                mask[j] = 1
+        else:
+            # Most sections have no image file: a zero-stride zero view instead of a fresh
+            # (Ni, 3, H, W) buffer (3 MB of memset per example at 224 px). Read-only by nature.
+            values = _ZERO.expand(num, 3, height, width)
+        return {"image_neighbor_pixel_values": values, "image_neighbor_mask": torch.tensor(mask, dtype=torch.long)}, mask
+
+    # ------------------------------------------------------------------ examples
+
+    def build_example(
+        self,
+        page: Any,
+        section_idx: int,
+        embedding_cache=None,
+        image_dir: Optional[Union[str, os.PathLike]] = None,
+        for_generation: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        """The model inputs of one example (unbatched; see docs/INTERFACE.md and the module docstring).
+
+        Args:
+            page: a `PageGraph`, a WikiWeb2M page row or a page dict.
+            section_idx (`int`): the target section.
+            embedding_cache (*optional*): an object with ``get_text(text)``, ``get_image(path)`` and
+                ``embed_dim`` (`processing.embedding_cache.EmbeddingCache`); when given, neighbours are
+                passed as embeddings, otherwise as raw CLIP ids / pixels.
+            image_dir (`str`, *optional*): folder of the image files (see `resolve_image`).
+            for_generation (`bool`, *optional*, defaults to `False`): stop after the prompt; no labels.
+
+        Returns:
+            `dict[str, torch.Tensor]`: ``input_ids`` / ``attention_mask`` / ``labels`` `(L,)`; with text
+            slots ``text_neighbor_embeds`` `(Nt, Dt)` or ``text_neighbor_input_ids`` `(Nt, Lc)` and
+            ``text_neighbor_mask`` `(Nt,)`; with image slots ``image_neighbor_embeds`` `(Ni, Di)` or
+            ``image_neighbor_pixel_values`` `(Ni, 3, H, W)` and ``image_neighbor_mask`` `(Ni,)`; and
+            ``neighbor_adjacency`` `(Nt + Ni, Nt + Ni)` when there are slots.
+        """
+        graph = PageGraph.coerce(page)
+        selection = self.select_neighbors(graph, section_idx)
+        summary = graph.summaries[section_idx]
+        if not for_generation and not summary.strip():
+            raise ValueError(
+                f"page {graph.page_id!r}, section {section_idx}: empty summary (section_clean_1st_sentence); "
+                "it cannot be a training example"
+            )
+        example: Dict[str, torch.Tensor] = {}
+        slot_nodes: List[int] = []
+        slot_mask: List[int] = []
+        num_placeholders = 0
+        if self.has_text_slots:
+            example.update(self._text_payload(graph, section_idx, selection, embedding_cache))
+            slot_nodes += selection.text_nodes
+            slot_mask += [1] * len(selection.text_nodes)
+            if self.neighbor_encoding == "sa_e":
+                num_placeholders += self.text_neighbor_num_tokens * len(selection.texts)
+        if self.has_image_slots:
+            payload, image_mask = self._image_payload(selection, embedding_cache, image_dir)
+            example.update(payload)
+            slot_nodes += selection.image_nodes
+            slot_mask += image_mask
+            if self.neighbor_encoding != "ca_e":
+                num_placeholders += self.image_neighbor_num_tokens * sum(image_mask)
+        if self.has_text_slots or self.has_image_slots:
+            example["neighbor_adjacency"] = self.neighbor_adjacency(graph, selection.target_node, slot_nodes, slot_mask)
+
+        input_ids, labels = self._token_layout(graph, section_idx, selection, num_placeholders, for_generation)
+        example["input_ids"] = torch.from_numpy(input_ids)
+        example["attention_mask"] = torch.ones(input_ids.shape[0], dtype=torch.long)
+        if labels is not None:
+            example["labels"] = torch.from_numpy(labels)
+        return example
+
+    def _token_layout(
+        self, graph: PageGraph, section_idx: int, selection: NeighborSelection, num_placeholders: int, for_generation: bool
+    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """``input_ids`` and ``labels`` as int64 arrays; truncation keeps placeholders and prompts."""
+        prompts = self._prompt_ids()
+        raw_texts = selection.texts if self.neighbor_encoding == "sa_te" else ()
+        fixed = (
+            len(prompts["bos"])
+            + (len(prompts["context"]) if raw_texts else 0)
+            + len(prompts["section"])
+            + num_placeholders
+            + len(prompts["summary"])
+        )
+        budget = self.max_source_length - fixed
+        if budget < 0:
+            raise ValueError(
+                f"page {graph.page_id!r}, section {section_idx}: max_source_length={self.max_source_length} cannot "
+                f"hold the prompt and {num_placeholders} neighbour placeholders ({fixed} tokens); raise "
+                "max_source_length or lower the neighbour budgets"
+            )
+        forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
+        summary_text = graph.summaries[section_idx]
+        target_text = _scrub(self.target_text(graph, section_idx), forbidden)
+        if for_generation:
+            target, *neighbor_ids = self._lm_ids_many([target_text, *raw_texts])
+        else:
+            target, summary_ids, *neighbor_ids = self._lm_ids_many([target_text, summary_text, *raw_texts])
+        # Split the text budget: the target keeps everything the neighbour texts leave free, and at
+        # least half when both are long; neighbour texts then fill the rest in slot order.
+        neighbor_length = sum(map(len, neighbor_ids))
+        parts = [prompts["bos"]]
+        if raw_texts:
+            parts.append(prompts["context"])
+        if len(target) + neighbor_length <= budget:  # the common case: everything fits
+            parts.extend(neighbor_ids)
+        else:
+            target = target[: max(budget // 2, budget - neighbor_length)]
+            budget -= len(target)
+            for ids in neighbor_ids:
+                if budget <= 0:
+                    break
+                parts.append(ids[:budget])
+                budget -= len(parts[-1])
+        parts.append(prompts["section"])
+        parts.append(target)
+        if num_placeholders:
+            parts.append(np.full(num_placeholders, self.neighbor_token_id, dtype=np.int64))
+        parts.append(prompts["summary"])
+        if for_generation:
+            return np.concatenate(parts), None
+        source_length = sum(map(len, parts))
+        parts.append(summary_ids[: self.max_target_length - 1])
+        parts.append(prompts["eos"])
+        input_ids = np.concatenate(parts)
+        labels = np.full(input_ids.shape[0], -100, dtype=np.int64)
+        labels[source_length:] = input_ids[source_length:]
+        return input_ids, labels
+
+    def __call__(
+        self,
+        pages: Any = None,
+        section_indices: Union[int, Sequence[int], None] = None,
+        embedding_cache=None,
+        image_dir: Optional[Union[str, os.PathLike]] = None,
+        for_generation: bool = False,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Build and collate examples.
+
+        Args:
+            pages: one page (graph, WikiWeb2M row or dict) or a list, one per section index.
+            section_indices (`int` or `list[int]`): target section(s).
+            embedding_cache, image_dir, for_generation: as in `build_example`.
+            return_tensors (`str`, *optional*, defaults to `"pt"`): only PyTorch tensors are produced.
+
+        Returns:
+            `BatchFeature` with the batched keys of docs/INTERFACE.md.
+        """
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"MMGLProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}")
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        if section_indices is None:
+            raise ValueError("section_indices is required (the target section of each page)")
+        if isinstance(section_indices, int):
+            pages, section_indices = [pages], [section_indices]
+        elif isinstance(pages, (PageGraph, Mapping)):
+            pages = [pages] * len(section_indices)
+        if len(pages) != len(section_indices):
+            raise ValueError(f"got {len(pages)} pages for {len(section_indices)} section indices")
+        examples = [
+            self.build_example(page, s, embedding_cache=embedding_cache, image_dir=image_dir, for_generation=for_generation)
+            for page, s in zip(pages, section_indices)
+        ]
+        return BatchFeature(self.data_collator(for_generation)(examples))
+
+    def collect_neighbor_inputs(
+        self, samples: Iterable[Tuple[Any, int]], image_dir: Optional[Union[str, os.PathLike]] = None
+    ) -> Tuple[List[str], List[str]]:
+        """The unique neighbour texts and image files of ``samples`` (``(page, section_idx)`` pairs, or a
+        `PageGraphIndex`): exactly the keys `build_example` will ask an embedding cache for. Images
+        whose file is not on disk are left out (they are masked)."""
+        texts: Dict[str, None] = {}
+        images: Dict[str, None] = {}
+        for page, section_idx in samples:
+            selection = self.select_neighbors(page, section_idx)
+            if self.has_text_slots:
+                texts.update(dict.fromkeys(selection.texts))
+            if self.has_image_slots:
+                for ref in selection.image_refs:
+                    path = self.resolve_image(ref, image_dir)
+                    if path is not None and os.path.isfile(path):
+                        images[path] = None
+        return list(texts), list(images)
+
+
+__all__ = [
+    "CONTEXTS",
+    "NEIGHBOR_ENCODINGS",
+    "NEIGHBOR_TOKEN",
+    "MMGLProcessor",
+    "MMGLTokenCache",
+    "NeighborSelection",
+    "clip_image_processor",
+]

@@ -1,0 +1,486 @@
+#!/usr/bin/env python
+"""Train and evaluate an MMGL section summarizer on WikiWeb2M (any point of the MMGL design space).
+
+    accelerate launch run_summarization.py \
+        --model_name_or_path facebook/opt-125m --train_files "wikiweb2m/wikiweb2m-train.tfrecord*" \
+        --context all --neighbor_encoding sa_e --position_encoding laplacian --tuning lora \
+        --embedding_cache_dir cache/clip --image_dir images --output_dir out --do_train --do_eval
+
+The paper's recipe (OPT-125m, CLIP ViT-B/32 encoders, lr 1e-4, 10k steps, batch 125) is `--recipe paper`. Arguments
+may also come from one JSON file: `python run_summarization.py args.json`. Offline, `--config_overrides` builds a
+model from scratch and, without `--tokenizer_name`, a byte-level BPE tokenizer is trained on the training pages.
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import (
+    AutoTokenizer,
+    HfArgumentParser,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+from processing.metrics import summarization_metrics
+from processing.page_graph import PageGraphIndex
+from processing.processing_mmgl import MMGLProcessor
+from processing.wikiweb2m import load_pages
+
+logger = logging.getLogger(__name__)
+
+CONTEXTS = ("section_only", "section_all", "text_only", "all")
+NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
+POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
+TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
+PAPER_RECIPE = dict(learning_rate=1e-4, max_steps=10_000, per_device_train_batch_size=125)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "An OPT checkpoint (e.g. facebook/opt-125m) or an MMGL checkpoint, hub id or folder. "
+                  "Leave unset to train from scratch with --config_overrides."},
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer (defaults to the model's)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "OPT config for a model from scratch, e.g. 'hidden_size=64,num_hidden_layers=2,ffn_dim=128'."},
+    )
+    tokenizer_vocab_size: int = field(default=4000, metadata={"help": "BPE vocabulary when training a tokenizer."})
+
+
+@dataclass
+class MMGLArguments:
+    context: str = field(default="all", metadata={"help": f"One of {CONTEXTS}."})
+    neighbor_encoding: str = field(default="sa_e", metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
+    position_encoding: str = field(default="none", metadata={"help": f"One of {POSITION_ENCODINGS}."})
+    tuning: str = field(default="full", metadata={"help": f"One of {TUNINGS}."})
+    text_neighbor_num_tokens: int = 4
+    image_neighbor_num_tokens: int = 4
+    max_text_neighbors: int = 11
+    max_image_neighbors: int = 5
+    cross_attention_interval: int = 4
+    lpe_k: int = 4
+    gnn_type: str = "gcn"
+    gnn_num_layers: int = 2
+    lora_r: int = 8
+    lora_alpha: int = 16
+    num_virtual_tokens: int = 20
+    neighbor_encoder_name: str = field(default="ViT-B-32", metadata={"help": "open_clip model of the frozen encoders."})
+    neighbor_encoder_pretrained: str | None = field(
+        default="openai", metadata={"help": "open_clip pretrained tag or local checkpoint; 'none' for random init."}
+    )
+    neighbor_encoder_config: str | None = field(
+        default=None, metadata={"help": "JSON file with a full open_clip model config (custom / tiny encoders)."}
+    )
+    embedding_cache_dir: str | None = field(
+        default=None, metadata={"help": "Frozen-encoder embedding cache; built (or resumed) when incomplete."}
+    )
+    image_dir: str | None = field(default=None, metadata={"help": "Folder of the page images (by URL file name)."})
+
+
+@dataclass
+class DataTrainingArguments:
+    train_files: str | None = field(default=None, metadata={"help": "WikiWeb2M TFRecord file(s) or glob."})
+    use_study_split: bool = field(
+        default=False, metadata={"help": "The original study's page split instead of the official `split` field."}
+    )
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_predict_samples: int | None = None
+    max_source_length: int = 512
+    max_target_length: int = 128
+    generation_max_new_tokens: int = 64
+    generation_num_beams: int = 1
+    recipe: str | None = field(default=None, metadata={"help": "'paper': lr 1e-4, 10k steps, batch 125."})
+
+
+def validate_arguments(model_args, mmgl_args, data_args, training_args):
+    """Fails before any work on unknown choices and incompatible combinations, naming the arguments."""
+    for name, choices in (("context", CONTEXTS), ("neighbor_encoding", NEIGHBOR_ENCODINGS),
+                          ("position_encoding", POSITION_ENCODINGS), ("tuning", TUNINGS)):
+        if getattr(mmgl_args, name) not in choices:
+            raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
+    if mmgl_args.tuning == "flamingo" and mmgl_args.neighbor_encoding != "ca_e":
+        raise ValueError("--tuning flamingo trains only gated cross-attention: it needs --neighbor_encoding ca_e.")
+    has_neighbor_slots = not (
+        mmgl_args.context == "section_only" or (mmgl_args.context == "text_only" and mmgl_args.neighbor_encoding == "sa_te")
+    )
+    if mmgl_args.position_encoding != "none" and not has_neighbor_slots:
+        raise ValueError(
+            f"--position_encoding {mmgl_args.position_encoding} needs neighbours given as embeddings, but "
+            f"--context {mmgl_args.context} with --neighbor_encoding {mmgl_args.neighbor_encoding} has none."
+        )
+    if model_args.model_name_or_path is None and model_args.config_overrides is None:
+        raise ValueError("Give --model_name_or_path (OPT or MMGL checkpoint) or --config_overrides (from scratch).")
+    if (training_args.do_train or training_args.do_eval or training_args.do_predict) and not data_args.train_files:
+        raise ValueError("--train_files is required (WikiWeb2M TFRecord file or glob).")
+    if data_args.recipe not in (None, "paper"):
+        raise ValueError(f"--recipe must be 'paper' or unset, got {data_args.recipe!r}.")
+    if mmgl_args.embedding_cache_dir is None and has_neighbor_slots and mmgl_args.neighbor_encoder_pretrained is None:
+        logger.warning("No --embedding_cache_dir: neighbours are encoded at every step by the in-model encoder.")
+
+
+def parse_overrides(overrides: str) -> dict:
+    """'a=1,b=0.5,c=relu' -> {'a': 1, 'b': 0.5, 'c': 'relu'}."""
+    values = {}
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--config_overrides item {item!r} is not key=value.")
+        key, value = item.split("=", 1)
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return values
+
+
+def train_tokenizer(pages, vocab_size: int) -> PreTrainedTokenizerFast:
+    """Offline tokenizer: a byte-level BPE trained on the pages' texts (OPT's special tokens)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    def texts():
+        for row in pages:
+            yield row["page_title"] + "\n" + row["clean_page_description"]
+            yield from row["section_text"]
+            for captions in row["section_image_captions"]:
+                yield from captions
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts(), vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> dict:
+    mode = {"sa_te": "self_attention", "sa_e": "self_attention", "ca_e": "cross_attention"}[mmgl_args.neighbor_encoding]
+    if mmgl_args.context == "section_only":
+        mode = "none"  # nothing but the section's own text: plain OPT
+    return dict(
+        neighbor_mode=mode,
+        neighbor_token_id=neighbor_token_id,
+        position_encoding=mmgl_args.position_encoding if mode != "none" else "none",
+        text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
+        image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
+        text_neighbor_embed_dim=encoder_dim,
+        image_neighbor_embed_dim=encoder_dim,
+        max_text_neighbors=mmgl_args.max_text_neighbors,
+        max_image_neighbors=mmgl_args.max_image_neighbors,
+        cross_attention_interval=mmgl_args.cross_attention_interval,
+        lpe_k=mmgl_args.lpe_k,
+        gnn_type=mmgl_args.gnn_type,
+        gnn_num_layers=mmgl_args.gnn_num_layers,
+    )
+
+
+def encoder_settings(mmgl_args):
+    """(name, pretrained, config dict or None, embedding width) of the frozen open_clip encoder."""
+    import open_clip
+
+    pretrained = None if mmgl_args.neighbor_encoder_pretrained in (None, "none") else mmgl_args.neighbor_encoder_pretrained
+    if mmgl_args.neighbor_encoder_config:
+        path = Path(mmgl_args.neighbor_encoder_config)
+        if not path.exists():
+            raise FileNotFoundError(f"--neighbor_encoder_config {path} does not exist.")
+        config = json.loads(path.read_text())
+        return mmgl_args.neighbor_encoder_name, pretrained, config, config["embed_dim"]
+    config = open_clip.get_model_config(mmgl_args.neighbor_encoder_name)
+    if config is None:
+        raise ValueError(f"--neighbor_encoder_name {mmgl_args.neighbor_encoder_name!r} is not an open_clip model.")
+    return mmgl_args.neighbor_encoder_name, pretrained, None, config["embed_dim"]
+
+
+class SummarizationDataset(torch.utils.data.Dataset):
+    """Examples built on access from an O(1) sample index; token ids come from the processor's token cache."""
+
+    def __init__(self, index: PageGraphIndex, processor, embedding_cache, image_dir, for_generation=False):
+        self.index, self.processor = index, processor
+        self.embedding_cache, self.image_dir, self.for_generation = embedding_cache, image_dir, for_generation
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        graph, section = self.index[i]
+        return self.processor.build_example(
+            graph, section, embedding_cache=self.embedding_cache, image_dir=self.image_dir,
+            for_generation=self.for_generation,
+        )
+
+    def reference(self, i) -> str:
+        graph, section = self.index[i]
+        return graph.summaries[section]
+
+
+class MMGLSummarizationTrainer(Trainer):
+    """Trainer for a decoder-only summarizer: loss as usual, plus generation metrics on left-padded prompts."""
+
+    def __init__(self, *args, generation_datasets=None, generation_collator=None, generation_kwargs=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_datasets = generation_datasets or {}
+        self.generation_collator = generation_collator
+        self.generation_kwargs = generation_kwargs or {}
+
+    def generate_summaries(self, dataset: SummarizationDataset) -> list[str]:
+        from accelerate.utils import gather_object
+
+        model = self.accelerator.unwrap_model(self.model).eval()
+        tokenizer = self.processing_class.tokenizer
+        # Each process takes every n-th example; gather_object restores the order below.
+        shard = list(range(self.args.process_index, len(dataset), self.args.world_size))
+        outputs = {}
+        batch_size = self.args.per_device_eval_batch_size
+        for start in range(0, len(shard), batch_size):
+            ids = shard[start : start + batch_size]
+            batch = self.generation_collator([dataset[i] for i in ids])
+            batch = {k: v.to(self.args.device) for k, v in batch.items()}
+            with torch.no_grad():
+                generated = model.generate(**batch, **self.generation_kwargs)
+            new_tokens = generated[:, batch["input_ids"].shape[1]:]  # strip the prompt
+            for i, text in zip(ids, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                outputs[i] = text.strip()
+        gathered = gather_object([outputs])
+        merged = {k: v for part in gathered for k, v in part.items()}
+        return [merged[i] for i in range(len(dataset))]
+
+    def evaluate_generation(self, split: str) -> dict:
+        dataset = self.generation_datasets[split]
+        predictions = self.generate_summaries(dataset)
+        references = [dataset.reference(i) for i in range(len(dataset))]
+        metrics = {f"{split}_{k}": v for k, v in summarization_metrics(predictions, references).items()}
+        if self.is_world_process_zero():
+            path = Path(self.args.output_dir) / f"{split}_predictions.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w") as handle:
+                for i, (prediction, reference) in enumerate(zip(predictions, references)):
+                    page, section = dataset.index.samples[i]
+                    handle.write(json.dumps({"page": page, "section": section, "prediction": prediction,
+                                             "reference": reference}) + "\n")
+        return metrics
+
+
+def apply_tuning(model, mmgl_args):
+    """Freezes / wraps the model for the tuning method; returns the model to train."""
+    if mmgl_args.tuning == "full":
+        return model
+    if mmgl_args.tuning == "flamingo":
+        for name, param in model.named_parameters():
+            param.requires_grad_(
+                "gated_cross_attention" in name or name.startswith(("neighbor_projection", "position_encoding"))
+            )
+        return model
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    # The MMGL modules are new: they always train alongside the adapter.
+    modules_to_save = [name for name in ("neighbor_projection", "position_encoding") if getattr(model, name) is not None]
+    if mmgl_args.tuning == "lora":
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM", r=mmgl_args.lora_r, lora_alpha=mmgl_args.lora_alpha,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],  # OPT's attention projections
+            modules_to_save=modules_to_save or None,
+        )
+    elif mmgl_args.tuning == "prefix":
+        peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=mmgl_args.num_virtual_tokens,
+                                         modules_to_save=modules_to_save or None)
+    else:
+        peft_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=mmgl_args.num_virtual_tokens,
+                                         modules_to_save=modules_to_save or None)
+    return get_peft_model(model, peft_config)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def build_embedding_cache(processor, indices, mmgl_args, encoder):
+    """Runs the frozen encoders once over every neighbour of every split (resumes an interrupted run)."""
+    from processing.embedding_cache import EmbeddingCache, build_embedding_cache as build
+
+    texts, images = {}, {}
+    for index in indices:
+        found_texts, found_images = processor.collect_neighbor_inputs(index, image_dir=mmgl_args.image_dir)
+        texts.update(dict.fromkeys(found_texts))
+        images.update(dict.fromkeys(found_images))
+    name, pretrained, config, _ = encoder
+    build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), model_name=name,
+          pretrained=pretrained, model_config=config)
+    return EmbeddingCache(mmgl_args.embedding_cache_dir)
+
+
+def write_model_card(output_dir, model_args, mmgl_args, data_args, metrics):
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [mmgl, multimodal-graph-learning, wikiweb2m, opt]", "---",
+        "# MMGL section summarizer", "",
+        "Writes the first sentence of a Wikipedia section from its multimodal neighbours (WikiWeb2M section "
+        "summarization; Multimodal Graph Learning, Yoon et al. 2023).", "",
+        "## Design", "",
+        f"- base model: `{model_args.model_name_or_path or 'from scratch: ' + str(model_args.config_overrides)}`",
+        f"- context: `{mmgl_args.context}`; neighbour encoding: `{mmgl_args.neighbor_encoding}`; "
+        f"graph position encoding: `{mmgl_args.position_encoding}`; tuning: `{mmgl_args.tuning}`",
+        f"- neighbour budgets: {mmgl_args.max_text_neighbors} texts, {mmgl_args.max_image_neighbors} images; "
+        f"{mmgl_args.text_neighbor_num_tokens}/{mmgl_args.image_neighbor_num_tokens} tokens each",
+        f"- frozen encoder: open_clip `{mmgl_args.neighbor_encoder_name}` ({mmgl_args.neighbor_encoder_pretrained})", "",
+        "## Data", "", f"WikiWeb2M records: `{data_args.train_files}` "
+        f"({'study split' if data_args.use_study_split else 'official split field'}).", "",
+        "## Metrics", "", "| metric | value |", "|---|---|",
+        *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float)], "",
+        "## Use", "", "```python", "from transformers import pipeline",
+        f'summarize = pipeline("mmgl-summarization", model="{Path(output_dir).name}", trust_remote_code=True)',
+        'summarize({"page": page, "section": 2})', "```", "",
+    ]
+    (Path(output_dir) / "README.md").write_text("\n".join(lines))
+
+
+def main(argv=None):
+    parser = HfArgumentParser((ModelArguments, MMGLArguments, DataTrainingArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, mmgl_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        model_args, mmgl_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if data_args.recipe == "paper":
+        for key, value in PAPER_RECIPE.items():
+            setattr(training_args, key, value)
+    validate_arguments(model_args, mmgl_args, data_args, training_args)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(training_args.seed)
+
+    # Data: one row per page, O(1) sample index per split.
+    pages = load_pages(data_args.train_files)
+    splits = {"train": "train", "eval": "val", "predict": "test"}
+    limits = {"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
+              "predict": data_args.max_predict_samples}
+    indices = {}
+    from processing.wikiweb2m import summarization_samples
+
+    for name, split in splits.items():
+        samples = summarization_samples(pages, split=split, use_study_split=data_args.use_study_split)
+        if limits[name] is not None:
+            samples = samples[: limits[name]]
+        indices[name] = PageGraphIndex(pages, samples=samples)
+
+    # Tokenizer and processor.
+    if model_args.tokenizer_name or model_args.model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
+    else:
+        tokenizer = train_tokenizer(pages, model_args.tokenizer_vocab_size)
+    encoder = encoder_settings(mmgl_args)
+    processor = MMGLProcessor(
+        tokenizer=tokenizer, context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
+        text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
+        image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
+        max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,
+        max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
+        neighbor_encoder_name=mmgl_args.neighbor_encoder_name,
+        neighbor_context_length=(encoder[2] or {}).get("text_cfg", {}).get("context_length"),
+    )
+    processor.build_token_cache(pages)
+
+    # Model: an MMGL checkpoint, an OPT checkpoint with MMGL switches, or a config from scratch.
+    switches = mmgl_config_kwargs(mmgl_args, encoder[3], processor.neighbor_token_id)
+    embedding_cache = None
+    needs_encoder = switches["neighbor_mode"] != "none"
+    if needs_encoder and mmgl_args.embedding_cache_dir:
+        embedding_cache = build_embedding_cache(processor, indices.values(), mmgl_args, encoder)
+    elif needs_encoder:
+        switches.update(neighbor_encoder_name=encoder[0], neighbor_encoder_pretrained=encoder[1],
+                        neighbor_encoder_config=encoder[2])
+    if model_args.model_name_or_path:
+        config = MMGLConfig.from_pretrained(model_args.model_name_or_path, **switches)
+        model = MMGLForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
+    else:
+        opt_defaults = OPTConfig(**parse_overrides(model_args.config_overrides)).to_dict()
+        opt_defaults = {k: v for k, v in opt_defaults.items() if k in OPTConfig.__dataclass_fields__}
+        opt_defaults.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        config = MMGLConfig(**opt_defaults, **switches)
+        model = MMGLForConditionalGeneration(config)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))  # the added <neighbor> token
+    if model.neighbor_encoder is not None and encoder[1] is not None:
+        model.load_neighbor_encoder_weights(encoder[1])
+
+    model = apply_tuning(model, mmgl_args)
+    trainable, total = count_parameters(model)
+    logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    print(f"trainable parameters: {trainable:,} / total: {total:,}")
+
+    datasets = {name: SummarizationDataset(index, processor, embedding_cache, mmgl_args.image_dir)
+                for name, index in indices.items()}
+    generation_datasets = {
+        "eval": SummarizationDataset(indices["eval"], processor, embedding_cache, mmgl_args.image_dir, True),
+        "predict": SummarizationDataset(indices["predict"], processor, embedding_cache, mmgl_args.image_dir, True),
+    }
+    training_args.remove_unused_columns = False  # neighbour tensors are model inputs the signature check would drop
+    trainer = MMGLSummarizationTrainer(
+        model=model, args=training_args, processing_class=processor,
+        train_dataset=datasets["train"] if training_args.do_train else None,
+        eval_dataset=datasets["eval"] if training_args.do_eval else None,
+        data_collator=processor.data_collator(for_generation=False),
+        generation_datasets=generation_datasets,
+        generation_collator=processor.data_collator(for_generation=True),
+        generation_kwargs=dict(max_new_tokens=data_args.generation_max_new_tokens,
+                               num_beams=data_args.generation_num_beams, do_sample=False,
+                               pad_token_id=processor.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+    )
+
+    all_metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        all_metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in result.metrics.items()})
+        trainer.save_state()
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
+        metrics.update(trainer.evaluate_generation("eval"))
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        all_metrics.update(metrics)
+    if training_args.do_predict:
+        metrics = trainer.evaluate_generation("predict")
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        all_metrics.update(metrics)
+
+    if trainer.is_world_process_zero():
+        save_hub_folder(trainer.model, processor, training_args.output_dir)
+        write_model_card(training_args.output_dir, model_args, mmgl_args, data_args, all_metrics)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return all_metrics
+
+
+def save_hub_folder(model, processor, output_dir):
+    """A complete Hub repository: remote code, weights, processor and the custom pipeline. peft adapters are also
+    saved as adapters (`adapter/`); LoRA is merged into the exported weights, prefix / prompt adapters cannot be
+    merged, so the exported weights are the base model and the adapter must be loaded with peft on top."""
+    from peft import PeftModel
+
+    from processing.pipeline_mmgl import save_for_hub
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(Path(output_dir) / "adapter")
+        is_lora = model.peft_config[model.active_adapter].peft_type == "LORA"
+        model = model.merge_and_unload() if is_lora else model.get_base_model()
+    save_for_hub(model, processor, output_dir)
+
+
+if __name__ == "__main__":
+    main()
