@@ -53,6 +53,10 @@ class MMGLPreTrainedModel(OPTPreTrainedModel):
         if isinstance(module, MMGLGatedCrossAttentionBlock):
             init.zeros_(module.alpha_cross_attn)
             init.zeros_(module.alpha_dense)
+        # open_clip's causal text mask is a non-persistent buffer: never in a checkpoint, so rebuild it on load.
+        if getattr(module, "attn_mask", None) is not None and "attn_mask" in module._non_persistent_buffers_set:
+            size = module.attn_mask.shape[-1]
+            init.copy_(module.attn_mask, torch.full((size, size), float("-inf")).triu_(1))
 
 
 class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
