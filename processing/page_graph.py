@@ -363,6 +363,26 @@ class PageGraph:
         """Each node's text, or `None` when it is empty or blank (such nodes are never text neighbours)."""
         return [node.text if node.text and not node.text.isspace() else None for node in self.nodes]
 
+    @cached_property
+    def page_block(self) -> List[int]:
+        """``[page node]`` when the description is usable as a text neighbour, else ``[]``."""
+        return [self.page_node] if self.usable_texts[self.page_node] is not None else []
+
+    @cached_property
+    def caption_blocks(self) -> List[List[int]]:
+        """Per section, its image nodes with a usable caption, in page order."""
+        usable = self.usable_texts
+        return [[n for n in nodes if usable[n] is not None] for nodes in self.image_nodes]
+
+    @cached_property
+    def section_blocks(self) -> List[List[int]]:
+        """Per section, its node (when its text is usable) followed by its `caption_blocks`."""
+        usable = self.usable_texts
+        return [
+            ([node] if usable[node] is not None else []) + captions
+            for node, captions in zip(self.section_nodes, self.caption_blocks)
+        ]
+
     def section_node(self, section_idx: int) -> int:
         """Node id of section ``section_idx`` (with a clear error when out of range)."""
         self.check_section(section_idx)

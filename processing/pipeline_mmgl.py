@@ -179,7 +179,6 @@ class MMGLSummarizationPipeline(Pipeline):
                 "EmbeddingCache> with the neighbours' precomputed embeddings"
             )
         with contextlib.ExitStack() as stack:
-
             made: List[str] = []
 
             def scratch() -> str:  # a folder for in-memory images, made only when one is met

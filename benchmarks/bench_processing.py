@@ -1,0 +1,195 @@
+"""Processing throughput: token-cached `MMGLProcessor` vs naive per-sample tokenisation, and ingestion.
+
+Generates a synthetic WikiWeb2M set (``processing.sample_data``, 10,000 pages, no image files),
+trains a byte-level BPE (vocab ~8k) on its text, and prints side by side in one run:
+
+* ingestion pages/s: ``processing.wikiweb2m.iter_pages`` over the TFRecord;
+* page graphs/s: ``PageGraph.from_wikiweb2m`` over the rows;
+* token cache build: unique texts tokenised once, batched;
+* examples/s for context ``all`` with a warm token cache, and for two naive paths that tokenise,
+  for each sample, its target section, its summary and every neighbour text it draws from: one
+  tokenizer call per text (the original code's pattern) and one batched call per sample (the
+  processor without a token cache); and the ratios. For SA-TE (neighbour texts as raw tokens, the
+  most tokens per sample) and for SA-E with neighbour embeddings from an in-memory lookup (the
+  training path: the frozen encoder ran once beforehand);
+* collated batches/s.
+
+Throughputs are per second of this process's CPU time (`time.process_time`), and the paths are
+timed in interleaved rounds (median per path), so that load from other processes on a shared
+machine skews neither. Usage::
+
+    python benchmarks/bench_processing.py [--pages 10000] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from processing.page_graph import PageGraph, PageGraphIndex  # noqa: E402
+from processing.processing_mmgl import MMGLProcessor, clip_image_processor  # noqa: E402
+
+
+def train_tokenizer(texts, vocab_size=8000):
+    """A byte-level BPE with OPT's special tokens (no hub access needed)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+class PerTextProcessor(MMGLProcessor):
+    """The naive pattern of the original code: one tokenizer call per text of every sample (its
+    target section, summary and each neighbour text). Same outputs as `MMGLProcessor`."""
+
+    def _lm_ids_many(self, texts):
+        return [self._encode_lm([text])[0] for text in texts]
+
+
+class InMemoryEmbeddings:
+    """Precomputed neighbour embeddings in a dict (the `EmbeddingCache` interface)."""
+
+    def __init__(self, texts, embed_dim=512):
+        self.embed_dim = embed_dim
+        table = torch.randn(len(texts), embed_dim)
+        self.text = {t: table[i] for i, t in enumerate(texts)}
+
+    def get_text(self, text):
+        return self.text.get(text)
+
+    def get_image(self, path):
+        return None
+
+
+def rate(fn, items):
+    """Items per second of this process's CPU time: other processes on a shared machine slow the
+    wall clock of both paths unevenly, CPU time much less."""
+    start = time.process_time()
+    for item in items:
+        fn(item)
+    return len(items) / (time.process_time() - start)
+
+
+def compare(name, cached, naives, samples, naive_count, rounds, **kwargs):
+    """Median examples/s of the cached path and of each naive path over interleaved rounds (so
+    background load hits all alike); checks first that they build identical examples."""
+    for graph, section in samples[:200]:
+        a = cached.build_example(graph, section, **kwargs)
+        for naive in naives.values():
+            b = naive.build_example(graph, section, **kwargs)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, graph.page_id, section)
+    step = max(1, len(samples) // naive_count)
+    naive_items = samples[::step][:naive_count]
+    rates = {"cached": [], **{label: [] for label in naives}}
+    for _ in range(rounds):
+        for label, naive in naives.items():
+            rates[label].append(rate(lambda gs: naive.build_example(gs[0], gs[1], **kwargs), naive_items))
+        rates["cached"].append(rate(lambda gs: cached.build_example(gs[0], gs[1], **kwargs), samples))
+    medians = {label: statistics.median(values) for label, values in rates.items()}
+    c = medians["cached"]
+    line = f"{name:<34} cached {c:>9,.0f} ex/s"
+    for label in naives:
+        line += f" | {label} {medians[label]:>6,.0f} ex/s ({c / medians[label]:4.1f}x)"
+    print(line)
+    return medians
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pages", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--naive_samples", type=int, default=3000)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    from processing.sample_data import generate_sample
+    from processing.wikiweb2m import iter_pages
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        info = generate_sample(tmp, num_pages=args.pages, seed=0, with_images=False)
+        print(f"sample data: {info['pages']:,} pages, {info['sections']:,} sections, "
+              f"{info['summarization_samples']:,} samples, {info['images']:,} image refs "
+              f"(generated in {time.perf_counter() - t:.1f} s)")
+        t = time.perf_counter()
+        rows = list(iter_pages(info["files"]))
+        ingest = len(rows) / (time.perf_counter() - t)
+    print(f"{'ingestion (iter_pages)':<34} {ingest:>9,.0f} pages/s")
+
+    t = time.perf_counter()
+    index = PageGraphIndex(rows)
+    graphs = [index.graph(p) for p in range(len(rows))]
+    print(f"{'page graphs (from_wikiweb2m)':<34} {len(graphs) / (time.perf_counter() - t):>9,.0f} pages/s "
+          f"(+ sample index: {len(index):,} samples)")
+    samples = [index[i] for i in range(len(index))]
+
+    t = time.perf_counter()
+    corpus = [text for g in graphs for text in [g.description] + [n.text for n in g.nodes[1:]]]
+    # The synthetic pages are templated (about 1k distinct words): add the real Wikipedia text of
+    # ../shared when present so that the vocabulary reaches ~8k like a real (if small) tokenizer.
+    realwiki = Path(__file__).resolve().parents[2] / "shared" / "data" / "realwiki" / "wikiweb2m-dev.tfrecord.gz"
+    if realwiki.exists():
+        corpus += [text for row in iter_pages(str(realwiki)) for text in row["section_text"]]
+    tokenizer = train_tokenizer(corpus, vocab_size=8000)
+    print(f"tokenizer: byte-level BPE, {len(tokenizer):,} tokens, trained on the sample"
+          f"{' + realwiki' if realwiki.exists() else ''} text in {time.perf_counter() - t:.1f} s")
+    image_processor = clip_image_processor("ViT-B-32")
+
+    # ---- SA-TE, context all: neighbour texts are raw tokens (most tokenisation per sample).
+    options = dict(context="all", neighbor_encoding="sa_te")
+    cached = MMGLProcessor(image_processor, tokenizer, **options)
+    naives = {
+        "naive per-text": PerTextProcessor(image_processor, tokenizer, **options),
+        "naive batched": MMGLProcessor(image_processor, tokenizer, **options),
+    }
+    t = time.perf_counter()
+    cache = cached.build_token_cache(index, show_progress=False)
+    elapsed = time.perf_counter() - t
+    print(f"{'token cache build (sa_te, all)':<34} {len(cache.lm):>9,} texts in {elapsed:.1f} s "
+          f"({len(cache.lm) / elapsed:,.0f} texts/s)")
+    main_rates = compare("examples, all, sa_te", cached, naives, samples, args.naive_samples, args.rounds)
+
+    # ---- SA-E, context all, neighbour embeddings precomputed (training path).
+    options = dict(context="all", neighbor_encoding="sa_e")
+    cached_e = MMGLProcessor(image_processor, tokenizer, **options)
+    naives_e = {
+        "naive per-text": PerTextProcessor(image_processor, tokenizer, **options),
+        "naive batched": MMGLProcessor(image_processor, tokenizer, **options),
+    }
+    texts, _ = cached_e.collect_neighbor_inputs(samples)
+    embeddings = InMemoryEmbeddings(texts)
+    cached_e.build_token_cache(index, neighbor_input_ids=False, show_progress=False)
+    compare("examples, all, sa_e + embeddings", cached_e, naives_e, samples, args.naive_samples, args.rounds,
+            embedding_cache=embeddings)
+
+    # ---- Collation (embedding path; raw pixels would make every batch (32, 5, 3, 224, 224) floats).
+    collator = cached_e.data_collator()
+    batches = [
+        [cached_e.build_example(g, s, embedding_cache=embeddings) for g, s in samples[i : i + 32]]
+        for i in range(0, 32 * 200, 32)
+    ]
+    print(f"{'collator (sa_e+embeds, batch 32)':<34} {rate(collator, batches):>9,.0f} batches/s")
+    c, n = main_rates["cached"], main_rates["naive per-text"]
+    print(f"summary: context=all sa_te, warm token cache {c:,.0f} ex/s vs naive per-text tokenisation "
+          f"{n:,.0f} ex/s = {c / n:.1f}x (target >= 20x); vs one batched tokenizer call per sample "
+          f"{c / main_rates['naive batched']:.1f}x; ingestion {ingest:,.0f} pages/s")
+
+
+if __name__ == "__main__":
+    main()
