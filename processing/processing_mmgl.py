@@ -6,7 +6,7 @@ cached embeddings) with masks, and the graph between the neighbours.
 
 Example layout (one example, training; ``|`` separates token segments)::
 
-    </s> | [SA-TE only] " Context:" | " <text neighbour 1>" | " <text neighbour 2>" | ...
+    </s> | [SA-TE, if any text neighbour] " Context:" | " <text neighbour 1>" | " <text neighbour 2>" | ...
          | " Section:" | " <section title>: <section text after its first sentence>"
          | <neighbor> x text_neighbor_num_tokens per text slot        (SA-E only)
          | <neighbor> x image_neighbor_num_tokens per real image slot (SA-TE and SA-E)
@@ -16,19 +16,27 @@ Example layout (one example, training; ``|`` separates token segments)::
 for generation the example stops after " Summary:". Every text segment is tokenised on its own as
 ``" " + text`` (no special tokens, special-token strings inside text are split as plain text), so
 an example is a concatenation of per-text id arrays: the token cache (`build_token_cache`) stores
-each unique text's ids once and building an example is slicing and concatenating.
+each unique text's ids once and building an example is slicing and concatenating. Truncation
+(``max_source_length``) cuts texts only, from their end, never placeholders or prompts: the target
+text keeps what the SA-TE neighbour texts leave free and at least half of the text budget, the
+neighbour texts share the rest in slot order; the summary (``max_target_length`` with eos) is last.
 
 Neighbour selection (deterministic; `select_neighbors`). Sections are ranked for target ``t`` as:
 its parent section first, then the other sections by ``(|s - t|, s)`` (nearest first, the earlier
 one on ties).
 
-* text slots, at most ``max_text_neighbors``, empty texts skipped:
+* text slots, at most ``max_text_neighbors``, blank texts skipped:
   ``section_only``: none. ``section_all``: the captions of the target's images.
   ``text_only`` / ``all``: the page description, the captions of the target's images, then for each
   ranked section its text followed by its images' captions.
 * image slots, at most ``max_image_neighbors``: ``section_all``: the target's images; ``all``: the
-  target's images, then each ranked section's images; none otherwise. An image that is not on disk
-  (raw mode) or not in the embedding cache keeps its slot with mask 0 and gets no placeholders.
+  target's images, then each ranked section's images; none otherwise. An image whose file is not
+  on disk (or, with an embedding cache, not in it) keeps its slot with mask 0 and gets no
+  placeholders. With raw pixels, an example with no image file at all gets a zero-stride zero view
+  for ``image_neighbor_pixel_values`` (no 3 MB memset per example at 224 px; treat it as read-only).
+
+An embedding cache is asked for exactly these keys: each text neighbour's text (as in
+`NeighborSelection.texts`, see `collect_neighbor_inputs`) and each image's resolved file path.
 
 Which keys an example has depends only on the configuration: text slots exist in SA-E and CA-E for
 every context but ``section_only`` (in SA-TE texts are raw tokens); image slots for ``section_all``
@@ -46,6 +54,9 @@ disconnected). Masked (missing) and padding slots are isolated; there are no sel
 Leakage: the target's summary (clean and raw first sentence) never enters any input. The target
 contributes only ``section_rest_sentence``; any neighbour text, caption, title or the target text
 that still contains the summary verbatim has it cut out before tokenisation or embedding lookup.
+
+Options are plain attributes saved in ``processor_config.json``; prompt ids are tokenised at first
+use, so build a new processor (or `from_pretrained`) rather than editing the prompts afterwards.
 
 This file is Hub-loadable: it imports installed packages and same-folder files (``page_graph.py``,
 ``collator.py``) only, and never modeling code.
@@ -211,9 +222,7 @@ class MMGLProcessor(ProcessorMixin):
         max_text_neighbors (`int`, *optional*, defaults to 11): text neighbour budget.
         max_image_neighbors (`int`, *optional*, defaults to 5): image neighbour budget.
         max_source_length (`int`, *optional*, defaults to 512): tokens before the summary (prompt,
-            texts and placeholders). Only texts are truncated (from their end), never placeholders or
-            prompts: the target text keeps what the SA-TE neighbour texts leave free and at least
-            half of the text budget; the neighbour texts share the rest in slot order.
+            texts and placeholders); only texts are truncated (see the module docstring).
         max_target_length (`int`, *optional*, defaults to 128): summary tokens including eos.
         neighbor_encoder_name (`str`, *optional*, defaults to `"ViT-B-32"`): open_clip model name whose
             tokenizer makes ``text_neighbor_input_ids`` (works offline).
@@ -438,37 +447,18 @@ class MMGLProcessor(ProcessorMixin):
         n = len(slot_nodes)
         if not any(slot_mask):
             return torch.from_numpy(np.zeros((n, n), dtype=np.float32))
-        adjacency = np.zeros((n, n), dtype=np.float32)
-        neighbors = graph.neighbors
-        around_target = neighbors[target_node]
-        slots_of: Dict[int, List[int]] = {}
-        for a, node in enumerate(slot_nodes):
-            if slot_mask[a]:
-                slots_of.setdefault(node, []).append(a)
-        rows: List[int] = []
-        cols: List[int] = []
-        hub: List[int] = []
-        for node, slots in slots_of.items():
-            for v in neighbors[node]:  # rule 2: adjacent in the page graph
-                for b in slots_of.get(v, ()):
-                    for a in slots:
-                        rows.append(a)
-                        cols.append(b)
-            if len(slots) > 1:  # rule 1: one node, two slots (caption + image)
-                for a in slots:
-                    for b in slots:
-                        rows.append(a)
-                        cols.append(b)
-            if node in around_target:
-                hub.extend(slots)
-        for a in hub:  # rule 3: co-neighbours of the contracted target
-            rows.extend([a] * len(hub))
-            cols.extend(hub)
-        if rows:
-            adjacency[rows, cols] = 1.0
-            adjacency[cols, rows] = 1.0
-            np.fill_diagonal(adjacency, 0.0)
-        return torch.from_numpy(adjacency)
+        nodes = np.asarray(slot_nodes, dtype=np.intp)
+        # Rules 1 and 2 at once: the page graph's adjacency with self loops, so two slots of one
+        # node come out adjacent.
+        adjacency = graph.closed_adjacency[nodes][:, nodes]
+        around_target = graph.dense_adjacency[nodes, target_node]
+        adjacency |= around_target[:, None] & around_target  # rule 3: contracted target
+        if not all(slot_mask):
+            masked = [a for a, real in enumerate(slot_mask) if not real]
+            adjacency[masked] = False  # masked slots stay isolated
+            adjacency[:, masked] = False
+        adjacency.flat[:: n + 1] = False  # no self loops
+        return torch.from_numpy(adjacency.astype(np.float32))
 
     # ------------------------------------------------------------------ tokenisation (cached or not)
 
@@ -497,7 +487,8 @@ class MMGLProcessor(ProcessorMixin):
         return list(self.clip_tokenizer(list(texts)).long())
 
     def _lm_ids_many(self, texts: Sequence[str]) -> List[np.ndarray]:
-        """`_lm_ids` of several texts: one dict lookup each when cached, one tokenizer call for the rest."""
+        """OPT ids of several texts (each as ``" " + text``): one dict lookup each when cached, one
+        batched tokenizer call for the texts not cached yet (or for all of them without a cache)."""
         cache = self._state.token_cache
         if cache is None:
             return self._encode_lm(texts) if texts else []
@@ -656,16 +647,22 @@ class MMGLProcessor(ProcessorMixin):
     def _text_payload(self, graph: PageGraph, section_idx: int, selection: NeighborSelection, embedding_cache) -> Dict[str, torch.Tensor]:
         num = len(selection.texts)
         if embedding_cache is not None:
-            embeds = []
-            for text in selection.texts:
-                embed = embedding_cache.get_text(text)
+            get_text = embedding_cache.get_text
+            embeds = [get_text(text) for text in selection.texts]
+            for text, embed in zip(selection.texts, embeds):
                 if embed is None:
                     raise KeyError(
                         f"page {graph.page_id!r}, section {section_idx}: the embedding cache has no entry for text "
                         f"neighbour {text[:60]!r}...; precompute embeddings for the texts of `select_neighbors`"
                     )
-                embeds.append(torch.as_tensor(embed, dtype=torch.float32).reshape(-1))
-            values = torch.stack(embeds) if embeds else torch.zeros((0, int(embedding_cache.embed_dim)))
+            if embeds:
+                try:  # the cache returns tensors: one stack
+                    values = torch.stack(embeds)
+                except TypeError:
+                    values = torch.stack([torch.as_tensor(embed) for embed in embeds])
+                values = values.reshape(num, -1).to(torch.float32)
+            else:
+                values = torch.zeros((0, int(embedding_cache.embed_dim)))
             key = "text_neighbor_embeds"
         else:
             ids = self._clip_ids_many(selection.texts)
