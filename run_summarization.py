@@ -34,7 +34,7 @@ from transformers import (
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
 from processing.metrics import summarization_metrics
 from processing.page_graph import PageGraphIndex
-from processing.processing_mmgl import MMGLProcessor
+from processing.processing_mmgl import MMGLProcessor, clip_image_processor
 from processing.wikiweb2m import load_pages
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,11 @@ class MMGLArguments:
     lora_r: int = 8
     lora_alpha: int = 16
     num_virtual_tokens: int = 20
+    first_stage_steps: int = field(
+        default=0,
+        metadata={"help": "Steps of an optional first stage that trains only the neighbour projectors and position "
+                  "encoding (everything else frozen) before the main stage."},
+    )
     neighbor_encoder_name: str = field(default="ViT-B-32", metadata={"help": "open_clip model of the frozen encoders."})
     neighbor_encoder_pretrained: str | None = field(
         default="openai", metadata={"help": "open_clip pretrained tag or local checkpoint; 'none' for random init."}
@@ -122,6 +127,13 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         raise ValueError(
             f"--position_encoding {mmgl_args.position_encoding} needs neighbours given as embeddings, but "
             f"--context {mmgl_args.context} with --neighbor_encoding {mmgl_args.neighbor_encoding} has none."
+        )
+    if mmgl_args.first_stage_steps < 0:
+        raise ValueError(f"--first_stage_steps must be >= 0, got {mmgl_args.first_stage_steps}.")
+    if mmgl_args.first_stage_steps and not has_neighbor_slots:
+        raise ValueError(
+            f"--first_stage_steps trains the neighbour projectors, but --context {mmgl_args.context} with "
+            f"--neighbor_encoding {mmgl_args.neighbor_encoding} has no neighbours given as embeddings."
         )
     if model_args.model_name_or_path is None and model_args.config_overrides is None:
         raise ValueError("Give --model_name_or_path (OPT or MMGL checkpoint) or --config_overrides (from scratch).")
@@ -301,14 +313,35 @@ def apply_tuning(model, mmgl_args):
     return get_peft_model(model, peft_config)
 
 
+def run_first_stage(model, training_args, train_dataset, data_collator, steps: int):
+    """Trains only the neighbour projectors and the position encoding for `steps` steps (output in
+    `<output_dir>/first_stage`), then restores which parameters train, ready for the main stage."""
+    import dataclasses
+
+    was_trainable = {name: param.requires_grad for name, param in model.named_parameters()}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(("neighbor_projection", "position_encoding")))
+    trainable, total = count_parameters(model)
+    print(f"first stage: {steps} steps, trainable parameters: {trainable:,} / total: {total:,}")
+    stage_args = dataclasses.replace(
+        training_args, output_dir=str(Path(training_args.output_dir) / "first_stage"), max_steps=steps,
+        save_strategy="no", push_to_hub=False, resume_from_checkpoint=None,
+    )
+    Trainer(model=model, args=stage_args, train_dataset=train_dataset, data_collator=data_collator).train()
+    for name, param in model.named_parameters():
+        param.requires_grad_(was_trainable[name])
+
+
 def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def build_embedding_cache(processor, indices, mmgl_args, encoder):
-    """Runs the frozen encoders once over every neighbour of every split (resumes an interrupted run)."""
-    from processing.embedding_cache import EmbeddingCache, build_embedding_cache as build
+def build_embedding_cache(processor, indices, mmgl_args, encoder, state):
+    """Runs the frozen encoders once over every neighbour of every split (resumes an interrupted run).
+
+    Returns the cache and the encoder that filled it, so the exported model can carry the same encoder."""
+    from processing.embedding_cache import ClipEncoder, build_embedding_cache as build
 
     texts, images = {}, {}
     for index in indices:
@@ -316,9 +349,23 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder):
         texts.update(dict.fromkeys(found_texts))
         images.update(dict.fromkeys(found_images))
     name, pretrained, config, _ = encoder
-    build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), model_name=name,
-          pretrained=pretrained, model_config=config)
-    return EmbeddingCache(mmgl_args.embedding_cache_dir)
+    clip = ClipEncoder(name, pretrained=pretrained, model_config=config)
+    cache = build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), encoder=clip, state=state)
+    return cache, clip
+
+
+def attach_neighbor_encoder(model, clip, encoder):
+    """Puts the frozen encoder that filled the embedding cache into the model, so the exported model also takes raw
+    neighbour texts and images (pipeline without a cache) and encodes them exactly as the cache did."""
+    from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+
+    name, pretrained, config, _ = encoder
+    model.config.neighbor_encoder_name = name
+    model.config.neighbor_encoder_pretrained = pretrained
+    model.config.neighbor_encoder_config = config
+    model.neighbor_encoder = MMGLNeighborEncoder(model.config)
+    model.neighbor_encoder.model.load_state_dict(clip.model.state_dict())
+    return model
 
 
 def write_model_card(output_dir, model_args, mmgl_args, data_args, metrics):
@@ -346,6 +393,11 @@ def write_model_card(output_dir, model_args, mmgl_args, data_args, metrics):
 
 
 def main(argv=None):
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # On a CPU-only machine accelerate's state ignores the launcher unless told it runs on CPU: every process
+        # would train alone on all the data. This gives real data parallelism over gloo (read when the
+        # TrainingArguments set up their device, so it must be set before parsing).
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, MMGLArguments, DataTrainingArguments, TrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -381,8 +433,9 @@ def main(argv=None):
     else:
         tokenizer = train_tokenizer(pages, model_args.tokenizer_vocab_size)
     encoder = encoder_settings(mmgl_args)
+    image_size = (encoder[2] or {}).get("vision_cfg", {}).get("image_size")  # custom encoders: their own size
     processor = MMGLProcessor(
-        tokenizer=tokenizer, context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
+        image_processor=clip_image_processor(encoder[0], image_size=image_size), tokenizer=tokenizer, context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
         text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
         image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
         max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,
@@ -394,10 +447,11 @@ def main(argv=None):
 
     # Model: an MMGL checkpoint, an OPT checkpoint with MMGL switches, or a config from scratch.
     switches = mmgl_config_kwargs(mmgl_args, encoder[3], processor.neighbor_token_id)
-    embedding_cache = None
+    embedding_cache = cache_encoder = None
     needs_encoder = switches["neighbor_mode"] != "none"
     if needs_encoder and mmgl_args.embedding_cache_dir:
-        embedding_cache = build_embedding_cache(processor, indices.values(), mmgl_args, encoder)
+        embedding_cache, cache_encoder = build_embedding_cache(
+            processor, indices.values(), mmgl_args, encoder, training_args.distributed_state)
     elif needs_encoder:
         switches.update(neighbor_encoder_name=encoder[0], neighbor_encoder_pretrained=encoder[1],
                         neighbor_encoder_config=encoder[2])
@@ -416,13 +470,16 @@ def main(argv=None):
     if model.neighbor_encoder is not None and encoder[1] is not None:
         model.load_neighbor_encoder_weights(encoder[1])
 
+    datasets = {name: SummarizationDataset(index, processor, embedding_cache, mmgl_args.image_dir)
+                for name, index in indices.items()}
+    if training_args.do_train and mmgl_args.first_stage_steps and not training_args.resume_from_checkpoint:
+        run_first_stage(model, training_args, datasets["train"], processor.data_collator(), mmgl_args.first_stage_steps)
+
     model = apply_tuning(model, mmgl_args)
     trainable, total = count_parameters(model)
     logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     print(f"trainable parameters: {trainable:,} / total: {total:,}")
 
-    datasets = {name: SummarizationDataset(index, processor, embedding_cache, mmgl_args.image_dir)
-                for name, index in indices.items()}
     generation_datasets = {
         "eval": SummarizationDataset(indices["eval"], processor, embedding_cache, mmgl_args.image_dir, True),
         "predict": SummarizationDataset(indices["predict"], processor, embedding_cache, mmgl_args.image_dir, True),
@@ -460,17 +517,20 @@ def main(argv=None):
         all_metrics.update(metrics)
 
     if trainer.is_world_process_zero():
-        save_hub_folder(trainer.model, processor, training_args.output_dir)
+        save_hub_folder(trainer.model, processor, training_args.output_dir,
+                        neighbor_encoder=(cache_encoder, encoder) if cache_encoder is not None else None)
         write_model_card(training_args.output_dir, model_args, mmgl_args, data_args, all_metrics)
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return all_metrics
 
 
-def save_hub_folder(model, processor, output_dir):
+def save_hub_folder(model, processor, output_dir, neighbor_encoder=None):
     """A complete Hub repository: remote code, weights, processor and the custom pipeline. peft adapters are also
     saved as adapters (`adapter/`); LoRA is merged into the exported weights, prefix / prompt adapters cannot be
-    merged, so the exported weights are the base model and the adapter must be loaded with peft on top."""
+    merged, so the exported weights are the base model and the adapter must be loaded with peft on top.
+    `neighbor_encoder` (the cache's `ClipEncoder`, encoder settings): trained from an embedding cache, the model
+    is exported with that frozen encoder inside."""
     from peft import PeftModel
 
     from processing.pipeline_mmgl import save_for_hub
@@ -479,6 +539,8 @@ def save_hub_folder(model, processor, output_dir):
         model.save_pretrained(Path(output_dir) / "adapter")
         is_lora = model.peft_config[model.active_adapter].peft_type == "LORA"
         model = model.merge_and_unload() if is_lora else model.get_base_model()
+    if neighbor_encoder is not None and model.neighbor_encoder is None:
+        model = attach_neighbor_encoder(model, *neighbor_encoder)
     save_for_hub(model, processor, output_dir)
 
 

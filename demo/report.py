@@ -39,9 +39,10 @@ def main(run_dirs, plot_path):
     figure.tight_layout()
     figure.savefig(plot_path, dpi=120)
     print(f"plot: {plot_path}")
-    first, last = list(runs.values())[0], list(runs.values())[-1]
-    better = last["metrics"]["predict_rougeL"] > first["metrics"]["predict_rougeL"]
-    print(f"{list(runs)[-1]} {'beats' if better else 'does NOT beat'} {list(runs)[0]} on ROUGE-L")
+    (base_name, base), (name, last) = list(runs.items())[0], list(runs.items())[-1]
+    for metric in METRICS:
+        better = last["metrics"][metric] > base["metrics"][metric]
+        print(f"{name} {'beats' if better else 'does NOT beat'} {base_name} on {metric.split('_')[1]}")
 
 
 if __name__ == "__main__":

@@ -74,3 +74,174 @@ def test_json_arguments_and_validation(sample_dir, tmp_path):
                                        "train_files": "x", "config_overrides": "hidden_size=32"}))
     with pytest.raises(ValueError, match="--tuning flamingo"):
         run_summarization.main([str(config_file)])
+
+
+# ------------------------------------------------------------------ data parallel and resume (subprocesses)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deterministic_args(sample_dir: Path, output_dir: Path) -> list[str]:
+    """Dropout off, sequential sampling, a deterministic position encoding (LPE flips signs at random in training)."""
+    args = base_args(sample_dir, output_dir)
+    args[args.index("--config_overrides") + 1] += ",dropout=0.0,attention_dropout=0.0"
+    for flag in ("--do_eval", "--do_predict", "--use_cpu"):
+        args.remove(flag)
+    args[args.index("--max_steps") + 1] = "4"
+    args[args.index("--max_train_samples") + 1] = "16"
+    return args + ["--context", "all", "--neighbor_encoding", "sa_e", "--position_encoding", "sequence",
+                   "--logging_steps", "1"]
+
+
+def run_script(args: list[str], launcher: list[str] = ()) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [*launcher, str(REPO / "run_summarization.py"), *args] if launcher else [
+        sys.executable, str(REPO / "run_summarization.py"), *args]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def logged_losses(output_dir: Path) -> list[tuple[int, float, float]]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [(h["step"], h["loss"], h["grad_norm"]) for h in state["log_history"] if "loss" in h]
+
+
+def final_weights(output_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(output_dir / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_match_one_process(sample_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): same losses as 1 process at the same global
+    batch. Without ACCELERATE_USE_CPU both processes would train alone on everything and the losses would differ."""
+    import shutil
+    import sys
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = deterministic_args(sample_dir, one)
+    args[args.index("--per_device_train_batch_size") + 1] = "4"
+    run_script(args + ["--train_sampling_strategy", "sequential"])
+    args = deterministic_args(sample_dir, two)
+    args[args.index("--per_device_train_batch_size") + 1] = "2"
+    run_script(args + ["--train_sampling_strategy", "sequential"], launcher=[
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+    ])
+    single, double = logged_losses(one), logged_losses(two)
+    assert [s for s, _, _ in single] == [s for s, _, _ in double] == [1, 2, 3, 4]
+    for (_, loss_1, norm_1), (_, loss_2, norm_2) in zip(single, double):
+        assert abs(loss_1 - loss_2) < 1e-4 and abs(norm_1 - norm_2) < 1e-4, (single, double)
+    assert_same_weights(final_weights(one), final_weights(two), atol=1e-5)
+
+
+def test_resume_from_checkpoint_continues_exactly(sample_dir, tmp_path):
+    """Stop after a checkpoint, resume from it: the same later losses (random sampling on) and final weights."""
+    import shutil
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    checkpointing = ["--save_strategy", "steps", "--save_steps", "2"]
+    args = deterministic_args(sample_dir, straight)
+    args.remove("--save_strategy"), args.remove("no")
+    run_script(args + checkpointing)
+    args = deterministic_args(sample_dir, resumed)
+    args.remove("--save_strategy"), args.remove("no")
+    run_script(args + checkpointing)
+    # Pretend the run was killed right after checkpoint-2: drop everything written later.
+    for path in resumed.iterdir():
+        if path.name != "checkpoint-2":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_script(args + checkpointing + ["--resume_from_checkpoint", str(resumed / "checkpoint-2")])
+    assert logged_losses(resumed)[2:] == logged_losses(straight)[2:]
+    assert len(logged_losses(straight)) == 4
+    assert_same_weights(final_weights(straight), final_weights(resumed), atol=0)
+
+
+def test_model_trained_from_cache_is_exported_with_its_encoder(sample_dir, tmp_path):
+    """Trained on cached embeddings, the exported model carries the encoder that filled the cache, so it takes raw
+    texts and images (pipeline without a cache) and encodes them as the cache did."""
+    import torch
+    from PIL import Image
+
+    from modeling_mmgl import MMGLForConditionalGeneration
+    from processing.embedding_cache import EmbeddingCache
+    from processing.page_graph import PageGraphIndex
+    from processing.processing_mmgl import MMGLProcessor
+    from processing.wikiweb2m import load_pages
+
+    output_dir = tmp_path / "out"
+    args = base_args(sample_dir, output_dir)
+    args[args.index("--max_steps") + 1] = "1"
+    run_summarization.main(args + ["--context", "all", "--neighbor_encoding", "sa_e"])
+    model = MMGLForConditionalGeneration.from_pretrained(output_dir)
+    processor = MMGLProcessor.from_pretrained(output_dir)
+    cache = EmbeddingCache(sample_dir / "cache")
+    assert model.neighbor_encoder is not None
+
+    index = PageGraphIndex(load_pages(str(sample_dir / "wikiweb2m-sample.tfrecord.gz")))
+    texts, images = processor.collect_neighbor_inputs(index, image_dir=sample_dir / "images")
+    texts, images = list(texts)[:8], list(images)[:4]
+    with torch.no_grad():
+        raw_texts = model.neighbor_encoder.encode_text(processor.clip_tokenizer(texts)[None])[0]
+        pixels = processor.image_processor(images=[Image.open(p) for p in images], return_tensors="pt")
+        raw_images = model.neighbor_encoder.encode_image(pixels["pixel_values"][None])[0]
+    cached_texts = torch.stack([cache.get_text(t) for t in texts]).float()
+    cached_images = torch.stack([cache.get_image(p) for p in images]).float()
+    # The cache stores float16; transformers' CLIPImageProcessor resizes a little differently from open_clip.
+    torch.testing.assert_close(raw_texts, cached_texts, atol=2e-3, rtol=0)
+    torch.testing.assert_close(raw_images, cached_images, atol=2e-2, rtol=0)
+    assert torch.nn.functional.cosine_similarity(raw_images, cached_images).min() > 0.999
+
+
+def test_first_stage_trains_only_projectors_and_position_encoding(sample_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    snapshots = {}
+    original_first_stage, original_apply_tuning = run_summarization.run_first_stage, run_summarization.apply_tuning
+
+    def first_stage(model, *args, **kwargs):
+        snapshots["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return original_first_stage(model, *args, **kwargs)
+
+    def apply_tuning(model, mmgl_args):
+        snapshots["after"] = {k: v.clone() for k, v in model.state_dict().items()}
+        snapshots["requires_grad"] = {n: p.requires_grad for n, p in model.named_parameters()}
+        return original_apply_tuning(model, mmgl_args)
+
+    monkeypatch.setattr(run_summarization, "run_first_stage", first_stage)
+    monkeypatch.setattr(run_summarization, "apply_tuning", apply_tuning)
+    output_dir = tmp_path / "out"
+    args = base_args(sample_dir, output_dir)
+    args[args.index("--max_steps") + 1] = "1"
+    run_summarization.main(args + ["--context", "all", "--neighbor_encoding", "sa_e", "--position_encoding",
+                                   "sequence", "--first_stage_steps", "3"])
+    changed = {k for k in snapshots["before"] if not torch.equal(snapshots["before"][k], snapshots["after"][k])}
+    assert changed and all(k.startswith(("neighbor_projection", "position_encoding")) for k in changed), changed
+    assert any(k.startswith("position_encoding") for k in changed)
+    assert all(snapshots["requires_grad"].values())  # full tuning in the main stage
+    printed = capsys.readouterr().out
+    assert "first stage: 3 steps, trainable parameters:" in printed
+    with pytest.raises(ValueError, match="--first_stage_steps .* --context section_only"):
+        run_summarization.main(base_args(sample_dir, tmp_path / "x") + ["--context", "section_only",
+                                                                         "--first_stage_steps", "2"])
