@@ -139,6 +139,22 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         raise ValueError("Give --model_name_or_path (OPT or MMGL checkpoint) or --config_overrides (from scratch).")
     if (training_args.do_train or training_args.do_eval or training_args.do_predict) and not data_args.train_files:
         raise ValueError("--train_files is required (WikiWeb2M TFRecord file or glob).")
+    for name, path in (("--resume_from_checkpoint", training_args.resume_from_checkpoint),
+                       ("--image_dir", mmgl_args.image_dir)):
+        if path is not None and not os.path.isdir(path):
+            raise FileNotFoundError(f"{name} {path}: no such directory.")
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is not None and not os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+        # The Trainer writes trainer_state.json last: without it the save was interrupted.
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {checkpoint} is incomplete (no trainer_state.json; was the run stopped while "
+            "saving it?). Resume from the previous checkpoint, which a crash during this save leaves intact."
+        )
+    path = model_args.model_name_or_path
+    # A hub id has at most one "/": anything absolute, relative-looking or deeper must be a local folder.
+    if path and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
+        if not os.path.isdir(os.path.expanduser(path)):
+            raise FileNotFoundError(f"--model_name_or_path {path}: no such directory.")
     if data_args.recipe not in (None, "paper"):
         raise ValueError(f"--recipe must be 'paper' or unset, got {data_args.recipe!r}.")
     if mmgl_args.embedding_cache_dir is None and has_neighbor_slots and mmgl_args.neighbor_encoder_pretrained is None:

@@ -69,6 +69,9 @@ def test_json_arguments_and_validation(sample_dir, tmp_path):
         run_summarization.main(args + ["--context", "section_only", "--position_encoding", "laplacian"])
     with pytest.raises(ValueError, match="--context must be one of"):
         run_summarization.main(args + ["--context", "everything"])
+    for flag in ("--resume_from_checkpoint", "--model_name_or_path", "--image_dir"):
+        with pytest.raises(FileNotFoundError, match=f"{flag} .*missing: no such directory"):
+            run_summarization.main(args + [flag, str(tmp_path / "missing")])
     config_file = tmp_path / "args.json"
     config_file.write_text(json.dumps({"output_dir": str(tmp_path / "o"), "tuning": "flamingo", "do_train": True,
                                        "train_files": "x", "config_overrides": "hidden_size=32"}))
@@ -245,3 +248,33 @@ def test_first_stage_trains_only_projectors_and_position_encoding(sample_dir, tm
     with pytest.raises(ValueError, match="--first_stage_steps .* --context section_only"):
         run_summarization.main(base_args(sample_dir, tmp_path / "x") + ["--context", "section_only",
                                                                          "--first_stage_steps", "2"])
+
+
+def test_crash_while_saving_leaves_previous_checkpoint_usable(sample_dir, tmp_path, monkeypatch):
+    """Killed while writing checkpoint-4 (save_total_limit 1): checkpoint-2 survives, the partial checkpoint is
+    refused with a clear message, and resuming from checkpoint-2 finishes the run."""
+    import transformers
+
+    output_dir = tmp_path / "out"
+    args = deterministic_args(sample_dir, output_dir)
+    args.remove("--save_strategy"), args.remove("no")
+    args += ["--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "1", "--use_cpu"]
+    saves = []
+    original = transformers.Trainer._save_rng_state
+
+    def crash_on_second_save(self, output_dir):
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(transformers.Trainer, "_save_rng_state", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_summarization.main(args)
+    monkeypatch.setattr(transformers.Trainer, "_save_rng_state", original)
+    assert (output_dir / "checkpoint-2" / "trainer_state.json").exists()
+    assert (output_dir / "checkpoint-4").exists() and not (output_dir / "checkpoint-4" / "trainer_state.json").exists()
+    with pytest.raises(FileNotFoundError, match="checkpoint-4 is incomplete"):
+        run_summarization.main(args + ["--resume_from_checkpoint", str(output_dir / "checkpoint-4")])
+    run_summarization.main(args + ["--resume_from_checkpoint", str(output_dir / "checkpoint-2")])
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 4
