@@ -254,13 +254,34 @@ class SummarizationDataset(torch.utils.data.Dataset):
 
 
 class MMGLSummarizationTrainer(Trainer):
-    """Trainer for a decoder-only summarizer: loss as usual, plus generation metrics on left-padded prompts."""
+    """Trainer for a decoder-only summarizer: loss as usual, plus generation metrics on left-padded prompts.
 
-    def __init__(self, *args, generation_datasets=None, generation_collator=None, generation_kwargs=None, **kwargs):
+    The final save (`save_model()` without a folder, which `push_to_hub` also calls) writes the complete Hub folder
+    once (`save_hub_folder`), and `create_model_card` writes the MMGL card, so `--push_to_hub` uploads exactly the
+    export. Checkpoints save as usual."""
+
+    def __init__(self, *args, generation_datasets=None, generation_collator=None, generation_kwargs=None,
+                 export_neighbor_encoder=None, model_card=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_datasets = generation_datasets or {}
         self.generation_collator = generation_collator
         self.generation_kwargs = generation_kwargs or {}
+        self.export_neighbor_encoder = export_neighbor_encoder
+        self.model_card = model_card
+        self.hub_folder_written = False
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if output_dir is not None and Path(output_dir).resolve() != Path(self.args.output_dir).resolve():
+            return super().save_model(output_dir, _internal_call)
+        # Written once: exporting merges LoRA into the weights, which cannot be done twice.
+        if self.args.should_save and not self.hub_folder_written:
+            save_hub_folder(self.model, self.processing_class, self.args.output_dir, self.export_neighbor_encoder)
+            torch.save(self.args, Path(self.args.output_dir) / "training_args.bin")
+        self.hub_folder_written = True
+
+    def create_model_card(self, *args, **kwargs):
+        if self.args.should_save and self.model_card is not None:
+            self.model_card()
 
     def generate_summaries(self, dataset: SummarizationDataset) -> list[str]:
         from accelerate.utils import gather_object
@@ -511,12 +532,13 @@ def main(argv=None):
         generation_kwargs=dict(max_new_tokens=data_args.generation_max_new_tokens,
                                num_beams=data_args.generation_num_beams, do_sample=False,
                                pad_token_id=processor.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+        export_neighbor_encoder=(cache_encoder, encoder) if cache_encoder is not None else None,
+        model_card=lambda: write_model_card(training_args.output_dir, model_args, mmgl_args, data_args, all_metrics),
     )
 
     all_metrics = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
         all_metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in result.metrics.items()})
         trainer.save_state()
     if training_args.do_eval:
@@ -532,10 +554,8 @@ def main(argv=None):
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)
 
-    if trainer.is_world_process_zero():
-        save_hub_folder(trainer.model, processor, training_args.output_dir,
-                        neighbor_encoder=(cache_encoder, encoder) if cache_encoder is not None else None)
-        write_model_card(training_args.output_dir, model_args, mmgl_args, data_args, all_metrics)
+    trainer.save_model()  # the Hub folder
+    trainer.create_model_card()
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return all_metrics

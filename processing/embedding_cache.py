@@ -395,7 +395,7 @@ class ClipEncoder:
         model_name (`str`, *optional*, defaults to ``"ViT-B-32"``): an open_clip model name; with
             `model_config` only a label recorded in the cache config.
         pretrained (`str`, *optional*): an open_clip pretrained tag (``"openai"``) or a local
-            checkpoint path; None keeps the random initialisation (tests).
+            checkpoint path; None keeps a random initialisation, seeded with 0 (tests, offline demo).
         model_config (`dict`, *optional*): an open_clip model config (``embed_dim``,
             ``vision_cfg``, ``text_cfg``) for a custom or tiny model.
         device (`str` or `torch.device`, *optional*, defaults to ``"cpu"``).
@@ -418,7 +418,12 @@ class ClipEncoder:
                     "or model_config=... for a custom model"
                 )
         self.device = torch.device(device)
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=self.device)
+        # Without weights, a fixed seed: the same random encoder in every run and process, whatever the caller's
+        # seed, so a cache built by one run is reusable by the next.
+        with torch.random.fork_rng(devices=[]):
+            if pretrained is None:
+                torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=self.device)
         # Frozen: eval mode (no dropout) and no gradients anywhere.
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess

@@ -278,3 +278,36 @@ def test_crash_while_saving_leaves_previous_checkpoint_usable(sample_dir, tmp_pa
         run_summarization.main(args + ["--resume_from_checkpoint", str(output_dir / "checkpoint-4")])
     run_summarization.main(args + ["--resume_from_checkpoint", str(output_dir / "checkpoint-2")])
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_push_to_hub_uploads_the_complete_export(sample_dir, tmp_path, monkeypatch):
+    """--push_to_hub goes through the Trainer's Hub integration (faked here: no network) and uploads the finished
+    Hub folder: merged LoRA weights, no stale root adapter files, remote code, the MMGL model card."""
+    import types
+
+    import transformers.trainer
+
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return types.SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            folder = Path(folder_path)
+            uploads.append({"repo_id": repo_id, "files": sorted(p.name for p in folder.iterdir()),
+                            "config": json.loads((folder / "config.json").read_text()),
+                            "card": (folder / "README.md").read_text()})
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    output_dir = tmp_path / "out"
+    run_summarization.main(base_args(sample_dir, output_dir) + [
+        "--context", "all", "--neighbor_encoding", "sa_e", "--tuning", "lora", "--push_to_hub",
+        "--hub_model_id", "me/mmgl-test"])
+    assert len(uploads) == 1 and uploads[0]["repo_id"] == "me/mmgl-test"
+    files, config = uploads[0]["files"], uploads[0]["config"]
+    assert {"model.safetensors", "modeling_mmgl.py", "processing_mmgl.py", "tokenizer.json", "adapter"} <= set(files)
+    assert "adapter_config.json" not in files  # a root adapter config would make from_pretrained load it via peft
+    assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM"} <= set(config["auto_map"])
+    assert "mmgl-summarization" in config["custom_pipelines"]
+    assert "# MMGL section summarizer" in uploads[0]["card"] and "predict_rougeL" in uploads[0]["card"]
