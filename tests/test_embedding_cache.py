@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from processing import embedding_cache
 from processing.embedding_cache import (
     ClipEncoder,
     CorruptShardError,
@@ -36,8 +37,25 @@ TEXTS = [f"section text number {i} about Ray Charles" for i in range(10)]
 
 
 def tiny_encoder(seed=0, config=TINY):
-    torch.manual_seed(seed)
-    return ClipEncoder("tiny", model_config=config, device="cpu")
+    """A random tiny CLIP. ClipEncoder seeds a weightless encoder with 0 itself; other seeds get other weights."""
+    encoder = ClipEncoder("tiny", model_config=config, device="cpu")
+    if seed:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in encoder.model.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * param.std().clamp(min=0.02))
+        encoder.identity["weights_sha256"] = embedding_cache._state_dict_sha256(encoder.model)
+    return encoder
+
+
+def test_weightless_encoder_is_the_same_whatever_the_global_seed():
+    torch.manual_seed(123)
+    first = ClipEncoder("tiny", model_config=TINY)
+    torch.manual_seed(456)
+    state = torch.get_rng_state()
+    second = ClipEncoder("tiny", model_config=TINY)
+    assert first.identity["weights_sha256"] == second.identity["weights_sha256"]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left alone
 
 
 @pytest.fixture(scope="module")
