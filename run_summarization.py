@@ -25,13 +25,13 @@ from transformers import (
     AutoTokenizer,
     HfArgumentParser,
     OPTConfig,
-    PreTrainedTokenizerFast,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+from processing.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 from processing.metrics import summarization_metrics
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor, clip_image_processor
@@ -173,24 +173,6 @@ def parse_overrides(overrides: str) -> dict:
         except json.JSONDecodeError:
             values[key] = value
     return values
-
-
-def train_tokenizer(pages, vocab_size: int) -> PreTrainedTokenizerFast:
-    """Offline tokenizer: a byte-level BPE trained on the pages' texts (OPT's special tokens)."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    def texts():
-        for row in pages:
-            yield row["page_title"] + "\n" + row["clean_page_description"]
-            yield from row["section_text"]
-            for captions in row["section_image_captions"]:
-                yield from captions
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts(), vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
 
 
 def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> dict:
@@ -468,7 +450,7 @@ def main(argv=None):
     if model_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
     else:
-        tokenizer = train_tokenizer(pages, model_args.tokenizer_vocab_size)
+        tokenizer = train_bpe_tokenizer(wikiweb2m_texts(pages), model_args.tokenizer_vocab_size)
     encoder = encoder_settings(mmgl_args)
     image_size = (encoder[2] or {}).get("vision_cfg", {}).get("image_size")  # custom encoders: their own size
     processor = MMGLProcessor(

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, pipeline
+from transformers import pipeline
 
+from processing.bpe_tokenizer import train_bpe_tokenizer
 from processing.pipeline_mmgl import (
     MMGLSummarizationPipeline,
     check_flat_folder,
@@ -35,20 +35,7 @@ CORPUS = [
 
 
 def make_tokenizer():
-    """A byte-level BPE trained on a few sentences, as OPT's: `</s>` is bos and eos."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
+    return train_bpe_tokenizer(CORPUS, vocab_size=320)
 
 
 def make_processor(**overrides):
