@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 from urllib.parse import urlsplit
 
-import requests
 from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -392,9 +391,11 @@ class ImageFetcher:
         return FetchResult(url, "fetched", path=path, record=record)
 
     # --------------------------------------------------------------------------------- internals
-    def _session(self) -> requests.Session:
+    def _session(self) -> "requests.Session":
         session = getattr(self._local, "session", None)
         if session is None:
+            import requests  # lazily: a Hub folder copies this file into processes that never fetch
+
             session = requests.Session()
             session.headers["User-Agent"] = self.user_agent
             session.max_redirects = 5
@@ -429,6 +430,8 @@ class ImageFetcher:
         raise failure
 
     def _attempt(self, url: str, host: str):
+        import requests  # lazily, as in `_session` (already imported there: a dict lookup)
+
         try:
             with self._session().get(url, stream=True, timeout=self.timeout) as response:
                 status = response.status_code
@@ -465,7 +468,7 @@ class ImageFetcher:
         except (ValueError, UnicodeError) as err:  # URL parsing deep in urllib3 / idna
             raise _FetchFailure("invalid_url", f"{url}: {type(err).__name__}: {err}") from err
 
-    def _stream_to_part(self, response: requests.Response, url: str):
+    def _stream_to_part(self, response: "requests.Response", url: str):
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise _FetchFailure("too_large", f"{url}: Content-Length {declared} exceeds max_bytes {self.max_bytes}")

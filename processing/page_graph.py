@@ -33,16 +33,22 @@ plain dict so other data plugs in. `PageGraphIndex` maps sample ``i`` to ``(page
 and back in O(1) over a `datasets.Dataset` (Arrow) or a list of pages, never scanning the table per
 item.
 
+Per section, `PageGraph.neighbor_order` gives the candidate neighbours nearest first (computed once
+per section and kept with the graph): a processor applies its budgets by slicing it.
+
 This file imports only the standard library, so it can sit in a flat Hub folder next to the
-processor.
+processor. It may be loaded twice in one process (the installed package and a Hub folder's copy):
+`PageGraph.coerce` and `is_page_graph` therefore recognise a graph by a marker attribute, not by its
+class.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 NODE_KINDS = ("page", "section", "image")
 EDGE_TYPES = ("page", "section_order", "parent_child", "section_image")
@@ -57,6 +63,26 @@ _WIKIWEB2M_REQUIRED = (
 )
 # Naive first-sentence split for plain dicts that give no summary: end punctuation + whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def is_page_graph(obj: Any) -> bool:
+    """Whether ``obj`` is a `PageGraph` of this file or of another copy of it (same layout version)."""
+    return getattr(obj, "mmgl_page_graph_version", None) == PageGraph.mmgl_page_graph_version
+
+
+def _is_in_memory_image(value: Any) -> bool:
+    """A `PIL.Image.Image` (recognised by its attributes: this file imports no PIL) or encoded bytes."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return True
+    return hasattr(value, "convert") and hasattr(value, "mode") and hasattr(value, "size")
+
+
+def scrub_summary(text: str, sentences: Sequence[str]) -> str:
+    """Cut every occurrence of each non-empty sentence out of ``text`` (the object is kept when clean)."""
+    for sentence in sentences:
+        if sentence and sentence in text:
+            text = " ".join(text.replace(sentence, " ").split())
+    return text
 
 
 def _as_str(value: Any) -> str:
@@ -76,17 +102,38 @@ class GraphNode:
         kind (`str`): ``"page"``, ``"section"`` or ``"image"``.
         text (`str`, *optional*, defaults to ``""``): the page description, the section text or the
             image caption.
-        image (`str`, *optional*): for image nodes, the file's path or URL (resolved against an
-            image folder by the processor).
+        image (`str`, `PIL.Image.Image` or `bytes`, *optional*): for image nodes, the file's path or URL
+            (resolved against an image folder by the processor), or, from `PageGraph.from_dict`, the
+            image itself (a PIL image or the encoded file's bytes).
         section (`int`, *optional*): the owning section index (for section and image nodes).
         title (`str`, *optional*, defaults to ``""``): the page or section title.
     """
 
     kind: str
     text: str = ""
-    image: Optional[str] = None
+    image: Any = None
     section: Optional[int] = None
     title: str = ""
+
+
+class NeighborOrder(NamedTuple):
+    """Candidate neighbours of one target section, nearest first (see `PageGraph.neighbor_order`).
+
+    Args:
+        ranking (`tuple[int]`): the other sections: the parent first, then by ``(|s - t|, s)``.
+        text_nodes (`tuple[int]`): the page node, the target's image nodes (their captions), then per
+            ranked section its node followed by its image nodes; only nodes with a usable (non-blank)
+            text.
+        texts (`tuple[str]`): the text of each of ``text_nodes``.
+        image_nodes (`tuple[int]`): the target's image nodes, then each ranked section's.
+        image_refs (`tuple`): the ``image`` of each of ``image_nodes``.
+    """
+
+    ranking: Tuple[int, ...]
+    text_nodes: Tuple[int, ...]
+    texts: Tuple[str, ...]
+    image_nodes: Tuple[int, ...]
+    image_refs: Tuple[Any, ...]
 
 
 @dataclass
@@ -125,6 +172,10 @@ class PageGraph:
     page_id: str = ""
     split: Optional[str] = None
     page_node: int = 0
+
+    # Recognised by `coerce` / `is_page_graph` instead of the class, which differs between copies of
+    # this file. Bump it when a change makes graphs of older copies unusable by newer code.
+    mmgl_page_graph_version = 1
 
     # ------------------------------------------------------------------ construction
 
@@ -273,6 +324,9 @@ class PageGraph:
                            "parent": int (optional), "is_sample": bool (optional),
                            "images": [{"path" | "url" | "image": str, "caption": str}, ...]}, ...]}
 
+        ``"image"`` may also hold the image itself: a `PIL.Image.Image` or the encoded file's bytes
+        (kept in the graph; the processor preprocesses it like a file's pixels).
+
         Without ``summary`` the first sentence of ``text`` is split off naively (at ``.``, ``!`` or
         ``?`` followed by whitespace); without ``rest`` it is the text after the summary. Parents
         default to -1 (a flat page). ``is_sample`` defaults to "has a summary and a rest".
@@ -298,10 +352,23 @@ class PageGraph:
             rest = _as_str(sec["rest"]) if sec.get("rest") is not None else rest
             images = []
             for j, image in enumerate(sec.get("images") or []):
-                ref = image.get("path") or image.get("url") or image.get("image")
+                ref = image.get("path") or image.get("url")
+                if ref is None and image.get("image") is not None:
+                    ref = image["image"]
+                    if _is_in_memory_image(ref):  # kept as is: the processor reads it like a file
+                        ref = bytes(ref) if isinstance(ref, (bytearray, memoryview)) else ref
+                        images.append((ref, _as_str(image.get("caption"))))
+                        continue
                 if ref is None:
                     raise KeyError(f"page {page_id!r}: section {i} image {j} has no 'path', 'url' or 'image'")
-                images.append((str(ref), _as_str(image.get("caption"))))
+                if not isinstance(ref, (str, os.PathLike)):
+                    # str() of anything else would give a path that never exists: a silently masked image.
+                    field_name = next(name for name in ("path", "url", "image") if image.get(name) is not None)
+                    raise TypeError(
+                        f"page {page_id!r}: section {i} image {j} field {field_name!r} must be a path or URL (str), "
+                        f"a PIL image or the file's bytes, got {type(ref).__name__}"
+                    )
+                images.append((os.fspath(ref), _as_str(image.get("caption"))))
             parent = sec.get("parent", parents[i] if parents is not None else -1)
             sections.append(
                 {
@@ -324,9 +391,18 @@ class PageGraph:
 
     @classmethod
     def coerce(cls, page: Any) -> "PageGraph":
-        """A `PageGraph` as is, a WikiWeb2M row (has ``section_title``) or a plain dict (has ``sections``)."""
-        if isinstance(page, PageGraph):
+        """A `PageGraph` as is, a WikiWeb2M row (has ``section_title``) or a plain dict (has ``sections``).
+
+        A graph built by another copy of this file (e.g. a Hub folder's next to the installed package)
+        is taken as is too: it is recognised by its marker attribute, and has the same fields and methods.
+        """
+        if isinstance(page, cls) or is_page_graph(page):
             return page
+        if hasattr(page, "mmgl_page_graph_version"):
+            raise TypeError(
+                f"got a PageGraph of layout version {page.mmgl_page_graph_version!r} (from {type(page).__module__}); "
+                f"this copy of page_graph.py reads version {cls.mmgl_page_graph_version}"
+            )
         if isinstance(page, Mapping):
             if "section_title" in page:
                 return cls.from_wikiweb2m(page)
@@ -376,6 +452,17 @@ class PageGraph:
         return self.dense_adjacency | np.eye(len(self.nodes), dtype=bool)
 
     @cached_property
+    def padded_closed_adjacency(self):
+        """`closed_adjacency` with one more node (id ``num_nodes``) adjacent to nothing, itself included:
+        the stand-in for absent slots when slicing (their rows and columns come out all False)."""
+        import numpy as np
+
+        n = len(self.nodes)
+        matrix = np.zeros((n + 1, n + 1), dtype=bool)
+        matrix[:n, :n] = self.closed_adjacency
+        return matrix
+
+    @cached_property
     def usable_texts(self) -> List[Optional[str]]:
         """Each node's text, or `None` when it is empty or blank (such nodes are never text neighbours)."""
         return [node.text if node.text and not node.text.isspace() else None for node in self.nodes]
@@ -399,6 +486,86 @@ class PageGraph:
             ([node] if usable[node] is not None else []) + captions
             for node, captions in zip(self.section_nodes, self.caption_blocks)
         ]
+
+    @cached_property
+    def _neighbor_orders(self) -> Dict[int, NeighborOrder]:
+        return {}
+
+    def neighbor_order(self, section_idx: int) -> NeighborOrder:
+        """The candidate neighbours of section ``section_idx``, nearest first (`NeighborOrder`).
+
+        Built on first use and kept with the graph: every processor configuration takes a prefix of
+        these tuples, so building an example is slicing rather than walking the graph again.
+        """
+        order = self._neighbor_orders.get(section_idx)
+        if order is None:
+            self.check_section(section_idx)
+            t, parent = section_idx, self.section_parents[section_idx]
+            ranking = [parent] if parent >= 0 else []
+            for distance in range(1, max(t + 1, len(self.section_nodes) - t)):  # t-1, t+1, t-2, t+2, ...
+                for s in (t - distance, t + distance):
+                    if 0 <= s < len(self.section_nodes) and s != parent:
+                        ranking.append(s)
+            text_nodes = self.page_block + self.caption_blocks[t]
+            image_nodes = list(self.image_nodes[t])
+            for s in ranking:
+                text_nodes += self.section_blocks[s]
+                image_nodes += self.image_nodes[s]
+            usable = self.usable_texts
+            # Tuples of ints and strings: the garbage collector stops tracking them, so graphs kept
+            # for a whole data set do not make every full collection longer.
+            order = self._neighbor_orders[section_idx] = NeighborOrder(
+                ranking=tuple(ranking),
+                text_nodes=tuple(text_nodes),
+                texts=tuple([usable[n] for n in text_nodes]),
+                image_nodes=tuple(image_nodes),
+                image_refs=tuple([self.nodes[n].image for n in image_nodes]),
+            )
+        return order
+
+    @cached_property
+    def _target_inputs(self) -> Dict[Tuple[int, bool], str]:
+        return {}
+
+    def target_input(self, section_idx: int, include_title: bool = True) -> str:
+        """The input text of target section ``section_idx``: ``"<title>: <rest>"`` (or whichever is not
+        empty), with the section's summary cut out wherever it still occurs (`scrub_summary`).
+
+        Memoised: one string object per section, so its hash (a token cache key) is computed once.
+        """
+        key = (section_idx, include_title)
+        text = self._target_inputs.get(key)
+        if text is None:
+            rest = self.rest_texts[section_idx]
+            title = self.section_title(section_idx) if include_title else ""
+            text = f"{title}: {rest}" if title and rest else (title or rest)
+            text = scrub_summary(text, (self.summaries[section_idx], self.raw_summaries[section_idx]))
+            self._target_inputs[key] = text
+        return text
+
+    @cached_property
+    def _summary_checks(self) -> Dict[int, Tuple[int, int]]:
+        return {}
+
+    def summary_free(self, section_idx: int, count: int) -> bool:
+        """Whether none of the first ``count`` texts of ``neighbor_order(section_idx)`` contains the
+        section's summary (clean or raw first sentence), i.e. whether they can be inputs as they are.
+
+        Memoised per section as ``(texts checked, first text with the summary or -1)``, so each text
+        is searched at most once whatever the budgets asking.
+        """
+        checked, first = self._summary_checks.get(section_idx, (0, -1))
+        if first < 0 and checked < count:
+            sentences = [s for s in (self.summaries[section_idx], self.raw_summaries[section_idx]) if s]
+            texts = self.neighbor_order(section_idx).texts
+            end = min(count, len(texts))
+            # One search over the joined texts ("\0" never occurs in a summary, so no match straddles
+            # two texts); only a page that repeats the summary looks for the first text holding it.
+            joined = "\0".join(texts[checked:end])
+            if any(sentence in joined for sentence in sentences):
+                first = next(i for i in range(checked, end) if any(sentence in texts[i] for sentence in sentences))
+            self._summary_checks[section_idx] = (max(checked, end), first)
+        return first < 0 or first >= count
 
     def section_node(self, section_idx: int) -> int:
         """Node id of section ``section_idx`` (with a clear error when out of range)."""
@@ -546,4 +713,13 @@ class PageGraphIndex:
             yield self.graph(page_idx)
 
 
-__all__ = ["EDGE_TYPES", "NODE_KINDS", "GraphNode", "PageGraph", "PageGraphIndex"]
+__all__ = [
+    "EDGE_TYPES",
+    "NODE_KINDS",
+    "GraphNode",
+    "NeighborOrder",
+    "PageGraph",
+    "PageGraphIndex",
+    "is_page_graph",
+    "scrub_summary",
+]

@@ -16,14 +16,17 @@ Example layout (one example, training; ``|`` separates token segments)::
 for generation the example stops after " Summary:". Every text segment is tokenised on its own as
 ``" " + text`` (no special tokens, special-token strings inside text are split as plain text), so
 an example is a concatenation of per-text id arrays: the token cache (`build_token_cache`) stores
-each unique text's ids once and building an example is slicing and concatenating. Truncation
+each unique text's ids once and building an example is slicing and concatenating. A token cache is
+saved to and loaded from one pickle-free ``.npz`` file keyed by the tokenizers' fingerprint and by
+text digests (`MMGLTokenCache`, `load_token_cache`). Truncation
 (``max_source_length``) cuts texts only, from their end, never placeholders or prompts: the target
 text keeps what the SA-TE neighbour texts leave free and at least half of the text budget, the
 neighbour texts share the rest in slot order; the summary (``max_target_length`` with eos) is last.
 
 Neighbour selection (deterministic; `select_neighbors`). Sections are ranked for target ``t`` as:
 its parent section first, then the other sections by ``(|s - t|, s)`` (nearest first, the earlier
-one on ties).
+one on ties). The page graph keeps these candidate orders per section once built
+(`PageGraph.neighbor_order`); a selection is a prefix of them.
 
 * text slots, at most ``max_text_neighbors``, blank texts skipped:
   ``section_only``: none. ``section_all``: the captions of the target's images.
@@ -32,11 +35,13 @@ one on ties).
 * image slots, at most ``max_image_neighbors``: ``section_all``: the target's images; ``all``: the
   target's images, then each ranked section's images; none otherwise. An image whose file is not
   on disk (or, with an embedding cache, not in it) keeps its slot with mask 0 and gets no
-  placeholders. With raw pixels, an example with no image file at all gets a zero-stride zero view
+  placeholders. Page dicts may hold the image itself (a PIL image or the file's bytes): it is
+  preprocessed like a file, and an embedding cache is asked for its bytes (a PIL image's PNG). With raw pixels, an example with no image file at all gets a zero-stride zero view
   for ``image_neighbor_pixel_values`` (no 3 MB memset per example at 224 px; treat it as read-only).
 
 An embedding cache is asked for exactly these keys: each text neighbour's text (as in
-`NeighborSelection.texts`, see `collect_neighbor_inputs`) and each image's resolved file path.
+`NeighborSelection.texts`, see `collect_neighbor_inputs`) and each image's resolved file path (or,
+for an in-memory image, its bytes).
 
 Which keys an example has depends only on the configuration: text slots exist in SA-E and CA-E for
 every context but ``section_only`` (in SA-TE texts are raw tokens); image slots for ``section_all``
@@ -63,12 +68,15 @@ This file is Hub-loadable: it imports installed packages and same-folder files (
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import json
 import os
-import pickle
+import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
-from itertools import chain, zip_longest
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote
 
@@ -78,7 +86,7 @@ from transformers import AddedToken, BatchFeature, CLIPImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from .collator import MMGLDataCollator
-from .page_graph import PageGraph, PageGraphIndex
+from .page_graph import PageGraph, PageGraphIndex, is_page_graph, scrub_summary
 
 CONTEXTS = ("section_only", "section_all", "text_only", "all")
 NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
@@ -126,12 +134,21 @@ def _long_tensor(values: List[int]) -> torch.Tensor:
     return torch.from_numpy(np.array(values, dtype=np.int64))
 
 
-def _scrub(text: str, forbidden: Sequence[str]) -> str:
-    """Cut every occurrence of the target's summary out of ``text`` (the object is kept when clean)."""
-    for sentence in forbidden:
-        if sentence and sentence in text:
-            text = " ".join(text.replace(sentence, " ").split())
-    return text
+def _png_bytes(image) -> bytes:
+    """A PIL image as PNG bytes (lossless, so an embedding cache keyed by bytes sees the same pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _rgb_image(source):
+    """An RGB PIL image from a file path, encoded bytes or a PIL image."""
+    from PIL import Image
+
+    if isinstance(source, (str, bytes)):
+        with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
+            return image.convert("RGB")
+    return source.convert("RGB")
 
 
 @dataclass
@@ -143,48 +160,211 @@ class NeighborSelection:
         text_nodes (`list[int]`): node of each text neighbour (page, section or image-caption node).
         texts (`list[str]`): the text of each text neighbour, summary-free.
         image_nodes (`list[int]`): node of each image neighbour.
-        image_refs (`list[str | None]`): path or URL of each image neighbour.
+        image_refs (`list`): path or URL of each image neighbour (`None` if it has none), or the image
+            itself (a PIL image or the file's bytes) for images given in memory in a page dict.
     """
 
     target_node: int
     text_nodes: List[int]
     texts: List[str]
     image_nodes: List[int]
-    image_refs: List[Optional[str]]
+    image_refs: List[Any]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """``sha256:<hex>`` of what decides a fast tokenizer's ids: its JSON (model, vocab, merges, normaliser,
+    pre-tokeniser and added tokens). Its truncation and padding settings are left out: each call
+    switches them, and the token cache tokenises without either. A slow tokenizer is fingerprinted by
+    its class and full vocabulary (added tokens included)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())}
+    return "sha256:" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _text_digests(texts: Sequence[str]) -> np.ndarray:
+    """128-bit BLAKE2b digest of each text's UTF-8 bytes, as 16-byte void scalars (they sort and
+    binary-search bytewise): the on-disk key of a text, so the file holds no text at all."""
+    blob = b"".join(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest() for text in texts)
+    return np.frombuffer(blob, dtype="V16")
+
+
+class _IdTable:
+    """The ids of many texts in three flat arrays: text ``i`` has digest ``keys[i]`` (sorted) and ids
+    ``ids[offsets[i] : offsets[i + 1]]``. No Python object per text, so it loads and searches fast."""
+
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray):
+        self.keys, self.offsets, self.ids = keys, offsets, ids
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def build(cls, base: Optional["_IdTable"], keys: np.ndarray, arrays: Sequence[np.ndarray]) -> "_IdTable":
+        """``base``'s entries plus new ones (``keys[j]`` has ids ``arrays[j]``), sorted by key."""
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.int64)
+        starts = np.cumsum(lengths) - lengths
+        if base is not None:
+            keys = np.concatenate([base.keys, keys])
+            starts = np.concatenate([base.offsets[:-1], starts + len(base.ids)])
+            lengths = np.concatenate([np.diff(base.offsets), lengths])
+            flat = np.concatenate([base.ids, flat])
+        order = np.argsort(keys, kind="stable")
+        keys, starts, lengths = keys[order], starts[order], lengths[order]
+        offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # Gather every entry's ids in key order at once (entry j's run, shifted to its new place).
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        fits = flat.size == 0 or (flat.min() >= -(2**31) and flat.max() < 2**31)
+        return cls(keys, offsets, flat[gather].astype(np.int32 if fits else np.int64))
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """Row of each key, -1 where absent."""
+        if not len(self.keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[rows] == keys, rows, -1)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]].astype(np.int64)
 
 
 class MMGLTokenCache:
     """Token ids of every unique text of a data set, tokenised once.
 
-    ``lm`` maps a text to its OPT ids (``" " + text``, int64 array); ``clip`` maps a neighbour text
-    to its open_clip ids (`(Lc,)` long tensor). Keys are the texts themselves (looked up by their
-    hash). ``identity`` records the tokenizers the ids came from; a processor refuses a cache made
-    by other tokenizers.
+    In memory, ``lm`` maps a text to its OPT ids (``" " + text``, int64 array) and ``clip`` maps a
+    neighbour text to its open_clip ids (`(Lc,)` long tensor): a dict lookup per text while building
+    examples. ``identity`` records the tokenizers the ids came from (`tokenizer_fingerprint`); a
+    processor refuses a cache made by other tokenizers.
+
+    On disk (`save` / `load`) a cache is one ``.npz`` file without pickled objects: a JSON header
+    (format, version, identity, counts) and, per kind, the 128-bit digests of the texts (sorted), the
+    ids of all texts as one flat int32 array and their offsets. `save` writes a temporary file beside
+    the target, fsyncs it and renames it over the target (`os.replace`), so a crash leaves the old
+    file or the new one, never a partial file under the final name; `load` refuses a truncated or
+    inconsistent file, and a file of other tokenizers, naming the file. The texts of a loaded file
+    move into ``lm`` / ``clip`` when first asked for (the file stores only their digests); new texts
+    go in through `add` (as `build_token_cache` and the processor do), so that the next `save` keeps them.
     """
 
-    def __init__(self, identity: Mapping[str, str]):
+    FORMAT = "mmgl-token-cache"
+    VERSION = 1
+    KINDS = ("lm", "clip")
+
+    def __init__(self, identity: Mapping[str, str], path: Optional[str] = None):
         self.identity = dict(identity)
+        self.path = path  # the file it was loaded from or last saved to, for error messages
         self.lm: Dict[str, np.ndarray] = {}
         self.clip: Dict[str, torch.Tensor] = {}
+        self._stored: Dict[str, _IdTable] = {}  # from the file, by kind
+        self._added: Dict[str, Dict[str, None]] = {kind: {} for kind in self.KINDS}  # not in the file yet
 
     def __len__(self) -> int:
-        return len(self.lm) + len(self.clip)
+        return sum(len(self._stored.get(kind, ())) + len(self._added[kind]) for kind in self.KINDS)
+
+    def missing(self, kind: str, texts: Iterable[str]) -> List[str]:
+        """The texts (unique, in order) with no ids yet; ids found in the loaded file are moved to memory."""
+        table = getattr(self, kind)
+        missing = [text for text in dict.fromkeys(texts) if text not in table]
+        stored = self._stored.get(kind)
+        if stored is None or not missing:
+            return missing
+        rows = stored.find(_text_digests(missing))
+        for text, row in zip(missing, rows.tolist()):
+            if row >= 0:
+                ids = stored.row(row)
+                table[text] = ids if kind == "lm" else torch.from_numpy(ids)
+        return [text for text, row in zip(missing, rows.tolist()) if row < 0]
+
+    def add(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
+        """Remember freshly tokenised ``texts`` (saved by the next `save`)."""
+        getattr(self, kind).update(zip(texts, ids))
+        self._added[kind].update(dict.fromkeys(texts))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        with open(path, "wb") as f:
-            pickle.dump(
-                {"identity": self.identity, "lm": self.lm, "clip": {k: v.numpy() for k, v in self.clip.items()}},
-                f,
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
+        """Write the cache to ``path`` (an ``.npz`` file), atomically; see the class docstring."""
+        path = os.fspath(path)
+        tables = {}
+        for kind in self.KINDS:
+            added = list(self._added[kind])
+            table = getattr(self, kind)
+            arrays = [np.asarray(table[text]) for text in added]
+            tables[kind] = _IdTable.build(self._stored.get(kind), _text_digests(added), arrays)
+        header = {
+            "format": self.FORMAT,
+            "version": self.VERSION,
+            "identity": self.identity,
+            "counts": {kind: len(table) for kind, table in tables.items()},
+        }
+        arrays = {"header": np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)}
+        for kind, table in tables.items():
+            arrays.update({f"{kind}_keys": table.keys, f"{kind}_offsets": table.offsets, f"{kind}_ids": table.ids})
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._stored, self._added, self.path = tables, {kind: {} for kind in self.KINDS}, path
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "MMGLTokenCache":
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-        cache = cls(state["identity"])
-        cache.lm = state["lm"]
-        cache.clip = {k: torch.from_numpy(v) for k, v in state["clip"].items()}
+    def load(cls, path: Union[str, os.PathLike], identity: Optional[Mapping[str, str]] = None) -> "MMGLTokenCache":
+        """Read a cache written by `save`.
+
+        Args:
+            path (`str` or `os.PathLike`): the ``.npz`` file.
+            identity (`dict`, *optional*): the tokenizers' identity the cache must have (a processor
+                passes its own); a file of other tokenizers raises `ValueError` naming the file.
+
+        Raises:
+            `ValueError`: the file is truncated, corrupt, not a token cache, or of other tokenizers.
+        """
+        path = os.fspath(path)
+        names = ["header"] + [f"{kind}_{part}" for kind in cls.KINDS for part in ("keys", "offsets", "ids")]
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in names}
+            header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:  # truncated, corrupt, foreign
+            raise ValueError(f"token cache {path!r} cannot be read (truncated, corrupt or not a token cache): {err}") from err
+        if header.get("format") != cls.FORMAT or header.get("version") != cls.VERSION:
+            raise ValueError(
+                f"token cache {path!r} has format {header.get('format')!r} version {header.get('version')!r}, "
+                f"expected {cls.FORMAT!r} version {cls.VERSION}"
+            )
+        if identity is not None and header["identity"] != dict(identity):
+            raise ValueError(
+                f"token cache {path!r} was built with tokenizers {header['identity']}, this processor uses "
+                f"{dict(identity)}; rebuild it (build_token_cache) or remove the file"
+            )
+        cache = cls(header["identity"], path=path)
+        counts = header.get("counts") or {}
+        for kind in cls.KINDS:
+            keys, offsets, ids = (arrays[f"{kind}_{part}"] for part in ("keys", "offsets", "ids"))
+            consistent = (
+                keys.dtype == np.dtype("V16")
+                and keys.shape == (counts.get(kind),)
+                and offsets.shape == (len(keys) + 1,)
+                and offsets[0] == 0
+                and offsets[-1] == len(ids)
+                and bool(np.all(np.diff(offsets) >= 0))
+            )
+            if not consistent:
+                raise ValueError(f"token cache {path!r}: the {kind!r} tables are inconsistent (a damaged file)")
+            cache._stored[kind] = _IdTable(keys, offsets, ids)
         return cache
 
 
@@ -198,6 +378,7 @@ class _RuntimeState:
         self.identity: Optional[Dict[str, str]] = None
         self.pixel_size = None
         self.placeholders: Dict[int, np.ndarray] = {}
+        self.zero_pixels: Dict[Tuple[int, int, int], torch.Tensor] = {}
 
     def __deepcopy__(self, memo):
         return self
@@ -349,85 +530,63 @@ class MMGLProcessor(ProcessorMixin):
     def section_ranking(graph: PageGraph, section_idx: int) -> List[int]:
         """Other sections in neighbour order: the parent, then by ``(|s - t|, s)``, i.e.
         ``t-1, t+1, t-2, t+2, ...`` (nearest first, the earlier one on ties)."""
-        parent = graph.section_parents[section_idx]
-        pairs = zip_longest(range(section_idx - 1, -1, -1), range(section_idx + 1, graph.num_sections))
-        ranking = [s for s in chain.from_iterable(pairs) if s is not None and s != parent]
-        return [parent, *ranking] if parent >= 0 else ranking
+        return list(PageGraph.coerce(graph).neighbor_order(section_idx).ranking)
 
     def select_neighbors(self, page: Any, section_idx: int) -> NeighborSelection:
         """Choose the text and image neighbours of ``section_idx`` under the budgets (module docstring)."""
-        graph = PageGraph.coerce(page)
-        graph.check_section(section_idx)
+        return self._select(PageGraph.coerce(page), section_idx)
+
+    def _select(self, graph: PageGraph, section_idx: int) -> NeighborSelection:
+        # The graph keeps each section's candidates nearest first (`PageGraph.neighbor_order`): a
+        # selection is a prefix of them, sliced rather than rebuilt for every example.
+        order = graph.neighbor_order(section_idx)
         context = self.context
         target_node = graph.section_nodes[section_idx]
         if context == "section_only":
             return NeighborSelection(target_node, [], [], [], [])
-        ranking = self.section_ranking(graph, section_idx)
-        budget = self.max_text_neighbors
-        captions = graph.caption_blocks
+        text_budget, image_budget = self.max_text_neighbors, self.max_image_neighbors
         if context == "section_all":
-            candidates = list(captions[section_idx])
+            text_nodes = graph.caption_blocks[section_idx][:text_budget]
+            texts = [graph.usable_texts[node] for node in text_nodes]
+            summary, raw_summary = graph.summaries[section_idx], graph.raw_summaries[section_idx]
+            # One substring test over all chosen texts ("\0" never occurs in a summary, so no match
+            # can straddle two texts).
+            joined = "\0".join(texts)
+            clean = not ((summary and summary in joined) or (raw_summary and raw_summary in joined))
+            image_nodes = graph.image_nodes[section_idx][:image_budget]
+            image_refs = [graph.nodes[node].image for node in image_nodes]
         else:
-            # page description, the target's captions, then per ranked section its text + captions;
-            # the blocks hold only nodes with a non-blank text.
-            candidates = graph.page_block + captions[section_idx]
-            blocks = graph.section_blocks
-            for s in ranking:
-                if len(candidates) >= budget:
-                    break
-                candidates += blocks[s]
-        text_nodes = candidates[:budget]
-        usable = graph.usable_texts
-        texts = [usable[node] for node in text_nodes]
-        forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
-        # One substring test over all chosen texts ("\0" never occurs in a summary, so no match can
-        # straddle two texts); only pages that repeat the summary take the slow path.
-        joined = "\0".join(texts)
-        if any(sentence and sentence in joined for sentence in forbidden):
-            text_nodes, texts = self._scrubbed_texts(graph, section_idx, ranking, forbidden)
-
-        image_nodes: List[int] = []
-        if context in ("section_all", "all"):
-            image_nodes = list(graph.image_nodes[section_idx][: self.max_image_neighbors])
+            text_nodes, texts = list(order.text_nodes[:text_budget]), list(order.texts[:text_budget])
+            clean = graph.summary_free(section_idx, text_budget)  # searched once per section, then memoised
             if context == "all":
-                for s in ranking:
-                    if len(image_nodes) >= self.max_image_neighbors:
-                        break
-                    image_nodes.extend(graph.image_nodes[s][: self.max_image_neighbors - len(image_nodes)])
-        return NeighborSelection(
-            target_node=target_node,
-            text_nodes=text_nodes,
-            texts=texts,
-            image_nodes=image_nodes,
-            image_refs=[graph.nodes[n].image for n in image_nodes],
-        )
+                image_nodes, image_refs = list(order.image_nodes[:image_budget]), list(order.image_refs[:image_budget])
+            else:
+                image_nodes, image_refs = [], []
+        if not clean:  # only pages that repeat the summary take the slow path
+            text_nodes, texts = self._scrubbed_texts(graph, section_idx)
+        return NeighborSelection(target_node, text_nodes, texts, image_nodes, image_refs)
 
-    def _scrubbed_texts(
-        self, graph: PageGraph, section_idx: int, ranking: List[int], forbidden: Tuple[str, str]
-    ) -> Tuple[List[int], List[str]]:
+    def _scrubbed_texts(self, graph: PageGraph, section_idx: int) -> Tuple[List[int], List[str]]:
         """Text neighbours with the summary cut out; texts left empty give their slot to the next."""
-        captions = graph.caption_blocks
-        candidates = list(captions[section_idx])
-        if self.context != "section_all":
-            candidates = graph.page_block + candidates
-            for s in ranking:
-                candidates += graph.section_blocks[s]
+        forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
+        if self.context == "section_all":
+            candidates = graph.caption_blocks[section_idx]
+        else:
+            candidates = graph.neighbor_order(section_idx).text_nodes
         text_nodes: List[int] = []
         texts: List[str] = []
         for node in candidates:
             if len(texts) == self.max_text_neighbors:
                 break
-            text = _scrub(graph.usable_texts[node], forbidden)
+            text = scrub_summary(graph.usable_texts[node], forbidden)
             if text:
                 text_nodes.append(node)
                 texts.append(text)
         return text_nodes, texts
 
     def target_text(self, graph: PageGraph, section_idx: int) -> str:
-        """The target's input text: ``"<title>: <rest>"`` (summary-free, before scrubbing)."""
-        rest = graph.rest_texts[section_idx]
-        title = graph.section_title(section_idx) if self.include_section_title else ""
-        return f"{title}: {rest}" if title and rest else (title or rest)
+        """The target's input text: ``"<title>: <rest>"``, summary cut out (`PageGraph.target_input`)."""
+        return graph.target_input(section_idx, self.include_section_title)
 
     @staticmethod
     def neighbor_adjacency(
@@ -447,30 +606,30 @@ class MMGLProcessor(ProcessorMixin):
         n = len(slot_nodes)
         if not any(slot_mask):
             return torch.from_numpy(np.zeros((n, n), dtype=np.float32))
-        nodes = np.asarray(slot_nodes, dtype=np.intp)
-        # Rules 1 and 2 at once: the page graph's adjacency with self loops, so two slots of one
-        # node come out adjacent.
-        adjacency = graph.closed_adjacency[nodes][:, nodes]
-        around_target = graph.dense_adjacency[nodes, target_node]
-        adjacency |= around_target[:, None] & around_target  # rule 3: contracted target
+        # Masked slots look at the padding node, adjacent to nothing, so their rows and columns come out
+        # empty without a masking pass.
+        dead = graph.num_nodes
         if not all(slot_mask):
-            masked = [a for a, real in enumerate(slot_mask) if not real]
-            adjacency[masked] = False  # masked slots stay isolated
-            adjacency[:, masked] = False
+            slot_nodes = [node if real else dead for node, real in zip(slot_nodes, slot_mask)]
+        nodes = np.array(slot_nodes, dtype=np.intp)
+        closed = graph.padded_closed_adjacency
+        # Rules 1 and 2 at once: the page graph's adjacency with self loops, so two slots of one node
+        # come out adjacent (`take` twice: several times faster than fancy indexing on small matrices).
+        adjacency = closed.take(nodes, 0).take(nodes, 1)
+        # Rule 3, the contracted target. The target node is never a slot, so its closed row is its
+        # neighbourhood.
+        around_target = closed[target_node].take(nodes)
+        adjacency |= around_target[:, None] & around_target
         adjacency.flat[:: n + 1] = False  # no self loops
         return torch.from_numpy(adjacency.astype(np.float32))
 
     # ------------------------------------------------------------------ tokenisation (cached or not)
 
     def _tokenizer_identity(self) -> Dict[str, str]:
+        """What token cache ids depend on: the OPT tokenizer's fingerprint and the open_clip tokenizer."""
         if self._state.identity is None:
-            backend = getattr(self.tokenizer, "backend_tokenizer", None)
-            if backend is not None:
-                spec = backend.to_str()
-            else:
-                spec = repr(sorted(self.tokenizer.get_vocab().items()))
             self._state.identity = {
-                "lm": f"{type(self.tokenizer).__name__}:{hashlib.sha256(spec.encode('utf-8')).hexdigest()}",
+                "lm": tokenizer_fingerprint(self.tokenizer),
                 "clip": f"{self.neighbor_encoder_name}:{self.neighbor_context_length}",
             }
         return self._state.identity
@@ -495,9 +654,10 @@ class MMGLProcessor(ProcessorMixin):
         table = cache.lm
         try:
             return [table[text] for text in texts]
-        except KeyError:  # unseen texts (e.g. summary-scrubbed ones): tokenise once, remember
-            missing = [text for text in dict.fromkeys(texts) if text not in table]
-            table.update(zip(missing, self._encode_lm(missing)))
+        except KeyError:  # texts not met yet (e.g. summary-scrubbed ones): from the file, or tokenise once
+            missing = cache.missing("lm", texts)
+            if missing:
+                cache.add("lm", missing, self._encode_lm(missing))
             return [table[text] for text in texts]
 
     def _clip_ids_many(self, texts: Sequence[str]) -> List[torch.Tensor]:
@@ -509,8 +669,9 @@ class MMGLProcessor(ProcessorMixin):
         try:
             return [table[text] for text in texts]
         except KeyError:
-            missing = [text for text in dict.fromkeys(texts) if text not in table]
-            table.update(zip(missing, self._encode_clip(missing)))
+            missing = cache.missing("clip", texts)
+            if missing:
+                cache.add("clip", missing, self._encode_clip(missing))
             return [table[text] for text in texts]
 
     def _prompt_ids(self) -> Dict[str, Any]:
@@ -525,6 +686,7 @@ class MMGLProcessor(ProcessorMixin):
                 "section": self._encode_lm([self.section_prompt])[0],
                 "summary": self._encode_lm([self.summary_prompt])[0],
             }
+            prompts["bos_context"] = np.concatenate([prompts["bos"], prompts["context"]])
             prompts["fixed_length"] = len(prompts["bos"]) + len(prompts["section"]) + len(prompts["summary"])
             self._state.prompt_ids = prompts
         return self._state.prompt_ids
@@ -536,10 +698,19 @@ class MMGLProcessor(ProcessorMixin):
     def set_token_cache(self, cache: Optional[MMGLTokenCache]) -> None:
         """Use ``cache`` (or none); refuses a cache built with other tokenizers."""
         if cache is not None and cache.identity != self._tokenizer_identity():
+            source = f" ({cache.path!r})" if cache.path else ""
             raise ValueError(
-                f"token cache was built with tokenizers {cache.identity}, this processor uses {self._tokenizer_identity()}"
+                f"token cache{source} was built with tokenizers {cache.identity}, this processor uses "
+                f"{self._tokenizer_identity()}"
             )
         self._state.token_cache = cache
+
+    def load_token_cache(self, path: Union[str, os.PathLike]) -> MMGLTokenCache:
+        """Load a token cache file (`MMGLTokenCache.save`) and use it; a file of other tokenizers, or a
+        damaged one, raises `ValueError` naming the file. Save one with ``processor.token_cache.save(path)``."""
+        cache = MMGLTokenCache.load(path, identity=self._tokenizer_identity())
+        self._state.token_cache = cache
+        return cache
 
     def build_token_cache(
         self,
@@ -564,7 +735,9 @@ class MMGLProcessor(ProcessorMixin):
             show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
 
         Returns:
-            `MMGLTokenCache`, also installed on the processor (it extends the current one if any).
+            `MMGLTokenCache`, also installed on the processor (it extends the current one if any: after
+            `load_token_cache`, only texts the file lacks are tokenised; keep them with
+            ``processor.token_cache.save(path)``).
         """
         from tqdm.auto import tqdm
 
@@ -592,15 +765,13 @@ class MMGLProcessor(ProcessorMixin):
                         lm_texts[node.text] = None
                     if neighbor_input_ids:
                         clip_texts[node.text] = None
-        for texts, table, encode in (
-            ([t for t in lm_texts if t not in cache.lm], cache.lm, self._encode_lm),
-            ([t for t in clip_texts if t not in cache.clip], cache.clip, self._encode_clip),
-        ):
+        for kind, wanted, encode in (("lm", lm_texts, self._encode_lm), ("clip", clip_texts, self._encode_clip)):
+            texts = cache.missing(kind, wanted)  # texts of a loaded file are not tokenised again
             for start in tqdm(
                 range(0, len(texts), batch_size), desc="tokenizing", unit="batch", disable=not show_progress or not texts
             ):
                 chunk = texts[start : start + batch_size]
-                table.update(zip(chunk, encode(chunk)))
+                cache.add(kind, chunk, encode(chunk))
         self._state.token_cache = cache
         return cache
 
@@ -668,25 +839,30 @@ class MMGLProcessor(ProcessorMixin):
             ids = self._clip_ids_many(selection.texts)
             values = torch.stack(ids) if ids else torch.zeros((0, self.neighbor_context_size), dtype=torch.long)
             key = "text_neighbor_input_ids"
-        return {key: values, "text_neighbor_mask": torch.ones(num, dtype=torch.long)}
+        return {key: values, "text_neighbor_mask": torch.from_numpy(np.ones(num, dtype=np.int64))}
 
     def _image_payload(
         self, selection: NeighborSelection, embedding_cache, image_dir
     ) -> Tuple[Dict[str, torch.Tensor], List[int]]:
-        """Image slot tensors and the mask as a list. Only files on disk count: the raw path reads
-        them and a content-addressed embedding cache hashes them; the others are masked."""
-        num = len(selection.image_nodes)
+        """Image slot tensors and the mask as a list. Only files on disk count (the raw path reads them
+        and a content-addressed embedding cache hashes them), and in-memory images of page dicts (PIL
+        images or encoded bytes); the others are masked."""
+        num = len(selection.image_refs)
         mask = [0] * num
-        on_disk = []
+        sources = []  # (slot, path or in-memory image)
         for j, ref in enumerate(selection.image_refs):
-            path = self.resolve_image(ref, image_dir)
-            if path is not None and os.path.isfile(path):
-                on_disk.append((j, path))
+            if isinstance(ref, str):
+                path = self.resolve_image(ref, image_dir)
+                if path is not None and os.path.isfile(path):
+                    sources.append((j, path))
+            elif ref is not None:
+                sources.append((j, ref))
         if embedding_cache is not None:
             found = {}
-            for j, path in on_disk:
+            for j, source in sources:
                 try:
-                    embed = embedding_cache.get_image(path)
+                    # The cache keys images by their file bytes: a PIL image by its PNG bytes (lossless).
+                    embed = embedding_cache.get_image(source if isinstance(source, (str, bytes)) else _png_bytes(source))
                 except OSError:
                     embed = None
                 if embed is not None:
@@ -699,14 +875,12 @@ class MMGLProcessor(ProcessorMixin):
             return {"image_neighbor_embeds": values, "image_neighbor_mask": _long_tensor(mask)}, mask
         height, width = self._pixel_size()
         loaded = []
-        for j, path in on_disk:
+        for j, source in sources:
             try:
-                from PIL import Image
-
-                with Image.open(path) as image:
-                    loaded.append((j, image.convert("RGB")))
-            except (OSError, ValueError) as err:  # unreadable file: masked like a missing one
-                warnings.warn(f"could not read image {path!r} ({err}); masking it")
+                loaded.append((j, _rgb_image(source)))
+            except (OSError, ValueError) as err:  # unreadable: masked like a missing file
+                name = repr(source) if isinstance(source, str) else f"{type(source).__name__} image"
+                warnings.warn(f"could not read image {name} ({err}); masking it")
         if loaded:
             values = torch.zeros((num, 3, height, width))
             pixels = self.image_processor(images=[image for _, image in loaded], return_tensors="pt")["pixel_values"]
@@ -715,8 +889,11 @@ class MMGLProcessor(ProcessorMixin):
                 mask[j] = 1
         else:
             # Most sections have no image file: a zero-stride zero view instead of a fresh
-            # (Ni, 3, H, W) buffer (3 MB of memset per example at 224 px). Read-only by nature.
-            values = _ZERO.expand(num, 3, height, width)
+            # (Ni, 3, H, W) buffer (3 MB of memset per example at 224 px). Writes to it fail (all its
+            # elements share one memory location), so one view per shape serves every example.
+            values = self._state.zero_pixels.get((num, height, width))
+            if values is None:
+                values = self._state.zero_pixels[(num, height, width)] = _ZERO.expand(num, 3, height, width)
         return {"image_neighbor_pixel_values": values, "image_neighbor_mask": _long_tensor(mask)}, mask
 
     # ------------------------------------------------------------------ examples
@@ -748,7 +925,7 @@ class MMGLProcessor(ProcessorMixin):
             ``neighbor_adjacency`` `(Nt + Ni, Nt + Ni)` when there are slots.
         """
         graph = PageGraph.coerce(page)
-        selection = self.select_neighbors(graph, section_idx)
+        selection = self._select(graph, section_idx)
         summary = graph.summaries[section_idx]
         if not for_generation and not summary.strip():
             raise ValueError(
@@ -756,36 +933,40 @@ class MMGLProcessor(ProcessorMixin):
                 "it cannot be a training example"
             )
         example: Dict[str, torch.Tensor] = {}
+        text_slots, image_slots = self.has_text_slots, self.has_image_slots
         slot_nodes: List[int] = []
         slot_mask: List[int] = []
         num_placeholders = 0
-        if self.has_text_slots:
+        if text_slots:
             example.update(self._text_payload(graph, section_idx, selection, embedding_cache))
             slot_nodes += selection.text_nodes
             slot_mask += [1] * len(selection.text_nodes)
             if self.neighbor_encoding == "sa_e":
                 num_placeholders += self.text_neighbor_num_tokens * len(selection.texts)
-        if self.has_image_slots:
+        if image_slots:
             payload, image_mask = self._image_payload(selection, embedding_cache, image_dir)
             example.update(payload)
             slot_nodes += selection.image_nodes
             slot_mask += image_mask
             if self.neighbor_encoding != "ca_e":
                 num_placeholders += self.image_neighbor_num_tokens * sum(image_mask)
-        if self.has_text_slots or self.has_image_slots:
+        if text_slots or image_slots:
             example["neighbor_adjacency"] = self.neighbor_adjacency(graph, selection.target_node, slot_nodes, slot_mask)
 
-        input_ids, labels = self._token_layout(graph, section_idx, selection, num_placeholders, for_generation)
-        example["input_ids"] = torch.from_numpy(input_ids)
-        example["attention_mask"] = torch.ones(input_ids.shape[0], dtype=torch.long)
-        if labels is not None:
+        input_ids, source_length = self._token_layout(graph, section_idx, selection, num_placeholders, for_generation)
+        example["input_ids"] = ids = torch.from_numpy(input_ids)
+        example["attention_mask"] = torch.ones_like(ids)  # ones_like: faster than torch.ones(L, dtype=...)
+        if not for_generation:
+            labels = input_ids.copy()
+            labels[:source_length] = -100  # supervise the summary and its eos only
             example["labels"] = torch.from_numpy(labels)
         return example
 
     def _token_layout(
         self, graph: PageGraph, section_idx: int, selection: NeighborSelection, num_placeholders: int, for_generation: bool
-    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """``input_ids`` and ``labels`` as int64 arrays; truncation keeps placeholders and prompts."""
+    ) -> Tuple[np.ndarray, int]:
+        """``input_ids`` as an int64 array, and the source length (tokens before the summary);
+        truncation keeps placeholders and prompts."""
         prompts = self._prompt_ids()
         raw_texts = selection.texts if self.neighbor_encoding == "sa_te" else ()
         fixed = prompts["fixed_length"] + num_placeholders + (len(prompts["context"]) if raw_texts else 0)
@@ -796,48 +977,40 @@ class MMGLProcessor(ProcessorMixin):
                 f"hold the prompt and {num_placeholders} neighbour placeholders ({fixed} tokens); raise "
                 "max_source_length or lower the neighbour budgets"
             )
-        forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
-        summary_text = graph.summaries[section_idx]
-        target_text = _scrub(self.target_text(graph, section_idx), forbidden)
-        if for_generation:
-            target, *neighbor_ids = self._lm_ids_many([target_text, *raw_texts])
+        summary = graph.summaries[section_idx]
+        target_text = graph.target_input(section_idx, self.include_section_title)
+        if for_generation:  # no summary: the naive (uncached) path must not tokenise it for nothing
+            ids = self._lm_ids_many([target_text, *raw_texts])
+            target, summary_ids, neighbor_ids = ids[0], None, ids[1:]
         else:
-            target, summary_ids, *neighbor_ids = self._lm_ids_many([target_text, summary_text, *raw_texts])
+            ids = self._lm_ids_many([target_text, summary, *raw_texts])
+            target, summary_ids, neighbor_ids = ids[0], ids[1], ids[2:]
         # Split the text budget: the target keeps everything the neighbour texts leave free, and at
         # least half when both are long; neighbour texts then fill the rest in slot order.
         neighbor_length = sum(map(len, neighbor_ids))
-        parts = [prompts["bos"]]
-        if raw_texts:
-            parts.append(prompts["context"])
-        if len(target) + neighbor_length <= budget:  # the common case: everything fits
-            parts.extend(neighbor_ids)
-        else:
+        if len(target) + neighbor_length > budget:
             target = target[: max(budget // 2, budget - neighbor_length)]
             budget -= len(target)
-            for ids in neighbor_ids:
+            kept = []
+            for text_ids in neighbor_ids:
                 if budget <= 0:
                     break
-                parts.append(ids[:budget])
-                budget -= len(parts[-1])
-        parts.append(prompts["section"])
-        parts.append(target)
-        if num_placeholders:
-            placeholders = self._state.placeholders.get(num_placeholders)
-            if placeholders is None:  # one read-only array per count, reused by every example
-                placeholders = np.full(num_placeholders, self.neighbor_token_id, dtype=np.int64)
-                placeholders.flags.writeable = False
-                self._state.placeholders[num_placeholders] = placeholders
-            parts.append(placeholders)
-        parts.append(prompts["summary"])
+                kept.append(text_ids[:budget])
+                budget -= len(kept[-1])
+            neighbor_ids = kept
+        placeholders = self._state.placeholders.get(num_placeholders)
+        if placeholders is None:  # one read-only array per count, reused by every example
+            placeholders = np.full(num_placeholders, self.neighbor_token_id, dtype=np.int64)
+            placeholders.flags.writeable = False
+            self._state.placeholders[num_placeholders] = placeholders
+        head = prompts["bos_context"] if raw_texts else prompts["bos"]
         if for_generation:
-            return np.concatenate(parts), None
-        source_length = sum(map(len, parts))
-        parts.append(summary_ids[: self.max_target_length - 1])
-        parts.append(prompts["eos"])
-        input_ids = np.concatenate(parts)
-        labels = np.full(input_ids.shape[0], -100, dtype=np.int64)
-        labels[source_length:] = input_ids[source_length:]
-        return input_ids, labels
+            return np.concatenate([head, *neighbor_ids, prompts["section"], target, placeholders, prompts["summary"]]), -1
+        summary_ids = summary_ids[: self.max_target_length - 1]
+        input_ids = np.concatenate(
+            [head, *neighbor_ids, prompts["section"], target, placeholders, prompts["summary"], summary_ids, prompts["eos"]]
+        )
+        return input_ids, len(input_ids) - len(summary_ids) - 1
 
     def __call__(
         self,
@@ -868,7 +1041,7 @@ class MMGLProcessor(ProcessorMixin):
             raise ValueError("section_indices is required (the target section of each page)")
         if isinstance(section_indices, int):
             pages, section_indices = [pages], [section_indices]
-        elif isinstance(pages, (PageGraph, Mapping)):
+        elif isinstance(pages, Mapping) or is_page_graph(pages):
             pages = [pages] * len(section_indices)
         if len(pages) != len(section_indices):
             raise ValueError(f"got {len(pages)} pages for {len(section_indices)} section indices")
@@ -882,8 +1055,9 @@ class MMGLProcessor(ProcessorMixin):
         self, samples: Iterable[Tuple[Any, int]], image_dir: Optional[Union[str, os.PathLike]] = None
     ) -> Tuple[List[str], List[str]]:
         """The unique neighbour texts and image files of ``samples`` (``(page, section_idx)`` pairs, or a
-        `PageGraphIndex`): exactly the keys `build_example` will ask an embedding cache for. Images
-        whose file is not on disk are left out (they are masked)."""
+        `PageGraphIndex`): exactly the keys `build_example` will ask an embedding cache for, but for
+        in-memory images of page dicts (asked for by their bytes; no file to list). Images whose file is
+        not on disk are left out (they are masked)."""
         texts: Dict[str, None] = {}
         images: Dict[str, None] = {}
         for page, section_idx in samples:
@@ -892,6 +1066,8 @@ class MMGLProcessor(ProcessorMixin):
                 texts.update(dict.fromkeys(selection.texts))
             if self.has_image_slots:
                 for ref in selection.image_refs:
+                    if ref is not None and not isinstance(ref, str):
+                        continue  # in-memory image
                     path = self.resolve_image(ref, image_dir)
                     if path is not None and os.path.isfile(path):
                         images[path] = None

@@ -1,4 +1,5 @@
 """Tests of the page graph, `MMGLProcessor` and `MMGLDataCollator` (CPU, offline, tiny tokenizers)."""
+import io
 import itertools
 import os
 import subprocess
@@ -8,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
+from processing.bpe_tokenizer import train_bpe_tokenizer
 from processing.collator import MMGLDataCollator
 from processing.page_graph import PageGraph, PageGraphIndex
 from processing.processing_mmgl import (
@@ -106,28 +106,11 @@ EXPECTED_SLOTS = {
 }
 
 
-def _train_bpe(texts, vocab_size):
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    # OPT's conventions: bos = eos = "</s>", pad = "<pad>".
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     row = known_row()
     texts = row["section_text"] + [row["clean_page_description"]] * 3 + ["Context: Section: Summary:"] * 5
-    return _train_bpe(texts, vocab_size=600)
+    return train_bpe_tokenizer(texts, vocab_size=600)
 
 
 @pytest.fixture(scope="module")
@@ -506,16 +489,282 @@ def test_token_cache_matches_uncached(tokenizer, image_processor, image_dir, con
                 assert torch.equal(a[key], b[key]), (key, section_idx)
 
 
-def test_token_cache_save_load_and_identity(tokenizer, image_processor, tmp_path):
+def test_token_cache_file_round_trip(tokenizer, image_processor, image_dir, tmp_path, monkeypatch):
+    processor = make_processor(tokenizer, image_processor, "all", "sa_e")
+    cache = processor.build_token_cache([known_row()], neighbor_input_ids=True, show_progress=False)
+    graph = PageGraph.from_wikiweb2m(known_row())
+    # Examples first: summary-scrubbed neighbour texts join the cache on first use, and are saved too.
+    expected = {s: processor.build_example(graph, s, image_dir=image_dir) for s in graph.sample_sections()}
+    path = tmp_path / "tokens.npz"
+    cache.save(path)
+    assert os.listdir(tmp_path) == ["tokens.npz"]  # no temporary file left behind
+    with np.load(path, allow_pickle=False) as data:  # plain arrays only: nothing is unpickled
+        assert data["lm_ids"].dtype == np.int32 and data["lm_offsets"][-1] == len(data["lm_ids"])
+    loaded = MMGLTokenCache.load(path, identity=cache.identity)
+    assert len(loaded) == len(cache) and loaded.identity == cache.identity and loaded.path == str(path)
+    # Every text comes back with its ids, value by value; nothing is tokenised again.
+    assert loaded.missing("lm", list(cache.lm)) == [] and loaded.missing("clip", list(cache.clip)) == []
+    for text, ids in cache.lm.items():
+        assert loaded.lm[text].dtype == np.int64 and np.array_equal(loaded.lm[text], ids), text
+    for text, ids in cache.clip.items():
+        assert torch.equal(loaded.clip[text], ids), text
+    assert loaded.missing("lm", ["never seen"]) == ["never seen"]
+    fresh = make_processor(tokenizer, image_processor, "all", "sa_e")
+    assert fresh.load_token_cache(path) is fresh.token_cache
+    fresh._prompt_ids()  # the prompt words are tokenised once per processor, not cached in the file
+    monkeypatch.setattr(fresh, "_encode_lm", lambda texts: pytest.fail(f"tokenised again: {texts}"))
+    monkeypatch.setattr(fresh, "_encode_clip", lambda texts: pytest.fail(f"tokenised again: {texts}"))
+    for section, a in expected.items():
+        b = fresh.build_example(graph, section, image_dir=image_dir)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Texts added later are saved too (merged with the file's), and a saved cache extends a file.
+    monkeypatch.undo()
+    fresh.token_cache.add("lm", ["extra text"], fresh._encode_lm(["extra text"]))
+    fresh.token_cache.save(path)
+    again = MMGLTokenCache.load(path)
+    assert len(again) == len(cache) + 1
+    assert again.missing("lm", ["extra text"]) == [] and np.array_equal(again.lm["extra text"], fresh._encode_lm(["extra text"])[0])
+
+
+def test_token_cache_file_of_other_tokenizers_is_refused(tokenizer, image_processor, tmp_path):
+    processor = make_processor(tokenizer, image_processor, "all", "sa_te")
+    path = tmp_path / "tokens.npz"
+    processor.build_token_cache([known_row()], show_progress=False).save(path)
+    other = make_processor(train_bpe_tokenizer(["something else entirely"] * 5, 300), image_processor)
+    with pytest.raises(ValueError, match=r"tokens\.npz.*was built with tokenizers"):
+        other.load_token_cache(path)
+    assert other.token_cache is None
+    with pytest.raises(ValueError, match=r"tokens\.npz.*was built with tokenizers"):
+        other.set_token_cache(MMGLTokenCache.load(path))
+    # A different open_clip context length changes the neighbour ids: refused as well.
+    with pytest.raises(ValueError, match="was built with tokenizers"):
+        make_processor(tokenizer, image_processor, neighbor_context_length=8).load_token_cache(path)
+    # The fingerprint ignores the truncation / padding state that tokenizer calls leave behind.
+    before = processor._tokenizer_identity()
+    tokenizer("warm up", max_length=4, truncation=True, padding="max_length")
+    assert make_processor(tokenizer, image_processor, "all", "sa_te")._tokenizer_identity() == before
+
+
+def test_token_cache_damaged_file_is_detected(tokenizer, image_processor, tmp_path, monkeypatch):
     processor = make_processor(tokenizer, image_processor, "all", "sa_te")
     cache = processor.build_token_cache([known_row()], show_progress=False)
-    cache.save(tmp_path / "tokens.pkl")
-    loaded = MMGLTokenCache.load(tmp_path / "tokens.pkl")
-    assert loaded.identity == cache.identity and loaded.lm.keys() == cache.lm.keys()
-    other = make_processor(_train_bpe(["something else entirely"] * 5, 300), image_processor)
-    with pytest.raises(ValueError, match="token cache was built with tokenizers"):
-        other.set_token_cache(loaded)
-    processor.set_token_cache(loaded)
+    path = tmp_path / "tokens.npz"
+    cache.save(path)
+    data = path.read_bytes()
+    for size in (len(data) // 2, len(data) - 1, 10, 0):  # truncated anywhere
+        (tmp_path / "cut.npz").write_bytes(data[:size])
+        with pytest.raises(ValueError, match=r"cut\.npz.*cannot be read"):
+            MMGLTokenCache.load(tmp_path / "cut.npz")
+    (tmp_path / "old.pkl").write_bytes(b"\x80\x04\x95" + b"pickled" * 10)  # e.g. the old pickle format
+    with pytest.raises(ValueError, match=r"old\.pkl.*cannot be read"):
+        MMGLTokenCache.load(tmp_path / "old.pkl")
+    with pytest.raises(FileNotFoundError):
+        MMGLTokenCache.load(tmp_path / "absent.npz")
+    # A crash while writing leaves the previous file as it was, and no temporary file.
+    cache.add("lm", ["one more"], processor._encode_lm(["one more"]))
+
+    def crash(*args, **kwargs):
+        args[0].write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cache.save(path)
+    assert path.read_bytes() == data and sorted(os.listdir(tmp_path)) == ["cut.npz", "old.pkl", "tokens.npz"]
+    monkeypatch.undo()
+    assert len(MMGLTokenCache.load(path)) == len(cache) - 1
+
+
+# ------------------------------------------------------------------------- reference equality
+
+
+def reference_example(processor, graph, t, embedding_cache=None, image_dir=None, for_generation=False):
+    """The documented example of ``(graph, t)``, written the straightforward way: one tokenizer call per
+    text, neighbours found by walking the graph, adjacency by testing every pair of slots. `None` when
+    ``max_source_length`` cannot hold the prompt and placeholders."""
+    tok = processor.tokenizer
+
+    def lm(text):
+        return tok(" " + text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    summary, raw = graph.summaries[t], graph.raw_summaries[t]
+
+    def scrub(text):
+        for sentence in (summary, raw):
+            if sentence and sentence in text:
+                text = " ".join(text.replace(sentence, " ").split())
+        return text
+
+    def usable(node):
+        return bool(graph.nodes[node].text.strip())
+
+    def captions(s):
+        return [n for n in graph.image_nodes[s] if usable(n)]
+
+    parent = graph.section_parents[t]
+    ranking = ([parent] if parent >= 0 else []) + sorted(
+        (s for s in range(graph.num_sections) if s not in (t, parent)), key=lambda s: (abs(s - t), s))
+    context, encoding = processor.context, processor.neighbor_encoding
+    candidates = []
+    if context == "section_all":
+        candidates = captions(t)
+    elif context in ("text_only", "all"):
+        candidates = ([0] if usable(0) else []) + captions(t)
+        for s in ranking:
+            candidates += ([graph.section_nodes[s]] if usable(graph.section_nodes[s]) else []) + captions(s)
+    text_nodes, texts = [], []
+    for node in candidates:
+        text = scrub(graph.nodes[node].text)
+        if text and len(texts) < processor.max_text_neighbors:
+            text_nodes.append(node)
+            texts.append(text)
+    image_nodes = []
+    if context in ("section_all", "all"):
+        for s in [t] + (ranking if context == "all" else []):
+            image_nodes += graph.image_nodes[s]
+    image_nodes = image_nodes[: processor.max_image_neighbors]
+
+    example = {}
+    text_slots = encoding != "sa_te" and context != "section_only"
+    image_slots = context in ("section_all", "all")
+    if text_slots:
+        if embedding_cache is not None:
+            embeds = [embedding_cache.get_text(text) for text in texts]
+            example["text_neighbor_embeds"] = torch.stack(embeds) if embeds else torch.zeros(0, embedding_cache.embed_dim)
+        else:
+            example["text_neighbor_input_ids"] = processor.clip_tokenizer(texts).long() if texts else torch.zeros(0, 16, dtype=torch.long)
+        example["text_neighbor_mask"] = torch.ones(len(texts), dtype=torch.long)
+    image_mask = []
+    if image_slots:
+        values = []
+        for node in image_nodes:
+            path = processor.resolve_image(graph.nodes[node].image, image_dir)
+            value = None
+            if path is not None and os.path.isfile(path):
+                if embedding_cache is not None:
+                    value = embedding_cache.get_image(path)
+                else:
+                    with Image.open(path) as image:
+                        value = processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"][0]
+            image_mask.append(int(value is not None))
+            values.append(value)
+        if embedding_cache is not None:
+            example["image_neighbor_embeds"] = torch.stack(
+                [v if v is not None else torch.zeros(embedding_cache.embed_dim) for v in values]
+            ) if values else torch.zeros(0, embedding_cache.embed_dim)
+        else:
+            example["image_neighbor_pixel_values"] = torch.stack(
+                [v if v is not None else torch.zeros(3, 32, 32) for v in values]) if values else torch.zeros(0, 3, 32, 32)
+        example["image_neighbor_mask"] = torch.tensor(image_mask, dtype=torch.long)
+    if text_slots or image_slots:
+        slots = (text_nodes if text_slots else []) + image_nodes
+        real = ([1] * len(text_nodes) if text_slots else []) + image_mask
+        around = graph.neighbors[graph.section_nodes[t]]
+        adjacency = torch.zeros(len(slots), len(slots))
+        for a, u in enumerate(slots):
+            for b, v in enumerate(slots):
+                if a != b and real[a] and real[b] and (u == v or v in graph.neighbors[u] or (u in around and v in around)):
+                    adjacency[a, b] = 1
+        example["neighbor_adjacency"] = adjacency
+
+    placeholders = processor.image_neighbor_num_tokens * sum(image_mask) if encoding != "ca_e" else 0
+    if encoding == "sa_e":
+        placeholders += processor.text_neighbor_num_tokens * len(texts)
+    title, rest = graph.section_title(t) if processor.include_section_title else "", graph.rest_texts[t]
+    target = lm(scrub(f"{title}: {rest}" if title and rest else (title or rest)))
+    neighbor_ids = [lm(text) for text in texts] if encoding == "sa_te" else []
+    context_prompt = lm(processor.context_prompt) if neighbor_ids else []
+    section_prompt, summary_prompt = lm(processor.section_prompt), lm(processor.summary_prompt)
+    budget = processor.max_source_length - (1 + len(context_prompt) + len(section_prompt) + len(summary_prompt) + placeholders)
+    if budget < 0:
+        return None  # the placeholders alone do not fit
+    neighbor_flat = [i for ids in neighbor_ids for i in ids]
+    if len(target) + len(neighbor_flat) > budget:
+        target = target[: max(budget // 2, budget - len(neighbor_flat))]
+        neighbor_flat = neighbor_flat[: budget - len(target)]
+    source = ([tok.bos_token_id] + context_prompt + neighbor_flat + section_prompt + target
+              + [processor.neighbor_token_id] * placeholders + summary_prompt)
+    target_ids = [] if for_generation else lm(summary)[: processor.max_target_length - 1] + [tok.eos_token_id]
+    example["input_ids"] = torch.tensor(source + target_ids, dtype=torch.long)
+    example["attention_mask"] = torch.ones(len(source) + len(target_ids), dtype=torch.long)
+    if not for_generation:
+        example["labels"] = torch.tensor([-100] * len(source) + target_ids, dtype=torch.long)
+    return example
+
+
+def _reference_pages():
+    """The known page, the known page with the summary repeated in the target and parent texts, and
+    two generated pages (longer, with truncation at max_source_length=80)."""
+    from processing.sample_data import make_page
+
+    repeated = known_row()
+    repeated["section_rest_sentence"][TARGET] = f"They built huts. {SUMMARY} Boats too."
+    repeated["section_text"][1] = f"History of Alpha. {SUMMARY}"
+    return [PageGraph.from_wikiweb2m(row) for row in (known_row(), repeated, make_page(4).row, make_page(11).row)]
+
+
+@pytest.mark.parametrize("context,encoding", COMBOS)
+def test_examples_equal_a_straightforward_reference(tokenizer, image_processor, image_dir, context, encoding):
+    pages = _reference_pages()
+    images = {name: torch.full((8,), float(i + 1)) for i, name in enumerate(["Lead.png", "Hist1.png", "Early.png"])}
+    compared = 0
+    for options in ({}, {"max_source_length": 80, "max_target_length": 6, "max_text_neighbors": 4}, {"max_source_length": 40}):
+        plain = make_processor(tokenizer, image_processor, context, encoding, **options)
+        cached = make_processor(tokenizer, image_processor, context, encoding, **options)
+        cached.build_token_cache(pages, neighbor_input_ids=True, show_progress=False)
+        for processor, graph, embeddings, for_generation in itertools.product(
+            (plain, cached), pages, (None, FakeEmbeddingCache(images)), (False, True)
+        ):
+            for t in graph.sample_sections():
+                expected = reference_example(processor, graph, t, embeddings, image_dir, for_generation)
+                if expected is None:
+                    with pytest.raises(ValueError, match="cannot hold the prompt"):
+                        processor.build_example(graph, t, embedding_cache=embeddings, image_dir=image_dir,
+                                                for_generation=for_generation)
+                    continue
+                example = processor.build_example(graph, t, embedding_cache=embeddings, image_dir=image_dir,
+                                                  for_generation=for_generation)
+                where = (graph.page_id, t, processor is cached, embeddings is not None, for_generation, options)
+                assert set(example) == set(expected), where
+                compared += 1
+                for key, value in expected.items():
+                    assert example[key].dtype == value.dtype and torch.equal(example[key], value), (key, where)
+    assert compared >= 200
+
+
+def test_in_memory_images_of_page_dicts(tokenizer, image_processor, image_dir):
+    """A PIL image (or the file's bytes) in a page dict is used like the same image on disk."""
+    with Image.open(os.path.join(image_dir, "Early.png")) as image:
+        picture = image.convert("RGB")
+    with open(os.path.join(image_dir, "Lead.png"), "rb") as f:
+        encoded = f.read()
+
+    def page(first, second):
+        return {"title": "P", "description": "A page.", "sections": [
+            {"title": "A", "text": "Alpha is first. It has an image.", "images": [first, second]},
+            {"title": "B", "text": "Beta is second. It follows."}]}
+
+    on_disk = PageGraph.from_dict(page({"path": "Early.png", "caption": "early"}, {"path": "Lead.png", "caption": "lead"}))
+    in_memory = PageGraph.from_dict(page({"image": picture, "caption": "early"}, {"image": encoded, "caption": "lead"}))
+    processor = make_processor(tokenizer, image_processor, "all", "sa_e")
+    a = processor.build_example(on_disk, 0, image_dir=image_dir)
+    b = processor.build_example(in_memory, 0)
+    assert a["image_neighbor_mask"].tolist() == [1, 1]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # With an embedding cache, an in-memory image is looked up by its bytes (a PIL image by its PNG).
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+
+    class BytesCache(FakeEmbeddingCache):
+        def get_image(self, key):
+            assert isinstance(key, bytes)
+            return {png.getvalue(): torch.ones(8), encoded: torch.zeros(8) + 2}.get(key)
+
+    c = processor.build_example(in_memory, 0, embedding_cache=BytesCache({}))
+    assert c["image_neighbor_mask"].tolist() == [1, 1]
+    assert torch.equal(c["image_neighbor_embeds"], torch.stack([torch.ones(8), torch.zeros(8) + 2]))
+    texts, files = processor.collect_neighbor_inputs([(in_memory, 0)], image_dir=image_dir)
+    assert files == [] and "early" in texts  # in-memory images have no file to list
 
 
 # ----------------------------------------------------------------------------------- real pages

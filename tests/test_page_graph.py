@@ -1,0 +1,154 @@
+"""`PageGraph` beyond the adapters (tests/test_processor.py has those): per-section neighbour orders,
+duck-typed `coerce` across two copies of page_graph.py, and in-memory images in page dicts."""
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from processing import page_graph
+from processing.page_graph import PageGraph, is_page_graph
+from processing.processing_mmgl import MMGLProcessor, clip_image_processor
+from processing.sample_data import make_page
+from processing.bpe_tokenizer import train_bpe_tokenizer
+
+PAGE_GRAPH_FILE = Path(page_graph.__file__)
+
+
+def load_copy(name="hub_copy_page_graph"):
+    """page_graph.py loaded a second time from its file, as transformers loads a Hub folder's copy."""
+    spec = importlib.util.spec_from_file_location(name, PAGE_GRAPH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def plain_page(images=None):
+    return {
+        "title": "T",
+        "description": "D",
+        "sections": [
+            {"title": "A", "text": "One. Two three.", "images": images or []},
+            {"title": "B", "text": "Four. Five.", "parent": 0},
+            {"title": "C", "text": "Six. Seven.", "parent": 0},
+        ],
+    }
+
+
+def test_neighbor_order_is_the_documented_walk():
+    graph = PageGraph.from_wikiweb2m(make_page(3).row)
+    for t in range(graph.num_sections):
+        order = graph.neighbor_order(t)
+        parent = graph.section_parents[t]
+        others = sorted((s for s in range(graph.num_sections) if s not in (t, parent)), key=lambda s: (abs(s - t), s))
+        assert list(order.ranking) == ([parent] if parent >= 0 else []) + others
+        usable = lambda node: bool(graph.nodes[node].text.strip())  # noqa: E731
+        expected = [0] if usable(0) else []
+        expected += [n for n in graph.image_nodes[t] if usable(n)]
+        for s in order.ranking:
+            node = graph.section_nodes[s]
+            expected += ([node] if usable(node) else []) + [n for n in graph.image_nodes[s] if usable(n)]
+        assert order.text_nodes == tuple(expected)
+        assert order.texts == tuple(graph.nodes[n].text for n in expected)
+        assert order.image_nodes == tuple(n for s in [t, *order.ranking] for n in graph.image_nodes[s])
+        assert order.image_refs == tuple(graph.nodes[n].image for n in order.image_nodes)
+        assert graph.neighbor_order(t) is order  # built once per section
+    with pytest.raises(IndexError, match="section index 99"):
+        graph.neighbor_order(99)
+
+
+def test_summary_free_prefixes():
+    graph = PageGraph.from_dict(plain_page())
+    summary = graph.summaries[1]  # "Four."
+    graph.nodes[graph.section_nodes[2]].text = f"Six. {summary}"  # section 2 repeats section 1's summary
+    texts = graph.neighbor_order(1).texts
+    leak = next(i for i, text in enumerate(texts) if summary in text)
+    assert graph.summary_free(1, leak) and not graph.summary_free(1, leak + 1)
+    assert graph.summary_free(1, 0) and not graph.summary_free(1, 99)
+    assert all(graph.summary_free(0, n) for n in (1, 5, 99))
+
+
+def test_padded_closed_adjacency():
+    graph = PageGraph.from_wikiweb2m(make_page(3).row)
+    padded = graph.padded_closed_adjacency
+    n = graph.num_nodes
+    assert padded.shape == (n + 1, n + 1)
+    assert np.array_equal(padded[:n, :n], graph.closed_adjacency)
+    assert not padded[n].any() and not padded[:, n].any()
+
+
+def test_coerce_accepts_a_graph_of_another_copy_of_the_file():
+    copy = load_copy()
+    try:
+        assert copy.PageGraph is not PageGraph  # two distinct classes, as with a Hub folder
+        row = make_page(5).row
+        theirs = copy.PageGraph.from_wikiweb2m(row)
+        assert not isinstance(theirs, PageGraph)
+        assert PageGraph.coerce(theirs) is theirs  # taken as is, neither rejected nor rebuilt
+        assert is_page_graph(theirs) and copy.is_page_graph(PageGraph.from_wikiweb2m(row))
+        assert copy.PageGraph.coerce(PageGraph.from_wikiweb2m(row)).page_id == theirs.page_id
+        assert not is_page_graph(row) and not is_page_graph(None)
+        # An index of this copy serves graphs of the other.
+        index = page_graph.PageGraphIndex([theirs])
+        assert index.graph(0) is theirs and len(index) == len(theirs.sample_sections())
+    finally:
+        del sys.modules["hub_copy_page_graph"]
+
+
+def test_coerce_names_an_incompatible_graph_version():
+    copy = load_copy("old_page_graph")
+    try:
+        copy.PageGraph.mmgl_page_graph_version = 0  # an older, incompatible layout
+        old = copy.PageGraph.from_wikiweb2m(make_page(1).row)
+        with pytest.raises(TypeError, match="layout version 0 .*reads version 1"):
+            PageGraph.coerce(old)
+        with pytest.raises(TypeError, match="expected a PageGraph"):
+            PageGraph.coerce(["not", "a", "page"])
+    finally:
+        del sys.modules["old_page_graph"]
+
+
+def test_processor_takes_a_graph_of_another_copy():
+    copy = load_copy()
+    try:
+        row = make_page(2).row
+        tokenizer = train_bpe_tokenizer(row["section_text"] * 3 + ["Context: Section: Summary:"] * 5, vocab_size=400)
+        processor = MMGLProcessor(clip_image_processor("ViT-B-32", image_size=32), tokenizer, context="all",
+                                  neighbor_encoding="sa_te", neighbor_context_length=16)
+        ours, theirs = PageGraph.from_wikiweb2m(row), copy.PageGraph.from_wikiweb2m(row)
+        section = ours.sample_sections()[0]
+        a, b = processor.build_example(ours, section), processor.build_example(theirs, section)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        batch = processor(theirs, [section, section])  # a single page of the other copy, two sections
+        assert batch["input_ids"].shape[0] == 2
+    finally:
+        del sys.modules["hub_copy_page_graph"]
+
+
+def test_from_dict_keeps_in_memory_images_and_rejects_other_objects():
+    picture = Image.new("RGB", (8, 6), (10, 20, 30))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    graph = PageGraph.from_dict(plain_page([
+        {"image": picture, "caption": "pil"},
+        {"image": bytearray(buffer.getvalue()), "caption": "bytes"},
+        {"path": "x.png", "caption": "path"},
+        {"path": Path("y.png"), "caption": "pathlike"},
+    ]))
+    images = [graph.nodes[n].image for n in graph.image_nodes[0]]
+    assert images[0] is picture
+    assert images[1] == buffer.getvalue() and isinstance(images[1], bytes)
+    assert images[2:] == ["x.png", "y.png"]
+    with pytest.raises(TypeError, match=r"page 'T': section 0 image 1 field 'image' must be a path .* got int"):
+        PageGraph.from_dict(plain_page([{"path": "ok.png"}, {"image": 42, "caption": "?"}]))
+    with pytest.raises(TypeError, match=r"section 0 image 0 field 'url' .* got list"):
+        PageGraph.from_dict(plain_page([{"url": ["a"]}]))
