@@ -102,6 +102,11 @@ class DataTrainingArguments:
     use_study_split: bool = field(
         default=False, metadata={"help": "The original study's page split instead of the official `split` field."}
     )
+    token_cache_file: str | None = field(
+        default=None,
+        metadata={"help": "Token ids of every text (.npz): read when it exists (only texts it lacks are tokenised), "
+                  "then written back. Refused when it belongs to another tokenizer."},
+    )
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_predict_samples: int | None = None
@@ -462,7 +467,13 @@ def main(argv=None):
         neighbor_encoder_name=mmgl_args.neighbor_encoder_name,
         neighbor_context_length=(encoder[2] or {}).get("text_cfg", {}).get("context_length"),
     )
-    processor.build_token_cache(pages)
+    with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
+        if data_args.token_cache_file and os.path.exists(data_args.token_cache_file):
+            processor.load_token_cache(data_args.token_cache_file)
+        known = len(processor.token_cache) if processor.token_cache is not None else 0
+        processor.build_token_cache(pages)
+        if data_args.token_cache_file and training_args.should_save and len(processor.token_cache) > known:
+            processor.token_cache.save(data_args.token_cache_file)
 
     # Model: an MMGL checkpoint, an OPT checkpoint with MMGL switches, or a config from scratch.
     switches = mmgl_config_kwargs(mmgl_args, encoder[3], processor.neighbor_token_id)

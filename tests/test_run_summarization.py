@@ -311,3 +311,27 @@ def test_push_to_hub_uploads_the_complete_export(sample_dir, tmp_path, monkeypat
     assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM"} <= set(config["auto_map"])
     assert "mmgl-summarization" in config["custom_pipelines"]
     assert "# MMGL section summarizer" in uploads[0]["card"] and "predict_rougeL" in uploads[0]["card"]
+
+
+def test_token_cache_file_is_reused(sample_dir, tmp_path, monkeypatch):
+    """--token_cache_file: the first run writes every text's ids; the next run tokenises nothing the file holds."""
+    from processing.processing_mmgl import MMGLProcessor
+
+    cache_file = tmp_path / "tokens.npz"
+    args = base_args(sample_dir, tmp_path / "out")
+    args[args.index("--max_steps") + 1] = "1"
+    args += ["--context", "all", "--neighbor_encoding", "sa_te", "--token_cache_file", str(cache_file)]
+    encoded = []
+    original = MMGLProcessor._encode_lm
+
+    def counting_encode(self, texts):
+        encoded.extend(texts)
+        return original(self, texts)
+
+    monkeypatch.setattr(MMGLProcessor, "_encode_lm", counting_encode)
+    first = run_summarization.main(args)
+    assert cache_file.exists() and len(encoded) > 100
+    encoded.clear()
+    second = run_summarization.main(args)
+    assert set(encoded) <= {"Context:", "Section:", "Summary:"}  # only the processor's fixed prompt words
+    assert second["predict_rougeL"] == first["predict_rougeL"]  # same ids, same model, same predictions
