@@ -13,11 +13,12 @@ package)::
 A page is what `PageGraph.coerce` accepts: a WikiWeb2M page row (feature names verbatim), a
 `PageGraph`, or a plain dict ``{"title", "description", "sections": [{"title", "text", "images":
 [{"path" | "url" | "image", "caption"}]}]}``. In a plain dict an image may also be a `PIL.Image.Image`
-(or the file's bytes) under ``"image"``; the pipeline writes it to a temporary PNG file for the
-processor. For a plain dict the summary of the target section is unknown: unless that section gives
-``"summary"`` or ``"rest"`` itself, its input text is its FULL text (`PageGraph.from_dict` would
-otherwise split a first sentence off and drop it from the input). For a WikiWeb2M row the input is
-``section_rest_sentence``, as in training.
+(or the file's bytes) under ``"image"``: the processor preprocesses it like a file (an embedding cache
+finds it by its bytes, a PIL image by its PNG encoding). For a plain dict the summary of the target
+section is unknown: unless that section gives ``"summary"`` or ``"rest"`` itself, its input text is its
+FULL text (`PageGraph.from_dict` would otherwise split a first sentence off and drop it from the
+input). For a WikiWeb2M row the input is ``section_rest_sentence``, as in training. A `PageGraph` may
+come from any copy of page_graph.py (the installed package's or a Hub folder's).
 
 Neighbours: with ``embedding_cache`` (a path or an `EmbeddingCache`, or any object with
 ``get_text`` / ``get_image`` / ``embed_dim``) they are passed as precomputed embeddings; without it
@@ -37,24 +38,18 @@ This file imports installed packages and same-folder files only (``page_graph.py
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import io
 import os
 import shutil
-import sys
-import tempfile
 from collections.abc import Mapping, Sized
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .page_graph import PageGraph
+from .page_graph import PageGraph, is_page_graph
 
 TASK = "mmgl-summarization"
 _GENERATION_KEYS = frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_"))
@@ -178,20 +173,11 @@ class MMGLSummarizationPipeline(Pipeline):
                 "it cannot encode raw neighbour texts and images: pass embedding_cache=<cache folder or "
                 "EmbeddingCache> with the neighbours' precomputed embeddings"
             )
-        with contextlib.ExitStack() as stack:
-            made: List[str] = []
-
-            def scratch() -> str:  # a folder for in-memory images, made only when one is met
-                if not made:
-                    made.append(stack.enter_context(tempfile.TemporaryDirectory(prefix="mmgl-pipeline-")))
-                return made[0]
-
-            graph = self._to_graph(page, section, scratch)
-            graph.check_section(section)  # IndexError naming the page and its number of sections
-            # The processor reads the image files here, so the scratch folder may go right after.
-            batch = self.processor(
-                graph, section, embedding_cache=embedding_cache, image_dir=image_dir, for_generation=True
-            )
+        graph = PageGraph.coerce(_full_text_target(page, section))
+        graph.check_section(section)  # IndexError naming the page and its number of sections
+        batch = self.processor(
+            graph, section, embedding_cache=embedding_cache, image_dir=image_dir, for_generation=True
+        )
         return dict(batch)
 
     def _forward(self, model_inputs: Dict[str, torch.Tensor], generate_kwargs: Optional[Dict[str, Any]] = None):
@@ -242,7 +228,7 @@ class MMGLSummarizationPipeline(Pipeline):
         if isinstance(inputs, Mapping) and "page" in inputs:
             page = inputs["page"]
             section = inputs.get("section", section)
-        elif type(inputs).__name__ == "PageGraph" or (
+        elif is_page_graph(inputs) or (
             isinstance(inputs, Mapping) and ("sections" in inputs or "section_title" in inputs)
         ):
             page = inputs
@@ -263,65 +249,22 @@ class MMGLSummarizationPipeline(Pipeline):
                 raise TypeError(f"section must be an int (a section index), got {section!r}")
         return page, section
 
-    @property
-    def _graph_class(self) -> type:
-        """The processor's own `PageGraph` class. Loaded from the Hub, the processor and this pipeline are
-        separate dynamic modules, each with its own copy of page_graph.py, and the processor only takes
-        graphs of its copy."""
-        module = sys.modules.get(type(self.processor).__module__)
-        return getattr(module, "PageGraph", PageGraph)
 
-    def _to_graph(self, page: Any, section: int, scratch: Callable[[], str]):
-        """A `PageGraph` of the processor's class; a plain dict's target text is its full text and in-memory
-        images become files."""
-        graph_class = self._graph_class
-        if isinstance(page, Mapping) and "sections" in page and "section_title" not in page:
-            sections = page["sections"]
-            if not isinstance(sections, (list, tuple)):
-                raise TypeError(f"page['sections'] must be a list of section dicts, got {type(sections).__name__}")
-            page = dict(page)
-            page["sections"] = [
-                _prepare_section(sec, is_target=(i == section), scratch=scratch) for i, sec in enumerate(sections)
-            ]
-        elif not isinstance(page, graph_class) and type(page).__name__ == "PageGraph" and dataclasses.is_dataclass(page):
-            # A graph built with another copy of page_graph.py (e.g. the installed package): same fields.
-            page = graph_class(**{f.name: getattr(page, f.name) for f in dataclasses.fields(page) if f.init})
-        return graph_class.coerce(page)
-
-
-def _prepare_section(sec: Any, is_target: bool, scratch: Callable[[], str]) -> Any:
-    if not isinstance(sec, Mapping):
-        return sec  # `PageGraph.from_dict` reports it
-    sec = dict(sec)
-    if is_target and sec.get("summary") is None and sec.get("rest") is None:
-        # Unknown summary: the whole section text is the input (from_dict would split one sentence off).
-        sec["summary"] = ""
-    images = sec.get("images")
-    if images:
-        sec["images"] = [_materialize_image(image, scratch) for image in images]
-    return sec
-
-
-def _materialize_image(image: Any, scratch: Callable[[], str]) -> Any:
-    """Write an in-memory image (``PIL.Image`` or bytes under ``"image"``) to a PNG / raw file in ``scratch()``."""
-    if not isinstance(image, Mapping):
-        return image
-    data = image.get("image")
-    if image.get("path") or image.get("url") or data is None or isinstance(data, (str, os.PathLike)):
-        return image
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        payload, suffix = bytes(data), ".img"
-    elif hasattr(data, "save") and hasattr(data, "mode"):  # PIL.Image.Image
-        buffer = io.BytesIO()
-        data.save(buffer, format="PNG")  # lossless: the processor sees the same pixels
-        payload, suffix = buffer.getvalue(), ".png"
-    else:
-        raise TypeError(f"image 'image' must be a path, a PIL image or bytes, got {type(data).__name__}")
-    path = os.path.join(scratch(), hashlib.sha256(payload).hexdigest() + suffix)
-    if not os.path.exists(path):
-        with open(path, "wb") as f:
-            f.write(payload)
-    return {**image, "image": path}
+def _full_text_target(page: Any, section: int) -> Any:
+    """A plain dict whose target section gives neither ``summary`` nor ``rest`` gets ``summary=""``: its
+    summary is unknown, so its whole text is the input (`PageGraph.from_dict` would split a first sentence
+    off and drop it). Other pages are returned as they are."""
+    if not (isinstance(page, Mapping) and "sections" in page and "section_title" not in page):
+        return page
+    sections = page["sections"]
+    if not isinstance(sections, (list, tuple)):
+        raise TypeError(f"page['sections'] must be a list of section dicts, got {type(sections).__name__}")
+    target = sections[section] if 0 <= section < len(sections) else None  # out of range: check_section says so
+    if not isinstance(target, Mapping) or target.get("summary") is not None or target.get("rest") is not None:
+        return page
+    sections = list(sections)
+    sections[section] = {**target, "summary": ""}
+    return {**page, "sections": sections}
 
 
 # ---------------------------------------------------------------------------------------------------

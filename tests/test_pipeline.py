@@ -1,6 +1,8 @@
 """The `mmgl-summarization` pipeline: in process, and from a saved Hub folder in a fresh offline process
 that cannot import this project's packages. Its output must equal decoding `model.generate` on the
 processor's output."""
+import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from PIL import Image
 from transformers import pipeline
 
 from processing.bpe_tokenizer import train_bpe_tokenizer
+from processing.page_graph import PageGraph
 from processing.pipeline_mmgl import (
     MMGLSummarizationPipeline,
     check_flat_folder,
@@ -379,6 +382,71 @@ def test_embedding_cache_path_without_encoder(hub, tmp_path):
         model, processor, [with_target_summary_unknown(page, 1)], [1], embedding_cache=EmbeddingCache(cache_dir)
     )[0]
     assert pipe(page, section=1, embedding_cache=str(cache_dir)) == {"summary_text": expected}
+
+
+def test_in_memory_image_equals_its_file(hub, local_pipe, tmp_path):
+    """A PIL image (or the file's bytes) under "image" gives what the file's path gives: the same pixels, the
+    same generated ids, and with an embedding cache built from the file the same embedding, found by bytes."""
+    from processing.embedding_cache import EmbeddingCache, build_embedding_cache
+
+    processor, cat = hub["processor"], hub["cat"]
+    pil = Image.open(cat).convert("RGB")
+    png = io.BytesIO()
+    pil.save(png, format="PNG")
+    # A cache keys a file by its bytes and a PIL image by its PNG encoding: the same key here (the file was
+    # written by PIL with default options), which the cache lookups below rely on.
+    assert png.getvalue() == Path(cat).read_bytes()
+    by_path = plain_page(image_ref=cat)
+    in_memory = {"pil": plain_page(image_ref=pil), "bytes": plain_page(image_ref=Path(cat).read_bytes())}
+
+    texts, image_paths = processor.collect_neighbor_inputs(
+        [(with_target_summary_unknown(by_path, s), s) for s in (0, 1)]
+    )
+    assert image_paths == [cat]
+    cache_dir = tmp_path / "cache"
+    build_embedding_cache(
+        cache_dir, texts=texts, image_paths=image_paths, model_name="tiny", model_config=TINY_CLIP,
+        dtype="float32", progress=False,
+    )
+    cached_pipe = MMGLSummarizationPipeline(
+        model=make_model(processor, with_encoder=False), processor=processor, max_new_tokens=MAX_NEW_TOKENS
+    )
+    # Section 0 holds the image, section 1 sees it as a neighbour's. preprocess takes an opened cache, a
+    # call its path.
+    for pipe, kwargs, call_kwargs, image_key in (
+        (local_pipe, {}, {}, "image_neighbor_pixel_values"),
+        (cached_pipe, {"embedding_cache": EmbeddingCache(cache_dir)}, {"embedding_cache": str(cache_dir)},
+         "image_neighbor_embeds"),
+    ):
+        for section in (0, 1):
+            expected = pipe.preprocess(by_path, section=section, **kwargs)
+            assert expected["image_neighbor_mask"][0, 0] == 1  # the image is used, not masked
+            assert expected[image_key][0, 0].abs().sum() > 0
+            expected_ids = pipe.forward(expected)["generated_ids"]
+            for name, page in in_memory.items():
+                got = pipe.preprocess(page, section=section, **kwargs)
+                assert got.keys() == expected.keys(), name
+                for key in expected:
+                    assert torch.equal(got[key], expected[key]), (name, section, key)
+                assert torch.equal(pipe.forward(got)["generated_ids"], expected_ids), (name, section)
+                assert pipe(page, section=section, **call_kwargs) == pipe(by_path, section=section, **call_kwargs), name
+
+
+def test_graph_from_another_copy_of_page_graph(hub, local_pipe, monkeypatch):
+    """A graph built by another copy of page_graph.py (a Hub folder's, next to the installed package) is
+    taken as it is, bare or under "page"."""
+    spec = importlib.util.spec_from_file_location("hub_copy_of_page_graph", hub["folder"] / "page_graph.py")
+    copy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, copy)  # dataclasses look their module up while decorating
+    spec.loader.exec_module(copy)
+    page = second_page(hub["dog"])
+    graph = copy.PageGraph.from_dict(page)
+    assert not isinstance(graph, PageGraph)
+    expected = {"summary_text": expected_summaries(hub["model"], hub["processor"], [PageGraph.from_dict(page)], [1])[0]}
+    assert local_pipe(graph, section=1) == expected
+    assert local_pipe({"page": graph, "section": 1}) == expected
+    with pytest.raises(IndexError, match=r"section index 2 out of range \(2 sections\)"):
+        local_pipe(graph, section=2)
 
 
 def test_clear_errors(hub, local_pipe):
