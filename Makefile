@@ -7,7 +7,7 @@ DEMO := out/demo
 DEMO_ARGS := --config_overrides "hidden_size=128,num_hidden_layers=2,ffn_dim=256,num_attention_heads=4,max_position_embeddings=512" \
 	--tokenizer_vocab_size 2000 --neighbor_encoder_config demo/tiny_clip.json --neighbor_encoder_pretrained none \
 	--embedding_cache_dir $(DEMO)/embedding_cache --image_dir $(DEMO)/data/images \
-	--train_files $(DEMO)/data/wikiweb2m-sample.tfrecord.gz --do_train --do_predict --max_steps 500 \
+	--train_files $(DEMO)/data/wikiweb2m-sample.tfrecord.gz --do_train --do_predict --max_steps 2000 \
 	--per_device_train_batch_size 16 --per_device_eval_batch_size 32 --learning_rate 2e-3 --warmup_steps 30 \
 	--max_predict_samples 200 --max_source_length 256 --max_target_length 32 --generation_max_new_tokens 24 \
 	--logging_steps 20 --save_strategy no --report_to tensorboard --seed 0
