@@ -459,7 +459,8 @@ def main(argv=None):
     encoder = encoder_settings(mmgl_args)
     image_size = (encoder[2] or {}).get("vision_cfg", {}).get("image_size")  # custom encoders: their own size
     processor = MMGLProcessor(
-        image_processor=clip_image_processor(encoder[0], image_size=image_size), tokenizer=tokenizer, context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
+        image_processor=clip_image_processor(encoder[0], image_size=image_size), tokenizer=tokenizer,
+        context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
         text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
         image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
         max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,

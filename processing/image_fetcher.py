@@ -41,10 +41,13 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 from urllib.parse import urlsplit
 
 from PIL import Image
+
+if TYPE_CHECKING:  # annotations only: requests is imported where a download happens
+    import requests
 
 logger = logging.getLogger(__name__)
 
