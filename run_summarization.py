@@ -107,6 +107,11 @@ class DataTrainingArguments:
         metadata={"help": "Token ids of every text (.npz): read when it exists (only texts it lacks are tokenised), "
                   "then written back. Refused when it belongs to another tokenizer."},
     )
+    graph_cache_size: int | None = field(
+        default=100_000,
+        metadata={"help": "Page graphs kept in memory per split (LRU); the rest are rebuilt from the rows when met "
+                  "again. Bounded by default: all of WikiWeb2M's graphs would not fit in memory."},
+    )
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_predict_samples: int | None = None
@@ -449,7 +454,7 @@ def main(argv=None):
         samples = summarization_samples(pages, split=split, use_study_split=data_args.use_study_split)
         if limits[name] is not None:
             samples = samples[: limits[name]]
-        indices[name] = PageGraphIndex(pages, samples=samples)
+        indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
     # Tokenizer and processor.
     if model_args.tokenizer_name or model_args.model_name_or_path:
