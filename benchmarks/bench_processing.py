@@ -64,6 +64,15 @@ class OriginalCallProcessor(MMGLProcessor):
         ]
 
 
+def naive_processors(image_processor, tokenizer, options):
+    """The naive paths, by label; the batched one is `MMGLProcessor` without a token cache."""
+    return {
+        "naive: one tokenizer call per text": PerTextProcessor(image_processor, tokenizer, **options),
+        "naive: original code's call per text": OriginalCallProcessor(image_processor, tokenizer, **options),
+        "naive: one batched call per sample": MMGLProcessor(image_processor, tokenizer, **options),
+    }
+
+
 class InMemoryEmbeddings:
     """Precomputed neighbour embeddings in a dict (the `EmbeddingCache` interface)."""
 
@@ -193,11 +202,7 @@ def main(argv=None):
     # ---- SA-TE, context all: neighbour texts are raw tokens (most tokenisation per sample).
     options = dict(context="all", neighbor_encoding="sa_te")
     cached = MMGLProcessor(image_processor, tokenizer, **options)
-    naives = {
-        "naive: one tokenizer call per text": PerTextProcessor(image_processor, tokenizer, **options),
-        "naive: original code's call per text": OriginalCallProcessor(image_processor, tokenizer, **options),
-        "naive: one batched call per sample": MMGLProcessor(image_processor, tokenizer, **options),
-    }
+    naives = naive_processors(image_processor, tokenizer, options)
     t = time.perf_counter()
     cache = cached.build_token_cache(index, show_progress=False)
     elapsed = time.perf_counter() - t
@@ -220,11 +225,7 @@ def main(argv=None):
     # ---- SA-E, context all, neighbour embeddings precomputed (training path).
     options = dict(context="all", neighbor_encoding="sa_e")
     cached_e = MMGLProcessor(image_processor, tokenizer, **options)
-    naives_e = {
-        "naive: one tokenizer call per text": PerTextProcessor(image_processor, tokenizer, **options),
-        "naive: original code's call per text": OriginalCallProcessor(image_processor, tokenizer, **options),
-        "naive: one batched call per sample": MMGLProcessor(image_processor, tokenizer, **options),
-    }
+    naives_e = naive_processors(image_processor, tokenizer, options)
     texts, _ = cached_e.collect_neighbor_inputs(samples)
     embeddings = InMemoryEmbeddings(texts)
     cached_e.build_token_cache(index, neighbor_input_ids=False, show_progress=False)

@@ -646,27 +646,26 @@ class MMGLProcessor(ProcessorMixin):
         return list(self.clip_tokenizer(list(texts)).long())
 
     def _lm_ids_many(self, texts: Sequence[str]) -> List[np.ndarray]:
-        """OPT ids of several texts (each as ``" " + text``): one dict lookup each when cached, one
-        batched tokenizer call for the texts not cached yet (or for all of them without a cache)."""
+        """OPT ids of several texts (each as ``" " + text``)."""
+        return self._ids_many("lm", self._encode_lm, texts)
+
+    def _clip_ids_many(self, texts: Sequence[str]) -> List[torch.Tensor]:
+        """open_clip ids of several texts."""
+        return self._ids_many("clip", self._encode_clip, texts)
+
+    def _ids_many(self, kind: str, encode, texts: Sequence[str]) -> list:
+        """Ids of several texts: one dict lookup each when cached, one batched ``encode`` call for the texts
+        not cached yet (or for all of them without a cache)."""
         cache = self._state.token_cache
         if cache is None:
-            return self._encode_lm(texts) if texts else []
-        table = cache.lm
+            return encode(texts) if texts else []
+        table = getattr(cache, kind)
         try:
             return [table[text] for text in texts]
         except KeyError:  # texts not met yet (e.g. summary-scrubbed ones): from the file, or tokenise once
-            missing = cache.missing("lm", texts)
+            missing = cache.missing(kind, texts)
             if missing:
-                cache.add("lm", missing, self._encode_lm(missing))
-            return [table[text] for text in texts]
-
-    def _clip_ids_many(self, texts: Sequence[str]) -> List[torch.Tensor]:
-        """open_clip ids of several texts, from the token cache when there is one."""
-        cache = self._state.token_cache
-        if cache is None:
-            return self._encode_clip(texts) if texts else []
-        table = cache.clip
-        try:
+                cache.add(kind, missing, encode(missing))
             return [table[text] for text in texts]
         except KeyError:
             missing = cache.missing("clip", texts)
