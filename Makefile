@@ -23,7 +23,7 @@ test: $(BIN)/activate
 
 # The README's main command: offline, on the bundled sample, section_only vs all (SA-E + Laplacian PE).
 demo: $(BIN)/activate
-	HF_HUB_OFFLINE=1 $(BIN)/python -m processing.sample_data $(DEMO)/data --num_pages 600
+	HF_HUB_OFFLINE=1 $(BIN)/python -m processing.data.sample_data $(DEMO)/data --num_pages 600
 	HF_HUB_OFFLINE=1 $(BIN)/python run_summarization.py $(DEMO_ARGS) --context section_only --output_dir $(DEMO)/section_only
 	HF_HUB_OFFLINE=1 $(BIN)/python run_summarization.py $(DEMO_ARGS) --context all --neighbor_encoding sa_e \
 		--position_encoding laplacian --output_dir $(DEMO)/all

@@ -31,11 +31,11 @@ from transformers import (
 )
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
-from processing.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
-from processing.metrics import summarization_metrics
+from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
+from processing.data.metrics import summarization_metrics
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor, clip_image_processor
-from processing.wikiweb2m import load_pages
+from processing.data.wikiweb2m import load_pages
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ def main(argv=None):
     limits = {"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
               "predict": data_args.max_predict_samples}
     indices = {}
-    from processing.wikiweb2m import summarization_samples
+    from processing.data.wikiweb2m import summarization_samples
 
     for name, split in splits.items():
         samples = summarization_samples(pages, split=split, use_study_split=data_args.use_study_split)

@@ -1,9 +1,9 @@
 """Processing throughput: token-cached `MMGLProcessor` vs naive per-sample tokenisation, and ingestion.
 
-Generates a synthetic WikiWeb2M set (``processing.sample_data``, 10,000 pages, no image files),
+Generates a synthetic WikiWeb2M set (``processing.data.sample_data``, 10,000 pages, no image files),
 trains a byte-level BPE (vocab ~8k) on its text, and prints side by side in one run:
 
-* ingestion pages/s: ``processing.wikiweb2m.iter_pages`` over the TFRecord;
+* ingestion pages/s: ``processing.data.wikiweb2m.iter_pages`` over the TFRecord;
 * page graphs/s: ``PageGraph.from_wikiweb2m`` over the rows;
 * token cache build: unique texts tokenised once, batched; the cache file (`MMGLTokenCache.save` /
   `load_token_cache`): size, save and load times, and the time to resolve every text from it;
@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from processing.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
+from processing.data.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
 from processing.page_graph import PageGraphIndex  # noqa: E402
 from processing.processing_mmgl import MMGLProcessor, clip_image_processor  # noqa: E402
 
@@ -166,8 +166,8 @@ def main(argv=None):
     parser.add_argument("--naive_samples", type=int, default=3000)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    from processing.sample_data import generate_sample
-    from processing.wikiweb2m import iter_pages
+    from processing.data.sample_data import generate_sample
+    from processing.data.wikiweb2m import iter_pages
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -4,7 +4,7 @@ import sys
 
 from transformers import pipeline
 
-from processing.wikiweb2m import iter_pages, summarization_samples
+from processing.data.wikiweb2m import iter_pages, summarization_samples
 
 model_dir, records, image_dir = sys.argv[1:4]
 pages = list(iter_pages(records))

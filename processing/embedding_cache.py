@@ -702,7 +702,7 @@ def collect_neighbor_inputs(dataset, image_dir, text_fields=NEIGHBOR_TEXT_FIELDS
         `tuple(list[str], list[Path], list[str])`: texts and image paths in first-seen order,
         and the image URLs with no local file.
     """
-    from .image_fetcher import MANIFEST_NAME, ImageManifest
+    from processing.data.image_fetcher import MANIFEST_NAME, ImageManifest
 
     manifest_path = Path(image_dir) / MANIFEST_NAME
     manifest = ImageManifest(manifest_path) if manifest_path.is_file() else None

@@ -245,7 +245,7 @@ class PageGraph:
 
     @classmethod
     def from_wikiweb2m(cls, row: Mapping[str, Any]) -> "PageGraph":
-        """Build the graph of one WikiWeb2M page row (feature names verbatim, see `processing.wikiweb2m`).
+        """Build the graph of one WikiWeb2M page row (feature names verbatim, see `processing.data.wikiweb2m`).
 
         The image caption is ``section_image_clean_ref_desc`` (the caption shown under the image),
         falling back to ``section_image_captions`` and then ``section_image_alt_text`` when empty.

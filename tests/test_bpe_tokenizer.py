@@ -1,6 +1,6 @@
 """The offline byte-level BPE: OPT's special tokens and conventions, lossless on any text."""
 
-from processing.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
+from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 
 
 def test_opt_conventions_and_round_trip():

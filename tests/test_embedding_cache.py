@@ -373,7 +373,7 @@ def test_collect_and_cli_on_a_wikiweb2m_table(tmp_path):
 
 def test_collect_through_an_image_fetcher_cache(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from processing.image_fetcher import ImageManifest
+    from processing.data.image_fetcher import ImageManifest
 
     fetched = tmp_path / "fetched"
     write_images(tmp_path / "src", n=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from processing.image_fetcher import (
+from processing.data.image_fetcher import (
     USER_AGENT,
     ImageFetcher,
     InvalidURLError,

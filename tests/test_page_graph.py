@@ -13,8 +13,8 @@ from PIL import Image
 from processing import page_graph
 from processing.page_graph import PageGraph, is_page_graph
 from processing.processing_mmgl import MMGLProcessor, clip_image_processor
-from processing.sample_data import make_page
-from processing.bpe_tokenizer import train_bpe_tokenizer
+from processing.data.sample_data import make_page
+from processing.data.bpe_tokenizer import train_bpe_tokenizer
 
 PAGE_GRAPH_FILE = Path(page_graph.__file__)
 

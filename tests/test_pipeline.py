@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from processing.bpe_tokenizer import train_bpe_tokenizer
+from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.page_graph import PageGraph
 from processing.pipeline_mmgl import (
     MMGLSummarizationPipeline,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from processing.bpe_tokenizer import train_bpe_tokenizer
+from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.collator import MMGLDataCollator
 from processing.page_graph import PageGraph, PageGraphIndex
 from processing.processing_mmgl import (
@@ -695,7 +695,7 @@ def reference_example(processor, graph, t, embedding_cache=None, image_dir=None,
 def _reference_pages():
     """The known page, the known page with the summary repeated in the target and parent texts, and
     two generated pages (longer, with truncation at max_source_length=80)."""
-    from processing.sample_data import make_page
+    from processing.data.sample_data import make_page
 
     repeated = known_row()
     repeated["section_rest_sentence"][TARGET] = f"They built huts. {SUMMARY} Boats too."
@@ -771,7 +771,7 @@ def test_in_memory_images_of_page_dicts(tokenizer, image_processor, image_dir):
 
 
 def _realwiki_rows(realwiki_dir):
-    wikiweb2m = pytest.importorskip("processing.wikiweb2m")
+    wikiweb2m = pytest.importorskip("processing.data.wikiweb2m")
     return list(wikiweb2m.iter_pages(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz")))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import run_summarization
-from processing.sample_data import generate_sample
+from processing.data.sample_data import generate_sample
 
 TINY_CLIP_JSON = Path(__file__).resolve().parents[1] / "demo" / "tiny_clip.json"
 
@@ -191,7 +191,7 @@ def test_model_trained_from_cache_is_exported_with_its_encoder(sample_dir, tmp_p
     from processing.embedding_cache import EmbeddingCache
     from processing.page_graph import PageGraphIndex
     from processing.processing_mmgl import MMGLProcessor
-    from processing.wikiweb2m import load_pages
+    from processing.data.wikiweb2m import load_pages
 
     output_dir = tmp_path / "out"
     args = base_args(sample_dir, output_dir)

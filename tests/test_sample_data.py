@@ -1,4 +1,4 @@
-"""The synthetic WikiWeb2M sample (processing.sample_data): schema, determinism, neighbour-only facts."""
+"""The synthetic WikiWeb2M sample (processing.data.sample_data): schema, determinism, neighbour-only facts."""
 import hashlib
 import re
 from collections import defaultdict
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from processing import sample_data as sd
-from processing.wikiweb2m import PAGE_COLUMNS, iter_pages, load_pages, split_counts, summarization_samples
+from processing.data.wikiweb2m import PAGE_COLUMNS, iter_pages, load_pages, split_counts, summarization_samples
 
 
 def words(text):

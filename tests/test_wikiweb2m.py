@@ -1,18 +1,18 @@
-"""TFRecord framing (processing.tfrecord_io) and the WikiWeb2M reader (processing.wikiweb2m)."""
+"""TFRecord framing (processing.data.tfrecord_io) and the WikiWeb2M reader (processing.data.wikiweb2m)."""
 import gzip
 import json
 import os
 
 import pytest
 from processing import wikiweb2m as ww
-from processing.tfrecord_io import (
+from processing.data.tfrecord_io import (
     TFRecordCorruptError,
     TFRecordReader,
     iter_tfrecord,
     masked_crc32c,
     write_tfrecord,
 )
-from processing.wikiweb2m import (
+from processing.data.wikiweb2m import (
     PAGE_COLUMNS,
     ReadStats,
     RecordDecodeError,
@@ -32,7 +32,7 @@ REALWIKI_FILE = "wikiweb2m-dev.tfrecord.gz"
 
 
 # --------------------------------------------------------------------------------------------------
-# A hand-built page row (independent of processing.sample_data)
+# A hand-built page row (independent of processing.data.sample_data)
 # --------------------------------------------------------------------------------------------------
 
 

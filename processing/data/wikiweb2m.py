@@ -38,7 +38,7 @@ whose length differs from the others is an error. Text is decoded as UTF-8.
 
 Errors name the file, the record's byte offset (in the uncompressed stream), the page and the
 field, so one bad page among two million can be found. Corrupt framing is handled by
-`processing.tfrecord_io`.
+`processing.data.tfrecord_io`.
 
 Splits: the official ``split`` field (``train`` / ``val`` / ``test``) is the default. The MMGL study
 (Yoon et al., 2023) instead took pages in file order: the first 400k for training, the next 100k for
@@ -47,12 +47,12 @@ fewer than 600k pages are read.
 
 Usage::
 
-    from processing.wikiweb2m import load_pages, page_url_index, summarization_samples
+    from processing.data.wikiweb2m import load_pages, page_url_index, summarization_samples
     pages = load_pages("wikiweb2m-*.tfrecord*", num_proc=4)    # datasets.Dataset, one row per page
     train = summarization_samples(pages, "train")             # [(page row index, section index), ...]
     row_of = page_url_index(pages)                            # page_url -> row index, O(1) lookups
 
-    python -m processing.wikiweb2m 'wikiweb2m-*.tfrecord*' data/wikiweb2m --num_proc 4 --skip_corrupt
+    python -m processing.data.wikiweb2m 'wikiweb2m-*.tfrecord*' data/wikiweb2m --num_proc 4 --skip_corrupt
 """
 from __future__ import annotations
 
@@ -757,14 +757,14 @@ def split_counts(pages, use_study_split: bool = False) -> Dict[str, Dict[str, in
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m processing.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]``.
+    """``python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]``.
 
     Reads the TFRecord files into an Arrow dataset (one row per page), saves it with
     `save_to_disk`, and prints counts. `datasets` shows tqdm progress bars while generating and
     saving.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m processing.wikiweb2m",
+        prog="python -m processing.data.wikiweb2m",
         description="Convert WikiWeb2M TFRecord files into an Arrow dataset (one row per page).",
     )
     parser.add_argument("input_glob", help="TFRecord file(s) or glob pattern, e.g. 'wikiweb2m-*.tfrecord*'")

@@ -30,7 +30,7 @@ once there are 3 pages). All fields of the WikiWeb2M schema are written with the
 
 Usage::
 
-    python -m processing.sample_data data/sample --num_pages 200
+    python -m processing.data.sample_data data/sample --num_pages 200
     # -> data/sample/wikiweb2m-sample.tfrecord.gz and data/sample/images/*.png
 """
 from __future__ import annotations
@@ -165,7 +165,7 @@ class SamplePage:
     """One generated page: its row (the WikiWeb2M page-row schema), facts and images to draw.
 
     Attributes:
-        row (`dict`): the page row, as `processing.wikiweb2m.parse_page` returns it.
+        row (`dict`): the page row, as `processing.data.wikiweb2m.parse_page` returns it.
         facts (`dict[int, SummaryFact]`): key fact of each summarization sample, by section index.
         images (`dict[str, tuple]`): image file name -> drawing spec for `render_image`.
     """
@@ -479,9 +479,9 @@ def generate_sample(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m processing.sample_data OUTPUT_DIR [--num_pages N] [--seed S] [--no_images]``."""
+    """``python -m processing.data.sample_data OUTPUT_DIR [--num_pages N] [--seed S] [--no_images]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m processing.sample_data",
+        prog="python -m processing.data.sample_data",
         description="Write a synthetic WikiWeb2M sample whose summaries depend on neighbours.",
     )
     parser.add_argument("output_dir")

@@ -589,10 +589,10 @@ def urls_from_dataset(dataset_dir, column: str = "section_image_url") -> list:
 
 # -------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    """``python -m processing.image_fetcher URL_LIST_OR_DATASET CACHE_DIR`` or
-    ``python -m processing.image_fetcher --from_dataset DATASET_DIR CACHE_DIR``."""
+    """``python -m processing.data.image_fetcher URL_LIST_OR_DATASET CACHE_DIR`` or
+    ``python -m processing.data.image_fetcher --from_dataset DATASET_DIR CACHE_DIR``."""
     parser = argparse.ArgumentParser(
-        prog="python -m processing.image_fetcher",
+        prog="python -m processing.data.image_fetcher",
         description="Download image URLs into a content-addressed cache (resumable).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH",
