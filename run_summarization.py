@@ -31,16 +31,20 @@ from transformers import (
 )
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
-from processing.data.metrics import summarization_metrics
+from processing.data.page_table import open_page_table
+from processing.data.wikiweb2m import summarization_samples
+from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, has_neighbor_slots, neighbor_mode
+from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraphIndex
-from processing.processing_mmgl import MMGLProcessor, clip_image_processor
-from processing.data.wikiweb2m import load_pages
+from processing.processing_mmgl import MMGLProcessor
+from processing.training.export import attach_neighbor_encoder, save_hub_folder
+from processing.training.metrics import summarization_metrics
+from processing.training.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
-CONTEXTS = ("section_only", "section_all", "text_only", "all")
-NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
 PAPER_RECIPE = dict(learning_rate=1e-4, max_steps=10_000, per_device_train_batch_size=125)
@@ -98,7 +102,11 @@ class MMGLArguments:
 
 @dataclass
 class DataTrainingArguments:
-    train_files: str | None = field(default=None, metadata={"help": "WikiWeb2M TFRecord file(s) or glob."})
+    train_files: str | None = field(
+        default=None,
+        metadata={"help": "The pages: the Arrow data set folder written by `python -m processing.data.wikiweb2m` "
+                  "(converted once), or WikiWeb2M TFRecord file(s) / glob."},
+    )
     use_study_split: bool = field(
         default=False, metadata={"help": "The original study's page split instead of the official `split` field."}
     )
@@ -130,17 +138,15 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
     if mmgl_args.tuning == "flamingo" and mmgl_args.neighbor_encoding != "ca_e":
         raise ValueError("--tuning flamingo trains only gated cross-attention: it needs --neighbor_encoding ca_e.")
-    has_neighbor_slots = not (
-        mmgl_args.context == "section_only" or (mmgl_args.context == "text_only" and mmgl_args.neighbor_encoding == "sa_te")
-    )
-    if mmgl_args.position_encoding != "none" and not has_neighbor_slots:
+    has_slots = has_neighbor_slots(mmgl_args.neighbor_encoding, mmgl_args.context)
+    if mmgl_args.position_encoding != "none" and not has_slots:
         raise ValueError(
             f"--position_encoding {mmgl_args.position_encoding} needs neighbours given as embeddings, but "
             f"--context {mmgl_args.context} with --neighbor_encoding {mmgl_args.neighbor_encoding} has none."
         )
     if mmgl_args.first_stage_steps < 0:
         raise ValueError(f"--first_stage_steps must be >= 0, got {mmgl_args.first_stage_steps}.")
-    if mmgl_args.first_stage_steps and not has_neighbor_slots:
+    if mmgl_args.first_stage_steps and not has_slots:
         raise ValueError(
             f"--first_stage_steps trains the neighbour projectors, but --context {mmgl_args.context} with "
             f"--neighbor_encoding {mmgl_args.neighbor_encoding} has no neighbours given as embeddings."
@@ -167,7 +173,7 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
             raise FileNotFoundError(f"--model_name_or_path {path}: no such directory.")
     if data_args.recipe not in (None, "paper"):
         raise ValueError(f"--recipe must be 'paper' or unset, got {data_args.recipe!r}.")
-    if mmgl_args.embedding_cache_dir is None and has_neighbor_slots and mmgl_args.neighbor_encoder_pretrained is None:
+    if mmgl_args.embedding_cache_dir is None and has_slots and mmgl_args.neighbor_encoder_pretrained is None:
         logger.warning("No --embedding_cache_dir: neighbours are encoded at every step by the in-model encoder.")
 
 
@@ -186,9 +192,7 @@ def parse_overrides(overrides: str) -> dict:
 
 
 def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> dict:
-    mode = {"sa_te": "self_attention", "sa_e": "self_attention", "ca_e": "cross_attention"}[mmgl_args.neighbor_encoding]
-    if mmgl_args.context == "section_only":
-        mode = "none"  # nothing but the section's own text: plain OPT
+    mode = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context)  # "none": plain OPT
     return dict(
         neighbor_mode=mode,
         neighbor_token_id=neighbor_token_id,
@@ -206,21 +210,45 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> d
     )
 
 
-def encoder_settings(mmgl_args):
-    """(name, pretrained, config dict or None, embedding width) of the frozen open_clip encoder."""
-    import open_clip
-
-    pretrained = None if mmgl_args.neighbor_encoder_pretrained in (None, "none") else mmgl_args.neighbor_encoder_pretrained
+def encoder_settings(mmgl_args) -> tuple[str, str | None, dict | None]:
+    """(open_clip name, pretrained tag / checkpoint or None for the seeded random init, custom config or None)."""
+    pretrained = None if mmgl_args.neighbor_encoder_pretrained in (None, "", "none") else mmgl_args.neighbor_encoder_pretrained
+    config = None
     if mmgl_args.neighbor_encoder_config:
         path = Path(mmgl_args.neighbor_encoder_config)
         if not path.exists():
             raise FileNotFoundError(f"--neighbor_encoder_config {path} does not exist.")
         config = json.loads(path.read_text())
-        return mmgl_args.neighbor_encoder_name, pretrained, config, config["embed_dim"]
-    config = open_clip.get_model_config(mmgl_args.neighbor_encoder_name)
-    if config is None:
-        raise ValueError(f"--neighbor_encoder_name {mmgl_args.neighbor_encoder_name!r} is not an open_clip model.")
-    return mmgl_args.neighbor_encoder_name, pretrained, None, config["embed_dim"]
+    try:
+        open_clip_config(mmgl_args.neighbor_encoder_name, config)
+    except ValueError as err:
+        raise ValueError(f"--neighbor_encoder_name / --neighbor_encoder_config: {err}") from None
+    return mmgl_args.neighbor_encoder_name, pretrained, config
+
+
+def model_position_limit(model_args) -> int:
+    """``max_position_embeddings`` of the model to be trained, read before any work (only config.json)."""
+    if model_args.model_name_or_path:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
+        return int(config.max_position_embeddings)
+    return int(OPTConfig(**parse_overrides(model_args.config_overrides)).max_position_embeddings)
+
+
+def check_sequence_fits(model_args, mmgl_args, data_args) -> None:
+    """``max_source_length + max_target_length`` (+ virtual tokens of prefix / prompt tuning) must fit the model's
+    positions, else training would fail mid-way with an index error."""
+    limit = model_position_limit(model_args)
+    virtual = mmgl_args.num_virtual_tokens if mmgl_args.tuning in ("prefix", "prompt") else 0
+    needed = data_args.max_source_length + data_args.max_target_length + virtual
+    if needed > limit:
+        extra = f" + {virtual} virtual tokens (--tuning {mmgl_args.tuning})" if virtual else ""
+        raise ValueError(
+            f"--max_source_length {data_args.max_source_length} + --max_target_length {data_args.max_target_length}{extra} "
+            f"= {needed} tokens, but the model has max_position_embeddings={limit}; lower the lengths or use a model "
+            "with more positions."
+        )
 
 
 class SummarizationDataset(torch.utils.data.Dataset):
@@ -366,59 +394,19 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def build_embedding_cache(processor, indices, mmgl_args, encoder, state):
-    """Runs the frozen encoders once over every neighbour of every split (resumes an interrupted run).
+def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state):
+    """Runs the frozen encoder once over every neighbour of every split (resumes an interrupted run): exactly what
+    the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper)."""
+    from processing.data.build_embedding_cache import build_embedding_cache as build
 
-    Returns the cache and the encoder that filled it, so the exported model can carry the same encoder."""
-    from processing.embedding_cache import ClipEncoder, build_embedding_cache as build
-
-    texts, images = {}, {}
+    texts, images, digests = {}, {}, {}
     for index in indices:
-        found_texts, found_images = processor.collect_neighbor_inputs(index, image_dir=mmgl_args.image_dir)
-        texts.update(dict.fromkeys(found_texts))
-        images.update(dict.fromkeys(found_images))
-    name, pretrained, config, _ = encoder
-    clip = ClipEncoder(name, pretrained=pretrained, model_config=config)
-    cache = build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), encoder=clip, state=state)
-    return cache, clip
-
-
-def attach_neighbor_encoder(model, clip, encoder):
-    """Puts the frozen encoder that filled the embedding cache into the model, so the exported model also takes raw
-    neighbour texts and images (pipeline without a cache) and encodes them exactly as the cache did."""
-    from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
-
-    name, pretrained, config, _ = encoder
-    model.config.neighbor_encoder_name = name
-    model.config.neighbor_encoder_pretrained = pretrained
-    model.config.neighbor_encoder_config = config
-    model.neighbor_encoder = MMGLNeighborEncoder(model.config)
-    model.neighbor_encoder.model.load_state_dict(clip.model.state_dict())
-    return model
-
-
-def write_model_card(output_dir, model_args, mmgl_args, data_args, metrics):
-    lines = [
-        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [mmgl, multimodal-graph-learning, wikiweb2m, opt]", "---",
-        "# MMGL section summarizer", "",
-        "Writes the first sentence of a Wikipedia section from its multimodal neighbours (WikiWeb2M section "
-        "summarization; Multimodal Graph Learning, Yoon et al. 2023).", "",
-        "## Design", "",
-        f"- base model: `{model_args.model_name_or_path or 'from scratch: ' + str(model_args.config_overrides)}`",
-        f"- context: `{mmgl_args.context}`; neighbour encoding: `{mmgl_args.neighbor_encoding}`; "
-        f"graph position encoding: `{mmgl_args.position_encoding}`; tuning: `{mmgl_args.tuning}`",
-        f"- neighbour budgets: {mmgl_args.max_text_neighbors} texts, {mmgl_args.max_image_neighbors} images; "
-        f"{mmgl_args.text_neighbor_num_tokens}/{mmgl_args.image_neighbor_num_tokens} tokens each",
-        f"- frozen encoder: open_clip `{mmgl_args.neighbor_encoder_name}` ({mmgl_args.neighbor_encoder_pretrained})", "",
-        "## Data", "", f"WikiWeb2M records: `{data_args.train_files}` "
-        f"({'study split' if data_args.use_study_split else 'official split field'}).", "",
-        "## Metrics", "", "| metric | value |", "|---|---|",
-        *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float)], "",
-        "## Use", "", "```python", "from transformers import pipeline",
-        f'summarize = pipeline("mmgl-summarization", model="{Path(output_dir).name}", trust_remote_code=True)',
-        'summarize({"page": page, "section": 2})', "```", "",
-    ]
-    (Path(output_dir) / "README.md").write_text("\n".join(lines))
+        inputs = processor.collect_neighbor_inputs(index, image_dir=mmgl_args.image_dir)
+        texts.update(dict.fromkeys(inputs.texts))
+        images.update(dict.fromkeys(inputs.image_files))
+        digests.update(inputs.image_sha256)
+    return build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), encoder=encoder,
+                 image_sha256=digests, state=state)
 
 
 def main(argv=None):
@@ -437,41 +425,40 @@ def main(argv=None):
         for key, value in PAPER_RECIPE.items():
             setattr(training_args, key, value)
     validate_arguments(model_args, mmgl_args, data_args, training_args)
+    check_sequence_fits(model_args, mmgl_args, data_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
-    # Data: one row per page, O(1) sample index per split.
-    pages = load_pages(data_args.train_files)
+    # Data: one row per page (the converted Arrow data set, or TFRecords read now), O(1) sample index per split.
+    pages = open_page_table(data_args.train_files)
     splits = {"train": "train", "eval": "val", "predict": "test"}
     limits = {"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
               "predict": data_args.max_predict_samples}
     indices = {}
-    from processing.data.wikiweb2m import summarization_samples
-
     for name, split in splits.items():
         samples = summarization_samples(pages, split=split, use_study_split=data_args.use_study_split)
         if limits[name] is not None:
             samples = samples[: limits[name]]
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
-    # Tokenizer and processor.
+    # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
     if model_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
     else:
         tokenizer = train_bpe_tokenizer(wikiweb2m_texts(pages), model_args.tokenizer_vocab_size)
-    encoder = encoder_settings(mmgl_args)
-    image_size = (encoder[2] or {}).get("vision_cfg", {}).get("image_size")  # custom encoders: their own size
+    encoder_name, encoder_pretrained, encoder_config = encoder_settings(mmgl_args)
+    encoder_model_config = open_clip_config(encoder_name, encoder_config)
     processor = MMGLProcessor(
-        image_processor=clip_image_processor(encoder[0], image_size=image_size), tokenizer=tokenizer,
+        image_processor=clip_image_processor(encoder_name, encoder_config), tokenizer=tokenizer,
         context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
         text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
         image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
         max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,
         max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
-        neighbor_encoder_name=mmgl_args.neighbor_encoder_name,
-        neighbor_context_length=(encoder[2] or {}).get("text_cfg", {}).get("context_length"),
+        neighbor_encoder_name=encoder_name,
+        neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
     )
     with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
         if data_args.token_cache_file and os.path.exists(data_args.token_cache_file):
@@ -481,17 +468,25 @@ def main(argv=None):
         if data_args.token_cache_file and training_args.should_save and len(processor.token_cache) > known:
             processor.token_cache.save(data_args.token_cache_file)
 
-    # Model: an MMGL checkpoint, an OPT checkpoint with MMGL switches, or a config from scratch.
-    switches = mmgl_config_kwargs(mmgl_args, encoder[3], processor.neighbor_token_id)
-    embedding_cache = cache_encoder = None
+    # The frozen encoder (the one wrapper): it fills the embedding cache and is the model's in-model encoder, so
+    # cached and raw neighbours give the same embeddings.
+    switches = mmgl_config_kwargs(mmgl_args, encoder_model_config["embed_dim"], processor.neighbor_token_id)
     needs_encoder = switches["neighbor_mode"] != "none"
+    encoder = MMGLNeighborEncoder.from_settings(encoder_name, encoder_pretrained, encoder_config) if needs_encoder else None
+    embedding_cache = None
     if needs_encoder and mmgl_args.embedding_cache_dir:
-        embedding_cache, cache_encoder = build_embedding_cache(
+        embedding_cache = build_embedding_cache(
             processor, indices.values(), mmgl_args, encoder, training_args.distributed_state)
     elif needs_encoder:
-        switches.update(neighbor_encoder_name=encoder[0], neighbor_encoder_pretrained=encoder[1],
-                        neighbor_encoder_config=encoder[2])
+        switches.update(neighbor_encoder_name=encoder_name, neighbor_encoder_pretrained=encoder_pretrained,
+                        neighbor_encoder_config=encoder_config)
+
+    # Model: an MMGL checkpoint, an OPT checkpoint with MMGL switches, or a config from scratch.
+    checkpoint_has_encoder = False
     if model_args.model_name_or_path:
+        base = transformers.AutoConfig.from_pretrained(model_args.model_name_or_path)
+        checkpoint_has_encoder = getattr(base, "neighbor_encoder_name", None) is not None or getattr(
+            base, "neighbor_encoder_config", None) is not None
         config = MMGLConfig.from_pretrained(model_args.model_name_or_path, **switches)
         model = MMGLForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
     else:
@@ -503,8 +498,9 @@ def main(argv=None):
         model = MMGLForConditionalGeneration(config)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))  # the added <neighbor> token
-    if model.neighbor_encoder is not None and encoder[1] is not None:
-        model.load_neighbor_encoder_weights(encoder[1])
+    if model.neighbor_encoder is not None and not checkpoint_has_encoder:
+        attach_neighbor_encoder(model, encoder)  # exactly the weights the flags name (pretrained or seeded init)
+    processor.check_model_config(model.config)
 
     datasets = {name: SummarizationDataset(index, processor, embedding_cache, mmgl_args.image_dir)
                 for name, index in indices.items()}
@@ -531,7 +527,7 @@ def main(argv=None):
         generation_kwargs=dict(max_new_tokens=data_args.generation_max_new_tokens,
                                num_beams=data_args.generation_num_beams, do_sample=False,
                                pad_token_id=processor.pad_token_id, eos_token_id=tokenizer.eos_token_id),
-        export_neighbor_encoder=(cache_encoder, encoder) if cache_encoder is not None else None,
+        export_neighbor_encoder=encoder if embedding_cache is not None else None,
         model_card=lambda: write_model_card(training_args.output_dir, model_args, mmgl_args, data_args, all_metrics),
     )
 
@@ -558,25 +554,6 @@ def main(argv=None):
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return all_metrics
-
-
-def save_hub_folder(model, processor, output_dir, neighbor_encoder=None):
-    """A complete Hub repository: remote code, weights, processor and the custom pipeline. peft adapters are also
-    saved as adapters (`adapter/`); LoRA is merged into the exported weights, prefix / prompt adapters cannot be
-    merged, so the exported weights are the base model and the adapter must be loaded with peft on top.
-    `neighbor_encoder` (the cache's `ClipEncoder`, encoder settings): trained from an embedding cache, the model
-    is exported with that frozen encoder inside."""
-    from peft import PeftModel
-
-    from processing.pipeline_mmgl import save_for_hub
-
-    if isinstance(model, PeftModel):
-        model.save_pretrained(Path(output_dir) / "adapter")
-        is_lora = model.peft_config[model.active_adapter].peft_type == "LORA"
-        model = model.merge_and_unload() if is_lora else model.get_base_model()
-    if neighbor_encoder is not None and model.neighbor_encoder is None:
-        model = attach_neighbor_encoder(model, *neighbor_encoder)
-    save_for_hub(model, processor, output_dir)
 
 
 if __name__ == "__main__":

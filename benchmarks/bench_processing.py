@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from processing.data.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
 from processing.page_graph import PageGraphIndex  # noqa: E402
-from processing.processing_mmgl import MMGLProcessor, clip_image_processor  # noqa: E402
+from processing.image_source import clip_image_processor  # noqa: E402
+from processing.processing_mmgl import MMGLProcessor  # noqa: E402
 
 
 class PerTextProcessor(MMGLProcessor):
@@ -226,7 +227,7 @@ def main(argv=None):
     options = dict(context="all", neighbor_encoding="sa_e")
     cached_e = MMGLProcessor(image_processor, tokenizer, **options)
     naives_e = naive_processors(image_processor, tokenizer, options)
-    texts, _ = cached_e.collect_neighbor_inputs(samples)
+    texts = cached_e.collect_neighbor_inputs(samples).texts
     embeddings = InMemoryEmbeddings(texts)
     cached_e.build_token_cache(index, neighbor_input_ids=False, show_progress=False)
     compare("examples, all, sa_e + embeddings", cached_e, naives_e, samples, args.naive_samples, args.rounds,

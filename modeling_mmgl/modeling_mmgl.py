@@ -92,7 +92,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         pretrained = pretrained or self.config.neighbor_encoder_pretrained
         if pretrained is None:
             raise ValueError("No open_clip weights to load: pass `pretrained` or set `neighbor_encoder_pretrained`.")
-        self.neighbor_encoder.load_pretrained(self.config.neighbor_encoder_name, pretrained)
+        self.neighbor_encoder.load_pretrained(pretrained)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Neighbours -> LM token vectors

@@ -15,7 +15,7 @@ Only `torch` is imported, so the file can sit in a flat Hub folder next to the p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -58,10 +58,10 @@ class MMGLDataCollator:
 
     pad_token_id: int
     for_generation: bool = False
-    pad_to_multiple_of: Optional[int] = None
+    pad_to_multiple_of: int | None = None
     label_pad_token_id: int = -100
 
-    def __call__(self, examples: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
         keys = set(examples[0])
@@ -73,7 +73,7 @@ class MMGLDataCollator:
                 )
         if "input_ids" not in keys:
             raise ValueError("examples have no 'input_ids'")
-        batch: Dict[str, torch.Tensor] = {}
+        batch: dict[str, torch.Tensor] = {}
         self._pad_tokens(examples, keys, batch)
         num_text = self._pad_modality(examples, keys, TEXT_SLOT_KEYS, "text_neighbor_mask", batch)
         num_image = self._pad_modality(examples, keys, IMAGE_SLOT_KEYS, "image_neighbor_mask", batch)

@@ -33,9 +33,6 @@ plain dict so other data plugs in. `PageGraphIndex` maps sample ``i`` to ``(page
 and back in O(1) over a `datasets.Dataset` (Arrow) or a list of pages, never scanning the table per
 item.
 
-Per section, `PageGraph.neighbor_order` gives the candidate neighbours nearest first (computed once
-per section and kept with the graph): a processor applies its budgets by slicing it.
-
 This file imports only the standard library, so it can sit in a flat Hub folder next to the
 processor. It may be loaded twice in one process (the installed package and a Hub folder's copy):
 `PageGraph.coerce` and `is_page_graph` therefore recognise a graph by a marker attribute, not by its
@@ -48,9 +45,9 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
-NODE_KINDS = ("page", "section", "image")
 EDGE_TYPES = ("page", "section_order", "parent_child", "section_image")
 
 # WikiWeb2M fields the adapter needs; the others are optional.
@@ -70,7 +67,7 @@ def is_page_graph(obj: Any) -> bool:
     return getattr(obj, "mmgl_page_graph_version", None) == PageGraph.mmgl_page_graph_version
 
 
-def _is_in_memory_image(value: Any) -> bool:
+def is_in_memory_image(value: Any) -> bool:
     """A `PIL.Image.Image` (recognised by its attributes: this file imports no PIL) or encoded bytes."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return True
@@ -112,28 +109,8 @@ class GraphNode:
     kind: str
     text: str = ""
     image: Any = None
-    section: Optional[int] = None
+    section: int | None = None
     title: str = ""
-
-
-class NeighborOrder(NamedTuple):
-    """Candidate neighbours of one target section, nearest first (see `PageGraph.neighbor_order`).
-
-    Args:
-        ranking (`tuple[int]`): the other sections: the parent first, then by ``(|s - t|, s)``.
-        text_nodes (`tuple[int]`): the page node, the target's image nodes (their captions), then per
-            ranked section its node followed by its image nodes; only nodes with a usable (non-blank)
-            text.
-        texts (`tuple[str]`): the text of each of ``text_nodes``.
-        image_nodes (`tuple[int]`): the target's image nodes, then each ranked section's.
-        image_refs (`tuple`): the ``image`` of each of ``image_nodes``.
-    """
-
-    ranking: Tuple[int, ...]
-    text_nodes: Tuple[int, ...]
-    texts: Tuple[str, ...]
-    image_nodes: Tuple[int, ...]
-    image_refs: Tuple[Any, ...]
 
 
 @dataclass
@@ -160,22 +137,22 @@ class PageGraph:
     """
 
     title: str
-    nodes: List[GraphNode]
-    edges: Dict[str, List[Tuple[int, int]]]
-    section_nodes: List[int]
-    image_nodes: List[List[int]]
-    section_parents: List[int]
-    summaries: List[str]
-    rest_texts: List[str]
-    raw_summaries: List[str]
-    is_sample: List[bool]
+    nodes: list[GraphNode]
+    edges: dict[str, list[tuple[int, int]]]
+    section_nodes: list[int]
+    image_nodes: list[list[int]]
+    section_parents: list[int]
+    summaries: list[str]
+    rest_texts: list[str]
+    raw_summaries: list[str]
+    is_sample: list[bool]
     page_id: str = ""
-    split: Optional[str] = None
+    split: str | None = None
     page_node: int = 0
 
     # Recognised by `coerce` / `is_page_graph` instead of the class, which differs between copies of
     # this file. Bump it when a change makes graphs of older copies unusable by newer code.
-    mmgl_page_graph_version = 1
+    mmgl_page_graph_version = 2
 
     # ------------------------------------------------------------------ construction
 
@@ -186,7 +163,7 @@ class PageGraph:
         description: str,
         sections: Sequence[Mapping[str, Any]],
         page_id: str = "",
-        split: Optional[str] = None,
+        split: str | None = None,
     ) -> "PageGraph":
         """Lay out nodes and edges from normalised sections.
 
@@ -206,7 +183,7 @@ class PageGraph:
             GraphNode("section", text=sec["text"], section=i, title=sec["title"]) for i, sec in enumerate(sections)
         )
         section_nodes = list(range(1, num_sections + 1))
-        edges: Dict[str, List[Tuple[int, int]]] = {name: [] for name in EDGE_TYPES}
+        edges: dict[str, list[tuple[int, int]]] = {name: [] for name in EDGE_TYPES}
         edges["page"] = [(0, n) for n in section_nodes]
         edges["section_order"] = [(section_nodes[i], section_nodes[i + 1]) for i in range(num_sections - 1)]
         parents = []
@@ -220,7 +197,7 @@ class PageGraph:
             parents.append(parent)
             if parent >= 0:
                 edges["parent_child"].append((section_nodes[parent], section_nodes[i]))
-        image_nodes: List[List[int]] = []
+        image_nodes: list[list[int]] = []
         for i, sec in enumerate(sections):
             ids = []
             for ref, caption in sec["images"]:
@@ -355,7 +332,7 @@ class PageGraph:
                 ref = image.get("path") or image.get("url")
                 if ref is None and image.get("image") is not None:
                     ref = image["image"]
-                    if _is_in_memory_image(ref):  # kept as is: the processor reads it like a file
+                    if is_in_memory_image(ref):  # kept as is: the processor reads it like a file
                         ref = bytes(ref) if isinstance(ref, (bytearray, memoryview)) else ref
                         images.append((ref, _as_str(image.get("caption"))))
                         continue
@@ -424,9 +401,9 @@ class PageGraph:
         return len(self.nodes)
 
     @cached_property
-    def neighbors(self) -> List[FrozenSet[int]]:
+    def neighbors(self) -> list[frozenset[int]]:
         """Undirected adjacency: ``neighbors[u]`` is the set of nodes sharing an edge with ``u``."""
-        adjacency: List[set] = [set() for _ in self.nodes]
+        adjacency: list[set] = [set() for _ in self.nodes]
         for pairs in self.edges.values():
             for u, v in pairs:
                 if u != v:
@@ -463,23 +440,23 @@ class PageGraph:
         return matrix
 
     @cached_property
-    def usable_texts(self) -> List[Optional[str]]:
+    def usable_texts(self) -> list[str | None]:
         """Each node's text, or `None` when it is empty or blank (such nodes are never text neighbours)."""
         return [node.text if node.text and not node.text.isspace() else None for node in self.nodes]
 
     @cached_property
-    def page_block(self) -> List[int]:
+    def page_block(self) -> list[int]:
         """``[page node]`` when the description is usable as a text neighbour, else ``[]``."""
         return [self.page_node] if self.usable_texts[self.page_node] is not None else []
 
     @cached_property
-    def caption_blocks(self) -> List[List[int]]:
+    def caption_blocks(self) -> list[list[int]]:
         """Per section, its image nodes with a usable caption, in page order."""
         usable = self.usable_texts
         return [[n for n in nodes if usable[n] is not None] for nodes in self.image_nodes]
 
     @cached_property
-    def section_blocks(self) -> List[List[int]]:
+    def section_blocks(self) -> list[list[int]]:
         """Per section, its node (when its text is usable) followed by its `caption_blocks`."""
         usable = self.usable_texts
         return [
@@ -488,84 +465,10 @@ class PageGraph:
         ]
 
     @cached_property
-    def _neighbor_orders(self) -> Dict[int, NeighborOrder]:
+    def memo(self) -> dict[str, Any]:
+        """Per-graph memo for what consumers derive from the graph once (the neighbour selection keeps
+        each section's candidates here); never part of the graph itself."""
         return {}
-
-    def neighbor_order(self, section_idx: int) -> NeighborOrder:
-        """The candidate neighbours of section ``section_idx``, nearest first (`NeighborOrder`).
-
-        Built on first use and kept with the graph: every processor configuration takes a prefix of
-        these tuples, so building an example is slicing rather than walking the graph again.
-        """
-        order = self._neighbor_orders.get(section_idx)
-        if order is None:
-            self.check_section(section_idx)
-            t, parent = section_idx, self.section_parents[section_idx]
-            ranking = [parent] if parent >= 0 else []
-            for distance in range(1, max(t + 1, len(self.section_nodes) - t)):  # t-1, t+1, t-2, t+2, ...
-                for s in (t - distance, t + distance):
-                    if 0 <= s < len(self.section_nodes) and s != parent:
-                        ranking.append(s)
-            text_nodes = self.page_block + self.caption_blocks[t]
-            image_nodes = list(self.image_nodes[t])
-            for s in ranking:
-                text_nodes += self.section_blocks[s]
-                image_nodes += self.image_nodes[s]
-            usable = self.usable_texts
-            # Tuples of ints and strings: the garbage collector stops tracking them, so graphs kept
-            # for a whole data set do not make every full collection longer.
-            order = self._neighbor_orders[section_idx] = NeighborOrder(
-                ranking=tuple(ranking),
-                text_nodes=tuple(text_nodes),
-                texts=tuple([usable[n] for n in text_nodes]),
-                image_nodes=tuple(image_nodes),
-                image_refs=tuple([self.nodes[n].image for n in image_nodes]),
-            )
-        return order
-
-    @cached_property
-    def _target_inputs(self) -> Dict[Tuple[int, bool], str]:
-        return {}
-
-    def target_input(self, section_idx: int, include_title: bool = True) -> str:
-        """The input text of target section ``section_idx``: ``"<title>: <rest>"`` (or whichever is not
-        empty), with the section's summary cut out wherever it still occurs (`scrub_summary`).
-
-        Memoised: one string object per section, so its hash (a token cache key) is computed once.
-        """
-        key = (section_idx, include_title)
-        text = self._target_inputs.get(key)
-        if text is None:
-            rest = self.rest_texts[section_idx]
-            title = self.section_title(section_idx) if include_title else ""
-            text = f"{title}: {rest}" if title and rest else (title or rest)
-            text = scrub_summary(text, (self.summaries[section_idx], self.raw_summaries[section_idx]))
-            self._target_inputs[key] = text
-        return text
-
-    @cached_property
-    def _summary_checks(self) -> Dict[int, Tuple[int, int]]:
-        return {}
-
-    def summary_free(self, section_idx: int, count: int) -> bool:
-        """Whether none of the first ``count`` texts of ``neighbor_order(section_idx)`` contains the
-        section's summary (clean or raw first sentence), i.e. whether they can be inputs as they are.
-
-        Memoised per section as ``(texts checked, first text with the summary or -1)``, so each text
-        is searched at most once whatever the budgets asking.
-        """
-        checked, first = self._summary_checks.get(section_idx, (0, -1))
-        if first < 0 and checked < count:
-            sentences = [s for s in (self.summaries[section_idx], self.raw_summaries[section_idx]) if s]
-            texts = self.neighbor_order(section_idx).texts
-            end = min(count, len(texts))
-            # One search over the joined texts ("\0" never occurs in a summary, so no match straddles
-            # two texts); only a page that repeats the summary looks for the first text holding it.
-            joined = "\0".join(texts[checked:end])
-            if any(sentence in joined for sentence in sentences):
-                first = next(i for i in range(checked, end) if any(sentence in texts[i] for sentence in sentences))
-            self._summary_checks[section_idx] = (max(checked, end), first)
-        return first < 0 or first >= count
 
     def section_node(self, section_idx: int) -> int:
         """Node id of section ``section_idx`` (with a clear error when out of range)."""
@@ -578,9 +481,6 @@ class PageGraph:
                 f"page {self.page_id!r}: section index {section_idx} out of range ({len(self.section_nodes)} sections)"
             )
 
-    def section_text(self, section_idx: int) -> str:
-        return self.nodes[self.section_nodes[section_idx]].text
-
     def section_title(self, section_idx: int) -> str:
         return self.nodes[self.section_nodes[section_idx]].title
 
@@ -588,13 +488,8 @@ class PageGraph:
     def description(self) -> str:
         return self.nodes[self.page_node].text
 
-    def sample_sections(self) -> List[int]:
+    def sample_sections(self) -> list[int]:
         return [i for i, flag in enumerate(self.is_sample) if flag]
-
-    def edge_list(self, undirected: bool = True) -> List[Tuple[int, int]]:
-        """All edges as a sorted list of ``(u, v)``; with ``undirected`` each pair once as ``u < v``."""
-        pairs = {tuple(sorted(p)) if undirected else tuple(p) for ps in self.edges.values() for p in ps}
-        return sorted(pairs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -626,28 +521,28 @@ class PageGraphIndex:
     def __init__(
         self,
         pages: Any,
-        samples: Optional[Iterable[Tuple[int, int]]] = None,
-        split: Optional[str] = None,
-        graph_cache_size: Optional[int] = None,
+        samples: Iterable[tuple[int, int]] | None = None,
+        split: str | None = None,
+        graph_cache_size: int | None = None,
     ):
         self.pages = pages
         self.graph_cache_size = graph_cache_size
         self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
         if samples is None:
             samples = self._default_samples(split)
-        self.samples: List[Tuple[int, int]] = [(int(p), int(s)) for p, s in samples]
-        self._position: Dict[Tuple[int, int], int] = {}
+        self.samples: list[tuple[int, int]] = [(int(p), int(s)) for p, s in samples]
+        self._position: dict[tuple[int, int], int] = {}
         for i, key in enumerate(self.samples):
             if key in self._position:
                 raise ValueError(f"sample (page {key[0]}, section {key[1]}) listed twice (positions {self._position[key]}, {i})")
             self._position[key] = i
 
-    def _default_samples(self, split: Optional[str]) -> List[Tuple[int, int]]:
+    def _default_samples(self, split: str | None) -> list[tuple[int, int]]:
         samples = []
         if _is_arrow_table(self.pages):
             columns = ["split", "is_section_summarization_sample"]
             batches = self.pages.select_columns(columns).iter(batch_size=1024)
-            rows: Iterator[Tuple[Any, Any]] = (pair for b in batches for pair in zip(b[columns[0]], b[columns[1]]))
+            rows: Iterator[tuple[Any, Any]] = (pair for b in batches for pair in zip(b[columns[0]], b[columns[1]]))
         else:
             rows = (self._flags_of(i, page) for i, page in enumerate(self.pages))
         for page_idx, (page_split, flags) in enumerate(rows):
@@ -656,7 +551,7 @@ class PageGraphIndex:
             samples.extend((page_idx, s) for s, flag in enumerate(flags) if flag)
         return samples
 
-    def _flags_of(self, page_idx: int, page: Any) -> Tuple[Optional[str], Sequence[Any]]:
+    def _flags_of(self, page_idx: int, page: Any) -> tuple[str | None, Sequence[Any]]:
         if isinstance(page, Mapping) and "is_section_summarization_sample" in page:
             return page.get("split"), page["is_section_summarization_sample"]
         graph = self._remember(page_idx, PageGraph.coerce(page))
@@ -673,15 +568,15 @@ class PageGraphIndex:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> Tuple[PageGraph, int]:
+    def __getitem__(self, i: int) -> tuple[PageGraph, int]:
         page_idx, section_idx = self.samples[i]
         return self.graph(page_idx), section_idx
 
-    def __iter__(self) -> Iterator[Tuple[PageGraph, int]]:
+    def __iter__(self) -> Iterator[tuple[PageGraph, int]]:
         for i in range(len(self.samples)):
             yield self[i]
 
-    def sample(self, i: int) -> Tuple[int, int]:
+    def sample(self, i: int) -> tuple[int, int]:
         """``(page_idx, section_idx)`` of sample ``i``."""
         return self.samples[i]
 
@@ -692,7 +587,7 @@ class PageGraphIndex:
         except KeyError:
             raise KeyError(f"(page {page_idx}, section {section_idx}) is not a sample of this index") from None
 
-    def __contains__(self, key: Tuple[int, int]) -> bool:
+    def __contains__(self, key: tuple[int, int]) -> bool:
         return key in self._position
 
     def graph(self, page_idx: int) -> PageGraph:
@@ -703,7 +598,7 @@ class PageGraphIndex:
             return graph
         return self._remember(page_idx, PageGraph.coerce(self.pages[page_idx]))
 
-    def page_indices(self) -> List[int]:
+    def page_indices(self) -> list[int]:
         """The distinct pages that hold samples, in order."""
         return sorted({p for p, _ in self.samples})
 
@@ -715,11 +610,10 @@ class PageGraphIndex:
 
 __all__ = [
     "EDGE_TYPES",
-    "NODE_KINDS",
     "GraphNode",
-    "NeighborOrder",
     "PageGraph",
     "PageGraphIndex",
+    "is_in_memory_image",
     "is_page_graph",
     "scrub_summary",
 ]

@@ -34,7 +34,8 @@ Batching uses the processor's own collator (left padding), so ``batch_size=B`` g
 `save_for_hub` writes a flat, self-contained Hub folder: weights, tokenizer, processor config, the
 modeling files, the processing files (this one included) and ``custom_pipelines`` in config.json.
 This file imports installed packages and same-folder files only (``page_graph.py``, and
-``embedding_cache.py`` when a cache is given by path), never modeling code.
+``embedding_cache.py`` when a cache is given by path), never modeling code. Encoders of a cache that is not the
+model's are refused (`EmbeddingCache.check_encoder`), as is a processor that disagrees with the model.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sized
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, Pipeline
@@ -95,21 +96,22 @@ class MMGLSummarizationPipeline(Pipeline):
             from transformers import AutoProcessor
 
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-        self._embedding_caches: Dict[str, Any] = {}
+        self._embedding_caches: dict[str, Any] = {}
         super().__init__(model=model, processor=processor, **kwargs)
         if self.tokenizer is None:
             self.tokenizer = getattr(self.processor, "tokenizer", None)
+        self.processor.check_model_config(self.model.config)  # a mismatched pair would scatter garbage
 
     # ------------------------------------------------------------------ parameters
 
     def _sanitize_parameters(
         self,
-        section: Optional[int] = None,
-        max_new_tokens: Optional[int] = None,
-        num_beams: Optional[int] = None,
-        image_dir: Optional[Union[str, os.PathLike]] = None,
+        section: int | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        image_dir: str | os.PathLike | None = None,
         embedding_cache: Any = None,
-        generate_kwargs: Optional[Dict[str, Any]] = None,
+        generate_kwargs: dict[str, Any] | None = None,
         **kwargs,
     ):
         unknown = sorted(set(kwargs) - _GENERATION_KEYS - {"generation_config"})
@@ -118,7 +120,7 @@ class MMGLSummarizationPipeline(Pipeline):
                 f"{type(self).__name__} got unexpected parameter(s) {unknown}; it takes section, image_dir, "
                 "embedding_cache, max_new_tokens, num_beams, generate_kwargs and generate() parameters"
             )
-        preprocess_params: Dict[str, Any] = {}
+        preprocess_params: dict[str, Any] = {}
         if section is not None:
             preprocess_params["section"] = section
         if image_dir is not None:
@@ -147,24 +149,34 @@ class MMGLSummarizationPipeline(Pipeline):
         if key not in self._embedding_caches:
             from .embedding_cache import EmbeddingCache
 
-            self._embedding_caches[key] = EmbeddingCache(key)
+            opened = EmbeddingCache(key)
+            # Embeddings of another encoder of the same width would be read silently (cosine ~0 to the model's
+            # own): refuse a cache whose encoder is not the model's, naming both.
+            self.processor.check_model_config(self.model.config, embed_dim=opened.embed_dim)
+            encoder = self._neighbor_encoder()
+            if encoder is not None:
+                opened.check_encoder(encoder.identity(), owner="the model's neighbor_encoder")
+            self._embedding_caches[key] = opened
         return self._embedding_caches[key]
 
-    def _has_neighbor_encoder(self) -> bool:
+    def _neighbor_encoder(self):
         model = self.model
         if hasattr(model, "get_base_model"):  # a peft model
             model = model.get_base_model()
-        return getattr(model, "neighbor_encoder", None) is not None
+        return getattr(model, "neighbor_encoder", None)
+
+    def _has_neighbor_encoder(self) -> bool:
+        return self._neighbor_encoder() is not None
 
     # ------------------------------------------------------------------ the four stages
 
     def preprocess(
         self,
         inputs: Any,
-        section: Optional[int] = None,
-        image_dir: Optional[Union[str, os.PathLike]] = None,
+        section: int | None = None,
+        image_dir: str | os.PathLike | None = None,
         embedding_cache: Any = None,
-    ) -> Dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
         page, section = self._split_input(inputs, section)
         needs_slots = self.processor.has_text_slots or self.processor.has_image_slots
         if embedding_cache is None and needs_slots and not self._has_neighbor_encoder():
@@ -180,7 +192,7 @@ class MMGLSummarizationPipeline(Pipeline):
         )
         return dict(batch)
 
-    def _forward(self, model_inputs: Dict[str, torch.Tensor], generate_kwargs: Optional[Dict[str, Any]] = None):
+    def _forward(self, model_inputs: dict[str, torch.Tensor], generate_kwargs: dict[str, Any] | None = None):
         generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}))
         already_set = self._get_set_generation_params(generate_kwargs)
         if "max_new_tokens" not in already_set and "max_length" not in already_set:
@@ -195,7 +207,7 @@ class MMGLSummarizationPipeline(Pipeline):
         batch_size = input_ids.shape[0]
         return {"generated_ids": new_tokens.reshape(batch_size, -1, new_tokens.shape[-1])}
 
-    def postprocess(self, model_outputs: Dict[str, torch.Tensor]):
+    def postprocess(self, model_outputs: dict[str, torch.Tensor]):
         sequences = model_outputs["generated_ids"][0]  # (num_return_sequences, T)
         texts = [
             {"summary_text": self.tokenizer.decode(ids, skip_special_tokens=True).strip()} for ids in sequences
@@ -213,7 +225,7 @@ class MMGLSummarizationPipeline(Pipeline):
             num_workers = min(num_workers, 1)
         collator = self.processor.data_collator(for_generation=True)
 
-        def collate(items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             # Each item is a batch of one (no padding at all): unbatch, then pad the real batch.
             return collator([{key: value[0] for key, value in item.items()} for item in items])
 
@@ -224,7 +236,7 @@ class MMGLSummarizationPipeline(Pipeline):
     # ------------------------------------------------------------------ inputs
 
     @staticmethod
-    def _split_input(inputs: Any, section: Optional[int]):
+    def _split_input(inputs: Any, section: int | None):
         if isinstance(inputs, Mapping) and "page" in inputs:
             page = inputs["page"]
             section = inputs.get("section", section)
@@ -281,7 +293,7 @@ def register_pipeline() -> None:
 _PROJECT_PACKAGES = ("processing", "modeling_mmgl")
 
 
-def check_flat_folder(folder: Union[str, os.PathLike]) -> None:
+def check_flat_folder(folder: str | os.PathLike) -> None:
     """Raise if a ``.py`` file of ``folder`` imports relatively something that is not a file of ``folder``
     (found the way transformers finds them, by regex, so even an indented or lazy import counts), or imports
     this project's packages (``processing``, ``modeling_mmgl``) by absolute name."""
@@ -309,7 +321,7 @@ def check_flat_folder(folder: Union[str, os.PathLike]) -> None:
         raise RuntimeError(f"{folder} is not a flat Hub folder:\n  " + "\n  ".join(problems))
 
 
-def save_for_hub(model, processor, output_dir: Union[str, os.PathLike]) -> List[str]:
+def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
     """Write ``model`` and ``processor`` to ``output_dir`` as a flat Hub folder that loads with
     ``pipeline("mmgl-summarization", model=output_dir, trust_remote_code=True)`` (and `AutoModel`,
     `AutoModelForCausalLM`, `AutoProcessor`, `AutoTokenizer` with ``trust_remote_code=True``) in a process

@@ -1,4 +1,5 @@
-"""Embedding cache with a tiny random-init open_clip model (no hub, CPU)."""
+"""Embedding cache (reader `processing.embedding_cache`, builder `processing.data.build_embedding_cache`) with a
+tiny random-init open_clip model (no hub, CPU)."""
 import hashlib
 import json
 import logging
@@ -12,19 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from processing import embedding_cache
-from processing.embedding_cache import (
-    ClipEncoder,
-    CorruptShardError,
-    EmbeddingCache,
-    EncoderMismatchError,
-    build_embedding_cache,
-    collect_neighbor_inputs,
-    image_key,
-    main,
-    resolve_image_path,
-    text_key,
-)
+from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+from processing.data.build_embedding_cache import build_embedding_cache, main
+from processing.embedding_cache import CorruptShardError, EmbeddingCache, EncoderMismatchError, image_key, text_key
+from processing.image_source import clip_image_processor, load_rgb_image, pixel_values
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,24 +29,23 @@ TEXTS = [f"section text number {i} about Ray Charles" for i in range(10)]
 
 
 def tiny_encoder(seed=0, config=TINY):
-    """A random tiny CLIP. ClipEncoder seeds a weightless encoder with 0 itself; other seeds get other weights."""
-    encoder = ClipEncoder("tiny", model_config=config, device="cpu")
+    """A random tiny CLIP. The wrapper seeds a weightless encoder with 0 itself; other seeds get other weights."""
+    encoder = MMGLNeighborEncoder.from_settings("tiny", model_config=config)
     if seed:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for param in encoder.model.parameters():
                 param.copy_(torch.randn(param.shape, generator=generator) * param.std().clamp(min=0.02))
-        encoder.identity["weights_sha256"] = embedding_cache._state_dict_sha256(encoder.model)
     return encoder
 
 
 def test_weightless_encoder_is_the_same_whatever_the_global_seed():
     torch.manual_seed(123)
-    first = ClipEncoder("tiny", model_config=TINY)
+    first = MMGLNeighborEncoder.from_settings("tiny", model_config=TINY)
     torch.manual_seed(456)
     state = torch.get_rng_state()
-    second = ClipEncoder("tiny", model_config=TINY)
-    assert first.identity["weights_sha256"] == second.identity["weights_sha256"]
+    second = MMGLNeighborEncoder.from_settings("tiny", model_config=TINY)
+    assert first.identity()["weights_sha256"] == second.identity()["weights_sha256"]
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left alone
 
 
@@ -64,7 +55,7 @@ def encoder():
 
 
 class Spy:
-    """Wraps a ClipEncoder: records what gets encoded and can die on the n-th encoder call."""
+    """Wraps an encoder: records what gets encoded and can die on the n-th encoder call."""
 
     def __init__(self, encoder, die_on_call=None):
         self.encoder = encoder
@@ -81,10 +72,10 @@ class Spy:
         if self.die_on_call is not None and self.calls >= self.die_on_call:
             raise RuntimeError("simulated kill")
 
-    def encode_text(self, texts):
+    def embed_texts(self, texts):
         self._tick()
         self.texts.extend(texts)
-        return self.encoder.encode_text(texts)
+        return self.encoder.embed_texts(texts)
 
     def encode_image(self, pixels):
         self._tick()
@@ -149,7 +140,9 @@ def test_dedup_and_values_equal_the_encoder(tmp_path, encoder):
     with torch.no_grad():
         unique = ["a cat", "a dog", "ünïcode ✓"]
         direct = encoder.model.encode_text(encoder.tokenizer(unique), normalize=True)
-        pixels = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in images])
+        # The processor's preprocessing, image by image: the cache holds exactly what the model would compute.
+        processor = clip_image_processor("tiny", TINY)
+        pixels = torch.cat([pixel_values(processor, [load_rgb_image(str(p))]) for p in images])
         direct_img = encoder.model.encode_image(pixels, normalize=True)
     for text, expected in zip(unique, direct):
         torch.testing.assert_close(cache.get_text(text), expected, atol=1e-5, rtol=1e-5)
@@ -173,7 +166,7 @@ def test_dedup_and_values_equal_the_encoder(tmp_path, encoder):
 def test_float16_storage_is_close(tmp_path, encoder):
     cache = build(tmp_path / "c16", encoder, texts=TEXTS[:4])
     assert cache.dtype == torch.float16
-    direct = encoder.encode_text(TEXTS[:4])
+    direct = encoder.embed_texts(TEXTS[:4])
     for text, expected in zip(TEXTS[:4], direct):
         got = cache.get_text(text)
         assert got.dtype == torch.float16
@@ -217,7 +210,7 @@ def test_truncated_shard_is_detected_and_recomputed(tmp_path, encoder, caplog):
         EmbeddingCache(cache_dir)
 
     spy = Spy(encoder)
-    with caplog.at_level(logging.ERROR, logger="processing.embedding_cache"):
+    with caplog.at_level(logging.ERROR, logger="processing.data.build_embedding_cache"):
         cache = build(cache_dir, spy, texts=TEXTS[:6], batch_size=2, shard_size=2)
     assert str(damaged) in caplog.text
     assert sorted(spy.texts) == sorted(TEXTS[2:4])  # only the damaged shard's rows
@@ -288,7 +281,7 @@ def test_two_real_processes_with_torchrun(tmp_path, encoder):
     script = tmp_path / "embed.py"
     script.write_text(
         "import sys, torch\n"
-        "from processing.embedding_cache import build_embedding_cache\n"
+        "from processing.data.build_embedding_cache import build_embedding_cache\n"
         "torch.manual_seed(0)  # the same weights as the `encoder` fixture\n"
         f"build_embedding_cache(sys.argv[1], texts={TEXTS!r}, model_name='tiny', model_config={TINY!r},\n"
         "                      batch_size=2, shard_size=2, progress=False)\n"
@@ -307,7 +300,7 @@ def test_two_real_processes_with_torchrun(tmp_path, encoder):
     spy = Spy(encoder)
     cache = build(tmp_path / "cache", spy, texts=TEXTS)  # same encoder identity: accepted...
     assert spy.calls == 0  # ...and nothing is left to encode
-    for text, expected in zip(TEXTS, encoder.encode_text(TEXTS)):
+    for text, expected in zip(TEXTS, encoder.embed_texts(TEXTS)):
         torch.testing.assert_close(cache.get_text(text).float(), expected, atol=2e-3, rtol=0)
 
 
@@ -315,7 +308,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, encoder, caplog):
     images = write_images(tmp_path / "img", n=1)
     bad = tmp_path / "img" / "not-an-image.jpg"
     bad.write_bytes(b"<html>nope</html>")
-    with caplog.at_level(logging.WARNING, logger="processing.embedding_cache"):
+    with caplog.at_level(logging.WARNING, logger="processing.data.build_embedding_cache"):
         cache = build(tmp_path / "cache", encoder, image_paths=images + [bad, tmp_path / "missing.png"])
     summary = cache.build_summary["image"]
     assert summary["encoded"] == len(images) and summary["failed"] == 1 and summary["unreadable"] == 1
@@ -326,67 +319,6 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, encoder, caplog):
 def test_open_without_config_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="cache_config.json"):
         EmbeddingCache(tmp_path)
-
-
-def test_resolve_image_path_stays_inside_image_dir(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "A%26B.jpg").write_bytes(b"x")
-    (tmp_path / "images" / "C&D.jpg").write_bytes(b"x")
-    (tmp_path / "secret.jpg").write_bytes(b"x")
-    base = "https://upload.wikimedia.org/wikipedia/commons/7/74/"
-    assert resolve_image_path(base + "A%26B.jpg", tmp_path / "images").name == "A%26B.jpg"
-    assert resolve_image_path(base + "C%26D.jpg", tmp_path / "images").name == "C&D.jpg"
-    assert resolve_image_path(base + "..%2Fsecret.jpg", tmp_path / "images") is None
-    assert resolve_image_path(base + "..", tmp_path / "images") is None
-
-
-def test_collect_and_cli_on_a_wikiweb2m_table(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    images = write_images(tmp_path / "images", n=2)
-    url = "https://upload.wikimedia.org/wikipedia/commons/{}/{}".format
-    rows = {
-        "page_title": ["Page A", "Page B"],
-        "clean_page_description": ["A page.", "Another page."],
-        "section_text": [["Intro of A.", "Body of A."], ["Intro of B.", ""]],
-        "section_image_clean_ref_desc": [[["A caption."], []], [["A caption."], []]],
-        "section_image_captions": [[["alt, A caption."], []], [[], []]],
-        "section_image_url": [
-            [[url("a/ab", images[0].name)], []],
-            [[url("c/cd", images[1].name), url("e/ef", "absent.png")], []],
-        ],
-    }
-    ds = datasets.Dataset.from_dict(rows)
-    texts, paths, missing = collect_neighbor_inputs(ds, tmp_path / "images")
-    assert texts == ["A page.", "Another page.", "Intro of A.", "Body of A.", "Intro of B.",
-                     "A caption.", "alt, A caption."]
-    assert paths == images[:2] and missing == [url("e/ef", "absent.png")]
-
-    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "ds"))
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
-    code = main([str(tmp_path / "ds"), str(tmp_path / "images"), str(tmp_path / "cache"),
-                 "--model", "tiny", "--model_config", str(tmp_path / "tiny.json"), "--no_progress"])
-    assert code == 0
-    cache = EmbeddingCache(tmp_path / "cache")
-    assert all(cache.get_text(t) is not None for t in texts)
-    assert all(cache.get_image(p) is not None for p in paths)
-
-
-def test_collect_through_an_image_fetcher_cache(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    from processing.data.image_fetcher import ImageManifest
-
-    fetched = tmp_path / "fetched"
-    write_images(tmp_path / "src", n=1)
-    data = (tmp_path / "src" / "img0.png").read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    (fetched / sha[:2]).mkdir(parents=True)
-    (fetched / sha[:2] / f"{sha}.png").write_bytes(data)
-    manifest = ImageManifest(fetched / "manifest.jsonl")
-    manifest.append({"url": "https://x.org/a/Photo.jpg", "status": "ok", "path": f"{sha[:2]}/{sha}.png"})
-    manifest.append({"url": "https://x.org/b/Gone.jpg", "status": "error", "reason": "http_404"})
-    ds = datasets.Dataset.from_dict({"section_image_url": [[["https://x.org/a/Photo.jpg", "https://x.org/b/Gone.jpg"]]]})
-    texts, paths, missing = collect_neighbor_inputs(ds, fetched)
-    assert texts == [] and paths == [fetched / sha[:2] / f"{sha}.png"] and missing == ["https://x.org/b/Gone.jpg"]
 
 
 def test_real_wikipedia_images(tmp_path, encoder, realwiki_dir):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from processing.data.metrics import bleu4, cider, rouge_l, summarization_metrics
+from processing.training.metrics import bleu4, cider, rouge_l, summarization_metrics
 
 # Lower-case words without punctuation: sacrebleu's 13a tokeniser and rouge_score's tokeniser both
 # reduce to a whitespace split, so the n-gram counts below can be done by hand.

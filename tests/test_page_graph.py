@@ -1,4 +1,4 @@
-"""`PageGraph` beyond the adapters (tests/test_processor.py has those): per-section neighbour orders,
+"""`PageGraph` beyond the adapters (tests/test_processor.py has those): the padded adjacency,
 duck-typed `coerce` across two copies of page_graph.py, and in-memory images in page dicts."""
 import importlib.util
 import io
@@ -12,7 +12,9 @@ from PIL import Image
 
 from processing import page_graph
 from processing.page_graph import PageGraph, is_page_graph
-from processing.processing_mmgl import MMGLProcessor, clip_image_processor
+from processing.image_source import clip_image_processor
+from processing.processing_mmgl import MMGLProcessor
+from tests.modeling_helpers import TINY_CLIP
 from processing.data.sample_data import make_page
 from processing.data.bpe_tokenizer import train_bpe_tokenizer
 
@@ -42,39 +44,6 @@ def plain_page(images=None):
             {"title": "C", "text": "Six. Seven.", "parent": 0},
         ],
     }
-
-
-def test_neighbor_order_is_the_documented_walk():
-    graph = PageGraph.from_wikiweb2m(make_page(3).row)
-    for t in range(graph.num_sections):
-        order = graph.neighbor_order(t)
-        parent = graph.section_parents[t]
-        others = sorted((s for s in range(graph.num_sections) if s not in (t, parent)), key=lambda s: (abs(s - t), s))
-        assert list(order.ranking) == ([parent] if parent >= 0 else []) + others
-        usable = lambda node: bool(graph.nodes[node].text.strip())  # noqa: E731
-        expected = [0] if usable(0) else []
-        expected += [n for n in graph.image_nodes[t] if usable(n)]
-        for s in order.ranking:
-            node = graph.section_nodes[s]
-            expected += ([node] if usable(node) else []) + [n for n in graph.image_nodes[s] if usable(n)]
-        assert order.text_nodes == tuple(expected)
-        assert order.texts == tuple(graph.nodes[n].text for n in expected)
-        assert order.image_nodes == tuple(n for s in [t, *order.ranking] for n in graph.image_nodes[s])
-        assert order.image_refs == tuple(graph.nodes[n].image for n in order.image_nodes)
-        assert graph.neighbor_order(t) is order  # built once per section
-    with pytest.raises(IndexError, match="section index 99"):
-        graph.neighbor_order(99)
-
-
-def test_summary_free_prefixes():
-    graph = PageGraph.from_dict(plain_page())
-    summary = graph.summaries[1]  # "Four."
-    graph.nodes[graph.section_nodes[2]].text = f"Six. {summary}"  # section 2 repeats section 1's summary
-    texts = graph.neighbor_order(1).texts
-    leak = next(i for i, text in enumerate(texts) if summary in text)
-    assert graph.summary_free(1, leak) and not graph.summary_free(1, leak + 1)
-    assert graph.summary_free(1, 0) and not graph.summary_free(1, 99)
-    assert all(graph.summary_free(0, n) for n in (1, 5, 99))
 
 
 def test_padded_closed_adjacency():
@@ -109,7 +78,7 @@ def test_coerce_names_an_incompatible_graph_version():
     try:
         copy.PageGraph.mmgl_page_graph_version = 0  # an older, incompatible layout
         old = copy.PageGraph.from_wikiweb2m(make_page(1).row)
-        with pytest.raises(TypeError, match="layout version 0 .*reads version 1"):
+        with pytest.raises(TypeError, match="layout version 0 .*reads version 2"):
             PageGraph.coerce(old)
         with pytest.raises(TypeError, match="expected a PageGraph"):
             PageGraph.coerce(["not", "a", "page"])
@@ -122,7 +91,7 @@ def test_processor_takes_a_graph_of_another_copy():
     try:
         row = make_page(2).row
         tokenizer = train_bpe_tokenizer(row["section_text"] * 3 + ["Context: Section: Summary:"] * 5, vocab_size=400)
-        processor = MMGLProcessor(clip_image_processor("ViT-B-32", image_size=32), tokenizer, context="all",
+        processor = MMGLProcessor(clip_image_processor("ViT-B-32", TINY_CLIP), tokenizer, context="all",
                                   neighbor_encoding="sa_te", neighbor_context_length=16)
         ours, theirs = PageGraph.from_wikiweb2m(row), copy.PageGraph.from_wikiweb2m(row)
         section = ours.sample_sections()[0]

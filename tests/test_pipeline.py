@@ -23,7 +23,8 @@ from processing.pipeline_mmgl import (
     register_pipeline,
     save_for_hub,
 )
-from processing.processing_mmgl import MMGLProcessor, clip_image_processor
+from processing.image_source import clip_image_processor
+from processing.processing_mmgl import MMGLProcessor
 from tests.modeling_helpers import TINY_CLIP, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,7 +44,7 @@ def make_tokenizer():
 
 def make_processor(**overrides):
     kwargs = dict(
-        image_processor=clip_image_processor("ViT-B-32", image_size=TINY_CLIP["vision_cfg"]["image_size"]),
+        image_processor=clip_image_processor("ViT-B-32", TINY_CLIP),
         tokenizer=make_tokenizer(),
         context="all",
         neighbor_encoding="sa_e",
@@ -230,12 +231,15 @@ CHILD = textwrap.dedent(
 
 def test_hub_folder_is_flat_and_complete(hub):
     folder = hub["folder"]
+    # Exactly the files inference imports: the modeling files, the processor and what it imports, the pipeline and
+    # the embedding-cache reader; no data tool (fetcher, cache builder, reader of TFRecords) is shipped.
     code = {
         "configuration_mmgl.py", "modeling_mmgl.py", "cross_attention.py", "graph_position_encoding.py",
         "neighbor_encoder.py", "neighbor_projection.py", "processing_mmgl.py", "collator.py", "page_graph.py",
-        "pipeline_mmgl.py", "embedding_cache.py", "image_fetcher.py",
+        "design_space.py", "neighbor_selection.py", "graph_projection.py", "image_source.py", "token_cache.py",
+        "atomic_write.py", "pipeline_mmgl.py", "embedding_cache.py",
     }
-    assert code <= set(hub["files"])
+    assert {name for name in hub["files"] if name.endswith(".py")} == code
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json"} <= set(
         hub["files"]
     )
@@ -364,12 +368,14 @@ def test_generation_parameters(hub, local_pipe):
 
 
 def test_embedding_cache_path_without_encoder(hub, tmp_path):
-    from processing.embedding_cache import EmbeddingCache, build_embedding_cache
+    from processing.data.build_embedding_cache import build_embedding_cache
+    from processing.embedding_cache import EmbeddingCache
 
     processor = hub["processor"]
     model = make_model(processor, with_encoder=False)
     page = second_page(hub["dog"])
-    texts, image_paths = processor.collect_neighbor_inputs([(with_target_summary_unknown(page, 1), 1)])
+    inputs = processor.collect_neighbor_inputs([(with_target_summary_unknown(page, 1), 1)])
+    texts, image_paths = inputs.texts, inputs.image_files
     cache_dir = tmp_path / "cache"
     build_embedding_cache(
         cache_dir, texts=texts, image_paths=image_paths, model_name="tiny", model_config=TINY_CLIP,
@@ -387,7 +393,8 @@ def test_embedding_cache_path_without_encoder(hub, tmp_path):
 def test_in_memory_image_equals_its_file(hub, local_pipe, tmp_path):
     """A PIL image (or the file's bytes) under "image" gives what the file's path gives: the same pixels, the
     same generated ids, and with an embedding cache built from the file the same embedding, found by bytes."""
-    from processing.embedding_cache import EmbeddingCache, build_embedding_cache
+    from processing.data.build_embedding_cache import build_embedding_cache
+    from processing.embedding_cache import EmbeddingCache
 
     processor, cat = hub["processor"], hub["cat"]
     pil = Image.open(cat).convert("RGB")
@@ -399,9 +406,8 @@ def test_in_memory_image_equals_its_file(hub, local_pipe, tmp_path):
     by_path = plain_page(image_ref=cat)
     in_memory = {"pil": plain_page(image_ref=pil), "bytes": plain_page(image_ref=Path(cat).read_bytes())}
 
-    texts, image_paths = processor.collect_neighbor_inputs(
-        [(with_target_summary_unknown(by_path, s), s) for s in (0, 1)]
-    )
+    inputs = processor.collect_neighbor_inputs([(with_target_summary_unknown(by_path, s), s) for s in (0, 1)])
+    texts, image_paths = inputs.texts, inputs.image_files
     assert image_paths == [cat]
     cache_dir = tmp_path / "cache"
     build_embedding_cache(

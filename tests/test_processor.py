@@ -13,14 +13,12 @@ from PIL import Image
 from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.collator import MMGLDataCollator
 from processing.page_graph import PageGraph, PageGraphIndex
-from processing.processing_mmgl import (
-    CONTEXTS,
-    NEIGHBOR_ENCODINGS,
-    NEIGHBOR_TOKEN,
-    MMGLProcessor,
-    MMGLTokenCache,
-    clip_image_processor,
-)
+from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS
+from processing.image_source import clip_image_processor
+from processing.neighbor_selection import section_ranking
+from processing.processing_mmgl import NEIGHBOR_TOKEN, MMGLProcessor
+from processing.token_cache import MMGLTokenCache
+from tests.modeling_helpers import TINY_CLIP
 
 COMBOS = list(itertools.product(CONTEXTS, NEIGHBOR_ENCODINGS))
 K_TEXT, K_IMAGE = 2, 3  # different placeholder counts per modality, so the counts tell them apart
@@ -115,7 +113,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def image_processor():
-    return clip_image_processor("ViT-B-32", image_size=32)
+    return clip_image_processor("ViT-B-32", TINY_CLIP)
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +300,7 @@ def test_page_graph_index_lookups(arrow):
 
 def test_neighbor_order_as_documented(tokenizer, image_processor):
     graph = PageGraph.from_wikiweb2m(known_row())
-    assert MMGLProcessor.section_ranking(graph, TARGET) == [1, 3, 0, 4]
+    assert section_ranking(graph, TARGET) == [1, 3, 0, 4]
     for context in CONTEXTS:
         selection = make_processor(tokenizer, image_processor, context).select_neighbors(graph, TARGET)
         text_nodes, image_nodes = EXPECTED_SLOTS[context]
@@ -439,7 +437,8 @@ def test_missing_images_are_masked_with_embedding_cache(tokenizer, image_process
     assert cache.text_calls == EXPECTED_TEXTS  # keys: the neighbour texts, in slot order
     assert "text_neighbor_input_ids" not in example and "image_neighbor_pixel_values" not in example
     assert _placeholder_count(example, processor) == K_TEXT * 10 + K_IMAGE * 3
-    texts, images = processor.collect_neighbor_inputs([(graph, TARGET)], image_dir=image_dir)
+    inputs = processor.collect_neighbor_inputs([(graph, TARGET)], image_dir=image_dir)
+    texts, images = inputs.texts, inputs.image_files
     assert texts == EXPECTED_TEXTS and [os.path.basename(p) for p in images] == [
         "Early.png", "Hist1.png", "Modern.png", "Lead.png"]  # Hist2.png: not on disk
     # Without an image folder nothing resolves: all image slots masked, no image placeholders.
@@ -638,7 +637,7 @@ def reference_example(processor, graph, t, embedding_cache=None, image_dir=None,
     if image_slots:
         values = []
         for node in image_nodes:
-            path = processor.resolve_image(graph.nodes[node].image, image_dir)
+            path = processor.image_folder(image_dir).resolve(graph.nodes[node].image)
             value = None
             if path is not None and os.path.isfile(path):
                 if embedding_cache is not None:
@@ -763,7 +762,8 @@ def test_in_memory_images_of_page_dicts(tokenizer, image_processor, image_dir):
     c = processor.build_example(in_memory, 0, embedding_cache=BytesCache({}))
     assert c["image_neighbor_mask"].tolist() == [1, 1]
     assert torch.equal(c["image_neighbor_embeds"], torch.stack([torch.ones(8), torch.zeros(8) + 2]))
-    texts, files = processor.collect_neighbor_inputs([(in_memory, 0)], image_dir=image_dir)
+    inputs = processor.collect_neighbor_inputs([(in_memory, 0)], image_dir=image_dir)
+    texts, files = inputs.texts, inputs.image_files
     assert files == [] and "early" in texts  # in-memory images have no file to list
 
 

@@ -203,7 +203,8 @@ def test_model_trained_from_cache_is_exported_with_its_encoder(sample_dir, tmp_p
     assert model.neighbor_encoder is not None
 
     index = PageGraphIndex(load_pages(str(sample_dir / "wikiweb2m-sample.tfrecord.gz")))
-    texts, images = processor.collect_neighbor_inputs(index, image_dir=sample_dir / "images")
+    inputs = processor.collect_neighbor_inputs(index, image_dir=sample_dir / "images")
+    texts, images = inputs.texts, inputs.image_files
     texts, images = list(texts)[:8], list(images)[:4]
     with torch.no_grad():
         raw_texts = model.neighbor_encoder.encode_text(processor.clip_tokenizer(texts)[None])[0]

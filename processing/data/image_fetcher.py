@@ -46,13 +46,14 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from processing.image_source import MANIFEST_NAME, ImageManifest  # the one manifest format, read by the resolver
+
 if TYPE_CHECKING:  # annotations only: requests is imported where a download happens
     import requests
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "mmgl-image-fetcher/0.1 (+https://github.com/mmgl; research use)"
-MANIFEST_NAME = "manifest.jsonl"
 TMP_DIR_NAME = "tmp"
 
 # Formats PIL may try when sniffing a download. Restricting `Image.open(formats=...)` keeps
@@ -154,60 +155,6 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-class ImageManifest:
-    """Append-only JSON-lines manifest of fetch outcomes, loaded into a dict for O(1) lookups.
-
-    Args:
-        path (`str` or `Path`): the ``manifest.jsonl`` file (created on the first append).
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self._records: dict = {}
-        self._lock = threading.Lock()
-        self._needs_newline = False
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        # A crash can cut the last line; start the next append on a fresh line so it survives.
-        self._needs_newline = bool(data) and not data.endswith(b"\n")
-        for line_no, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                url = record["url"]
-            except (ValueError, KeyError, TypeError):
-                logger.warning("%s:%d: skipping an unreadable manifest line", self.path, line_no)
-                continue
-            self._records[url] = record
-
-    def get(self, url: str) -> Optional[dict]:
-        """The latest record for `url`, or None."""
-        return self._records.get(url)
-
-    def append(self, record: dict) -> None:
-        """Append `record` (must hold ``url``) and make it the latest for its URL."""
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
-        with self._lock:
-            with open(self.path, "a", encoding="utf-8") as f:
-                if self._needs_newline:
-                    f.write("\n")
-                    self._needs_newline = False
-                f.write(line)
-                f.flush()
-            self._records[record["url"]] = record
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __iter__(self) -> Iterator[dict]:
-        return iter(list(self._records.values()))
 
 
 class _HostThrottle:

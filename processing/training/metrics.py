@@ -21,7 +21,7 @@ This file imports only installed packages, so it can sit in a flat Hub folder.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 
 def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
@@ -75,7 +75,7 @@ def cider(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(score)
 
 
-def summarization_metrics(predictions: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
+def summarization_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """BLEU-4, ROUGE-L and CIDEr of generated summaries against one reference each.
 
     Args:

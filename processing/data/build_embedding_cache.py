@@ -1,0 +1,380 @@
+"""Build an embedding cache: embed every neighbour text and image of a data set once with the frozen
+encoder (`MMGLNeighborEncoder`, the model's own wrapper), so training reads embeddings instead of running
+the encoders at every step. Inputs are deduplicated by content hash: a caption shared by a thousand
+pages, or an image shown on many pages, is encoded once. The cache layout and the reader are in
+`processing.embedding_cache`.
+
+What gets embedded is decided by the ONE neighbour collector (`processing.neighbor_selection`) under the
+same design flags as ``run_summarization.py`` (context, encoding, budgets), and images are found by the
+ONE resolver and preprocessed by the ONE preprocessing (`processing.image_source`): a cache built by this
+command holds exactly what the processor asks for, and a cached embedding equals the in-model one.
+
+    python -m processing.data.build_embedding_cache data/wikiweb2m cache/clip --image_dir images \
+        --context all --neighbor_encoding sa_e --neighbor_encoder_name ViT-B-32 --neighbor_encoder_pretrained openai
+
+Run it under ``accelerate launch`` to split the work across processes (each takes every n-th unique input).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as safetensors_save
+
+from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+from processing.atomic_write import atomic_write_bytes
+from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS
+from processing.embedding_cache import (
+    CACHE_FORMAT,
+    CONFIG_NAME,
+    ENCODER_IDENTITY_FIELDS,
+    KINDS,
+    SHARD_FORMAT,
+    _DTYPES,
+    EmbeddingCache,
+    EncoderMismatchError,
+    CorruptShardError,
+    _load_shard,
+    _read_shard_header,
+    _shard_paths,
+    _tensor_sha256,
+    image_key,
+    text_key,
+)
+from processing.image_source import ImageDecodeError, ImageFolder, clip_image_processor, load_rgb_image, pixel_values
+from processing.neighbor_selection import collect_neighbor_inputs
+
+logger = logging.getLogger(__name__)
+
+
+class _ShardWriter:
+    """Buffers (key, embedding) rows of one kind and writes them as shards of ~`shard_size` rows."""
+
+    def __init__(self, kind_dir: Path, rank: int, dtype: torch.dtype, shard_size: int):
+        self.kind_dir = kind_dir
+        self.rank = rank
+        self.dtype = dtype
+        self.shard_size = shard_size
+        self.keys: list = []
+        self.rows: list = []
+        self.written: list = []
+        # Continue after every shard this rank ever wrote, set-aside corrupt ones included, so a
+        # new shard never reuses a name.
+        pattern = re.compile(rf"^shard-r{rank:03d}-(\d+)\.safetensors(\.corrupt)?$")
+        seqs = [int(m.group(1)) for p in kind_dir.iterdir() if (m := pattern.match(p.name))]
+        self.next_seq = max(seqs, default=-1) + 1
+
+    def add(self, keys: list, embeddings: torch.Tensor) -> None:
+        if keys:
+            self.keys.extend(keys)
+            self.rows.append(embeddings.to(self.dtype))
+        if len(self.keys) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.keys:
+            return
+        embeddings = torch.cat(self.rows).contiguous()
+        path = self.kind_dir / f"shard-r{self.rank:03d}-{self.next_seq:05d}.safetensors"
+        metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": _tensor_sha256(embeddings)}
+        atomic_write_bytes(path, safetensors_save({"embeddings": embeddings}, metadata=metadata))
+        self.written.append(path)
+        self.next_seq += 1
+        self.keys, self.rows = [], []
+
+
+def _set_aside_damaged_files(cache_dir: Path) -> list:
+    """Remove temp files of killed builds and rename damaged shards to ``*.corrupt``.
+
+    Every shard is read in full and checked against its checksum: a build must not extend a
+    cache it cannot trust. Returns the paths set aside.
+    """
+    damaged = []
+    for kind in KINDS:
+        kind_dir = cache_dir / kind
+        kind_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in kind_dir.glob(".*.tmp"):
+            logger.info("removing %s left by an interrupted build", tmp)
+            tmp.unlink(missing_ok=True)
+        for path in _shard_paths(kind_dir):
+            try:
+                _read_shard_header(path)
+                _load_shard(path)
+            except CorruptShardError as err:
+                logger.error("%s; setting it aside as %s.corrupt and recomputing its keys", err, path.name)
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+                damaged.append(path)
+    return damaged
+
+
+def _dtype_name(dtype) -> str:
+    for name, value in _DTYPES.items():
+        if dtype in (name, value):
+            return name
+    raise ValueError(f"unsupported storage dtype {dtype!r}; expected one of {list(_DTYPES)}")
+
+
+def _check_config(cache_dir: Path, identity: dict, dtype_name: str, write: bool) -> None:
+    """Refuse to mix encoders or dtypes in one cache; write the config on a first build."""
+    path = cache_dir / CONFIG_NAME
+    wanted = {"format": CACHE_FORMAT, **identity, "dtype": dtype_name}
+    if not path.exists():
+        if not write:
+            raise FileNotFoundError(f"{path} not found; the main process writes it before the others read it")
+        atomic_write_bytes(path, (json.dumps(wanted, indent=2) + "\n").encode("utf-8"))
+        return
+    existing = json.loads(path.read_text(encoding="utf-8"))
+    diffs = [f"{field}: cache has {existing.get(field)!r}, this build has {wanted[field]!r}"
+             for field in (*ENCODER_IDENTITY_FIELDS, "dtype") if existing.get(field) != wanted[field]]
+    if diffs:
+        raise EncoderMismatchError(
+            f"{path}: this cache holds embeddings of encoder {existing.get('model_name')!r} "
+            f"(pretrained={existing.get('pretrained')!r}); refusing to add embeddings of "
+            f"{wanted['model_name']!r} (pretrained={wanted['pretrained']!r}) to it: "
+            + "; ".join(diffs) + ". Use another cache directory for another encoder."
+        )
+
+
+def _process_state():
+    """This process's `accelerate.PartialState`, refusing a launch it failed to recognise."""
+    from accelerate import PartialState
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Without a GPU, PartialState() ignores torchrun / `accelerate launch` and reports a single
+    # process; every process would then encode everything and fight over the same shard names.
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or (
+        world > 1 and not torch.cuda.is_available())
+    state = PartialState(cpu=use_cpu)
+    if state.num_processes != world:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but accelerate's PartialState sees {state.num_processes} process(es) "
+            f"({state.distributed_type}); was a PartialState created earlier with other settings? "
+            "Pass state=... explicitly."
+        )
+    return state
+
+
+def _unique_by_key(items: Iterable, key_fn: Callable, what: str):
+    """First-seen order dict key -> item; items whose key cannot be computed are counted."""
+    unique, unreadable = {}, 0
+    for item in items:
+        try:
+            key = key_fn(item)
+        except OSError as err:
+            logger.warning("cannot read %s %s (%s); skipped", what, item, err)
+            unreadable += 1
+            continue
+        unique.setdefault(key, item)
+    return unique, unreadable
+
+
+def _image_batch(encoder: MMGLNeighborEncoder, image_processor, batch: list):
+    """Decode and preprocess a batch of (key, path) exactly as the processor does (`image_source`); skip
+    unreadable files with a warning."""
+    keys, images = [], []
+    for key, path in batch:
+        try:
+            data = Path(path).read_bytes()
+            # Embed exactly the bytes the key names, even if the file changed since it was hashed.
+            if image_key(data) != key:
+                logger.warning("%s changed after it was hashed (or its manifest record is stale); skipped", path)
+                continue
+            images.append(load_rgb_image(data))
+        except (OSError, ImageDecodeError) as err:
+            logger.warning("cannot decode image %s (%s); skipped", path, err)
+            continue
+        keys.append(key)
+    if not keys:
+        return keys, None
+    return keys, encoder.encode_image(pixel_values(image_processor, images)).float().cpu()
+
+
+def _embed_kind(cache: EmbeddingCache, kind: str, items: dict, encode_batch: Callable, *, rank: int,
+                world: int, batch_size: int, shard_size: int, dtype: torch.dtype, progress: bool) -> dict:
+    """Encode this process's share of `items` (key -> source) that the cache lacks."""
+    from tqdm.auto import tqdm
+
+    # Split the full unique key list, not the to-do list: every process derives the same split
+    # even if they saw the shards at slightly different moments.
+    mine = [(key, source) for i, (key, source) in enumerate(items.items()) if i % world == rank]
+    todo = [(key, source) for key, source in mine if (kind, key) not in cache]
+    writer = _ShardWriter(cache.cache_dir / kind, rank, dtype, shard_size)
+    encoded = 0
+    desc = f"embed {kind}s" + (f" [rank {rank}/{world}]" if world > 1 else "")
+    with tqdm(total=len(todo), desc=desc, unit=kind, disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            keys, embeddings = encode_batch(batch)
+            writer.add(keys, embeddings)
+            encoded += len(keys)
+            bar.update(len(batch))
+    writer.flush()
+    return {"unique": len(items), "assigned": len(mine), "cached": len(mine) - len(todo),
+            "encoded": encoded, "failed": len(todo) - encoded, "shards_written": len(writer.written)}
+
+
+def build_embedding_cache(
+    cache_dir,
+    texts: Iterable[str] = (),
+    image_paths: Iterable = (),
+    encoder: MMGLNeighborEncoder | None = None,
+    *,
+    model_name: str = "ViT-B-32",
+    pretrained: str | None = None,
+    model_config: dict | None = None,
+    image_sha256: dict | None = None,
+    batch_size: int = 64,
+    device=None,
+    shard_size: int = 4096,
+    dtype="float16",
+    state=None,
+    progress: bool = True,
+) -> EmbeddingCache:
+    """Encode every text and image not yet in the cache at `cache_dir`; return the cache.
+
+    Resumable and idempotent: keys already in complete shards are skipped, so a rerun after a
+    kill encodes only the rest. Under ``accelerate launch`` / ``torchrun`` each process takes the
+    unique keys with ``i % num_processes == process_index`` and writes shards named with its rank.
+
+    Args:
+        cache_dir (`str` or `Path`): the cache directory (created if missing).
+        texts (`Iterable[str]`): neighbour texts; duplicates are encoded once.
+        image_paths (`Iterable[str or Path]`): image files; identical files are encoded once.
+            Unreadable or undecodable files are skipped with a warning and counted as failed.
+        encoder (`MMGLNeighborEncoder`, *optional*): the frozen encoder (the model's, or one built with
+            `MMGLNeighborEncoder.from_settings`); by default built from the three settings below.
+        model_name (`str`, *optional*, defaults to ``"ViT-B-32"``): the open_clip model.
+        pretrained (`str`, *optional*): open_clip pretrained tag or checkpoint path; `None` is the seeded
+            random initialisation.
+        model_config (`dict`, *optional*): custom open_clip config (e.g. a tiny test model).
+        image_sha256 (`dict[str, str]`, *optional*): content hash of image files already known (the image
+            fetcher's manifest records them), so those files are not read to be hashed.
+        batch_size (`int`, *optional*, defaults to 64): inputs per encoder call.
+        device (`str` or `torch.device`, *optional*): defaults to this process's accelerate device.
+        shard_size (`int`, *optional*, defaults to 4096): rows per shard; a kill loses at most the
+            rows encoded since the last shard.
+        dtype (`str` or `torch.dtype`, *optional*, defaults to ``"float16"``): storage dtype.
+        state (*optional*): an `accelerate.PartialState` (default: a new one).
+        progress (`bool`, *optional*, defaults to True): show tqdm progress bars.
+
+    Returns:
+        `EmbeddingCache` over all shards of all processes, with ``build_summary`` set to this
+        process's counts per kind (unique, assigned, cached, encoded, failed, shards_written;
+        ``unreadable`` image paths; ``set_aside`` damaged shards).
+
+    Raises:
+        `EncoderMismatchError` if the cache was built with another encoder or storage dtype.
+    """
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+    storage = _dtype_name(dtype)
+    state = state if state is not None else _process_state()
+    cache_dir = Path(cache_dir)
+    if encoder is None:
+        encoder = MMGLNeighborEncoder.from_settings(model_name, pretrained, model_config)
+    encoder.to(device if device is not None else state.device)  # in place (a wrapper around it stays in use)
+    identity = encoder.identity(getattr(encoder, "pretrained", pretrained))
+    image_processor = clip_image_processor(encoder.name, encoder.model_config)
+
+    set_aside = []
+    if state.is_main_process:
+        # One process checks the identity and tidies the directory before anyone reads it.
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _check_config(cache_dir, identity, storage, write=True)
+        set_aside = _set_aside_damaged_files(cache_dir)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        _check_config(cache_dir, identity, storage, write=False)
+    cache = EmbeddingCache(cache_dir)
+
+    common = dict(rank=state.process_index, world=state.num_processes, batch_size=batch_size,
+                  shard_size=shard_size, dtype=_DTYPES[storage], progress=progress)
+    text_items, _ = _unique_by_key(texts, text_key, "text")
+    summary = {"text": _embed_kind(
+        cache, "text", text_items,
+        lambda batch: ([key for key, _ in batch], encoder.embed_texts([text for _, text in batch])),
+        **common)}
+    known = image_sha256 or {}
+    image_items, unreadable = _unique_by_key(
+        image_paths, lambda path: known.get(os.fspath(path)) or image_key(path), "image file")
+    summary["image"] = _embed_kind(
+        cache, "image", image_items, lambda batch: _image_batch(encoder, image_processor, batch), **common)
+    summary["image"]["unreadable"] = unreadable
+    summary["set_aside"] = [str(p) for p in set_aside]
+
+    state.wait_for_everyone()
+    cache = EmbeddingCache(cache_dir)  # re-read: the index now holds every process's shards
+    cache.build_summary = summary
+    return cache
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    """``python -m processing.data.build_embedding_cache DATA CACHE_DIR --image_dir DIR [design flags]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m processing.data.build_embedding_cache",
+        description="Embed, once, every neighbour text and image that the processor will ask for under the given "
+        "design (the same flags as run_summarization.py), over every summarization sample of every split.",
+    )
+    parser.add_argument("data", help="the Arrow data set written by `python -m processing.data.wikiweb2m` (a folder), "
+                        "or WikiWeb2M TFRecord file(s) / glob")
+    parser.add_argument("cache_dir", help="embedding cache folder (created, or extended when it exists)")
+    parser.add_argument("--image_dir", default=None, help="the image folder: files named by URL basename, or the "
+                        "image fetcher's folder (with manifest.jsonl)")
+    parser.add_argument("--context", default="all", choices=CONTEXTS, help="context level, as run_summarization.py")
+    parser.add_argument("--neighbor_encoding", default="sa_e", choices=NEIGHBOR_ENCODINGS,
+                        help="neighbour encoding, as run_summarization.py (sa_te embeds images only)")
+    parser.add_argument("--max_text_neighbors", type=int, default=11, help="text neighbour budget, as run_summarization.py")
+    parser.add_argument("--max_image_neighbors", type=int, default=5, help="image neighbour budget, as run_summarization.py")
+    parser.add_argument("--neighbor_encoder_name", default="ViT-B-32", help="open_clip model name")
+    parser.add_argument("--neighbor_encoder_pretrained", default="openai",
+                        help="open_clip pretrained tag or local checkpoint; 'none' for the seeded random init")
+    parser.add_argument("--neighbor_encoder_config", default=None,
+                        help="JSON file of a full open_clip model config (custom / tiny encoders)")
+    parser.add_argument("--batch_size", type=int, default=64, help="inputs per encoder call")
+    parser.add_argument("--shard_size", type=int, default=4096, help="rows per shard (a kill loses at most one shard)")
+    parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES), help="storage dtype of the vectors")
+    parser.add_argument("--device", default=None, help="torch device; default: this process's accelerate device")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    from processing.data.page_table import open_page_table
+    from processing.page_graph import PageGraphIndex
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model_config = None
+    if args.neighbor_encoder_config:
+        model_config = json.loads(Path(args.neighbor_encoder_config).read_text(encoding="utf-8"))
+    pretrained = None if args.neighbor_encoder_pretrained in (None, "", "none") else args.neighbor_encoder_pretrained
+    pages = open_page_table(args.data)
+    inputs = collect_neighbor_inputs(
+        PageGraphIndex(pages), args.context, args.neighbor_encoding, args.max_text_neighbors,
+        args.max_image_neighbors, ImageFolder(args.image_dir),
+    )
+    if inputs.missing_images:
+        logger.warning("%d image references have no file in %s (masked in training)", inputs.missing_images, args.image_dir)
+    encoder = MMGLNeighborEncoder.from_settings(args.neighbor_encoder_name, pretrained, model_config)
+    cache = build_embedding_cache(
+        args.cache_dir, texts=inputs.texts, image_paths=inputs.image_files, encoder=encoder,
+        image_sha256=inputs.image_sha256, batch_size=args.batch_size, device=args.device,
+        shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress,
+    )
+    if _process_state().is_main_process:  # one report, not one per process
+        summary = {**cache.build_summary, "missing_image_files": inputs.missing_images,
+                   "cache": {kind: len(cache.keys(kind)) for kind in KINDS}}
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+__all__ = ["build_embedding_cache", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

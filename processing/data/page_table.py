@@ -1,0 +1,42 @@
+"""Open the page table a command is given: the Arrow data set that `python -m processing.data.wikiweb2m`
+writes (a folder, converted once), or WikiWeb2M TFRecord files read now."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+
+def is_arrow_dataset_dir(path: str | os.PathLike) -> bool:
+    """A folder written by `datasets.Dataset.save_to_disk`."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "state.json"))
+
+
+def open_page_table(source: str | os.PathLike | Sequence[str], **load_kwargs):
+    """A `datasets.Dataset` with one row per page.
+
+    Args:
+        source: an Arrow data set folder (memory-mapped, nothing converted again), or TFRecord file(s) /
+            glob(s) (read with `processing.data.wikiweb2m.load_pages`).
+        load_kwargs: passed to `load_pages` for TFRecords (``skip_corrupt``, ``errors``, ``num_proc``, ...).
+    """
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        if not is_arrow_dataset_dir(source):
+            raise FileNotFoundError(
+                f"{os.fspath(source)} is a folder but not an Arrow data set (no state.json); expected the output of "
+                "`python -m processing.data.wikiweb2m`, or TFRecord file(s)"
+            )
+        import datasets
+
+        table = datasets.load_from_disk(os.fspath(source))
+        if isinstance(table, datasets.DatasetDict):
+            raise ValueError(
+                f"{os.fspath(source)} holds a DatasetDict ({list(table)}); expected one table of pages with a `split` "
+                "column, as `python -m processing.data.wikiweb2m` writes"
+            )
+        return table
+    from .wikiweb2m import load_pages
+
+    return load_pages(source, **load_kwargs)
+
+
+__all__ = ["is_arrow_dataset_dir", "open_page_table"]

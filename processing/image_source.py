@@ -1,0 +1,265 @@
+"""Where a neighbour image comes from and how it becomes pixels: the ONE image resolver and the ONE
+image preprocessing that the processor, the pipeline, the embedding-cache builder and the training
+script all use.
+
+Resolving (`ImageFolder.resolve`): an image node's reference is a URL (WikiWeb2M), a relative path or
+an absolute path. Against an image folder it is, in this order:
+
+1. a URL recorded as fetched in the folder's ``manifest.jsonl`` (the image fetcher's content-addressed
+   folder, ``<sha256[:2]>/<sha256>.<ext>``): that file;
+2. a URL: the file named like the URL's last path component, as is or percent-decoded (a plain folder
+   of WikiWeb2M images);
+3. a path: the path under the folder (an absolute path only when it lies inside the folder).
+
+Nothing outside the folder is ever returned, whatever a reference holds: ``..``, percent-encoded
+``%2e%2e%2f``, absolute paths and symbolic links that leave the folder all resolve to `None` (the image
+is then masked). Without a folder, URLs resolve to nothing and a path is the caller's own file, used as
+given.
+
+Preprocessing (`clip_image_processor`, `load_rgb_image`, `pixel_values`): decode to RGB (a file that
+cannot be decoded, including decompression bombs, raises `ImageDecodeError` naming it, which callers
+turn into a masked slot and one warning), then CLIP's resize / centre crop / normalise with the
+encoder's image size and statistics. The cache builder embeds exactly these pixels, so a cached image
+embedding equals the in-model encoder's embedding of the same file.
+
+This file is Hub-loadable: it imports installed packages and same-folder files only.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import torch
+from transformers import CLIPImageProcessor
+
+from .page_graph import is_in_memory_image
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+# open_clip's default preprocessing statistics (OPENAI_DATASET_MEAN / _STD).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageDecodeError(ValueError):
+    """An image file or in-memory image that cannot be decoded (corrupt, unsupported, too many pixels)."""
+
+
+# ------------------------------------------------------------------------------------------ manifest
+class ImageManifest:
+    """The image fetcher's append-only JSON-lines manifest, loaded into a dict for O(1) lookups.
+
+    Records (the last line for a URL wins)::
+
+        {"url": ..., "status": "ok", "sha256": ..., "path": "ab/ab12....jpg", "bytes": 1234, ...}
+        {"url": ..., "status": "error", "reason": "http_404", "detail": "...", ...}
+
+    Args:
+        path (`str` or `Path`): the ``manifest.jsonl`` file (created on the first `append`).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._records: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._needs_newline = False
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        # A crash can cut the last line; start the next append on a fresh line so it survives.
+        self._needs_newline = bool(data) and not data.endswith(b"\n")
+        for line_no, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                url = record["url"]
+            except (ValueError, KeyError, TypeError):
+                logger.warning("%s:%d: skipping an unreadable manifest line", self.path, line_no)
+                continue
+            self._records[url] = record
+
+    def get(self, url: str) -> dict | None:
+        """The latest record for `url`, or None."""
+        return self._records.get(url)
+
+    def append(self, record: dict) -> None:
+        """Append `record` (must hold ``url``) and make it the latest for its URL."""
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as f:
+                if self._needs_newline:
+                    f.write("\n")
+                    self._needs_newline = False
+                f.write(line)
+                f.flush()
+            self._records[record["url"]] = record
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(list(self._records.values()))
+
+
+# ------------------------------------------------------------------------------------------ resolver
+class ImageFolder:
+    """An image folder: a plain folder of files named by URL basename, or the image fetcher's
+    content-addressed folder with its ``manifest.jsonl`` (see the module docstring for the rules).
+
+    Args:
+        root (`str` or `os.PathLike`, *optional*): the folder; `None` for no folder.
+    """
+
+    def __init__(self, root: str | os.PathLike | None):
+        self.root = None if root is None else os.path.realpath(os.fspath(root))
+        manifest_path = None if self.root is None else os.path.join(self.root, MANIFEST_NAME)
+        self.manifest = ImageManifest(manifest_path) if manifest_path and os.path.isfile(manifest_path) else None
+
+    @classmethod
+    def coerce(cls, folder: "ImageFolder | str | os.PathLike | None") -> "ImageFolder":
+        """An `ImageFolder` from a folder path (or `None`), or the folder itself."""
+        return folder if isinstance(folder, ImageFolder) else cls(folder)
+
+    def __repr__(self) -> str:
+        kind = "fetched, with manifest" if self.manifest is not None else "plain"
+        return f"ImageFolder({self.root!r}, {kind})"
+
+    def _inside(self, path: str) -> str | None:
+        """``path`` as a real path when it is a file inside the folder, else None."""
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self.root]) != self.root or not os.path.isfile(real):
+            return None
+        return real
+
+    def resolve(self, ref: Any) -> str | None:
+        """The file of an image reference, or `None` (no such file, or outside the folder)."""
+        if not ref or not isinstance(ref, (str, os.PathLike)):
+            return None
+        ref = os.fspath(ref)
+        is_url = "://" in ref
+        if self.root is None:
+            return None if is_url or not os.path.isfile(ref) else ref
+        if is_url and self.manifest is not None:
+            record = self.manifest.get(ref)
+            if record is not None and record.get("status") == "ok" and isinstance(record.get("path"), str):
+                return self._inside(os.path.join(self.root, record["path"]))
+        if is_url:
+            name = urlsplit(ref).path.rsplit("/", 1)[-1]
+            candidates = [name, unquote(name)]
+            # A URL's file name is one path component: a decoded "/" or ".." is never a file of the folder.
+            candidates = [c for c in candidates if c not in ("", ".", "..") and "/" not in c and "\\" not in c]
+        else:
+            candidates = [ref]
+        for candidate in dict.fromkeys(candidates):
+            found = self._inside(os.path.join(self.root, candidate))
+            if found is not None:
+                return found
+        return None
+
+    def sha256(self, ref: Any) -> str | None:
+        """The content hash the fetcher recorded for a URL, when it did (no need to read the file)."""
+        if self.manifest is None or not isinstance(ref, str):
+            return None
+        record = self.manifest.get(ref)
+        if record is None or record.get("status") != "ok":
+            return None
+        return record.get("sha256")
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+def clip_image_processor(model_name: str = "ViT-B-32", model_config: dict | None = None) -> CLIPImageProcessor:
+    """The ONE preprocessing of neighbour images: a `CLIPImageProcessor` with open_clip's eval settings
+    for the encoder (shortest edge to ``image_size``, bicubic, centre crop, the model's mean / std).
+
+    Args:
+        model_name (`str`, *optional*, defaults to ``"ViT-B-32"``): an open_clip model name (its bundled
+            config is read; works offline).
+        model_config (`dict`, *optional*): a custom open_clip config (``vision_cfg`` gives the size and
+            statistics); takes precedence over ``model_name``.
+    """
+    if model_config is None:
+        import open_clip
+
+        model_config = open_clip.get_model_config(model_name)
+        if model_config is None:
+            raise ValueError(f"open_clip has no model config named {model_name!r}")
+    vision = model_config.get("vision_cfg", {})
+    image_size = vision.get("image_size", 224)
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0]
+    mean = tuple(vision.get("image_mean", OPENAI_CLIP_MEAN))
+    std = tuple(vision.get("image_std", OPENAI_CLIP_STD))
+    return CLIPImageProcessor(
+        size={"shortest_edge": int(image_size)},
+        crop_size={"height": int(image_size), "width": int(image_size)},
+        do_center_crop=True,
+        resample=3,  # PIL.Image.BICUBIC, as open_clip
+        image_mean=list(mean),
+        image_std=list(std),
+        do_convert_rgb=True,
+    )
+
+
+def image_bytes(image: Any) -> bytes:
+    """The bytes an embedding cache keys an in-memory image by: encoded bytes as given, a PIL image as
+    lossless PNG (so the cache sees the same pixels)."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def describe_image(source: Any) -> str:
+    """A name for an image in messages: its path, or its kind for an in-memory image."""
+    return repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else f"in-memory {type(source).__name__} image"
+
+
+def load_rgb_image(source: Any):
+    """An RGB PIL image from a file path, encoded bytes or a PIL image.
+
+    Raises:
+        `ImageDecodeError`: naming the file, when it cannot be read or decoded, including images over
+        PIL's pixel limit (decompression bombs).
+    """
+    from PIL import Image
+
+    try:
+        if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+            opened = source if isinstance(source, (str, os.PathLike)) else io.BytesIO(bytes(source))
+            with Image.open(opened) as image:
+                return image.convert("RGB")
+        return source.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageDecodeError(f"cannot decode image {describe_image(source)} ({type(err).__name__}: {err})") from err
+
+
+def pixel_values(image_processor, images: list) -> torch.Tensor:
+    """`(n, 3, H, W)` float32 pixels of RGB PIL images, through ``image_processor``."""
+    return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "ImageDecodeError",
+    "ImageFolder",
+    "ImageManifest",
+    "clip_image_processor",
+    "describe_image",
+    "image_bytes",
+    "is_in_memory_image",
+    "load_rgb_image",
+    "pixel_values",
+]

@@ -1,0 +1,45 @@
+"""Export a trained model as a complete Hub folder (`save_hub_folder`): remote code, weights, processor,
+the custom pipeline and, for a model trained from an embedding cache, the frozen encoder that filled it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+
+
+def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
+    """Put ``encoder`` (the frozen encoder that filled the embedding cache) into ``model``, so that the model also
+    takes raw neighbour texts and images (the pipeline without a cache) and encodes them exactly as the cache
+    did. The model's config records the encoder."""
+    model.config.neighbor_encoder_name = encoder.name
+    model.config.neighbor_encoder_pretrained = getattr(encoder, "pretrained", None)
+    model.config.neighbor_encoder_config = dict(encoder.model_config)
+    if model.neighbor_encoder is None:
+        model.neighbor_encoder = MMGLNeighborEncoder(model.config)
+    model.neighbor_encoder.model.load_state_dict(encoder.model.state_dict())
+    return model
+
+
+def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None):
+    """A complete Hub repository in ``output_dir``.
+
+    peft adapters are also saved as adapters (``adapter/``); LoRA is merged into the exported weights; prefix /
+    prompt adapters cannot be merged, so the exported weights are the base model and the adapter must be loaded
+    with peft on top. ``neighbor_encoder``: trained from an embedding cache, the model is exported with that
+    frozen encoder inside.
+    """
+    from peft import PeftModel
+
+    from processing.pipeline_mmgl import save_for_hub
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(Path(output_dir) / "adapter")
+        is_lora = model.peft_config[model.active_adapter].peft_type == "LORA"
+        model = model.merge_and_unload() if is_lora else model.get_base_model()
+    if neighbor_encoder is not None and model.neighbor_encoder is None:
+        model = attach_neighbor_encoder(model, neighbor_encoder)
+    return save_for_hub(model, processor, output_dir)
+
+
+__all__ = ["attach_neighbor_encoder", "save_hub_folder"]

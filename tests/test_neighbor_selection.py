@@ -1,0 +1,54 @@
+"""The one neighbour selection (`processing.neighbor_selection`): per-section candidate orders, the
+summary-leak check, and the collector of what an embedding cache must hold."""
+import pytest
+
+from processing.data.sample_data import make_page
+from processing.neighbor_selection import collect_neighbor_inputs, neighbor_order, select_neighbors, summary_free
+from processing.page_graph import PageGraph
+
+
+def plain_page(images=None):
+    return {
+        "title": "T",
+        "description": "D",
+        "sections": [
+            {"title": "A", "text": "One. Two three.", "images": images or []},
+            {"title": "B", "text": "Four. Five.", "parent": 0},
+            {"title": "C", "text": "Six. Seven.", "parent": 0},
+        ],
+    }
+
+
+def test_neighbor_order_is_the_documented_walk():
+    graph = PageGraph.from_wikiweb2m(make_page(3).row)
+    for t in range(graph.num_sections):
+        order = neighbor_order(graph, t)
+        parent = graph.section_parents[t]
+        others = sorted((s for s in range(graph.num_sections) if s not in (t, parent)), key=lambda s: (abs(s - t), s))
+        assert list(order.ranking) == ([parent] if parent >= 0 else []) + others
+        usable = lambda node: bool(graph.nodes[node].text.strip())  # noqa: E731
+        expected = [0] if usable(0) else []
+        expected += [n for n in graph.image_nodes[t] if usable(n)]
+        for s in order.ranking:
+            node = graph.section_nodes[s]
+            expected += ([node] if usable(node) else []) + [n for n in graph.image_nodes[s] if usable(n)]
+        assert order.text_nodes == tuple(expected)
+        assert order.texts == tuple(graph.nodes[n].text for n in expected)
+        assert order.image_nodes == tuple(n for s in [t, *order.ranking] for n in graph.image_nodes[s])
+        assert order.image_refs == tuple(graph.nodes[n].image for n in order.image_nodes)
+        assert neighbor_order(graph, t) is order  # built once per section
+    with pytest.raises(IndexError, match="section index 99"):
+        neighbor_order(graph, 99)
+
+
+def test_summary_free_prefixes():
+    graph = PageGraph.from_dict(plain_page())
+    summary = graph.summaries[1]  # "Four."
+    graph.nodes[graph.section_nodes[2]].text = f"Six. {summary}"  # section 2 repeats section 1's summary
+    texts = neighbor_order(graph, 1).texts
+    leak = next(i for i, text in enumerate(texts) if summary in text)
+    assert summary_free(graph, 1, leak) and not summary_free(graph, 1, leak + 1)
+    assert summary_free(graph, 1, 0) and not summary_free(graph, 1, 99)
+    assert all(summary_free(graph, 0, n) for n in (1, 5, 99))
+
+
