@@ -6,7 +6,7 @@ from collections import defaultdict
 import pytest
 from PIL import Image
 
-from processing import sample_data as sd
+from processing.data import sample_data as sd
 from processing.data.wikiweb2m import PAGE_COLUMNS, iter_pages, load_pages, split_counts, summarization_samples
 
 

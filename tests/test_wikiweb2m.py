@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from processing import wikiweb2m as ww
+from processing.data import wikiweb2m as ww
 from processing.data.tfrecord_io import (
     TFRecordCorruptError,
     TFRecordReader,
