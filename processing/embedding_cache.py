@@ -738,11 +738,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model name")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path")
     parser.add_argument("--model_config", default=None, help="JSON file of a custom open_clip model config")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--shard_size", type=int, default=4096)
-    parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES))
+    parser.add_argument("--batch_size", type=int, default=64, help="inputs per encoder call (default: %(default)s)")
+    parser.add_argument("--shard_size", type=int, default=4096,
+                        help="embeddings per shard file, the unit of resumption (default: %(default)s)")
+    parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES),
+                        help="storage dtype of the embeddings (default: %(default)s)")
     parser.add_argument("--device", default=None, help="default: this process's accelerate device")
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or MMGL_DEBUG=1)")
     args = parser.parse_args(argv)
 
     import datasets
@@ -785,4 +788,8 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The imported module's `main`, so errors are the classes `processing.data.cli` reports in one line.
+    from processing.data.cli import run_command
+    from processing.embedding_cache import main as _main
+
+    sys.exit(run_command(_main))
