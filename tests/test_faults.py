@@ -174,18 +174,22 @@ def test_kill_mid_write_keeps_the_previous_output_byte_for_byte(tmp_path):
 
     row = make_row(6, url="https://new/0")
     row["section_text"] = [t + " padding" * 200 for t in row["section_text"]]  # ~10 kB pages
-    big = write_pages(tmp_path / "big.tfrecord", [{**row, "page_url": f"https://new/{i}"} for i in range(6000)])
+    big = write_pages(tmp_path / "big.tfrecord", [{**row, "page_url": f"https://new/{i}"} for i in range(3000)])
     proc = subprocess.Popen([sys.executable, "-m", "processing.data.wikiweb2m", str(big), str(out)],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # Kill in the last phase, while save_to_disk writes the new Arrow files (~30 MB): the step
+        # that used to overwrite the previous output in place.
         deadline = time.monotonic() + 60
-        while not siblings(out) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the conversion ended before it could be killed: make the input bigger"
-        staging = tmp_path / siblings(out)[0]
-        time.sleep(0.3)  # well inside the write: the generator is filling the staging folder
-        assert proc.poll() is None
+        staging = None
+        while proc.poll() is None and time.monotonic() < deadline:
+            names = siblings(out)
+            if names and (tmp_path / names[0] / "data").exists():
+                staging = tmp_path / names[0]
+                break
+            time.sleep(0.005)
+        assert staging is not None and proc.poll() is None, "the conversion ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
