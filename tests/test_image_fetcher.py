@@ -453,7 +453,7 @@ def test_module_imports_without_requests():
     import subprocess
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "processing" / "image_fetcher.py"
+    path = Path(__file__).resolve().parents[1] / "processing" / "data" / "image_fetcher.py"
     code = (
         "import importlib.util, sys\n"
         "sys.modules['requests'] = None  # any `import requests` now raises ImportError\n"
