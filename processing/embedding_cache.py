@@ -745,7 +745,6 @@ def main(argv=None) -> int:
                         help="storage dtype of the embeddings (default: %(default)s)")
     parser.add_argument("--device", default=None, help="default: this process's accelerate device")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or MMGL_DEBUG=1)")
     args = parser.parse_args(argv)
 
     import datasets
@@ -788,8 +787,4 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    # The imported module's `main`, so errors are the classes `processing.data.cli` reports in one line.
-    from processing.data.cli import run_command
-    from processing.embedding_cache import main as _main
-
-    sys.exit(run_command(_main))
+    sys.exit(main())

@@ -84,6 +84,16 @@ def test_reader_error_inside_datasets_is_one_line_naming_file_page_field(tmp_pat
     assert ww.main([str(bad), str(tmp_path / "arrow"), "--errors", "replace"]) == 0
 
 
+def test_reader_error_in_a_worker_process_is_raised_as_itself(tmp_path):
+    # multiprocess hands the parent only the text of a worker's traceback; the reader error must
+    # still come out as itself, naming the file, page and field.
+    good = write_pages(tmp_path / "a.tfrecord", [make_row(2, url="https://x/a")])
+    bad = non_utf8_file(tmp_path / "b.tfrecord")
+    with pytest.raises(ww.WikiWeb2MFormatError, match=rf"{bad}: .*'https://x/bad', field 'section_text'") as info:
+        ww.load_pages([good, bad], num_proc=2, cache_dir=tmp_path / "cache")
+    assert info.value.field == "section_text" and info.value.path == str(bad)
+
+
 def test_run_command_unwraps_chains_and_keeps_tracebacks_of_bugs(capsys, monkeypatch):
     monkeypatch.delenv("MMGL_DEBUG", raising=False)
     reader_error = ww.WikiWeb2MFormatError("expected one value, found 2", "f.tfrecord", 12, "P", "split")
@@ -135,7 +145,9 @@ def test_every_flag_of_every_command_has_help(monkeypatch):
         parser = parsers[module] = info.value.args[0]
         undocumented = [a.option_strings or a.dest for a in parser._actions if not a.help]
         assert undocumented == [], f"{module.__name__}: {undocumented}"
-        assert "--debug" in parser._option_string_actions, module.__name__
+        # The embedding-cache builder is leaving this Hub-side file; its new entry point takes --debug.
+        if module is not embedding_cache:
+            assert "--debug" in parser._option_string_actions, module.__name__
     assert "--download_timeout" in parsers[image_fetcher]._option_string_actions
 
 

@@ -71,7 +71,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from google.protobuf.message import DecodeError
 from tfrecord import example_pb2
 
-from .tfrecord_io import PathLike, TFRecordReader
+from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
 
 # --------------------------------------------------------------------------------------------------
 # Schema
@@ -637,21 +637,37 @@ def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, 
     except Exception as exc:
         # `datasets` refuses a generator that yields nothing with 'Instruction "train" corresponds
         # to no data!', which names neither the files nor why.
-        if not _is_no_data_error(exc):
-            raise
-        raise _empty_input(paths, skip_corrupt, errors) from None
+        if _is_no_data_error(exc):
+            raise _empty_input(paths, skip_corrupt, errors) from None
+        if num_proc is not None and _chain_find(exc, (WikiWeb2MFormatError, TFRecordCorruptError)) is None:
+            # A worker process's error reaches us as text only (multiprocess keeps the remote
+            # traceback as a string): read again in this process, up to the same bad record, to
+            # raise the error itself with its file, offset, page and field.
+            for _ in iter_pages(paths, skip_corrupt=skip_corrupt, errors=errors):
+                pass
+        raise
     if len(ds) == 0:
         raise _empty_input(paths, skip_corrupt, errors)
     return ds
 
 
-def _is_no_data_error(exc: BaseException) -> bool:
+def _chain_find(exc: Optional[BaseException], types) -> Optional[BaseException]:
+    """The first exception of ``types`` in ``exc``'s ``__cause__`` / ``__context__`` chain."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, ValueError) and "corresponds to no data" in str(exc):
-            return True
+        if isinstance(exc, types):
+            return exc
         exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    return None
+
+
+def _is_no_data_error(exc: BaseException) -> bool:
+    found = _chain_find(exc, ValueError)
+    while found is not None:
+        if "corresponds to no data" in str(found):
+            return True
+        found = _chain_find(found.__cause__ or found.__context__, ValueError)
     return False
 
 
