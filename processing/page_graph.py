@@ -202,7 +202,8 @@ def _as_list(value: Any, page: Any, field: str, section: Optional[int] = None) -
     """A list field (list, tuple or another non-text sequence such as a numpy array); `None` is ``[]``."""
     if value is None:
         return []
-    if isinstance(value, (str, bytes, bytearray, Mapping)) or not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
+    is_sequence = hasattr(value, "__len__") and hasattr(value, "__getitem__")
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not is_sequence:
         raise PageFieldTypeError(f"expected a list, got {type(value).__name__}", page, field, section)
     return value
 
@@ -215,7 +216,10 @@ def _repair_parents(parents: List[int], page_id: Any) -> List[int]:
         if parent < -1 or parent >= n or parent == i:
             logger.warning(
                 "%s: parent index %d is %s; expected -1 or another section in [0, %d): edge dropped",
-                _where(page_id, "section_parent_index", i), parent, "the section itself" if parent == i else "out of range", n,
+                _where(page_id, "section_parent_index", i),
+                parent,
+                "the section itself" if parent == i else "out of range",
+                n,
             )
             parents[i] = -1
     state = [0] * n  # 0 unvisited, 1 on the current walk, 2 done

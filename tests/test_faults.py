@@ -292,8 +292,9 @@ def test_ragged_rows_and_non_integer_parents_are_refused_by_type():
     ({"title": "T", "sections": [{"text": "a", "is_sample": "false"}]}, r"section 0, field 'is_sample': expected a bool"),
 ])
 def test_page_dict_fields_are_checked_by_type(page, pattern):
-    with pytest.raises(TypeError, match=pattern):
+    with pytest.raises(PageFieldTypeError, match=pattern) as info:
         PageGraph.from_dict(page)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, PageStructureError)
 
 
 def test_lone_surrogates_are_refused_naming_the_field():
