@@ -136,6 +136,8 @@ def _as_str(value: Any, page: Any = "", field: Optional[str] = None, section: Op
     `str()`, and text with a lone surrogate (``"\\ud800"``, which no tokenizer can encode) raises
     `PageStructureError`; both name the page, section, image and field.
     """
+    if value.__class__ is str and value.isascii():  # the common case, first: graphs are built per page
+        return value
     if value is None:
         return ""
     if isinstance(value, str):
@@ -165,6 +167,8 @@ def _as_str(value: Any, page: Any = "", field: Optional[str] = None, section: Op
 def _as_int(value: Any, page: Any, field: str, section: Optional[int] = None, default: int = -1) -> int:
     """An integer field: Python or numpy integers, integral floats and integer strings (``"3"``);
     `None` gives ``default``. Anything else raises `PageStructureError` naming page, section, field."""
+    if value.__class__ is int:
+        return value
     if value is None:
         return default
     try:
@@ -200,6 +204,8 @@ def _as_flag(value: Any, page: Any, field: str, section: Optional[int] = None) -
 
 def _as_list(value: Any, page: Any, field: str, section: Optional[int] = None) -> Sequence[Any]:
     """A list field (list, tuple or another non-text sequence such as a numpy array); `None` is ``[]``."""
+    if value.__class__ is list or value.__class__ is tuple:  # the common case, first
+        return value
     if value is None:
         return []
     is_sequence = hasattr(value, "__len__") and hasattr(value, "__getitem__")
@@ -212,6 +218,8 @@ def _repair_parents(parents: List[int], page_id: Any) -> List[int]:
     """Drop parent edges that cannot be right, with one warning each (never raise: one damaged
     page must not stop a run over millions). Out of range, self and cycle-closing parents become -1."""
     n = len(parents)
+    if all(-1 <= parent < i for i, parent in enumerate(parents)):  # every parent comes earlier: no cycle
+        return parents
     for i, parent in enumerate(parents):
         if parent < -1 or parent >= n or parent == i:
             logger.warning(
