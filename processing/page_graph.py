@@ -40,6 +40,8 @@ class.
 """
 from __future__ import annotations
 
+import logging
+import operator
 import os
 import re
 from collections import OrderedDict
@@ -47,6 +49,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 EDGE_TYPES = ("page", "section_order", "parent_child", "section_image")
 
@@ -82,13 +86,165 @@ def scrub_summary(text: str, sentences: Sequence[str]) -> str:
     return text
 
 
-def _as_str(value: Any) -> str:
-    """Page rows hold `str`; readers that keep raw bytes (or `None`) are accepted too."""
+class PageStructureError(ValueError):
+    """A page whose content is damaged: ragged per-section lists, a value that is not the field's
+    type, text with lone surrogates, ...
+
+    The message names the page, the section (and image) and the field. Callers reading many pages
+    may catch this type, count the page and skip it: it is raised before any graph is built, and
+    never for a problem of the caller's configuration.
+
+    Attributes:
+        page (`str`): the page URL, id or title.
+        field (`str` or `None`): the offending field.
+        section (`int` or `None`): the offending section's position.
+        image (`int` or `None`): the offending image's position in its section.
+    """
+
+    def __init__(self, message: str, page: Any = "", field: str | None = None,
+                 section: int | None = None, image: int | None = None):
+        self.page, self.field, self.section, self.image, self.message = page, field, section, image, message
+        super().__init__(f"{_where(page, field, section, image)}: {message}")
+
+    def __reduce__(self):  # picklable across `datasets` / DataLoader worker processes
+        return type(self), (self.message, self.page, self.field, self.section, self.image)
+
+
+class PageFieldTypeError(PageStructureError, TypeError):
+    """A page field of the wrong type (a `PageStructureError` that is also a `TypeError`)."""
+
+
+def _where(page: Any, field: str | None = None, section: int | None = None, image: int | None = None) -> str:
+    parts = [f"page {page!r}"]
+    if section is not None:
+        parts.append(f"section {section}")
+    if image is not None:
+        parts.append(f"image {image}")
+    if field is not None:
+        parts.append(f"field {field!r}")
+    return ", ".join(parts)
+
+
+def _as_str(value: Any, page: Any = "", field: str | None = None, section: int | None = None,
+            image: int | None = None) -> str:
+    """A text field as `str`: `str` as is, `bytes` decoded as UTF-8, `None` as ``""``.
+
+    Anything else (a list, a dict, a number) raises `PageFieldTypeError` instead of becoming its
+    `str()`, and text with a lone surrogate (``"\\ud800"``, which no tokenizer can encode) raises
+    `PageStructureError`; both name the page, section, image and field.
+    """
+    if value.__class__ is str and value.isascii():  # the common case, first: graphs are built per page
+        return value
     if value is None:
         return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return str(value)
+    if isinstance(value, str):
+        if not value.isascii():  # the fast path covers most text; only the rest is checked
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise PageStructureError(
+                    f"text holds a lone surrogate {value[err.start]!r} at character {err.start}; expected "
+                    f"valid Unicode text (decode the source with errors='replace')",
+                    page, field, section, image,
+                ) from None
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PageStructureError(
+                f"bytes are not valid UTF-8 ({err.reason} at byte {err.start}); expected text",
+                page, field, section, image,
+            ) from None
+    raise PageFieldTypeError(
+        f"expected text (str, UTF-8 bytes or None), got {type(value).__name__}", page, field, section, image
+    )
+
+
+def _as_int(value: Any, page: Any, field: str, section: int | None = None, default: int = -1) -> int:
+    """An integer field: Python or numpy integers, integral floats and integer strings (``"3"``);
+    `None` gives ``default``. Anything else raises `PageStructureError` naming page, section, field."""
+    if value.__class__ is int:
+        return value
+    if value is None:
+        return default
+    try:
+        return operator.index(value)  # int, bool, numpy integers
+    except TypeError:
+        pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (str, bytes)):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    error = PageFieldTypeError if not isinstance(value, (str, bytes, float)) else PageStructureError
+    raise error(f"expected an integer, got {value!r}", page, field, section)
+
+
+def _as_flag(value: Any, page: Any, field: str, section: int | None = None) -> bool:
+    """A yes/no field: `bool`, numpy bools, or the integers 0 and 1 (a string such as ``"false"``
+    is refused: `bool("false")` would silently be `True`)."""
+    if value is None:
+        return False
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = getattr(value, "item", lambda: None)()  # numpy.bool_
+        if not isinstance(number, (bool, int)):
+            raise PageFieldTypeError(f"expected a bool (or 0 / 1), got {value!r}", page, field, section) from None
+    if number not in (0, 1):
+        raise PageStructureError(f"expected a bool (or 0 / 1), got {value!r}", page, field, section)
+    return bool(number)
+
+
+def _as_list(value: Any, page: Any, field: str, section: int | None = None) -> Sequence[Any]:
+    """A list field (list, tuple or another non-text sequence such as a numpy array); `None` is ``[]``."""
+    if value.__class__ is list or value.__class__ is tuple:  # the common case, first
+        return value
+    if value is None:
+        return []
+    is_sequence = hasattr(value, "__len__") and hasattr(value, "__getitem__")
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not is_sequence:
+        raise PageFieldTypeError(f"expected a list, got {type(value).__name__}", page, field, section)
+    return value
+
+
+def _repair_parents(parents: list[int], page_id: Any) -> list[int]:
+    """Drop parent edges that cannot be right, with one warning each (never raise: one damaged
+    page must not stop a run over millions). Out of range, self and cycle-closing parents become -1."""
+    n = len(parents)
+    if all(-1 <= parent < i for i, parent in enumerate(parents)):  # every parent comes earlier: no cycle
+        return parents
+    for i, parent in enumerate(parents):
+        if parent < -1 or parent >= n or parent == i:
+            logger.warning(
+                "%s: parent index %d is %s; expected -1 or another section in [0, %d): edge dropped",
+                _where(page_id, "section_parent_index", i),
+                parent,
+                "the section itself" if parent == i else "out of range",
+                n,
+            )
+            parents[i] = -1
+    state = [0] * n  # 0 unvisited, 1 on the current walk, 2 done
+    for start in range(n):
+        walk, node = [], start
+        while node >= 0 and state[node] == 0:
+            state[node] = 1
+            walk.append(node)
+            nxt = parents[node]
+            if nxt >= 0 and state[nxt] == 1:  # `node -> nxt` closes a cycle: cut it here
+                logger.warning(
+                    "%s: parent index %d closes a cycle of parents; edge dropped",
+                    _where(page_id, "section_parent_index", node), nxt,
+                )
+                parents[node] = -1
+                nxt = -1
+            node = nxt
+        for visited in walk:
+            state[visited] = 2
+    return parents
 
 
 @dataclass
@@ -175,6 +331,13 @@ class PageGraph:
                 ``is_sample`` (bool) and ``images``: a list of ``(ref, caption)`` pairs.
             page_id (`str`, *optional*): name used in errors; defaults to the title.
             split (`str`, *optional*): the page's split.
+
+        A parent that cannot be right (out of range, the section itself, or closing a cycle of
+        parents) is dropped (parent -1) with a warning naming page, section and field: one damaged
+        page never stops a run.
+
+        Raises:
+            PageStructureError: a parent that is not an integer.
         """
         page_id = page_id or title
         num_sections = len(sections)
@@ -186,15 +349,10 @@ class PageGraph:
         edges: dict[str, list[tuple[int, int]]] = {name: [] for name in EDGE_TYPES}
         edges["page"] = [(0, n) for n in section_nodes]
         edges["section_order"] = [(section_nodes[i], section_nodes[i + 1]) for i in range(num_sections - 1)]
-        parents = []
-        for i, sec in enumerate(sections):
-            parent = int(sec["parent"])
-            if parent < -1 or parent >= num_sections or parent == i:
-                raise ValueError(
-                    f"page {page_id!r}: section {i} has parent index {parent} (field 'section_parent_index'), "
-                    f"expected -1 or another section in [0, {num_sections})"
-                )
-            parents.append(parent)
+        parents = _repair_parents(
+            [_as_int(sec["parent"], page_id, "parent", i) for i, sec in enumerate(sections)], page_id
+        )
+        for i, parent in enumerate(parents):
             if parent >= 0:
                 edges["parent_child"].append((section_nodes[parent], section_nodes[i]))
         image_nodes: list[list[int]] = []
@@ -228,21 +386,30 @@ class PageGraph:
         falling back to ``section_image_captions`` and then ``section_image_alt_text`` when empty.
         The image reference is ``section_image_url``; the processor maps it to a file named by the
         URL's last path component in an image folder.
+
+        Raises:
+            KeyError: a required field is missing.
+            PageStructureError: the page is damaged (per-section lists of different lengths, a value
+                of the wrong type, a parent that is not an integer, text with lone surrogates); the
+                message names page, section and field. A caller may count such pages and skip them.
         """
-        page_id = _as_str(row.get("page_url") or row.get("page_title"))
+        page_id = _as_str(row.get("page_url") or row.get("page_title"), "?", "page_url")
         missing = [name for name in _WIKIWEB2M_REQUIRED if name not in row]
         if missing:
             raise KeyError(f"page {page_id!r}: WikiWeb2M row lacks field(s) {missing}")
-        titles = row["section_title"]
+        titles = _as_list(row["section_title"], page_id, "section_title")
         num_sections = len(titles)
 
         def per_section(name: str, default: Any) -> Sequence[Any]:
             values = row.get(name)
             if values is None:
                 return [default] * num_sections
+            values = _as_list(values, page_id, name)
             if len(values) != num_sections:
-                raise ValueError(
-                    f"page {page_id!r}: field {name!r} has {len(values)} values for {num_sections} sections"
+                raise PageStructureError(
+                    f"{len(values)} values for {num_sections} sections (one per 'section_title'); the page's "
+                    f"per-section lists are ragged",
+                    page_id, name,
                 )
             return values
 
@@ -260,32 +427,41 @@ class PageGraph:
         sections = []
         for i in range(num_sections):
             images = []
-            section_urls = urls[i] or []
+            section_urls = _as_list(urls[i], page_id, "section_image_url", i)
+            sources = [
+                (name, _as_list(values[i], page_id, name, i) if values[i] is not None else None)
+                for name, values in (("section_image_clean_ref_desc", ref_descs),
+                                     ("section_image_captions", captions),
+                                     ("section_image_alt_text", alt_texts))
+            ]
             for j, url in enumerate(section_urls):
                 caption = ""
-                for source in (ref_descs[i], captions[i], alt_texts[i]):
-                    if source is not None and j < len(source) and _as_str(source[j]).strip():
-                        caption = _as_str(source[j]).strip()
-                        break
-                images.append((_as_str(url), caption))
+                for name, source in sources:
+                    if source is not None and j < len(source):
+                        candidate = _as_str(source[j], page_id, name, i, j).strip()
+                        if candidate:
+                            caption = candidate
+                            break
+                images.append((_as_str(url, page_id, "section_image_url", i, j), caption))
             sections.append(
                 {
-                    "title": _as_str(titles[i]),
-                    "text": _as_str(texts[i]),
-                    "summary": _as_str(summaries[i]),
-                    "raw_summary": _as_str(raw_summaries[i]),
-                    "rest": _as_str(rests[i]),
-                    "parent": int(parents[i]),
-                    "is_sample": bool(int(flags[i])),
+                    "title": _as_str(titles[i], page_id, "section_title", i),
+                    "text": _as_str(texts[i], page_id, "section_text", i),
+                    "summary": _as_str(summaries[i], page_id, "section_clean_1st_sentence", i),
+                    "raw_summary": _as_str(raw_summaries[i], page_id, "section_raw_1st_sentence", i),
+                    "rest": _as_str(rests[i], page_id, "section_rest_sentence", i),
+                    "parent": _as_int(parents[i], page_id, "section_parent_index", i),
+                    "is_sample": bool(_as_int(flags[i], page_id, "is_section_summarization_sample", i, 0)),
                     "images": images,
                 }
             )
         return cls.build(
-            title=_as_str(row.get("page_title")),
-            description=_as_str(row.get("clean_page_description") or row.get("raw_page_description")),
+            title=_as_str(row.get("page_title"), page_id, "page_title"),
+            description=_as_str(row.get("clean_page_description"), page_id, "clean_page_description")
+            or _as_str(row.get("raw_page_description"), page_id, "raw_page_description"),
             sections=sections,
             page_id=page_id,
-            split=_as_str(row.get("split")) or None,
+            split=_as_str(row.get("split"), page_id, "split") or None,
         )
 
     @classmethod
@@ -307,34 +483,59 @@ class PageGraph:
         Without ``summary`` the first sentence of ``text`` is split off naively (at ``.``, ``!`` or
         ``?`` followed by whitespace); without ``rest`` it is the text after the summary. Parents
         default to -1 (a flat page). ``is_sample`` defaults to "has a summary and a rest".
+
+        Every field is checked for its type: text fields take `str`, UTF-8 `bytes` or `None` (empty);
+        parents take integers (Python or numpy); ``is_sample`` a bool or 0 / 1; ``sections`` and
+        ``images`` lists of dicts; paths `str` or `os.PathLike`. Text with a lone surrogate is
+        refused (not replaced: the caller's data is wrong, and a silent U+FFFD would hide it).
+
+        Raises:
+            KeyError: ``sections`` is missing, or an image has no ``path``, ``url`` or ``image``.
+            PageFieldTypeError: (a `TypeError`) a field of the wrong type; names page, section,
+                image and field.
+            PageStructureError: ragged ``parents``, a bad integer, text with lone surrogates.
         """
-        page_id = _as_str(page.get("url") or page.get("id") or page.get("title"))
+        page_id = _as_str(page.get("url") or page.get("id") or page.get("title"), "?", "url")
         if "sections" not in page:
             raise KeyError(f"page {page_id!r}: dict lacks 'sections'")
-        raw_sections = page["sections"]
+        raw_sections = _as_list(page["sections"], page_id, "sections")
         parents = page.get("parents")
-        if parents is not None and len(parents) != len(raw_sections):
-            raise ValueError(f"page {page_id!r}: 'parents' has {len(parents)} values for {len(raw_sections)} sections")
+        if parents is not None:
+            parents = _as_list(parents, page_id, "parents")
+            if len(parents) != len(raw_sections):
+                raise PageStructureError(f"{len(parents)} values for {len(raw_sections)} sections", page_id, "parents")
         sections = []
         for i, sec in enumerate(raw_sections):
-            text = _as_str(sec.get("text"))
+            if not isinstance(sec, Mapping):
+                raise PageFieldTypeError(
+                    f"expected a dict with 'title' and 'text', got {type(sec).__name__}", page_id, "sections", i
+                )
+            text = _as_str(sec.get("text"), page_id, "text", i)
             summary = sec.get("summary")
             if summary is None:
                 parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
                 summary = parts[0] if parts else ""
                 rest = parts[1] if len(parts) > 1 else ""
             else:
-                summary = _as_str(summary)
+                summary = _as_str(summary, page_id, "summary", i)
                 rest = " ".join(text.replace(summary, " ", 1).split()) if summary and summary in text else text
-            rest = _as_str(sec["rest"]) if sec.get("rest") is not None else rest
+            if sec.get("rest") is not None:
+                rest = _as_str(sec["rest"], page_id, "rest", i)
             images = []
-            for j, image in enumerate(sec.get("images") or []):
+            for j, image in enumerate(_as_list(sec.get("images"), page_id, "images", i)):
+                if not isinstance(image, Mapping):
+                    raise PageFieldTypeError(
+                        f"image {j}: expected a dict with 'path', 'url' or 'image' (and 'caption'), "
+                        f"got {type(image).__name__}",
+                        page_id, "images", i,
+                    )
+                caption = _as_str(image.get("caption"), page_id, "caption", i, j)
                 ref = image.get("path") or image.get("url")
                 if ref is None and image.get("image") is not None:
                     ref = image["image"]
                     if is_in_memory_image(ref):  # kept as is: the processor reads it like a file
                         ref = bytes(ref) if isinstance(ref, (bytearray, memoryview)) else ref
-                        images.append((ref, _as_str(image.get("caption"))))
+                        images.append((ref, caption))
                         continue
                 if ref is None:
                     raise KeyError(f"page {page_id!r}: section {i} image {j} has no 'path', 'url' or 'image'")
@@ -345,25 +546,28 @@ class PageGraph:
                         f"page {page_id!r}: section {i} image {j} field {field_name!r} must be a path or URL (str), "
                         f"a PIL image or the file's bytes, got {type(ref).__name__}"
                     )
-                images.append((os.fspath(ref), _as_str(image.get("caption"))))
+                field_name = "path" if image.get("path") else "url"
+                images.append((_as_str(os.fspath(ref), page_id, field_name, i, j), caption))
             parent = sec.get("parent", parents[i] if parents is not None else -1)
+            is_sample = sec.get("is_sample")
             sections.append(
                 {
-                    "title": _as_str(sec.get("title")),
+                    "title": _as_str(sec.get("title"), page_id, "title", i),
                     "text": text,
                     "summary": summary,
                     "rest": rest,
-                    "parent": -1 if parent is None else int(parent),
-                    "is_sample": bool(sec.get("is_sample", bool(summary) and bool(rest))),
+                    "parent": _as_int(parent, page_id, "parent" if "parent" in sec else "parents", i),
+                    "is_sample": bool(summary) and bool(rest) if is_sample is None
+                    else _as_flag(is_sample, page_id, "is_sample", i),
                     "images": images,
                 }
             )
         return cls.build(
-            title=_as_str(page.get("title")),
-            description=_as_str(page.get("description")),
+            title=_as_str(page.get("title"), page_id, "title"),
+            description=_as_str(page.get("description"), page_id, "description"),
             sections=sections,
             page_id=page_id,
-            split=page.get("split"),
+            split=_as_str(page.get("split"), page_id, "split") or None,
         )
 
     @classmethod
@@ -611,8 +815,10 @@ class PageGraphIndex:
 __all__ = [
     "EDGE_TYPES",
     "GraphNode",
+    "PageFieldTypeError",
     "PageGraph",
     "PageGraphIndex",
+    "PageStructureError",
     "is_in_memory_image",
     "is_page_graph",
     "scrub_summary",

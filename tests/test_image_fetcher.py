@@ -92,6 +92,21 @@ class Server:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                if kind == "drip":  # promise a body, then send one byte every `interval` seconds
+                    body, interval = args
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    try:
+                        for i in range(len(body)):
+                            if server.stop.wait(interval):  # bounded; released at teardown
+                                break
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                    except OSError:  # the client gave up
+                        pass
+                    self.close_connection = True
+                    return
                 if kind == "stream":  # no Content-Length, many bytes
                     self.send_response(200)
                     self.send_header("Connection", "close")

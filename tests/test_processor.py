@@ -2,6 +2,7 @@
 import io
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -263,14 +264,16 @@ def test_page_graph_from_dict_matches_wikiweb2m_adapter():
     assert flat.edges["parent_child"] == [] and flat.nodes[3].image == "x.png"
 
 
-def test_page_graph_errors_name_page_section_field():
+def test_page_graph_errors_name_page_section_field(caplog):
     row = known_row()
-    row["section_parent_index"] = [-1, 0, 2, 1, 0]  # section 2 is its own parent
-    with pytest.raises(ValueError, match=r"Alpha.*section 2.*section_parent_index"):
-        PageGraph.from_wikiweb2m(row)
+    row["section_parent_index"] = [-1, 0, 2, 1, 0]  # section 2 is its own parent: repaired, not raised
+    with caplog.at_level("WARNING", logger="processing.page_graph"):
+        graph = PageGraph.from_wikiweb2m(row)
+    assert graph.section_parents == [-1, 0, -1, 1, 0]
+    assert re.search(r"Alpha.*section 2.*section_parent_index.*edge dropped", caplog.text)
     row = known_row()
     row["section_rest_sentence"] = row["section_rest_sentence"][:3]
-    with pytest.raises(ValueError, match=r"section_rest_sentence.*3 values for 5 sections"):
+    with pytest.raises(ValueError, match=r"field 'section_rest_sentence'.*3 values for 5 sections"):
         PageGraph.from_wikiweb2m(row)
     with pytest.raises(IndexError, match=r"Alpha.*section index 9"):
         PageGraph.from_wikiweb2m(known_row()).section_node(9)

@@ -30,6 +30,7 @@ from safetensors.torch import save as safetensors_save
 
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 from processing.atomic_write import atomic_write_bytes
+from processing.data.cli import add_debug_argument, run_command
 from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS
 from processing.embedding_cache import (
     CACHE_FORMAT,
@@ -343,6 +344,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES), help="storage dtype of the vectors")
     parser.add_argument("--device", default=None, help="torch device; default: this process's accelerate device")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
 
     from processing.data.page_table import open_page_table
@@ -377,4 +379,6 @@ __all__ = ["build_embedding_cache", "main"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from processing.data.build_embedding_cache import main as _main  # the module's classes, not __main__'s copies
+
+    sys.exit(run_command(_main))

@@ -177,6 +177,36 @@ class _HostThrottle:
             time.sleep(delay)
 
 
+class _Watchdog:
+    """Shut a streaming response's socket down after ``seconds`` (wall clock), waking a blocked read.
+
+    Falls back to doing nothing when the socket cannot be reached (the caller's deadline check
+    between chunks still applies).
+    """
+
+    def __init__(self, response: "requests.Response", seconds: float):
+        self.fired = False
+        self._response = response
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = getattr(getattr(getattr(self._response, "raw", None), "connection", None), "sock", None)
+        if sock is None:
+            return
+        import socket
+
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class ImageFetcher:
     """Fetch image URLs into a content-addressed cache, concurrently, politely and resumably.
 
@@ -187,8 +217,10 @@ class ImageFetcher:
             connection error. 403, 404 and other 4xx are never retried.
         connect_timeout (`float`, *optional*, defaults to 10): seconds to establish a connection.
         read_timeout (`float`, *optional*, defaults to 30): seconds without a byte from the server.
-        download_timeout (`float`, *optional*, defaults to 300): wall-clock cap of one attempt, so
-            a server dripping bytes just under `read_timeout` cannot hold a worker forever.
+        download_timeout (`float`, *optional*, defaults to 300): wall-clock cap of one attempt's body
+            download, so a server dripping bytes just under `read_timeout` cannot hold a worker: at
+            the deadline the connection is shut down (even inside a blocked read) and the attempt
+            fails as ``timeout``. The request and its headers are bounded by the two timeouts above.
         backoff_base (`float`, *optional*, defaults to 1.0): first retry delay in seconds; doubles
             per attempt, with jitter (half fixed, half random) so workers do not retry in lockstep.
         backoff_max (`float`, *optional*, defaults to 60): cap of one backoff delay.
@@ -427,23 +459,38 @@ class ImageFetcher:
         digest = hashlib.sha256()
         size = 0
         deadline = time.monotonic() + self.download_timeout
+        too_slow = _FetchFailure("timeout", f"{url}: download exceeded {self.download_timeout} s", retryable=True)
+        # A read blocks until a whole chunk has arrived, and every byte restarts the read timeout:
+        # a server dripping one byte per second would hold the worker for days. The watchdog shuts
+        # the socket down at the deadline, which wakes the blocked read.
+        watchdog = _Watchdog(response, self.download_timeout)
         try:
             with os.fdopen(fd, "wb") as f:
                 # iter_content decodes gzip/deflate, so max_bytes also bounds a compressed body.
-                for chunk in response.iter_content(_CHUNK_SIZE):
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise _FetchFailure("too_large", f"{url}: body exceeds max_bytes {self.max_bytes}")
-                    if time.monotonic() > deadline:
-                        raise _FetchFailure(
-                            "timeout", f"{url}: download exceeded {self.download_timeout} s", retryable=True)
-                    digest.update(chunk)
-                    f.write(chunk)
+                try:
+                    for chunk in response.iter_content(_CHUNK_SIZE):
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise _FetchFailure("too_large", f"{url}: body exceeds max_bytes {self.max_bytes}")
+                        if watchdog.fired or time.monotonic() > deadline:
+                            raise too_slow
+                        digest.update(chunk)
+                        f.write(chunk)
+                except _FetchFailure:
+                    raise
+                except Exception:
+                    if watchdog.fired:  # the read failed because the watchdog closed the socket
+                        raise too_slow from None
+                    raise
+                if watchdog.fired:  # a body without Content-Length ends at the shutdown: not complete
+                    raise too_slow
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:
             part.unlink(missing_ok=True)
             raise
+        finally:
+            watchdog.cancel()
         if size == 0:
             part.unlink(missing_ok=True)
             raise _FetchFailure("undecodable", f"{url}: empty body")
@@ -498,14 +545,33 @@ class ImageFetcher:
 
 
 # ------------------------------------------------------------------------------------ URL sources
+class URLListError(ValueError):
+    """A URL list file that is not UTF-8 text (e.g. a binary file given by mistake)."""
+
+
 def urls_from_file(path) -> list:
-    """URLs from a text file, one per line; blank lines and ``#`` comments are skipped."""
+    """URLs from a UTF-8 text file, one per line; blank lines and ``#`` comments are skipped.
+
+    Raises:
+        URLListError: the file is binary or not UTF-8 (the message names the file and line).
+    """
     urls = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                urls.append(line)
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"\0" in data[:65536]:
+        raise URLListError(f"{path}: not a text file of URLs (it holds NUL bytes); expected one URL per line")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        raise URLListError(
+            f"{path}: line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start}); expected a text "
+            f"file with one URL per line"
+        ) from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            urls.append(line)
     return urls
 
 
@@ -538,6 +604,8 @@ def urls_from_dataset(dataset_dir, column: str = "section_image_url") -> list:
 def main(argv=None) -> int:
     """``python -m processing.data.image_fetcher URL_LIST_OR_DATASET CACHE_DIR`` or
     ``python -m processing.data.image_fetcher --from_dataset DATASET_DIR CACHE_DIR``."""
+    from .cli import add_debug_argument
+
     parser = argparse.ArgumentParser(
         prog="python -m processing.data.image_fetcher",
         description="Download image URLs into a content-addressed cache (resumable).",
@@ -546,15 +614,26 @@ def main(argv=None) -> int:
                         help="URL_LIST_OR_DATASET CACHE_DIR, or only CACHE_DIR with --from_dataset. "
                              "A directory as URL_LIST_OR_DATASET is read as an Arrow data set.")
     parser.add_argument("--from_dataset", metavar="DIR", help="take URLs from this Arrow data set")
-    parser.add_argument("--column", default="section_image_url", help="data set column of URLs")
-    parser.add_argument("--max_workers", type=int, default=8)
-    parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--connect_timeout", type=float, default=10.0)
-    parser.add_argument("--read_timeout", type=float, default=30.0)
-    parser.add_argument("--max_bytes", type=int, default=20 * 1024 * 1024)
-    parser.add_argument("--max_pixels", type=int, default=50_000_000)
+    parser.add_argument("--column", default="section_image_url",
+                        help="data set column of URLs (a list of lists per page; default: %(default)s)")
+    parser.add_argument("--max_workers", type=int, default=8, help="concurrent downloads (default: %(default)s)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="extra attempts after a 429, 408, 5xx, timeout or connection error (default: %(default)s)")
+    parser.add_argument("--connect_timeout", type=float, default=10.0,
+                        help="seconds to establish a connection (default: %(default)s)")
+    parser.add_argument("--read_timeout", type=float, default=30.0,
+                        help="seconds without a byte from the server (default: %(default)s)")
+    parser.add_argument("--download_timeout", type=float, default=300.0,
+                        help="wall-clock seconds for one attempt's body, however the server drips it "
+                             "(default: %(default)s)")
+    parser.add_argument("--max_bytes", type=int, default=20 * 1024 * 1024,
+                        help="larger bodies are aborted as too_large (default: %(default)s)")
+    parser.add_argument("--max_pixels", type=int, default=50_000_000,
+                        help="larger images are refused as decompression bombs (default: %(default)s)")
     parser.add_argument("--no_retry_failed", action="store_true",
                         help="skip URLs an earlier run recorded as failed")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
 
     if args.from_dataset:
@@ -575,9 +654,10 @@ def main(argv=None) -> int:
     fetcher = ImageFetcher(
         cache_dir, max_workers=args.max_workers, retries=args.retries,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
-        max_bytes=args.max_bytes, max_pixels=args.max_pixels, retry_failed=not args.no_retry_failed,
+        download_timeout=args.download_timeout, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+        retry_failed=not args.no_retry_failed,
     )
-    summary = fetcher.fetch(urls, progress=True)
+    summary = fetcher.fetch(urls, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -589,6 +669,7 @@ __all__ = [
     "ImageManifest",
     "InvalidURLError",
     "SNIFF_FORMATS",
+    "URLListError",
     "USER_AGENT",
     "main",
     "parse_retry_after",
@@ -599,4 +680,9 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The imported module's `main`, not this `__main__` copy's: its error classes are the ones
+    # `processing.data.cli` reports in one line.
+    from processing.data.cli import run_command
+    from processing.data.image_fetcher import main as _main
+
+    sys.exit(run_command(_main))

@@ -480,16 +480,21 @@ def generate_sample(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m processing.data.sample_data OUTPUT_DIR [--num_pages N] [--seed S] [--no_images]``."""
+    from .cli import add_debug_argument
+
     parser = argparse.ArgumentParser(
         prog="python -m processing.data.sample_data",
         description="Write a synthetic WikiWeb2M sample whose summaries depend on neighbours.",
     )
-    parser.add_argument("output_dir")
-    parser.add_argument("--num_pages", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--num_shards", type=int, default=1)
+    parser.add_argument("output_dir", help="folder for the TFRecord file(s) and the images (created if missing)")
+    parser.add_argument("--num_pages", type=int, default=200, help="pages to write (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes")
+    parser.add_argument("--image_size", type=int, default=64, help="width and height of each image in pixels "
+                                                                  "(default: %(default)s)")
+    parser.add_argument("--num_shards", type=int, default=1, help="TFRecord files to spread the pages over "
+                                                                 "(default: %(default)s)")
     parser.add_argument("--no_images", action="store_true", help="write the TFRecord only")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     info = generate_sample(args.output_dir, args.num_pages, args.seed, args.image_size,
                            with_images=not args.no_images, num_shards=args.num_shards)
@@ -517,4 +522,8 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The imported module's `main`, so errors are the classes `processing.data.cli` knows.
+    from processing.data.cli import run_command
+    from processing.data.sample_data import main as _main
+
+    sys.exit(run_command(_main))

@@ -52,8 +52,13 @@ class TFRecordCorruptError(ValueError):
         self.path = str(path)
         self.offset = int(offset)
         self.reason = reason
+        self.compressed = compressed
         where = "uncompressed byte offset" if compressed else "byte offset"
         super().__init__(f"{self.path}: corrupt TFRecord at {where} {self.offset}: {reason}")
+
+    def __reduce__(self):
+        # `datasets` worker processes pickle errors back to the parent: keep every attribute.
+        return type(self), (self.path, self.offset, self.reason, self.compressed)
 
 
 def masked_crc32c(data: bytes) -> int:

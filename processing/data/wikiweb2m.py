@@ -71,7 +71,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from google.protobuf.message import DecodeError
 from tfrecord import example_pb2
 
-from .tfrecord_io import PathLike, TFRecordReader
+from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
 
 # --------------------------------------------------------------------------------------------------
 # Schema
@@ -191,11 +191,47 @@ class WikiWeb2MFormatError(ValueError):
             where.append(f"field {field!r}")
         if section is not None:
             where.append(f"section {section}")
+        self.message = message
         super().__init__(f"{', '.join(where)}: {message}")
+
+    def __reduce__(self):
+        # `datasets` worker processes pickle errors back to the parent: keep every attribute.
+        return type(self), (self.message, self.path, self.offset, self.page, self.field, self.section)
 
 
 class RecordDecodeError(WikiWeb2MFormatError):
     """A record passed its CRCs but is not a `SequenceExample` protobuf (skippable as corrupt)."""
+
+
+class EmptyInputError(ValueError):
+    """The input files hold no page at all (empty files, or every record skipped as corrupt).
+
+    Attributes:
+        paths (`list[str]`): the files read.
+        corrupt_records (`int`): damaged records skipped while reading them.
+    """
+
+    def __init__(self, paths: Sequence[PathLike], corrupt_records: int = 0):
+        self.paths, self.corrupt_records = [str(p) for p in paths], int(corrupt_records)
+        shown = ", ".join(self.paths[:5]) + (f" and {len(self.paths) - 5} more" if len(self.paths) > 5 else "")
+        if corrupt_records:
+            why = f"{corrupt_records} corrupt record(s) skipped: every record was damaged"
+        else:
+            why = "the file(s) hold no records"
+        super().__init__(f"no pages read from {shown} ({why})")
+
+    def __reduce__(self):
+        return type(self), (self.paths, self.corrupt_records)
+
+
+#: UTF-8 error handlers the reader accepts (others could put lone surrogates into the text).
+TEXT_ERRORS = ("strict", "replace")
+
+
+def _check_errors(errors: str) -> str:
+    if errors not in TEXT_ERRORS:
+        raise ValueError(f"errors must be one of {TEXT_ERRORS} (UTF-8 handling of page text), got {errors!r}")
+    return errors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,8 +265,9 @@ class _RecordContext:
             return [v.decode("utf-8", self.errors) for v in values]
         except UnicodeDecodeError as exc:
             raise self.error(
-                f"value is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                f"pass errors='replace' to read it anyway",
+                f"value is not valid UTF-8 ({exc.reason} at byte {exc.start} of the value); "
+                f"pass errors='replace' to read it with U+FFFD (on the command line: --errors replace; "
+                f"run_summarization.py: --text_errors replace)",
                 name,
                 section,
             ) from None
@@ -253,7 +290,7 @@ def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors:
         WikiWeb2MFormatError: not a SequenceExample, a required feature is missing, a value has
             the wrong type or is not UTF-8, or feature lengths disagree.
     """
-    rc = _RecordContext(path, offset, errors)
+    rc = _RecordContext(path, offset, _check_errors(errors))
     try:
         example = example_pb2.SequenceExample.FromString(data)
     except DecodeError as exc:
@@ -589,13 +626,58 @@ def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, 
     if num_proc is not None:
         num_proc = min(num_proc, len(paths))
         num_proc = num_proc if num_proc > 1 else None
-    return datasets.Dataset.from_generator(
-        _generate_pages,
-        features=page_features(),
-        gen_kwargs=gen_kwargs,
-        num_proc=num_proc,
-        cache_dir=cache_dir,
-    )
+    try:
+        ds = datasets.Dataset.from_generator(
+            _generate_pages,
+            features=page_features(),
+            gen_kwargs=gen_kwargs,
+            num_proc=num_proc,
+            cache_dir=cache_dir,
+        )
+    except Exception as exc:
+        # `datasets` refuses a generator that yields nothing with 'Instruction "train" corresponds
+        # to no data!', which names neither the files nor why.
+        if _is_no_data_error(exc):
+            raise _empty_input(paths, skip_corrupt, errors) from None
+        if num_proc is not None and _chain_find(exc, (WikiWeb2MFormatError, TFRecordCorruptError)) is None:
+            # A worker process's error reaches us as text only (multiprocess keeps the remote
+            # traceback as a string): read again in this process, up to the same bad record, to
+            # raise the error itself with its file, offset, page and field.
+            for _ in iter_pages(paths, skip_corrupt=skip_corrupt, errors=errors):
+                pass
+        raise
+    if len(ds) == 0:
+        raise _empty_input(paths, skip_corrupt, errors)
+    return ds
+
+
+def _chain_find(exc: Optional[BaseException], types) -> Optional[BaseException]:
+    """The first exception of ``types`` in ``exc``'s ``__cause__`` / ``__context__`` chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, types):
+            return exc
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    return None
+
+
+def _is_no_data_error(exc: BaseException) -> bool:
+    found = _chain_find(exc, ValueError)
+    while found is not None:
+        if "corresponds to no data" in str(found):
+            return True
+        found = _chain_find(found.__cause__ or found.__context__, ValueError)
+    return False
+
+
+def _empty_input(paths: Sequence[str], skip_corrupt: bool, errors: str) -> EmptyInputError:
+    """The error for inputs without pages, with the number of corrupt records skipped (a second,
+    cheap pass: no page decodes, so it only re-checks framing)."""
+    stats = ReadStats()
+    for _ in iter_pages(paths, skip_corrupt=skip_corrupt, errors=errors, stats=stats):
+        pass
+    return EmptyInputError(paths, stats.corrupt_records)
 
 
 def load_pages(
@@ -622,7 +704,15 @@ def load_pages(
     Returns:
         `datasets.Dataset` (or `datasets.IterableDataset` when ``streaming``) with the columns of
         `PAGE_COLUMNS` and the types of `page_features`.
+
+    Raises:
+        FileNotFoundError: a path does not exist or a pattern matches nothing.
+        EmptyInputError: the files hold no page (empty, or every record skipped as corrupt); not
+            raised when ``streaming`` (nothing is read until iteration).
+        WikiWeb2MFormatError, TFRecordCorruptError: a bad record (inside `datasets` generation
+            they arrive wrapped in ``DatasetGenerationError``; see `processing.data.cli`).
     """
+    _check_errors(errors)
     return _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir=None)
 
 
@@ -756,41 +846,139 @@ def split_counts(pages, use_study_split: bool = False) -> Dict[str, Dict[str, in
 # --------------------------------------------------------------------------------------------------
 
 
+_STAGING_TAG = ".tmp-"
+_OLD_TAG = ".old-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sibling_pid(name: str, prefix: str) -> Optional[int]:
+    """The pid in ``<prefix><pid>[-...]``, or None when ``name`` is not such a sibling."""
+    if not name.startswith(prefix):
+        return None
+    head = name[len(prefix):].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def recover_output(output_dir: PathLike) -> None:
+    """Finish or undo what a killed `main` left beside ``output_dir`` (run at every start).
+
+    A staging folder ``.NAME.tmp-<pid>-*`` of a process that is gone is removed. A retired
+    previous output ``.NAME.old-<pid>`` is put back when ``output_dir`` is missing (the kill fell
+    between the two renames of `_replace_output`), else removed (the new output was already in place).
+    """
+    out = os.path.abspath(output_dir)
+    parent, name = os.path.dirname(out), os.path.basename(out)
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        staging_pid = _sibling_pid(entry, f".{name}{_STAGING_TAG}")
+        if staging_pid is not None:
+            if staging_pid == os.getpid() or not _pid_alive(staging_pid):
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        old_pid = _sibling_pid(entry, f".{name}{_OLD_TAG}")
+        if old_pid is not None and (old_pid == os.getpid() or not _pid_alive(old_pid)):
+            if not os.path.lexists(out):
+                os.rename(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_replaceable(out: str) -> None:
+    """Refuse to replace anything but an empty folder or a data set saved by `save_to_disk`."""
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out) or os.path.islink(out):
+        raise FileExistsError(f"{out}: output exists and is not a folder; expected a data set folder or a new path")
+    entries = os.listdir(out)
+    if entries and not {"dataset_info.json", "state.json", "dataset_dict.json"} & set(entries):
+        raise FileExistsError(
+            f"{out}: output folder exists and is not a data set saved by this command (no dataset_info.json "
+            f"or state.json); refusing to replace it: give a new or empty OUTPUT_DIR"
+        )
+
+
+def _replace_output(new: str, out: str) -> None:
+    """Put the complete data set ``new`` at ``out``; the previous one is deleted only afterwards.
+
+    Both renames are within one folder, so each is atomic: a kill leaves ``out`` (old or new) or,
+    between them, ``.NAME.old-<pid>`` that `recover_output` puts back.
+    """
+    if os.path.lexists(out):
+        old = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}{_OLD_TAG}{os.getpid()}")
+        os.rename(out, old)
+        os.rename(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]``.
 
     Reads the TFRecord files into an Arrow dataset (one row per page), saves it with
     `save_to_disk`, and prints counts. `datasets` shows tqdm progress bars while generating and
     saving.
+
+    Everything is written in a staging folder beside ``OUTPUT_DIR`` (``.NAME.tmp-<pid>-*``: the
+    same file system, so renaming is atomic), which is renamed into place only once complete; a
+    previous output is removed only after that. A kill at any point leaves the previous complete
+    output or the new one, never a mix; the next start removes what the killed run left. Two runs
+    writing the same ``OUTPUT_DIR`` at once are not supported.
     """
+    from .cli import add_debug_argument
+
     parser = argparse.ArgumentParser(
         prog="python -m processing.data.wikiweb2m",
         description="Convert WikiWeb2M TFRecord files into an Arrow dataset (one row per page).",
     )
     parser.add_argument("input_glob", help="TFRecord file(s) or glob pattern, e.g. 'wikiweb2m-*.tfrecord*'")
-    parser.add_argument("output_dir", help="where to save the dataset (datasets.load_from_disk reads it)")
-    parser.add_argument("--num_proc", type=int, default=None, help="processes (one file per task)")
-    parser.add_argument("--skip_corrupt", action="store_true", help="skip damaged records instead of failing")
-    parser.add_argument("--errors", default="strict", help="UTF-8 error handler: strict or replace")
+    parser.add_argument("output_dir", help="where to save the dataset (datasets.load_from_disk reads it); "
+                                           "a previous data set there is replaced only once the new one is complete")
+    parser.add_argument("--num_proc", type=int, default=None,
+                        help="processes reading in parallel (one file per task, so at most the number of files)")
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="skip damaged records (bad framing, CRC or protobuf) instead of failing; they are counted")
+    parser.add_argument("--errors", default="strict", choices=TEXT_ERRORS,
+                        help="text that is not valid UTF-8: 'strict' fails naming file, record, page and field; "
+                             "'replace' reads it with U+FFFD")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
 
-    # A private cache: the generator then always runs (so its counts are real) and nothing is
-    # left behind in ~/.cache; save_to_disk copies the table out before the cache is removed.
-    work = tempfile.mkdtemp(prefix="wikiweb2m-")
+    out = os.path.abspath(args.output_dir)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    recover_output(out)
+    _check_replaceable(out)
+    # The datasets cache, the read statistics and the new data set all live in the staging folder,
+    # so nothing is left in ~/.cache or /tmp, and the generator always runs (its counts are real).
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}{_STAGING_TAG}{os.getpid()}-", dir=parent)
     try:
         stats_dir = os.path.join(work, "stats")
         os.makedirs(stats_dir)
         cache_dir = os.path.join(work, "cache")
+        staged = os.path.join(work, "data")
         ds = _build(args.input_glob, args.num_proc, False, cache_dir, args.skip_corrupt, args.errors, stats_dir)
-        ds.save_to_disk(args.output_dir)
+        ds.save_to_disk(staged)
         stats = ReadStats()
         for name in os.listdir(stats_dir):
             with open(os.path.join(stats_dir, name)) as f:
                 stats.update(ReadStats(**json.load(f)))
+        counts = split_counts(ds)
+        _replace_output(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    counts = split_counts(ds)
     print(f"saved {len(ds)} pages to {args.output_dir}")
     print(f"files: {stats.files}  pages: {counts['all']['pages']}  sections: {counts['all']['sections']}  "
           f"skipped corrupt records: {stats.corrupt_records}")
@@ -811,8 +999,10 @@ __all__ = [
     "SEQUENCE_FEATURES",
     "SPLITS",
     "STUDY_SPLIT_PAGES",
+    "EmptyInputError",
     "ReadStats",
     "RecordDecodeError",
+    "TEXT_ERRORS",
     "WikiWeb2MFormatError",
     "ingestion_throughput",
     "iter_pages",
@@ -822,6 +1012,7 @@ __all__ = [
     "page_to_example",
     "page_url_index",
     "parse_page",
+    "recover_output",
     "resolve_paths",
     "serialize_page",
     "split_counts",
@@ -830,4 +1021,9 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's `main`, not this `__main__` copy's, so the errors raised are the
+    # classes `processing.data.cli` knows.
+    from processing.data.cli import run_command
+    from processing.data.wikiweb2m import main as _main
+
+    sys.exit(run_command(_main))
