@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REALWIKI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "realwiki"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def realwiki_dir():
     """`../shared/data/realwiki`: real pages in WikiWeb2M format; skip cleanly when absent."""
     if not (REALWIKI_DIR / "wikiweb2m-dev.tfrecord.gz").exists():
