@@ -21,7 +21,6 @@ class MMGLNeighborProjector(nn.Module):
         super().__init__()
         self.num_tokens = num_tokens
         self.output_dim = output_dim
-        self.input_dim = input_dim
         self.linear = nn.Linear(input_dim, num_tokens * output_dim)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:

@@ -52,3 +52,20 @@ def test_summary_free_prefixes():
     assert all(summary_free(graph, 0, n) for n in (1, 5, 99))
 
 
+
+
+def test_collector_gives_exactly_what_each_design_asks_for(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not decoded here")
+    page = plain_page(images=[{"path": "a.png", "caption": "A caption."}, {"path": "absent.png", "caption": "Gone."}])
+    graph = PageGraph.from_dict(page)
+    for context, encoding in [("all", "sa_e"), ("text_only", "ca_e"), ("all", "sa_te"), ("section_all", "sa_e"),
+                              ("section_only", "sa_e")]:
+        inputs = collect_neighbor_inputs([(graph, 1), (graph, 2)], context, encoding, 11, 5, tmp_path)
+        expected_texts = {} if encoding == "sa_te" or context == "section_only" else {
+            text: None for s in (1, 2) for text in select_neighbors(graph, s, context, 11, 5).texts}
+        assert inputs.texts == list(expected_texts), (context, encoding)
+        has_images = context in ("all", "section_all")
+        # Sections 1 and 2 see section 0's images only with context "all"; section_all sees the target's own (none).
+        assert inputs.image_files == ([str(tmp_path / "a.png")] if context == "all" else []), (context, encoding)
+        assert inputs.missing_images == (2 if context == "all" else 0)
+        assert has_images or not inputs.image_files
