@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
+from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.page_graph import PageGraph
 from processing.pipeline_mmgl import (
@@ -485,3 +486,24 @@ def test_pipeline_without_processor_loads_it_from_the_model_folder(hub):
              "max_image_neighbors", "max_source_length", "max_target_length", "neighbor_context_length", "neighbor_token_id"]
     assert {n: getattr(pipe.processor, n) for n in names} == {n: getattr(hub["processor"], n) for n in names}
     assert pipe.tokenizer.get_vocab() == hub["processor"].tokenizer.get_vocab()
+
+
+def test_cache_of_another_encoder_is_refused(hub, tmp_path):
+    """An embedding cache filled by another encoder of the same width would be read silently (cosine ~0 to the
+    model's own embeddings): the pipeline refuses it, naming both encoders."""
+    from processing.data.build_embedding_cache import build_embedding_cache
+    from processing.embedding_cache import EncoderMismatchError
+
+    processor = hub["processor"]
+    model = make_model(processor)  # its in-model encoder: the seeded random init of TINY_CLIP
+    other = MMGLNeighborEncoder.from_settings("tiny", model_config=TINY_CLIP)
+    with torch.no_grad():
+        for param in other.model.parameters():
+            param.mul_(-1.0)  # same shapes and width, other weights
+    build_embedding_cache(tmp_path / "other", texts=["a dog"], encoder=other, progress=False)
+    pipe = MMGLSummarizationPipeline(model=model, processor=processor, max_new_tokens=MAX_NEW_TOKENS)
+    page = second_page(hub["dog"])
+    with pytest.raises(EncoderMismatchError, match=r"weights_sha256: cache .* the model's neighbor_encoder"):
+        pipe(page, section=1, embedding_cache=str(tmp_path / "other"))
+    build_embedding_cache(tmp_path / "own", texts=["a dog"], encoder=model.neighbor_encoder, progress=False)
+    pipe._open_embedding_cache(str(tmp_path / "own"))  # the model's own encoder: accepted
