@@ -729,6 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", help="run one table (e.g. table2)")
     parser.add_argument("--dry_run", action="store_true", help="print every command, run nothing")
     parser.add_argument("--launcher", help='e.g. "accelerate launch --num_processes 4" (default: plain python)')
+    parser.add_argument("--aggregate_only", action="store_true",
+                        help="run nothing; write results.csv, RESULTS.md and the plots from the runs already there")
     parser.add_argument("--run_timeout_s", type=float, help="kill a run after this many seconds (recorded as failed)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -751,6 +753,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = script_flags(env=env)
     runs = build_runs(spec, variables, args.seeds, args.only, flags)
     selected = {args.only} if args.only else set(spec["tables"])
+    if args.aggregate_only:
+        rows = aggregate(runs, spec, output_dir)
+        print(f"{sum(r['status'] == 'finished' for r in rows)}/{len(rows)} runs finished; {output_dir}/RESULTS.md")
+        return 0
     run_prepare(spec, variables, selected, env, args.dry_run)
     if args.dry_run:
         for run in runs:
