@@ -157,9 +157,9 @@ def test_finding_checks_on_hand_made_rows():
                                      "predict_rougeL").verdict == "partly holds"
     assert run_study.finding_context(ctx({"section_only": 0.5, "all": 0.4}), "predict_rougeL").verdict == "does not hold"
     assert run_study.finding_context(ctx({"all": 0.4}), "predict_rougeL").verdict == "undetermined"
-    # seeds are averaged: all's mean 0.3 < section_only's 0.35
+    # seeds are averaged: all's mean 0.3 < section_only's 0.35, although one seed of all scores 0.5
     rows = ctx({"section_only": 0.35}) + [_row(context="all", predict_rougeL=v) for v in (0.1, 0.5)]
-    assert run_study.finding_context(rows, "predict_rougeL").verdict == "holds"
+    assert run_study.finding_context(rows, "predict_rougeL").verdict == "does not hold"
     rows = [_row(context="all", predict_rougeL=0.9, status="failed")] + ctx({"section_only": 0.35, "all": 0.1})
     assert run_study.finding_context(rows, "predict_rougeL").verdict == "does not hold"  # failed rows ignored
 
@@ -214,14 +214,17 @@ def test_controlled_pages_plant_each_cause():
             elif fact.source == "image_pixels":
                 captions = row["section_image_captions"][i]
                 assert len(captions) == 1 and all(fact.value not in c for c in captions)
-                assert all(fact.value not in t for j, t in enumerate(texts) if j != i)  # pixels only
+                # pixels only: no other text states it ("square" also occurs in filler, never as "a square.")
+                assert all(f"a {fact.value}." not in t and f"is {fact.value}" not in t
+                           for j, t in enumerate(texts) if j != i)
+                assert fact.value not in row["clean_page_description"]
             elif fact.source == "long_parent_text":
                 parent_text = texts[parents[i]]
                 assert fact.value in parent_text and titles[parents[i]] == "History"
-                before = parent_text[: parent_text.index(fact.value)]
+                before = parent_text[: parent_text.index(" was founded in")]  # both facts come after this
                 n_tokens = int((clip_tokenizer([before])[0] != 0).sum()) - 2  # without start / end tokens
                 assert n_tokens > 70
-                assert all(s not in before for s in ("founded in", "ruler was")) and any(f in before for f in HISTORY_FILLER)
+                assert parent_text.index(fact.value) > len(before) and any(f in before for f in HISTORY_FILLER)
             elif fact.source == "child_section":
                 children = [j for j, p in enumerate(parents) if p == i]
                 assert len(children) == 1 and fact.value in texts[children[0]]
