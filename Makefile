@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo clean
+.PHONY: test demo study clean
 DEMO := out/demo
 DEMO_ARGS := --config_overrides "hidden_size=128,num_hidden_layers=2,ffn_dim=256,num_attention_heads=4,max_position_embeddings=512" \
 	--tokenizer_vocab_size 2000 --neighbor_encoder_config demo/tiny_clip.json --neighbor_encoder_pretrained none \
@@ -29,6 +29,10 @@ demo: $(BIN)/activate
 		--position_encoding laplacian --output_dir $(DEMO)/all
 	$(BIN)/python demo/report.py $(DEMO)/section_only $(DEMO)/all $(DEMO)/demo.png
 	HF_HUB_OFFLINE=1 $(BIN)/python demo/summarize_one.py $(DEMO)/all $(DEMO)/data/wikiweb2m-sample.tfrecord.gz $(DEMO)/data/images
+
+# The controlled MMGL study (issue 13): the paper's four tables on generated data, offline, resumable.
+study: $(BIN)/activate
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python studies/run_study.py controlled --output_dir out/study/controlled
 
 clean:
 	rm -rf $(VENV) build *.egg-info out

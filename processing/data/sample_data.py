@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .tfrecord_io import PathLike, write_tfrecord
 from .wikiweb2m import serialize_page
@@ -406,10 +406,13 @@ def make_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
     return SamplePage(row=row, facts=facts, images=b.images)
 
 
-def iter_sample_pages(num_pages: int, seed: int = 0, image_size: int = 64, start: int = 0) -> Iterator[SamplePage]:
-    """Yield pages ``start .. start + num_pages - 1`` of the sample (`make_page`)."""
+def iter_sample_pages(
+    num_pages: int, seed: int = 0, image_size: int = 64, start: int = 0, page_factory: Callable | None = None
+) -> Iterator[SamplePage]:
+    """Yield pages ``start .. start + num_pages - 1`` of the sample (``page_factory``, defaults to `make_page`)."""
+    page_factory = page_factory or make_page
     for index in range(start, start + num_pages):
-        yield make_page(index, seed, image_size)
+        yield page_factory(index, seed, image_size)
 
 
 def generate_sample(
@@ -419,6 +422,7 @@ def generate_sample(
     image_size: int = 64,
     with_images: bool = True,
     num_shards: int = 1,
+    page_factory: Callable | None = None,
 ) -> Dict[str, Any]:
     """Write the synthetic sample: a gzip TFRecord of WikiWeb2M pages and their PNG images.
 
@@ -433,6 +437,8 @@ def generate_sample(
         num_shards (`int`, *optional*, defaults to 1): 1 writes `OUTPUT_FILE`; more writes
             ``wikiweb2m-sample.tfrecord.gz-0000k-of-0000n`` (like the official train files), pages
             dealt out in contiguous blocks so that file order is page order.
+        page_factory (`Callable`, *optional*): ``(index, seed, image_size) -> SamplePage``; defaults to
+            `make_page`. Other generators (e.g. `processing.data.controlled_data`) reuse the writer with it.
 
     Returns:
         `dict`: ``files`` (TFRecord paths), ``image_dir`` (or `None`), ``pages``, ``sections``,
@@ -449,7 +455,7 @@ def generate_sample(
     counts = {"pages": 0, "sections": 0, "summarization_samples": 0, "images": 0}
 
     def records(start: int, stop: int) -> Iterator[bytes]:
-        for page in iter_sample_pages(stop - start, seed, image_size, start=start):
+        for page in iter_sample_pages(stop - start, seed, image_size, start=start, page_factory=page_factory):
             row = page.row
             counts["pages"] += 1
             counts["sections"] += len(row["section_title"])
