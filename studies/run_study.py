@@ -567,7 +567,7 @@ def finding_tuning(rows: list[dict], metric: str) -> Finding:
         return Finding("undetermined", f"cells present: {sorted('/'.join(c) for c in stats)}")
     a = max(sa_te, key=sa_te.get) == "lora"
     b = all(flamingo > v for v in others.values())
-    text = (f"SA-TE PEFT: " + ", ".join(f"{t} {v:.4f}" for t, v in sa_te.items())
+    text = ("SA-TE PEFT: " + ", ".join(f"{t} {v:.4f}" for t, v in sa_te.items())
             + f"; CA-E flamingo {flamingo:.4f} vs prefix/prompt " + ", ".join(f"{k} {v:.4f}" for k, v in others.items()))
     verdict = "holds" if a and b else "partly holds" if a or b else "does not hold"
     parts = [("LoRA is " if a else "LoRA is not ") + "the best PEFT with SA-TE",

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
-from processing.data.build_embedding_cache import build_embedding_cache, main
+from processing.data.build_embedding_cache import build_embedding_cache
 from processing.embedding_cache import CorruptShardError, EmbeddingCache, EncoderMismatchError, image_key, text_key
 from processing.image_source import clip_image_processor, load_rgb_image, pixel_values
 

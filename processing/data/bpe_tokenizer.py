@@ -5,7 +5,7 @@ byte-level BPE, kept for the vocabulary layout). Used by ``run_summarization.py`
 the benchmarks and by the tests.
 """
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 #: Exit code of a command stopped by bad input (argparse uses 2 for bad usage too).
 EXIT_BAD_INPUT = 2

@@ -38,7 +38,8 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .sample_data import (
     CITIES,

@@ -41,7 +41,8 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -84,7 +85,7 @@ class InvalidURLError(ValueError):
 class _FetchFailure(Exception):
     """A failed URL with a manifest reason; `retryable` says whether another attempt may help."""
 
-    def __init__(self, reason: str, detail: str, retryable: bool = False, delay: Optional[float] = None):
+    def __init__(self, reason: str, detail: str, retryable: bool = False, delay: float | None = None):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -110,10 +111,10 @@ class FetchResult:
 
     url: str
     status: str
-    path: Optional[Path] = None
-    reason: Optional[str] = None
-    detail: Optional[str] = None
-    record: Optional[dict] = None
+    path: Path | None = None
+    reason: str | None = None
+    detail: str | None = None
+    record: dict | None = None
 
 
 def validate_url(url: str) -> str:
@@ -141,7 +142,7 @@ def validate_url(url: str) -> str:
     return url
 
 
-def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
     if value is None:
         return None
@@ -274,7 +275,7 @@ class ImageFetcher:
         self._local = threading.local()
 
     # ----------------------------------------------------------------------------------- lookup
-    def lookup(self, url: str) -> Optional[Path]:
+    def lookup(self, url: str) -> Path | None:
         """Path of the cached image for `url`, or None (not fetched, failed, or file missing)."""
         record = self.manifest.get(url)
         if record is None or record.get("status") != "ok":

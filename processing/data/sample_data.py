@@ -43,7 +43,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .tfrecord_io import PathLike, write_tfrecord
 from .wikiweb2m import serialize_page
@@ -170,9 +171,9 @@ class SamplePage:
         images (`dict[str, tuple]`): image file name -> drawing spec for `render_image`.
     """
 
-    row: Dict[str, Any]
-    facts: Dict[int, SummaryFact] = field(default_factory=dict)
-    images: Dict[str, Tuple] = field(default_factory=dict)
+    row: dict[str, Any]
+    facts: dict[int, SummaryFact] = field(default_factory=dict)
+    images: dict[str, tuple] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ class SamplePage:
 # --------------------------------------------------------------------------------------------------
 
 
-def render_image(spec: Tuple, image_size: int = 64) -> bytes:
+def render_image(spec: tuple, image_size: int = 64) -> bytes:
     """PNG bytes of a simple drawing.
 
     Args:
@@ -245,8 +246,8 @@ class _PageBuilder:
     """Collects sections and derives the schema's bookkeeping fields the way WikiWeb2M does."""
 
     def __init__(self, image_size: int):
-        self.sections: List[Dict[str, Any]] = []
-        self.images: Dict[str, Tuple] = {}
+        self.sections: list[dict[str, Any]] = []
+        self.images: dict[str, tuple] = {}
         self.image_size = image_size
 
     def add(self, title, depth, parent, first="", rest="", table=False, images=()):
@@ -265,7 +266,7 @@ class _PageBuilder:
         )
         return index
 
-    def row(self, split, url, title, raw_desc, clean_desc) -> Dict[str, Any]:
+    def row(self, split, url, title, raw_desc, clean_desc) -> dict[str, Any]:
         secs = self.sections
         size = self.image_size
 
@@ -337,7 +338,7 @@ def make_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
     fname = f"Sample_{index:06d}_{name}"  # unique per page: the images folder is flat
 
     b = _PageBuilder(image_size)
-    facts: Dict[int, SummaryFact] = {}
+    facts: dict[int, SummaryFact] = {}
 
     def add_sample(title, depth, parent, summary, pool, fact, source, neighbour, images=()):
         """A summarization sample: the summary states ``fact``; the rest is 1-2 filler sentences."""
@@ -423,7 +424,7 @@ def generate_sample(
     with_images: bool = True,
     num_shards: int = 1,
     page_factory: Callable | None = None,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Write the synthetic sample: a gzip TFRecord of WikiWeb2M pages and their PNG images.
 
     Args:
@@ -451,7 +452,7 @@ def generate_sample(
     image_dir = out / IMAGE_DIR
     if with_images:
         image_dir.mkdir(exist_ok=True)
-    rendered: Dict[Tuple, bytes] = {}  # few distinct drawings: render each once
+    rendered: dict[tuple, bytes] = {}  # few distinct drawings: render each once
     counts = {"pages": 0, "sections": 0, "summarization_samples": 0, "images": 0}
 
     def records(start: int, stop: int) -> Iterator[bytes]:
@@ -484,7 +485,7 @@ def generate_sample(
     }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m processing.data.sample_data OUTPUT_DIR [--num_pages N] [--seed S] [--no_images]``."""
     from .cli import add_debug_argument
 

@@ -23,11 +23,11 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from collections.abc import Iterable, Iterator
 
 import crc32c as _crc32c
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 _HEADER = struct.Struct("<QI")  # length, masked crc of the 8 length bytes
 _FOOTER = struct.Struct("<I")  # masked crc of the data
@@ -157,10 +157,10 @@ class TFRecordReader:
 
     path: PathLike
     skip_corrupt: bool = False
-    compression: Optional[str] = "auto"
+    compression: str | None = "auto"
     num_records: int = field(default=0, init=False)
     num_corrupt: int = field(default=0, init=False)
-    errors: List[TFRecordCorruptError] = field(default_factory=list, init=False)
+    errors: list[TFRecordCorruptError] = field(default_factory=list, init=False)
 
     def __post_init__(self):
         if self.compression not in ("auto", "gzip", None):
@@ -179,7 +179,7 @@ class TFRecordReader:
         self.num_corrupt += 1
         self.errors.append(err)
 
-    def __iter__(self) -> Iterator[Tuple[int, bytes]]:
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
         self.num_records, self.num_corrupt, self.errors = 0, 0, []  # counts are per pass
         gzip = self._gzip()
         buf = bytearray()
@@ -243,8 +243,8 @@ class TFRecordReader:
 
 
 def iter_tfrecord(
-    path: PathLike, skip_corrupt: bool = False, compression: Optional[str] = "auto"
-) -> Iterator[Tuple[int, bytes]]:
+    path: PathLike, skip_corrupt: bool = False, compression: str | None = "auto"
+) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset, data)`` for each record of a TFRecord file; see `TFRecordReader`.
 
     Args:

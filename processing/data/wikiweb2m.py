@@ -66,7 +66,8 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from tfrecord import example_pb2
@@ -260,7 +261,7 @@ class _RecordContext:
             raise self.error(f"expected {want} values, found {kind}", name, section)
         return getattr(feature, kind).value
 
-    def decode(self, values, name: str, section=None) -> List[str]:
+    def decode(self, values, name: str, section=None) -> list[str]:
         try:
             return [v.decode("utf-8", self.errors) for v in values]
         except UnicodeDecodeError as exc:
@@ -273,7 +274,7 @@ class _RecordContext:
             ) from None
 
 
-def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors: str = "strict") -> Dict[str, Any]:
+def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors: str = "strict") -> dict[str, Any]:
     """Parse one serialized WikiWeb2M `SequenceExample` into a page row (see the module docstring).
 
     Args:
@@ -297,7 +298,7 @@ def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors:
         raise RecordDecodeError(f"record is not a SequenceExample protobuf ({exc})", path, offset) from None
     context = example.context.feature
     lists = example.feature_lists.feature_list
-    row: Dict[str, Any] = {}
+    row: dict[str, Any] = {}
 
     # Identify the page first so that every later error can name it.
     for name in ("page_url", "page_title"):
@@ -368,7 +369,7 @@ def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors:
     return {name: row[name] for name in PAGE_COLUMNS}
 
 
-def _parse_images(rc: _RecordContext, lists, num_sections: int, row: Dict[str, Any]) -> None:
+def _parse_images(rc: _RecordContext, lists, num_sections: int, row: dict[str, Any]) -> None:
     """Fill the aligned per-image features of ``row``; check that their lengths agree per section."""
     image_names = IMAGE_BYTES_FEATURES + IMAGE_INT_FEATURES
     parsed = {}
@@ -399,7 +400,7 @@ def _parse_images(rc: _RecordContext, lists, num_sections: int, row: Dict[str, A
             row[name] = [[empty] * n for n in counts]
 
 
-def page_to_example(row: Dict[str, Any]) -> "example_pb2.SequenceExample":
+def page_to_example(row: dict[str, Any]) -> "example_pb2.SequenceExample":
     """Build the WikiWeb2M `SequenceExample` of a page row (the inverse of `parse_page`).
 
     Every column of `PAGE_COLUMNS` present in ``row`` is written; columns absent from ``row`` are
@@ -436,7 +437,7 @@ def page_to_example(row: Dict[str, Any]) -> "example_pb2.SequenceExample":
     return example
 
 
-def serialize_page(row: Dict[str, Any]) -> bytes:
+def serialize_page(row: dict[str, Any]) -> bytes:
     """The serialized WikiWeb2M record of a page row (see `page_to_example`)."""
     return page_to_example(row).SerializeToString()
 
@@ -446,7 +447,7 @@ def serialize_page(row: Dict[str, Any]) -> bytes:
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_paths(paths_or_glob: Union[PathLike, Sequence[PathLike]]) -> List[str]:
+def resolve_paths(paths_or_glob: PathLike | Sequence[PathLike]) -> list[str]:
     """Expand a path, a glob pattern, or a list of them into a list of existing files.
 
     Patterns are expanded in sorted order (so ``wikiweb2m-train.tfrecord.gz-0000*-of-00005`` reads
@@ -456,7 +457,7 @@ def resolve_paths(paths_or_glob: Union[PathLike, Sequence[PathLike]]) -> List[st
         FileNotFoundError: a path does not exist or a pattern matches nothing.
     """
     items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
-    out: List[str] = []
+    out: list[str] = []
     for item in items:
         item = os.fspath(item)
         if _glob.has_magic(item):
@@ -495,11 +496,11 @@ class ReadStats:
 
 
 def iter_pages(
-    paths: Union[PathLike, Sequence[PathLike]],
+    paths: PathLike | Sequence[PathLike],
     skip_corrupt: bool = False,
     errors: str = "strict",
-    stats: Optional[ReadStats] = None,
-) -> Iterator[Dict[str, Any]]:
+    stats: ReadStats | None = None,
+) -> Iterator[dict[str, Any]]:
     """Yield one page row per record of WikiWeb2M TFRecord files (gzip or plain), in file order.
 
     Args:
@@ -540,7 +541,7 @@ def iter_pages(
         stats.corrupt_records += reader.num_corrupt - seen_corrupt
 
 
-def ingestion_throughput(paths: Union[PathLike, Sequence[PathLike]], max_pages: Optional[int] = None) -> float:
+def ingestion_throughput(paths: PathLike | Sequence[PathLike], max_pages: int | None = None) -> float:
     """Pages per second that `iter_pages` reads from ``paths`` in this process (for benchmarks).
 
     Args:
@@ -651,7 +652,7 @@ def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, 
     return ds
 
 
-def _chain_find(exc: Optional[BaseException], types) -> Optional[BaseException]:
+def _chain_find(exc: BaseException | None, types) -> BaseException | None:
     """The first exception of ``types`` in ``exc``'s ``__cause__`` / ``__context__`` chain."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -681,10 +682,10 @@ def _empty_input(paths: Sequence[str], skip_corrupt: bool, errors: str) -> Empty
 
 
 def load_pages(
-    paths_or_glob: Union[PathLike, Sequence[PathLike]],
-    num_proc: Optional[int] = None,
+    paths_or_glob: PathLike | Sequence[PathLike],
+    num_proc: int | None = None,
     streaming: bool = False,
-    cache_dir: Optional[PathLike] = None,
+    cache_dir: PathLike | None = None,
     skip_corrupt: bool = False,
     errors: str = "strict",
 ):
@@ -735,7 +736,7 @@ def _iter_columns(pages, columns: Sequence[str]) -> Iterator[tuple]:
             yield tuple(row[c] for c in columns)
 
 
-def study_split(num_pages: int) -> Dict[str, range]:
+def study_split(num_pages: int) -> dict[str, range]:
     """The MMGL study's page split: page positions (in file order) of train, val and test.
 
     The study used the first 400,000 pages for training, the next 100,000 for validation and the
@@ -764,7 +765,7 @@ def study_split(num_pages: int) -> Dict[str, range]:
     }
 
 
-def summarization_samples(pages, split: Optional[str] = None, use_study_split: bool = False) -> List[Tuple[int, int]]:
+def summarization_samples(pages, split: str | None = None, use_study_split: bool = False) -> list[tuple[int, int]]:
     """Section summarization samples as ``(page row index, section index)`` pairs, in page order.
 
     A section is a sample when its ``is_section_summarization_sample`` flag is 1.
@@ -803,13 +804,13 @@ def summarization_samples(pages, split: Optional[str] = None, use_study_split: b
     return samples
 
 
-def page_url_index(pages) -> Dict[str, int]:
+def page_url_index(pages) -> dict[str, int]:
     """Map each ``page_url`` to its row index, for O(1) page lookup (never scan the table per item).
 
     Raises:
         ValueError: two rows share a URL.
     """
-    index: Dict[str, int] = {}
+    index: dict[str, int] = {}
     for row, (url,) in enumerate(_iter_columns(pages, ("page_url",))):
         if url in index:
             raise ValueError(f"page_url {url!r} appears in rows {index[url]} and {row}")
@@ -817,7 +818,7 @@ def page_url_index(pages) -> Dict[str, int]:
     return index
 
 
-def split_counts(pages, use_study_split: bool = False) -> Dict[str, Dict[str, int]]:
+def split_counts(pages, use_study_split: bool = False) -> dict[str, dict[str, int]]:
     """Pages, sections and summarization samples per split (and ``"all"``).
 
     Returns:
@@ -860,7 +861,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _sibling_pid(name: str, prefix: str) -> Optional[int]:
+def _sibling_pid(name: str, prefix: str) -> int | None:
     """The pid in ``<prefix><pid>[-...]``, or None when ``name`` is not such a sibling."""
     if not name.startswith(prefix):
         return None
@@ -923,7 +924,7 @@ def _replace_output(new: str, out: str) -> None:
         os.rename(new, out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]``.
 
     Reads the TFRecord files into an Arrow dataset (one row per page), saves it with
