@@ -172,6 +172,13 @@ class MMGLTokenCache:
     def __len__(self) -> int:
         return sum(len(self._stored[kind]) + len(self._pending[kind]) for kind in self.KINDS)
 
+    def __reduce_ex__(self, protocol):
+        # A DataLoader worker started by pickling (spawn) maps the same file instead of receiving a copy of
+        # every id; texts added since the last `save` travel with it.
+        if self.path is None:
+            return super().__reduce_ex__(protocol)
+        return (_reopen, (self.path, self.identity, self.max_pending, self._pending, self.covers))
+
     def count(self, kind: str) -> int:
         return len(self._stored[kind]) + len(self._pending[kind])
 
@@ -309,4 +316,51 @@ class MMGLTokenCache:
         return cache
 
 
-__all__ = ["MMGLTokenCache", "tokenizer_fingerprint"]
+def _reopen(path, identity, max_pending, pending, covers) -> "MMGLTokenCache":
+    cache = MMGLTokenCache.load(path, identity=identity)
+    cache.max_pending, cache._pending, cache.covers = max_pending, pending, covers
+    return cache
+
+
+def table_fingerprint(pages) -> str | None:
+    """A fingerprint of a page table that changes when its rows do: the ``_fingerprint`` of a `datasets`
+    Arrow table (set from its files and transforms), `None` for other tables (then nothing is skipped)."""
+    fingerprint = getattr(pages, "_fingerprint", None)
+    return f"{type(pages).__name__}:{fingerprint}:{len(pages)}" if fingerprint else None
+
+
+def prepare_token_cache(
+    processor,
+    pages,
+    path: str | os.PathLike | None = None,
+    neighbor_input_ids: bool | None = None,
+    save: bool = True,
+    num_proc: int | None = None,
+    show_progress: bool = True,
+) -> "MMGLTokenCache":
+    """Open the store at ``path`` (when it exists), tokenise what ``pages`` adds, save it back, and install it
+    on ``processor``: the startup of a training run. When the store already covers ``pages``' table
+    (`table_fingerprint`) for this configuration, no page is read: a restart costs O(1).
+
+    Args:
+        processor (`MMGLProcessor`): the processor (its tokenizers and configuration).
+        pages: the page table (`datasets.Dataset` or an iterable of rows).
+        path (`str`, *optional*): the store's file; none keeps the ids in memory only.
+        neighbor_input_ids (`bool`, *optional*): also open_clip ids (raw text neighbours without an embedding
+            cache); see `MMGLProcessor.build_token_cache`.
+        save (`bool`, *optional*, defaults to `True`): write the store back when something was added (only the
+            main process should).
+        num_proc (`int`, *optional*): tokenisation processes.
+    """
+    if path and os.path.exists(path):
+        processor.load_token_cache(path)
+    cache = processor.build_token_cache(
+        pages, neighbor_input_ids=neighbor_input_ids, show_progress=show_progress,
+        fingerprint=table_fingerprint(pages), num_proc=num_proc,
+    )
+    if path and save and cache.dirty:
+        cache.save(path)
+    return cache
+
+
+__all__ = ["MMGLTokenCache", "prepare_token_cache", "table_fingerprint", "tokenizer_fingerprint"]

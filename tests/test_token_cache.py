@@ -185,3 +185,42 @@ def test_token_cache_equals_plain_tokenisation_on_real_pages(realwiki_dir, token
             assert np.array_equal(loaded.get("lm", text), ids), (graph.page_id, text[:40])
         for text, ids in zip(clip_texts, processor._encode_clip(clip_texts)):
             assert torch.equal(loaded.get("clip", text), ids), (graph.page_id, text[:40])
+
+
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, processor, graph, image_dir):
+        self.processor, self.graph, self.image_dir = processor, graph, image_dir
+        self.sections = list(graph.sample_sections()) * 3
+
+    def __len__(self):
+        return len(self.sections)
+
+    def __getitem__(self, i):
+        return self.processor.build_example(self.graph, self.sections[i], image_dir=self.image_dir)
+
+
+def _first(batch):
+    return batch
+
+
+def test_token_cache_shared_by_dataloader_workers(tokenizer, image_processor, image_dir, tmp_path):
+    """Two workers reading the mapped store give the same batches as the main process; the store pickles as
+    its path (a spawned worker maps the file rather than receiving a copy of the ids)."""
+    import pickle
+
+    processor = make_processor(tokenizer, image_processor, "all", "sa_te")
+    path = tmp_path / "tokens.bin"
+    processor.build_token_cache([known_row()], show_progress=False)
+    processor.token_cache.save(path)
+    processor.load_token_cache(path)
+    blob = pickle.dumps(processor.token_cache)
+    assert len(blob) < 2048 and pickle.loads(blob).path == str(path)
+    data = _Examples(processor, PageGraph.from_wikiweb2m(known_row()), image_dir)
+    batches = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=workers, collate_fn=_first)
+        batches[workers] = list(loader)
+    assert len(batches[0]) == len(batches[2]) > 1
+    for a, b in zip(batches[0], batches[2]):
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
