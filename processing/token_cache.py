@@ -73,8 +73,11 @@ class _IdTable:
         np.cumsum(lengths, out=offsets[1:])
         # Gather every entry's ids in key order at once (entry j's run, shifted to its new place).
         gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        fits = flat.size == 0 or (flat.min() >= -(2**31) and flat.max() < 2**31)
-        return cls(keys, offsets, flat[gather].astype(np.int32 if fits else np.int64))
+        # The narrowest type that holds every id: uint16 for vocabularies under 65,536 (OPT's 50,272 and
+        # open_clip's 49,408), halving the file and the pages a lookup touches.
+        low, high = (int(flat.min()), int(flat.max())) if flat.size else (0, 0)
+        dtype = np.uint16 if low >= 0 and high < 2**16 else np.int32 if low >= -(2**31) and high < 2**31 else np.int64
+        return cls(keys, offsets, flat[gather].astype(dtype))
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where absent (a binary search: touches ~log2(n) pages of a mapped file)."""
