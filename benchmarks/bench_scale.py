@@ -95,7 +95,11 @@ def resolve_all(processor, pages) -> int:
     return count
 
 
-def worker(path, identity, options, image_processor, tokenizer, pages, conn):
+def worker(path, identity, options, image_processor, tokenizer, base, n, conn):
+    # The worker makes its own pages first: touching the main process's page objects would count their
+    # copy-on-write pages, which a real run does not have (its pages are an Arrow table).
+    pages = make_pages(base, n)
+    gc.collect()
     before = private_kib()
     processor = MMGLProcessor(image_processor, tokenizer, **options)
     processor.set_token_cache(MMGLTokenCache.load(path, identity=identity))
@@ -147,7 +151,7 @@ def main():
             for _ in range(2):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=worker, args=(path, fresh._tokenizer_identity(), options, image_processor,
-                                                         tokenizer, pages, child))
+                                                         tokenizer, base, n, child))
                 proc.start()
                 workers.append((proc, parent))
             grow = [parent.recv() for proc, parent in workers]
