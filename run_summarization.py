@@ -39,6 +39,7 @@ from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, has_neighbor_s
 from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
+from processing.token_cache import prepare_token_cache
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
 from processing.training.model_card import write_model_card
@@ -112,14 +113,16 @@ class DataTrainingArguments:
     )
     token_cache_file: str | None = field(
         default=None,
-        metadata={"help": "Token ids of every text (.npz): read when it exists (only texts it lacks are tokenised), "
+        metadata={"help": "Token ids of every text (one memory-mapped file): read when it exists (only texts it lacks are tokenised), "
                   "then written back. Refused when it belongs to another tokenizer."},
     )
     graph_cache_size: int | None = field(
-        default=100_000,
+        default=1024,
         metadata={"help": "Page graphs kept in memory per split (LRU); the rest are rebuilt from the rows when met "
-                  "again. Bounded by default: all of WikiWeb2M's graphs would not fit in memory."},
+                  "again (~1 ms each). Small by default: a shuffled epoch over WikiWeb2M rarely meets a page twice."},
     )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenising the texts the token cache lacks (first start)."})
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_predict_samples: int | None = None
@@ -461,12 +464,13 @@ def main(argv=None):
         neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
     )
     with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
-        if data_args.token_cache_file and os.path.exists(data_args.token_cache_file):
-            processor.load_token_cache(data_args.token_cache_file)
-        known = len(processor.token_cache) if processor.token_cache is not None else 0
-        processor.build_token_cache(pages)
-        if data_args.token_cache_file and training_args.should_save and len(processor.token_cache) > known:
-            processor.token_cache.save(data_args.token_cache_file)
+        # open_clip ids only for raw text neighbours (an embedding cache replaces them); nothing per page
+        # when the store already covers this table.
+        prepare_token_cache(
+            processor, pages, data_args.token_cache_file, save=training_args.should_save,
+            neighbor_input_ids=processor.has_text_slots and not mmgl_args.embedding_cache_dir,
+            num_proc=data_args.preprocessing_num_workers,
+        )
 
     # The frozen encoder (the one wrapper): it fills the embedding cache and is the model's in-model encoder, so
     # cached and raw neighbours give the same embeddings.

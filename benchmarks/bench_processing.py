@@ -140,7 +140,7 @@ def token_cache_file(processor, index, samples, options, image_processor, tokeni
     """Save the processor's token cache, load it into a new processor and resolve every text from it;
     check that the loaded cache builds the same examples."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tokens.npz"
+        path = Path(tmp) / "tokens.bin"
         t = time.perf_counter()
         processor.token_cache.save(path)
         saved = time.perf_counter() - t
@@ -152,11 +152,11 @@ def token_cache_file(processor, index, samples, options, image_processor, tokeni
         t = time.perf_counter()
         loaded.build_token_cache(index, show_progress=False)  # every text found in the file, none tokenised
         resolve = time.perf_counter() - t
-    assert not cache._added["lm"], "texts missing from the saved token cache"
+    assert not cache.dirty, "texts missing from the saved token cache"
     for graph, section in samples[:500]:
         a, b = processor.build_example(graph, section), loaded.build_example(graph, section)
         assert all(torch.equal(a[k], b[k]) for k in a)
-    print(f"{'token cache file (.npz)':<34} {len(cache):>9,} texts, {size / 2**20:.1f} MiB: saved in {saved:.2f} s, "
+    print(f"{'token cache file (mmap)':<34} {len(cache):>9,} texts, {size / 2**20:.1f} MiB: saved in {saved:.2f} s, "
           f"loaded in {load:.2f} s, every text resolved from it in {resolve:.1f} s")
 
 
@@ -207,8 +207,8 @@ def main(argv=None):
     t = time.perf_counter()
     cache = cached.build_token_cache(index, show_progress=False)
     elapsed = time.perf_counter() - t
-    print(f"{'token cache build (sa_te, all)':<34} {len(cache.lm):>9,} texts in {elapsed:.1f} s "
-          f"({len(cache.lm) / elapsed:,.0f} texts/s)")
+    print(f"{'token cache build (sa_te, all)':<34} {cache.count('lm'):>9,} texts in {elapsed:.1f} s "
+          f"({cache.count('lm') / elapsed:,.0f} texts/s)")
     token_cache_file(cached, index, samples, options, image_processor, tokenizer)
     main_rates = compare("examples, all, sa_te", cached, naives, samples, args.naive_samples, args.rounds)
     fresh = first_pass_rate(cached, rows, args.rounds)

@@ -100,6 +100,30 @@ class _RuntimeState:
         return self
 
 
+_FORK_ENCODE = None  # the encoder a forked tokenisation worker calls (set just before the fork)
+
+
+def _encode_in_worker(chunk):
+    return [np.asarray(ids, dtype=np.int64) for ids in _FORK_ENCODE(chunk)]
+
+
+def _map_chunks(encode, chunks: list, num_proc: int | None):
+    """``encode`` over ``chunks``, in order: in this process, or in ``num_proc`` forked processes (the
+    tokenizers are inherited, not pickled)."""
+    global _FORK_ENCODE
+    import multiprocessing
+
+    if not num_proc or num_proc <= 1 or len(chunks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(encode, chunks)
+        return
+    _FORK_ENCODE = encode
+    try:
+        with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+            yield from pool.imap(_encode_in_worker, chunks)
+    finally:
+        _FORK_ENCODE = None
+
+
 class MMGLProcessor(ProcessorMixin):
     r"""Builds MMGL model inputs from a page graph and a target section.
 
@@ -308,19 +332,20 @@ class MMGLProcessor(ProcessorMixin):
         return self._ids_many("clip", self._encode_clip, texts)
 
     def _ids_many(self, kind: str, encode, texts: Sequence[str]) -> list:
-        """Ids of several texts: one dict lookup each when cached, one batched ``encode`` call for the texts
-        not cached yet (or for all of them without a cache)."""
+        """Ids of several texts: one hash and binary search each in the token store when there is one, one
+        batched ``encode`` call for the texts it lacks (or for all of them without a store)."""
         cache = self._state.token_cache
         if cache is None:
             return encode(texts) if texts else []
-        table = getattr(cache, kind)
-        try:
-            return [table[text] for text in texts]
-        except KeyError:  # texts not met yet (e.g. summary-scrubbed ones): from the file, or tokenise once
-            missing = cache.missing(kind, texts)
-            if missing:
-                cache.add(kind, missing, encode(missing))
-            return [table[text] for text in texts]
+        ids = cache.lookup(kind, texts)
+        absent = [i for i, found in enumerate(ids) if found is None]
+        if absent:  # texts not met yet (e.g. summary-scrubbed ones): tokenise once, remember a bounded number
+            missing = list(dict.fromkeys(texts[i] for i in absent))
+            encoded = dict(zip(missing, encode(missing)))
+            cache.remember(kind, missing, [encoded[t] for t in missing])
+            for i in absent:
+                ids[i] = encoded[texts[i]]
+        return ids
 
     def _prompt_ids(self) -> dict[str, Any]:
         """Ids of the fixed prompt pieces, tokenised once; ``fixed_length`` counts the pieces every
@@ -366,6 +391,8 @@ class MMGLProcessor(ProcessorMixin):
         neighbor_input_ids: bool | None = None,
         batch_size: int = 2048,
         show_progress: bool = True,
+        fingerprint: str | None = None,
+        num_proc: int | None = None,
     ) -> MMGLTokenCache:
         """Tokenise every unique text of ``pages`` once (batched) and use the ids from now on.
 
@@ -377,10 +404,14 @@ class MMGLProcessor(ProcessorMixin):
             pages: a `PageGraphIndex` (its pages with samples), or an iterable of page graphs, WikiWeb2M
                 rows or page dicts.
             neighbor_input_ids (`bool`, *optional*): also cache open_clip ids for raw text neighbours;
-                defaults to whether this configuration has text slots (pass `False` when an embedding
-                cache will provide text embeddings).
+                defaults to whether this configuration has text slots and no embedding cache is used (pass
+                `False` when an embedding cache will provide text embeddings: they are then never read).
             batch_size (`int`, *optional*, defaults to 2048): texts per tokenizer call.
             show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
+            fingerprint (`str`, *optional*): a fingerprint of the page table (e.g. the Arrow data set's
+                ``_fingerprint``); when the store already covers it for this configuration, nothing is
+                collected (a restart does no work per page), and after building it is recorded as covered.
+            num_proc (`int`, *optional*): tokenise in this many processes (fork); default one.
 
         Returns:
             `MMGLTokenCache`, also installed on the processor (it extends the current one if any: after
@@ -394,6 +425,16 @@ class MMGLProcessor(ProcessorMixin):
         cache = self._state.token_cache
         if cache is None:
             cache = MMGLTokenCache(self._tokenizer_identity())
+        self._state.token_cache = cache
+        raw_neighbor_texts = self.neighbor_encoding == "sa_te" and self.context != "section_only"
+        covered = None
+        if fingerprint is not None:
+            covered = (
+                f"{fingerprint}|{self.context}|{self.neighbor_encoding}|{self.context_prompt}|"
+                f"{self.section_prompt}|{self.summary_prompt}|clip={bool(neighbor_input_ids)}"
+            )
+            if covered in cache.covers:
+                return cache
         graphs: Iterable[PageGraph]
         if isinstance(pages, PageGraphIndex):
             graphs = pages.graphs()
@@ -401,7 +442,6 @@ class MMGLProcessor(ProcessorMixin):
             graphs = (PageGraph.coerce(page) for page in pages)
         lm_texts: dict[str, None] = {}
         clip_texts: dict[str, None] = {}
-        raw_neighbor_texts = self.neighbor_encoding == "sa_te" and self.context != "section_only"
         for graph in tqdm(graphs, desc="collecting texts", unit="page", disable=not show_progress):
             for s in range(graph.num_sections):
                 if graph.summaries[s]:
@@ -414,13 +454,16 @@ class MMGLProcessor(ProcessorMixin):
                     if neighbor_input_ids:
                         clip_texts[node.text] = None
         for kind, wanted, encode in (("lm", lm_texts, self._encode_lm), ("clip", clip_texts, self._encode_clip)):
-            texts = cache.missing(kind, wanted)  # texts of a loaded file are not tokenised again
-            for start in tqdm(
-                range(0, len(texts), batch_size), desc="tokenizing", unit="batch", disable=not show_progress or not texts
-            ):
-                chunk = texts[start : start + batch_size]
-                cache.add(kind, chunk, encode(chunk))
-        self._state.token_cache = cache
+            texts = cache.missing(kind, wanted)  # texts already stored are not tokenised again
+            del wanted
+            chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+            progress = tqdm(total=len(chunks), desc=f"tokenizing ({kind})", unit="batch", disable=not show_progress or not texts)
+            for chunk, ids in zip(chunks, _map_chunks(encode, chunks, num_proc)):
+                cache.add(kind, chunk, ids)
+                progress.update(1)
+            progress.close()
+        if covered is not None:
+            cache.mark_covered(covered)
         return cache
 
     # ------------------------------------------------------------------ neighbour payloads

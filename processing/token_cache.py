@@ -1,7 +1,8 @@
 """Token ids of every unique text of a data set, tokenised once, and their pickle-free file format.
 
 `MMGLTokenCache` holds the ids; `tokenizer_fingerprint` says which tokenizer made them. Nothing outside
-this file depends on how entries are stored: callers use `missing`, `add`, `lm` / `clip`, `save` and `load`.
+this file depends on how entries are stored: callers use `lookup`, `missing`, `add` / `remember`, `save`,
+`load` and `covers` / `mark_covered`.
 
 This file is Hub-loadable: it imports installed packages and same-folder files only.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,7 +44,7 @@ def _text_digests(texts: Sequence[str]) -> np.ndarray:
 
 class _IdTable:
     """The ids of many texts in three flat arrays: text ``i`` has digest ``keys[i]`` (sorted) and ids
-    ``ids[offsets[i] : offsets[i + 1]]``. No Python object per text, so it loads and searches fast."""
+    ``ids[offsets[i] : offsets[i + 1]]``. No Python object per text; the arrays may be memory-mapped."""
 
     def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray):
         self.keys, self.offsets, self.ids = keys, offsets, ids
@@ -53,131 +53,242 @@ class _IdTable:
         return len(self.keys)
 
     @classmethod
+    def empty(cls) -> "_IdTable":
+        return cls(np.zeros(0, dtype="V16"), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32))
+
+    @classmethod
     def build(cls, base: "_IdTable" | None, keys: np.ndarray, arrays: Sequence[np.ndarray]) -> "_IdTable":
         """``base``'s entries plus new ones (``keys[j]`` has ids ``arrays[j]``), sorted by key."""
         lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
         flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.int64)
         starts = np.cumsum(lengths) - lengths
-        if base is not None:
-            keys = np.concatenate([base.keys, keys])
-            starts = np.concatenate([base.offsets[:-1], starts + len(base.ids)])
-            lengths = np.concatenate([np.diff(base.offsets), lengths])
-            flat = np.concatenate([base.ids, flat])
+        if base is not None and len(base):
+            keys = np.concatenate([np.asarray(base.keys), keys])
+            starts = np.concatenate([np.asarray(base.offsets[:-1]), starts + len(base.ids)])
+            lengths = np.concatenate([np.diff(np.asarray(base.offsets)), lengths])
+            flat = np.concatenate([np.asarray(base.ids), flat])
         order = np.argsort(keys, kind="stable")
         keys, starts, lengths = keys[order], starts[order], lengths[order]
         offsets = np.zeros(len(keys) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         # Gather every entry's ids in key order at once (entry j's run, shifted to its new place).
         gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        fits = flat.size == 0 or (flat.min() >= -(2**31) and flat.max() < 2**31)
-        return cls(keys, offsets, flat[gather].astype(np.int32 if fits else np.int64))
+        # The narrowest type that holds every id: uint16 for vocabularies under 65,536 (OPT's 50,272 and
+        # open_clip's 49,408), halving the file and the pages a lookup touches.
+        low, high = (int(flat.min()), int(flat.max())) if flat.size else (0, 0)
+        dtype = np.uint16 if low >= 0 and high < 2**16 else np.int32 if low >= -(2**31) and high < 2**31 else np.int64
+        return cls(keys, offsets, flat[gather].astype(dtype))
 
     def find(self, keys: np.ndarray) -> np.ndarray:
-        """Row of each key, -1 where absent."""
+        """Row of each key, -1 where absent (a binary search: touches ~log2(n) pages of a mapped file)."""
         if not len(self.keys):
             return np.full(len(keys), -1, dtype=np.int64)
         rows = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return np.where(self.keys[rows] == keys, rows, -1)
 
-    def row(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i] : self.offsets[i + 1]].astype(np.int64)
+    def row(self, i: int) -> np.ndarray | None:
+        """Ids of row ``i`` as int64, `None` when its offsets are out of range (a damaged file: offsets
+        are checked when read, so that opening a file does not read them all)."""
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        if not 0 <= start <= end <= len(self.ids):
+            return None
+        return np.asarray(self.ids[start:end], dtype=np.int64)
+
+
+_MAGIC = b"MMGLTOK2"
+_ALIGN = 64
+
+
+def _write_store(handle, header: dict, arrays: Mapping[str, np.ndarray]) -> None:
+    """One uncompressed file: magic, header length (little-endian uint64), JSON header (with each
+    array's byte offset, dtype and shape) and the raw arrays, each aligned to 64 bytes."""
+    layout, position = {}, 0
+    for name, array in arrays.items():
+        layout[name] = {"offset": position, "dtype": array.dtype.str, "shape": list(array.shape)}
+        position += -(-array.nbytes // _ALIGN) * _ALIGN
+    header = dict(header, arrays=layout, data_bytes=position)
+    blob = json.dumps(header, sort_keys=True).encode("utf-8")
+    start = -(-(len(_MAGIC) + 8 + len(blob)) // _ALIGN) * _ALIGN
+    handle.write(_MAGIC + len(blob).to_bytes(8, "little") + blob + b"\0" * (start - len(_MAGIC) - 8 - len(blob)))
+    for name, array in arrays.items():
+        data = np.ascontiguousarray(array).tobytes()
+        handle.write(data + b"\0" * (-(-len(data) // _ALIGN) * _ALIGN - len(data)))
+
+
+def _open_store(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Header and memory-mapped arrays of a file written by `_write_store` (reads the header only)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(_MAGIC) + 8)
+        if len(head) < len(_MAGIC) + 8 or head[: len(_MAGIC)] != _MAGIC:
+            raise ValueError("not a token store (bad magic bytes)")
+        length = int.from_bytes(head[len(_MAGIC) :], "little")
+        if length > size:
+            raise ValueError("header longer than the file")
+        header = json.loads(handle.read(length).decode("utf-8"))
+    start = -(-(len(_MAGIC) + 8 + length) // _ALIGN) * _ALIGN
+    if size != start + int(header["data_bytes"]):
+        raise ValueError(f"{size} bytes, the header describes {start + int(header['data_bytes'])}")
+    arrays = {}
+    for name, spec in header["arrays"].items():
+        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+        count = int(np.prod(shape)) if shape else 1
+        if count == 0:
+            arrays[name] = np.zeros(shape, dtype=dtype)
+        else:
+            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + int(spec["offset"]), shape=shape)
+    return header, arrays
 
 
 class MMGLTokenCache:
-    """Token ids of every unique text of a data set, tokenised once.
+    """Token ids of every unique text of a data set, tokenised once, kept in a memory-mapped file.
 
-    In memory, ``lm`` maps a text to its OPT ids (``" " + text``, int64 array) and ``clip`` maps a
-    neighbour text to its open_clip ids (`(Lc,)` long tensor): a dict lookup per text while building
-    examples. ``identity`` records the tokenizers the ids came from (`tokenizer_fingerprint`); a
-    processor refuses a cache made by other tokenizers.
+    Per kind (``"lm"``: OPT ids of ``" " + text``; ``"clip"``: open_clip ids of a neighbour text) the ids
+    of all texts are one flat int32 array with offsets, addressed by the sorted 128-bit BLAKE2b digests of
+    the texts: a lookup hashes the text and binary-searches the digests (`np.searchsorted`), so the store
+    holds no Python object per text and opening it costs O(1) memory; DataLoader workers share its pages
+    through the OS page cache. Texts added in this process (`add`) sit in a small dict keyed by digest
+    until the next `save` merges them into the file. ``identity`` records the tokenizers the ids came
+    from (`tokenizer_fingerprint`); a processor refuses a store made by other tokenizers. ``covers``
+    records which page tables (by fingerprint) the store holds every text of, so that a restart skips
+    collecting them again (`build_token_cache`).
 
-    On disk (`save` / `load`) a cache is one ``.npz`` file without pickled objects: a JSON header
-    (format, version, identity, counts) and, per kind, the 128-bit digests of the texts (sorted), the
-    ids of all texts as one flat int32 array and their offsets. `save` writes a temporary file beside
-    the target, fsyncs it and renames it over the target (`os.replace`), so a crash leaves the old
-    file or the new one, never a partial file under the final name; `load` refuses a truncated or
-    inconsistent file, and a file of other tokenizers, naming the file. The texts of a loaded file
-    move into ``lm`` / ``clip`` when first asked for (the file stores only their digests); new texts
-    go in through `add` (as `build_token_cache` and the processor do), so that the next `save` keeps them.
+    On disk (`save` / `load`) a store is one uncompressed file without pickled objects (magic bytes, a
+    JSON header with the format, version, identity, counts and array layout, then the raw arrays). `save`
+    writes a temporary file beside the target, fsyncs it and renames it over the target, so a crash
+    leaves the old file or the new one; `load` refuses a truncated or foreign file, and a file of other
+    tokenizers, naming the file.
     """
 
     FORMAT = "mmgl-token-cache"
-    VERSION = 1
+    VERSION = 2
     KINDS = ("lm", "clip")
 
-    def __init__(self, identity: Mapping[str, str], path: str | None = None):
+    def __init__(self, identity: Mapping[str, str], path: str | None = None, max_pending: int = 200_000):
         self.identity = dict(identity)
         self.path = path  # the file it was loaded from or last saved to, for error messages
-        self.lm: dict[str, np.ndarray] = {}
-        self.clip: dict[str, torch.Tensor] = {}
-        self._stored: dict[str, _IdTable] = {}  # from the file, by kind
-        self._added: dict[str, dict[str, None]] = {kind: {} for kind in self.KINDS}  # not in the file yet
+        self.max_pending = max_pending  # `remember` stops adding beyond this (training-time misses)
+        self.covers: list[str] = []
+        self._stored: dict[str, _IdTable] = {kind: _IdTable.empty() for kind in self.KINDS}
+        self._pending: dict[str, dict[bytes, np.ndarray]] = {kind: {} for kind in self.KINDS}
 
     def __len__(self) -> int:
-        return sum(len(self._stored.get(kind, ())) + len(self._added[kind]) for kind in self.KINDS)
+        return sum(len(self._stored[kind]) + len(self._pending[kind]) for kind in self.KINDS)
+
+    def __reduce_ex__(self, protocol):
+        # A DataLoader worker started by pickling (spawn) maps the same file instead of receiving a copy of
+        # every id; texts added since the last `save` travel with it.
+        if self.path is None:
+            return super().__reduce_ex__(protocol)
+        return (_reopen, (self.path, self.identity, self.max_pending, self._pending, self.covers))
+
+    def count(self, kind: str) -> int:
+        return len(self._stored[kind]) + len(self._pending[kind])
+
+    def lookup(self, kind: str, texts: Sequence[str]) -> list:
+        """Ids of each text (``"lm"``: int64 array; ``"clip"``: long tensor), `None` where absent."""
+        if not len(texts):
+            return []
+        keys = _text_digests(texts)
+        pending, stored = self._pending[kind], self._stored[kind]
+        rows = stored.find(keys).tolist()
+        out = []
+        for key, row in zip(keys, rows):
+            ids = stored.row(row) if row >= 0 else pending.get(key.tobytes())
+            if row >= 0 and ids is None:
+                raise ValueError(f"token cache {self.path!r}: the {kind!r} offsets are out of range (a damaged file)")
+            out.append(ids)
+        if kind == "clip":
+            out = [None if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64)) for ids in out]
+        return out
+
+    def get(self, kind: str, text: str):
+        """Ids of one text, `None` when absent."""
+        return self.lookup(kind, [text])[0]
 
     def missing(self, kind: str, texts: Iterable[str]) -> list[str]:
-        """The texts (unique, in order) with no ids yet; ids found in the loaded file are moved to memory."""
-        table = getattr(self, kind)
-        missing = [text for text in dict.fromkeys(texts) if text not in table]
-        stored = self._stored.get(kind)
-        if stored is None or not missing:
-            return missing
-        rows = stored.find(_text_digests(missing))
-        for text, row in zip(missing, rows.tolist()):
-            if row >= 0:
-                ids = stored.row(row)
-                table[text] = ids if kind == "lm" else torch.from_numpy(ids)
-        return [text for text, row in zip(missing, rows.tolist()) if row < 0]
+        """The texts (unique, in order) with no ids yet."""
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return []
+        keys = _text_digests(unique)
+        rows = self._stored[kind].find(keys).tolist()
+        pending = self._pending[kind]
+        return [t for t, k, r in zip(unique, keys, rows) if r < 0 and k.tobytes() not in pending]
 
     def add(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
-        """Remember freshly tokenised ``texts`` (saved by the next `save`)."""
-        getattr(self, kind).update(zip(texts, ids))
-        self._added[kind].update(dict.fromkeys(texts))
+        """Remember freshly tokenised ``texts`` (saved by the next `save`); texts already present are kept."""
+        pending = self._pending[kind]
+        keys = _text_digests(texts)
+        rows = self._stored[kind].find(keys).tolist()
+        for key, row, value in zip(keys, rows, ids):
+            if row < 0:
+                pending.setdefault(key.tobytes(), np.asarray(value, dtype=np.int64).reshape(-1))
+
+    def remember(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
+        """`add`, while fewer than ``max_pending`` texts wait for a `save` (texts met only while training,
+        e.g. summary-scrubbed ones, would otherwise grow the process without bound)."""
+        if sum(len(p) for p in self._pending.values()) < self.max_pending:
+            self.add(kind, texts, ids)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether `save` has something to write (added texts or newly covered tables)."""
+        return any(self._pending.values()) or self._covers_dirty
+
+    _covers_dirty = False
+
+    def mark_covered(self, fingerprint: str) -> None:
+        """Record that every text of the table ``fingerprint`` (see `build_token_cache`) is stored."""
+        if fingerprint not in self.covers:
+            self.covers.append(fingerprint)
+            self._covers_dirty = True
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the cache to ``path`` (an ``.npz`` file), atomically; see the class docstring."""
+        """Write the store to ``path`` (one file), atomically; see the class docstring. Memory while
+        saving is O(entries): the stored and added ids are merged in key order."""
         path = os.fspath(path)
         tables = {}
         for kind in self.KINDS:
-            added = list(self._added[kind])
-            table = getattr(self, kind)
-            arrays = [np.asarray(table[text]) for text in added]
-            tables[kind] = _IdTable.build(self._stored.get(kind), _text_digests(added), arrays)
+            pending = self._pending[kind]
+            keys = np.frombuffer(b"".join(pending), dtype="V16") if pending else np.zeros(0, dtype="V16")
+            tables[kind] = _IdTable.build(self._stored[kind], keys, list(pending.values()))
         header = {
             "format": self.FORMAT,
             "version": self.VERSION,
             "identity": self.identity,
             "counts": {kind: len(table) for kind, table in tables.items()},
+            "covers": list(self.covers),
         }
-        arrays = {"header": np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)}
+        arrays = {}
         for kind, table in tables.items():
             arrays.update({f"{kind}_keys": table.keys, f"{kind}_offsets": table.offsets, f"{kind}_ids": table.ids})
         with atomic_file(path) as handle:  # the parent folder is created when missing
-            np.savez(handle, **arrays)
-        self._stored, self._added, self.path = tables, {kind: {} for kind in self.KINDS}, path
+            _write_store(handle, header, arrays)
+        fresh = type(self).load(path)  # from now on memory-mapped: the merged arrays are freed
+        self._stored, self._pending, self.path = fresh._stored, {kind: {} for kind in self.KINDS}, path
+        self._covers_dirty = False
 
     @classmethod
     def load(cls, path: str | os.PathLike, identity: Mapping[str, str] | None = None) -> "MMGLTokenCache":
-        """Read a cache written by `save`.
+        """Open a store written by `save`, memory-mapped (reads its header only).
 
         Args:
-            path (`str` or `os.PathLike`): the ``.npz`` file.
-            identity (`dict`, *optional*): the tokenizers' identity the cache must have (a processor
+            path (`str` or `os.PathLike`): the file.
+            identity (`dict`, *optional*): the tokenizers' identity the store must have (a processor
                 passes its own); a file of other tokenizers raises `ValueError` naming the file.
 
         Raises:
-            `ValueError`: the file is truncated, corrupt, not a token cache, or of other tokenizers.
+            `ValueError`: the file is truncated, corrupt, not a token store, or of other tokenizers.
         """
         path = os.fspath(path)
-        names = ["header"] + [f"{kind}_{part}" for kind in cls.KINDS for part in ("keys", "offsets", "ids")]
+        names = [f"{kind}_{part}" for kind in cls.KINDS for part in ("keys", "offsets", "ids")]
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in names}
-            header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
+            header, arrays = _open_store(path)
+            arrays = {name: arrays[name] for name in names}
         except FileNotFoundError:
             raise
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:  # truncated, corrupt, foreign
+        except (OSError, EOFError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             raise ValueError(f"token cache {path!r} cannot be read (truncated, corrupt or not a token cache): {err}") from err
         if header.get("format") != cls.FORMAT or header.get("version") != cls.VERSION:
             raise ValueError(
@@ -190,16 +301,17 @@ class MMGLTokenCache:
                 f"{dict(identity)}; rebuild it (build_token_cache) or remove the file"
             )
         cache = cls(header["identity"], path=path)
+        cache.covers = list(header.get("covers") or [])
         counts = header.get("counts") or {}
         for kind in cls.KINDS:
             keys, offsets, ids = (arrays[f"{kind}_{part}"] for part in ("keys", "offsets", "ids"))
+            # O(1) checks only; each row's offsets are checked when it is read (`_IdTable.row`).
             consistent = (
                 keys.dtype == np.dtype("V16")
                 and keys.shape == (counts.get(kind),)
                 and offsets.shape == (len(keys) + 1,)
                 and offsets[0] == 0
                 and offsets[-1] == len(ids)
-                and bool(np.all(np.diff(offsets) >= 0))
             )
             if not consistent:
                 raise ValueError(f"token cache {path!r}: the {kind!r} tables are inconsistent (a damaged file)")
@@ -207,4 +319,51 @@ class MMGLTokenCache:
         return cache
 
 
-__all__ = ["MMGLTokenCache", "tokenizer_fingerprint"]
+def _reopen(path, identity, max_pending, pending, covers) -> "MMGLTokenCache":
+    cache = MMGLTokenCache.load(path, identity=identity)
+    cache.max_pending, cache._pending, cache.covers = max_pending, pending, covers
+    return cache
+
+
+def table_fingerprint(pages) -> str | None:
+    """A fingerprint of a page table that changes when its rows do: the ``_fingerprint`` of a `datasets`
+    Arrow table (set from its files and transforms), `None` for other tables (then nothing is skipped)."""
+    fingerprint = getattr(pages, "_fingerprint", None)
+    return f"{type(pages).__name__}:{fingerprint}:{len(pages)}" if fingerprint else None
+
+
+def prepare_token_cache(
+    processor,
+    pages,
+    path: str | os.PathLike | None = None,
+    neighbor_input_ids: bool | None = None,
+    save: bool = True,
+    num_proc: int | None = None,
+    show_progress: bool = True,
+) -> "MMGLTokenCache":
+    """Open the store at ``path`` (when it exists), tokenise what ``pages`` adds, save it back, and install it
+    on ``processor``: the startup of a training run. When the store already covers ``pages``' table
+    (`table_fingerprint`) for this configuration, no page is read: a restart costs O(1).
+
+    Args:
+        processor (`MMGLProcessor`): the processor (its tokenizers and configuration).
+        pages: the page table (`datasets.Dataset` or an iterable of rows).
+        path (`str`, *optional*): the store's file; none keeps the ids in memory only.
+        neighbor_input_ids (`bool`, *optional*): also open_clip ids (raw text neighbours without an embedding
+            cache); see `MMGLProcessor.build_token_cache`.
+        save (`bool`, *optional*, defaults to `True`): write the store back when something was added (only the
+            main process should).
+        num_proc (`int`, *optional*): tokenisation processes.
+    """
+    if path and os.path.exists(path):
+        processor.load_token_cache(path)
+    cache = processor.build_token_cache(
+        pages, neighbor_input_ids=neighbor_input_ids, show_progress=show_progress,
+        fingerprint=table_fingerprint(pages), num_proc=num_proc,
+    )
+    if path and save and cache.dirty:
+        cache.save(path)
+    return cache
+
+
+__all__ = ["MMGLTokenCache", "prepare_token_cache", "table_fingerprint", "tokenizer_fingerprint"]

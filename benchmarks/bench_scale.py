@@ -1,0 +1,190 @@
+"""How the data path's memory, startup and disk grow with the number of pages (issue: full WikiWeb2M on
+one machine).
+
+Generates N pages by replicating the real pages of ``../shared/data/realwiki`` with a per-copy unique
+suffix on every text (real lengths, no two texts shared across copies), then for each N:
+
+* first start: collect and tokenise every text into the memory-mapped token store, save it (CPU s, disk);
+* restart: open the store and call `prepare_token_cache` on the same (covered) table, the startup of a
+  training run (CPU s per page);
+* steady state: resolve the ids of every text of every sample section (as `build_example` does) in the
+  main process and in two forked workers, and read resident memory from ``/proc`` (RSS growth of the
+  main process; private dirty memory of each worker, i.e. what it does not share with the main process).
+
+It prints per-page figures, the extrapolation to 2M pages, and the ratio between consecutive N (flat
+per-page figures mean linear totals). Usage::
+
+    python benchmarks/bench_scale.py --pages 1000 4000 16000
+
+Only the token store is covered (the embedding cache's index is not memory-mapped yet).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from processing.data.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
+from processing.data.wikiweb2m import iter_pages  # noqa: E402
+from processing.image_source import clip_image_processor  # noqa: E402
+from processing.page_graph import PageGraph  # noqa: E402
+from processing.processing_mmgl import MMGLProcessor  # noqa: E402
+from processing.token_cache import MMGLTokenCache  # noqa: E402
+
+REALWIKI = ROOT.parent / "shared" / "data" / "realwiki" / "wikiweb2m-dev.tfrecord.gz"
+TEXT_FIELDS = ("page_title", "clean_page_description", "section_title", "section_text", "section_clean_1st_sentence",
+               "section_rest_sentence")
+FULL_PAGES = 2_000_000
+
+
+def _unique(value, tag):
+    if isinstance(value, str):
+        return f"{value} {tag}" if value else value
+    if isinstance(value, list):
+        return [_unique(v, tag) for v in value]
+    return value
+
+
+def make_pages(base: list[dict], n: int) -> list[PageGraph]:
+    pages = []
+    for i in range(n):
+        row = copy.copy(base[i % len(base)])
+        tag = f"[copy {i // len(base)}]"
+        for name in TEXT_FIELDS:
+            row[name] = _unique(row[name], tag)
+        row["page_url"] = f"{row['page_url']}#{i}"
+        pages.append(PageGraph.from_wikiweb2m(row))
+    return pages
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        # RssAnon: the process's own memory; the mapped store's pages are shared page cache (RssFile).
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+
+
+def private_kib(pid: int | str = "self") -> int:
+    # Private_Dirty: memory the worker no longer shares with the main process (its own allocations and the
+    # copy-on-write pages it touched); clean mapped pages of the store are shared.
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def resolve_all(processor, pages) -> int:
+    count = 0
+    for graph in pages:
+        for s in graph.sample_sections():
+            texts = [processor.target_text(graph, s), graph.summaries[s]]
+            texts += [node.text for node in graph.nodes if node.text][: processor.max_text_neighbors]
+            count += len(processor._lm_ids_many(texts))
+    return count
+
+
+def worker(path, identity, options, image_processor, tokenizer, base, n, conn):
+    # The worker makes its own pages first: touching the main process's page objects would count their
+    # copy-on-write pages, which a real run does not have (its pages are an Arrow table).
+    pages = make_pages(base, n)
+    gc.collect()
+    before = private_kib()
+    processor = MMGLProcessor(image_processor, tokenizer, **options)
+    processor.set_token_cache(MMGLTokenCache.load(path, identity=identity))
+    resolve_all(processor, pages)
+    conn.send(private_kib() - before)
+    conn.close()
+
+
+def main():
+    import multiprocessing
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pages", type=int, nargs="+", default=[1000, 4000, 16000])
+    parser.add_argument("--num_proc", type=int, default=1)
+    args = parser.parse_args()
+    base = list(iter_pages(str(REALWIKI)))
+    tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
+    from tests.modeling_helpers import TINY_CLIP
+
+    image_processor = clip_image_processor("ViT-B-32", TINY_CLIP)
+    options = dict(context="all", neighbor_encoding="sa_te", max_source_length=1024, max_target_length=128)
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
+    rows = []
+    for n in args.pages:
+        pages = make_pages(base, n)
+        gc.collect()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "tokens.bin")
+            processor = MMGLProcessor(image_processor, tokenizer, **options)
+            t = cpu()
+            processor.build_token_cache(pages, show_progress=False, fingerprint=f"bench-{n}", num_proc=args.num_proc)
+            processor.token_cache.save(path)
+            first = cpu() - t
+            texts = len(processor.token_cache)
+            disk = os.path.getsize(path)
+            del processor
+            gc.collect()
+            # Restart: open the store, startup on the covered table.
+            fresh = MMGLProcessor(image_processor, tokenizer, **options)
+            rss0 = rss_kib()
+            t = cpu()
+            fresh.load_token_cache(path)
+            fresh.build_token_cache(pages, show_progress=False, fingerprint=f"bench-{n}")
+            restart = cpu() - t
+            resolved = resolve_all(fresh, pages)
+            steady = rss_kib() - rss0
+            ctx = multiprocessing.get_context("fork")
+            workers = []
+            for _ in range(2):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=worker, args=(path, fresh._tokenizer_identity(), options, image_processor,
+                                                         tokenizer, base, n, child))
+                proc.start()
+                workers.append((proc, parent))
+            grow = [parent.recv() for proc, parent in workers]
+            for proc, _ in workers:
+                proc.join()
+        rows.append(dict(n=n, texts=texts, first=first, restart=restart, disk=disk, steady=steady, workers=grow,
+                         resolved=resolved))
+        print(f"N={n:>7,} pages: {texts:,} texts, first start {first:.1f} CPU s, restart {restart * 1e3:.1f} CPU ms, "
+              f"disk {disk / 2**20:.1f} MiB, main RSS growth {steady / 1024:.1f} MiB after resolving {resolved:,} ids, "
+              f"workers' private growth {[round(g / 1024, 1) for g in grow]} MiB")
+    print()
+    print(f"{'N':>8} {'1st CPU ms/page':>16} {'restart CPU us/page':>20} {'disk KiB/page':>14} "
+          f"{'main RSS KiB/page':>18} {'worker KiB/page':>16}")
+    for r in rows:
+        n = r["n"]
+        print(f"{n:>8,} {r['first'] / n * 1e3:>16.2f} {r['restart'] / n * 1e6:>20.2f} {r['disk'] / n / 1024:>14.2f} "
+              f"{r['steady'] / n:>18.3f} {max(r['workers']) / n:>16.3f}")
+    last = rows[-1]
+    n = last["n"]
+    print(f"\nextrapolated to {FULL_PAGES:,} pages (linear from N={n:,}; labelled as an extrapolation):")
+    print(f"  first start tokenisation: {last['first'] / n * FULL_PAGES / 3600:.2f} CPU-hours (one process; divides by num_proc)")
+    print(f"  restart: {last['restart'] / n * FULL_PAGES / 60:.3f} CPU-minutes (store covers the table)")
+    print(f"  disk: {last['disk'] / n * FULL_PAGES / 2**30:.2f} GiB")
+    print(f"  main RSS growth: {last['steady'] / n * FULL_PAGES / 2**20:.2f} GiB (page cache of the mapped file excluded)")
+    if len(rows) > 1:
+        print("\nratios between consecutive N (per-page figure of the larger N / the smaller):")
+        for a, b in zip(rows, rows[1:]):
+            def per(r, key):
+                return max(r[key]) / r["n"] if isinstance(r[key], list) else r[key] / r["n"]
+
+            print(f"  {a['n']:,} -> {b['n']:,}: first {per(b, 'first') / per(a, 'first'):.2f}, "
+                  f"restart {per(b, 'restart') / max(per(a, 'restart'), 1e-12):.2f}, disk {per(b, 'disk') / per(a, 'disk'):.2f}")
+
+
+if __name__ == "__main__":
+    main()
