@@ -42,11 +42,11 @@ from processing.processing_mmgl import MMGLProcessor
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
 from processing.training.model_card import write_model_card
+from processing.training.tuning import TUNINGS, apply_tuning, check_tuning, count_parameters, run_first_stage
 
 logger = logging.getLogger(__name__)
 
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
-TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
 PAPER_RECIPE = dict(learning_rate=1e-4, max_steps=10_000, per_device_train_batch_size=125)
 
 
@@ -136,8 +136,7 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
                           ("position_encoding", POSITION_ENCODINGS), ("tuning", TUNINGS)):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
-    if mmgl_args.tuning == "flamingo" and mmgl_args.neighbor_encoding != "ca_e":
-        raise ValueError("--tuning flamingo trains only gated cross-attention: it needs --neighbor_encoding ca_e.")
+    check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
     has_slots = has_neighbor_slots(mmgl_args.neighbor_encoding, mmgl_args.context)
     if mmgl_args.position_encoding != "none" and not has_slots:
         raise ValueError(
@@ -339,59 +338,6 @@ class MMGLSummarizationTrainer(Trainer):
                     handle.write(json.dumps({"page": page, "section": section, "prediction": prediction,
                                              "reference": reference}) + "\n")
         return metrics
-
-
-def apply_tuning(model, mmgl_args):
-    """Freezes / wraps the model for the tuning method; returns the model to train."""
-    if mmgl_args.tuning == "full":
-        return model
-    if mmgl_args.tuning == "flamingo":
-        for name, param in model.named_parameters():
-            param.requires_grad_(
-                "gated_cross_attention" in name or name.startswith(("neighbor_projection", "position_encoding"))
-            )
-        return model
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
-
-    # The MMGL modules are new: they always train alongside the adapter.
-    modules_to_save = [name for name in ("neighbor_projection", "position_encoding") if getattr(model, name) is not None]
-    if mmgl_args.tuning == "lora":
-        peft_config = LoraConfig(
-            task_type="CAUSAL_LM", r=mmgl_args.lora_r, lora_alpha=mmgl_args.lora_alpha,
-            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],  # OPT's attention projections
-            modules_to_save=modules_to_save or None,
-        )
-    elif mmgl_args.tuning == "prefix":
-        peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=mmgl_args.num_virtual_tokens,
-                                         modules_to_save=modules_to_save or None)
-    else:
-        peft_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=mmgl_args.num_virtual_tokens,
-                                         modules_to_save=modules_to_save or None)
-    return get_peft_model(model, peft_config)
-
-
-def run_first_stage(model, training_args, train_dataset, data_collator, steps: int):
-    """Trains only the neighbour projectors and the position encoding for `steps` steps (output in
-    `<output_dir>/first_stage`), then restores which parameters train, ready for the main stage."""
-    import dataclasses
-
-    was_trainable = {name: param.requires_grad for name, param in model.named_parameters()}
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(("neighbor_projection", "position_encoding")))
-    trainable, total = count_parameters(model)
-    print(f"first stage: {steps} steps, trainable parameters: {trainable:,} / total: {total:,}")
-    stage_args = dataclasses.replace(
-        training_args, output_dir=str(Path(training_args.output_dir) / "first_stage"), max_steps=steps,
-        save_strategy="no", push_to_hub=False, resume_from_checkpoint=None,
-    )
-    Trainer(model=model, args=stage_args, train_dataset=train_dataset, data_collator=data_collator).train()
-    for name, param in model.named_parameters():
-        param.requires_grad_(was_trainable[name])
-
-
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
 
 
 def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state):
