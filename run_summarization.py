@@ -76,6 +76,11 @@ class MMGLArguments:
     max_text_neighbors: int = 11
     max_image_neighbors: int = 5
     cross_attention_interval: int = 4
+    cross_attention_gating: bool = field(
+        default=True,
+        metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
+                  "CA-E, residuals added directly."},
+    )
     lpe_k: int = 4
     gnn_type: str = "gcn"
     gnn_num_layers: int = 2
@@ -203,6 +208,7 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> d
         max_text_neighbors=mmgl_args.max_text_neighbors,
         max_image_neighbors=mmgl_args.max_image_neighbors,
         cross_attention_interval=mmgl_args.cross_attention_interval,
+        cross_attention_gating=mmgl_args.cross_attention_gating,
         lpe_k=mmgl_args.lpe_k,
         gnn_type=mmgl_args.gnn_type,
         gnn_num_layers=mmgl_args.gnn_num_layers,
