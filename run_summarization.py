@@ -42,12 +42,12 @@ from processing.processing_mmgl import MMGLProcessor
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
 from processing.training.model_card import write_model_card
+from processing.training.recipe import explicit_fields, resolve_paper_recipe
 from processing.training.tuning import TUNINGS, apply_tuning, check_tuning, count_parameters, run_first_stage
 
 logger = logging.getLogger(__name__)
 
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
-PAPER_RECIPE = dict(learning_rate=1e-4, max_steps=10_000, per_device_train_batch_size=125)
 
 
 @dataclass
@@ -132,7 +132,10 @@ class DataTrainingArguments:
     max_target_length: int = 128
     generation_max_new_tokens: int = 64
     generation_num_beams: int = 1
-    recipe: str | None = field(default=None, metadata={"help": "'paper': lr 1e-4, 10k steps, batch 125."})
+    recipe: str | None = field(default=None, metadata={
+        "help": "'paper': lr 1e-4, 10k steps, global batch 125 (gradient accumulation derived from "
+                "--per_device_train_batch_size and the process count), max_source_length 1024 for sa_te and 512 "
+                "otherwise; arguments given explicitly are kept."})
 
 
 def validate_arguments(model_args, mmgl_args, data_args, training_args):
@@ -374,8 +377,14 @@ def main(argv=None):
     else:
         model_args, mmgl_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if data_args.recipe == "paper":
-        for key, value in PAPER_RECIPE.items():
+        recipe = resolve_paper_recipe(training_args.per_device_train_batch_size, training_args.world_size,
+                                      mmgl_args.neighbor_encoding, explicit_fields(argv),
+                                      training_args.gradient_accumulation_steps)
+        for key, value in recipe.training_updates().items():
             setattr(training_args, key, value)
+        if recipe.max_source_length is not None:
+            data_args.max_source_length = recipe.max_source_length
+        print("\n".join(recipe.lines))
     validate_arguments(model_args, mmgl_args, data_args, training_args)
     check_sequence_fits(model_args, mmgl_args, data_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
