@@ -43,12 +43,12 @@ from processing.token_cache import prepare_token_cache
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
 from processing.training.model_card import write_model_card
+from processing.training.recipe import explicit_fields, resolve_paper_recipe
+from processing.training.tuning import TUNINGS, apply_tuning, check_tuning, count_parameters, run_first_stage
 
 logger = logging.getLogger(__name__)
 
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
-TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
-PAPER_RECIPE = dict(learning_rate=1e-4, max_steps=10_000, per_device_train_batch_size=125)
 
 
 @dataclass
@@ -77,6 +77,11 @@ class MMGLArguments:
     max_text_neighbors: int = 11
     max_image_neighbors: int = 5
     cross_attention_interval: int = 4
+    cross_attention_gating: bool = field(
+        default=True,
+        metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
+                  "CA-E, residuals added directly."},
+    )
     lpe_k: int = 4
     gnn_type: str = "gcn"
     gnn_num_layers: int = 2
@@ -130,7 +135,10 @@ class DataTrainingArguments:
     max_target_length: int = 128
     generation_max_new_tokens: int = 64
     generation_num_beams: int = 1
-    recipe: str | None = field(default=None, metadata={"help": "'paper': lr 1e-4, 10k steps, batch 125."})
+    recipe: str | None = field(default=None, metadata={
+        "help": "'paper': lr 1e-4, 10k steps, global batch 125 (gradient accumulation derived from "
+                "--per_device_train_batch_size and the process count), max_source_length 1024 for sa_te and 512 "
+                "otherwise; arguments given explicitly are kept."})
 
 
 def validate_arguments(model_args, mmgl_args, data_args, training_args):
@@ -139,8 +147,7 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
                           ("position_encoding", POSITION_ENCODINGS), ("tuning", TUNINGS)):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
-    if mmgl_args.tuning == "flamingo" and mmgl_args.neighbor_encoding != "ca_e":
-        raise ValueError("--tuning flamingo trains only gated cross-attention: it needs --neighbor_encoding ca_e.")
+    check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
     has_slots = has_neighbor_slots(mmgl_args.neighbor_encoding, mmgl_args.context)
     if mmgl_args.position_encoding != "none" and not has_slots:
         raise ValueError(
@@ -207,6 +214,7 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> d
         max_text_neighbors=mmgl_args.max_text_neighbors,
         max_image_neighbors=mmgl_args.max_image_neighbors,
         cross_attention_interval=mmgl_args.cross_attention_interval,
+        cross_attention_gating=mmgl_args.cross_attention_gating,
         lpe_k=mmgl_args.lpe_k,
         gnn_type=mmgl_args.gnn_type,
         gnn_num_layers=mmgl_args.gnn_num_layers,
@@ -344,59 +352,6 @@ class MMGLSummarizationTrainer(Trainer):
         return metrics
 
 
-def apply_tuning(model, mmgl_args):
-    """Freezes / wraps the model for the tuning method; returns the model to train."""
-    if mmgl_args.tuning == "full":
-        return model
-    if mmgl_args.tuning == "flamingo":
-        for name, param in model.named_parameters():
-            param.requires_grad_(
-                "gated_cross_attention" in name or name.startswith(("neighbor_projection", "position_encoding"))
-            )
-        return model
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
-
-    # The MMGL modules are new: they always train alongside the adapter.
-    modules_to_save = [name for name in ("neighbor_projection", "position_encoding") if getattr(model, name) is not None]
-    if mmgl_args.tuning == "lora":
-        peft_config = LoraConfig(
-            task_type="CAUSAL_LM", r=mmgl_args.lora_r, lora_alpha=mmgl_args.lora_alpha,
-            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],  # OPT's attention projections
-            modules_to_save=modules_to_save or None,
-        )
-    elif mmgl_args.tuning == "prefix":
-        peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=mmgl_args.num_virtual_tokens,
-                                         modules_to_save=modules_to_save or None)
-    else:
-        peft_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=mmgl_args.num_virtual_tokens,
-                                         modules_to_save=modules_to_save or None)
-    return get_peft_model(model, peft_config)
-
-
-def run_first_stage(model, training_args, train_dataset, data_collator, steps: int):
-    """Trains only the neighbour projectors and the position encoding for `steps` steps (output in
-    `<output_dir>/first_stage`), then restores which parameters train, ready for the main stage."""
-    import dataclasses
-
-    was_trainable = {name: param.requires_grad for name, param in model.named_parameters()}
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(("neighbor_projection", "position_encoding")))
-    trainable, total = count_parameters(model)
-    print(f"first stage: {steps} steps, trainable parameters: {trainable:,} / total: {total:,}")
-    stage_args = dataclasses.replace(
-        training_args, output_dir=str(Path(training_args.output_dir) / "first_stage"), max_steps=steps,
-        save_strategy="no", push_to_hub=False, resume_from_checkpoint=None,
-    )
-    Trainer(model=model, args=stage_args, train_dataset=train_dataset, data_collator=data_collator).train()
-    for name, param in model.named_parameters():
-        param.requires_grad_(was_trainable[name])
-
-
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
 def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state):
     """Runs the frozen encoder once over every neighbour of every split (resumes an interrupted run): exactly what
     the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper)."""
@@ -425,8 +380,14 @@ def main(argv=None):
     else:
         model_args, mmgl_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if data_args.recipe == "paper":
-        for key, value in PAPER_RECIPE.items():
+        recipe = resolve_paper_recipe(training_args.per_device_train_batch_size, training_args.world_size,
+                                      mmgl_args.neighbor_encoding, explicit_fields(argv),
+                                      training_args.gradient_accumulation_steps)
+        for key, value in recipe.training_updates().items():
             setattr(training_args, key, value)
+        if recipe.max_source_length is not None:
+            data_args.max_source_length = recipe.max_source_length
+        print("\n".join(recipe.lines))
     validate_arguments(model_args, mmgl_args, data_args, training_args)
     check_sequence_fits(model_args, mmgl_args, data_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,

@@ -47,6 +47,10 @@ class MMGLConfig(OPTConfig):
         cross_attention_interval (`int`, *optional*, defaults to 4):
             One gated cross-attention block every this many decoder layers (paper: 4), placed before the
             self-attention of layers `interval-1, 2*interval-1, ...`.
+        cross_attention_gating (`bool`, *optional*, defaults to `True`):
+            Whether each cross-attention block sits behind tanh gates initialised to zero (the block is the identity
+            at initialisation, so the model starts as OPT). `False`: no gates, both residuals are added directly
+            (the paper's ungated CA-E); the model then differs from OPT from the start.
         neighbor_encoder_name (`str`, *optional*):
             open_clip model name (e.g. `"ViT-B-32"`) of a frozen encoder kept inside the model, so raw neighbour
             texts and images work end to end. `None`: only precomputed neighbour embeddings are accepted.
@@ -75,6 +79,7 @@ class MMGLConfig(OPTConfig):
     gnn_type: str = "gcn"
     gnn_num_layers: int = 2
     cross_attention_interval: int = 4
+    cross_attention_gating: bool = True
     neighbor_encoder_name: str | None = None
     neighbor_encoder_pretrained: str | None = None
     neighbor_encoder_config: dict | None = None

@@ -73,25 +73,33 @@ class MMGLCrossAttention(nn.Module):
 
 class MMGLGatedCrossAttentionBlock(nn.Module):
     """Cross-attention then a feed-forward layer, each behind a tanh gate initialised to zero (so the block is the
-    identity at initialisation and the model starts as OPT). Gate names follow IDEFICS."""
+    identity at initialisation and the model starts as OPT). Gate names follow IDEFICS. With
+    `config.cross_attention_gating=False` there are no gates: both residuals are added directly (the paper's
+    ungated CA-E), so the model differs from OPT from the start."""
 
     def __init__(self, config: MMGLConfig):
         super().__init__()
         self.cross_attn_layer_norm = nn.LayerNorm(config.hidden_size)
         self.cross_attn = MMGLCrossAttention(config)
-        self.alpha_cross_attn = nn.Parameter(torch.zeros(1))
+        self.gated = config.cross_attention_gating
+        # Ungated: no gate parameters at all, so a checkpoint says which variant it is.
+        self.alpha_cross_attn = nn.Parameter(torch.zeros(1)) if self.gated else None
         self.dense_layer_norm = nn.LayerNorm(config.hidden_size)
         self.fc1 = nn.Linear(config.hidden_size, config.ffn_dim, bias=config.enable_bias)
         self.fc2 = nn.Linear(config.ffn_dim, config.hidden_size, bias=config.enable_bias)
         self.activation_fn = ACT2FN[config.activation_function]
-        self.alpha_dense = nn.Parameter(torch.zeros(1))
+        self.alpha_dense = nn.Parameter(torch.zeros(1)) if self.gated else None
 
     def forward(self, hidden_states, keys, values, attention_mask, has_neighbors):
         """`has_neighbors` `(B, 1, 1)`: rows without any real neighbour get no cross-attention update at all."""
         attended = self.cross_attn(self.cross_attn_layer_norm(hidden_states), keys, values, attention_mask)
-        hidden_states = hidden_states + has_neighbors * self.alpha_cross_attn.tanh() * attended
+        if self.gated:
+            attended = self.alpha_cross_attn.tanh() * attended
+        hidden_states = hidden_states + has_neighbors * attended
         dense = self.fc2(self.activation_fn(self.fc1(self.dense_layer_norm(hidden_states))))
-        return hidden_states + has_neighbors * self.alpha_dense.tanh() * dense
+        if self.gated:
+            dense = self.alpha_dense.tanh() * dense
+        return hidden_states + has_neighbors * dense
 
 
 class MMGLDecoderLayer(OPTDecoderLayer):

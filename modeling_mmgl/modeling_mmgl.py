@@ -50,7 +50,7 @@ class MMGLPreTrainedModel(OPTPreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         # Gates start closed, so a freshly initialised cross-attention model computes exactly what OPT computes.
-        if isinstance(module, MMGLGatedCrossAttentionBlock):
+        if isinstance(module, MMGLGatedCrossAttentionBlock) and module.gated:
             init.zeros_(module.alpha_cross_attn)
             init.zeros_(module.alpha_dense)
         # open_clip's causal text mask is a non-persistent buffer: never in a checkpoint, so rebuild it on load.

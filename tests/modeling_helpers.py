@@ -51,7 +51,7 @@ def tiny_model(mode="self_attention", position_encoding="none", seed=0, open_gat
         # Closed gates make cross-attention the identity; open them so neighbours matter in tests.
         for layer in model.model.decoder.layers:
             block = getattr(layer, "gated_cross_attention", None)
-            if block is not None:
+            if block is not None and block.gated:
                 block.alpha_cross_attn.data.fill_(1.0)
                 block.alpha_dense.data.fill_(1.0)
     return model

@@ -47,6 +47,39 @@ def test_cross_attention_at_init_equals_opt():
     torch.testing.assert_close(with_neighbors, plain, atol=1e-5, rtol=0)
 
 
+def test_ungated_cross_attention_differs_from_opt_at_init_and_trains():
+    opt = tiny_opt()
+    model = tiny_model("cross_attention", "sequence", open_gates=False, cross_attention_gating=False)
+    assert not any("alpha_" in name for name, _ in model.named_parameters()), "ungated blocks have no gates"
+    missing, unexpected = model.load_state_dict(opt.state_dict(), strict=False)
+    assert not unexpected and missing
+    batch = neighbor_batch(model.config)
+    with torch.no_grad():
+        plain = opt(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert (model(**batch).logits - plain).abs().max() > 1e-3, "residuals are added directly: not OPT at init"
+    labels = labels_for(batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_cross_attention_gating_round_trips(tmp_path):
+    model = tiny_model("cross_attention", "sequence", open_gates=False, cross_attention_gating=False)
+    model.save_pretrained(tmp_path)
+    reloaded = MMGLForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.cross_attention_gating is False
+    batch = neighbor_batch(model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_loads_plain_opt_checkpoint(tmp_path, mode):
     opt = tiny_opt()

@@ -26,17 +26,20 @@ def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_en
 
     peft adapters are also saved as adapters (``adapter/``); LoRA is merged into the exported weights; prefix /
     prompt adapters cannot be merged, so the exported weights are the base model and the adapter must be loaded
-    with peft on top. ``neighbor_encoder``: trained from an embedding cache, the model is exported with that
+    with peft on top. Either way the MMGL modules trained as peft `modules_to_save` (projectors, position
+    encoding, gated cross-attention) are exported with their trained weights. ``neighbor_encoder``: trained from an embedding cache, the model is exported with that
     frozen encoder inside.
     """
     from peft import PeftModel
 
     from processing.pipeline_mmgl import save_for_hub
+    from processing.training.tuning import unwrap_modules_to_save
 
     if isinstance(model, PeftModel):
         model.save_pretrained(Path(output_dir) / "adapter")
         is_lora = model.peft_config[model.active_adapter].peft_type == "LORA"
         model = model.merge_and_unload() if is_lora else model.get_base_model()
+        model = unwrap_modules_to_save(model)  # merge_and_unload does this for LoRA; the base model keeps wrappers
     if neighbor_encoder is not None and model.neighbor_encoder is None:
         model = attach_neighbor_encoder(model, neighbor_encoder)
     return save_for_hub(model, processor, output_dir)
