@@ -39,6 +39,7 @@ from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, has_neighbor_s
 from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
+from processing.training.checkpoint_design import apply_checkpoint_design, log_free_settings, read_checkpoint_design
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
 from processing.training.model_card import write_model_card
@@ -63,6 +64,11 @@ class ModelArguments:
         metadata={"help": "OPT config for a model from scratch, e.g. 'hidden_size=64,num_hidden_layers=2,ffn_dim=128'."},
     )
     tokenizer_vocab_size: int = field(default=4000, metadata={"help": "BPE vocabulary when training a tokenizer."})
+    export: bool = field(
+        default=False,
+        metadata={"help": "Write the Hub folder (weights, processor, model card) to --output_dir also without "
+                  "--do_train (evaluating a checkpoint does not re-export it unless asked)."},
+    )
 
 
 @dataclass
@@ -424,10 +430,20 @@ def main(argv=None):
     if data_args.recipe == "paper":
         for key, value in PAPER_RECIPE.items():
             setattr(training_args, key, value)
-    validate_arguments(model_args, mmgl_args, data_args, training_args)
-    check_sequence_fits(model_args, mmgl_args, data_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])
+    # An MMGL checkpoint carries its design: taken from it, a contradicting flag refused (before any work).
+    design = read_checkpoint_design(model_args.model_name_or_path)
+    if design is not None:
+        taken = apply_checkpoint_design(design, argv, mmgl_args, data_args,
+                                        encoder_config_file=mmgl_args.neighbor_encoder_config)
+        logger.info(f"design of {design.path}: " + ", ".join(f"{k}={v!r}" for k, v in design.values.items()))
+        free = log_free_settings(argv, data_args, training_args)
+        if free:
+            logger.info("set for this run (not part of the checkpoint's design): "
+                        + ", ".join(f"{k}={v!r}" for k, v in free.items()))
+    validate_arguments(model_args, mmgl_args, data_args, training_args)
+    check_sequence_fits(model_args, mmgl_args, data_args)
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
@@ -444,22 +460,35 @@ def main(argv=None):
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
     # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
-    if model_args.tokenizer_name or model_args.model_name_or_path:
+    if design is not None and design.has_processor:
+        tokenizer = None  # the checkpoint's own processor (tokenizer with its <neighbor> token, image processor)
+    elif model_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
     else:
         tokenizer = train_bpe_tokenizer(wikiweb2m_texts(pages), model_args.tokenizer_vocab_size)
-    encoder_name, encoder_pretrained, encoder_config = encoder_settings(mmgl_args)
+    if design is not None and design.encoder is not None:
+        encoder_name, encoder_pretrained, encoder_config = design.encoder
+    else:
+        if design is not None:
+            logger.warning(f"{design.path} records no frozen encoder: using the --neighbor_encoder_* flags.")
+        encoder_name, encoder_pretrained, encoder_config = encoder_settings(mmgl_args)
     encoder_model_config = open_clip_config(encoder_name, encoder_config)
-    processor = MMGLProcessor(
-        image_processor=clip_image_processor(encoder_name, encoder_config), tokenizer=tokenizer,
-        context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
-        text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
-        image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
-        max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,
-        max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
-        neighbor_encoder_name=encoder_name,
-        neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
-    )
+    if tokenizer is None:
+        processor = MMGLProcessor.from_pretrained(design.path)
+        for name in ("max_source_length", "max_target_length"):
+            setattr(processor, name, getattr(data_args, name))
+        tokenizer = processor.tokenizer
+    else:
+        processor = MMGLProcessor(
+            image_processor=clip_image_processor(encoder_name, encoder_config), tokenizer=tokenizer,
+            context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
+            text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
+            image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
+            max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,
+            max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
+            neighbor_encoder_name=encoder_name,
+            neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
+        )
     with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
         if data_args.token_cache_file and os.path.exists(data_args.token_cache_file):
             processor.load_token_cache(data_args.token_cache_file)
@@ -487,6 +516,8 @@ def main(argv=None):
         base = transformers.AutoConfig.from_pretrained(model_args.model_name_or_path)
         checkpoint_has_encoder = getattr(base, "neighbor_encoder_name", None) is not None or getattr(
             base, "neighbor_encoder_config", None) is not None
+        if design is not None:  # as saved: the in-model encoder and every weight are the checkpoint's
+            switches = {k: v for k, v in switches.items() if k not in design.config or k == "neighbor_token_id"}
         config = MMGLConfig.from_pretrained(model_args.model_name_or_path, **switches)
         model = MMGLForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
     else:
@@ -549,8 +580,9 @@ def main(argv=None):
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)
 
-    trainer.save_model()  # the Hub folder
-    trainer.create_model_card()
+    if training_args.do_train or model_args.export:  # evaluating a checkpoint does not rewrite it unless asked
+        trainer.save_model()  # the Hub folder
+        trainer.create_model_card()
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return all_metrics

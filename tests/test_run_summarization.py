@@ -336,3 +336,52 @@ def test_token_cache_file_is_reused(sample_dir, tmp_path, monkeypatch):
     second = run_summarization.main(args)
     assert set(encoded) <= {"Context:", "Section:", "Summary:"}  # only the processor's fixed prompt words
     assert second["predict_rougeL"] == first["predict_rougeL"]  # same ids, same model, same predictions
+
+
+# ------------------------------------------------------------------ evaluating a trained checkpoint
+
+
+def test_exported_checkpoint_is_evaluated_with_its_own_design(sample_dir, tmp_path, caplog):
+    """Eval / predict of an exported CA-E model with only the model and the data: the design comes from the
+    checkpoint, the metrics are those at the end of training, and nothing is re-exported."""
+    trained = tmp_path / "trained"
+    args = base_args(sample_dir, trained) + ["--context", "all", "--neighbor_encoding", "ca_e",
+                                             "--position_encoding", "sequence", "--max_text_neighbors", "3"]
+    at_end_of_training = run_summarization.main(args)
+    data = ["--train_files", str(sample_dir / "wikiweb2m-sample.tfrecord.gz"), "--image_dir", str(sample_dir / "images"),
+            "--max_eval_samples", "4", "--max_predict_samples", "4", "--generation_max_new_tokens", "4",
+            "--per_device_eval_batch_size", "4", "--report_to", "none", "--use_cpu"]
+    evaluated = tmp_path / "evaluated"
+    caplog.set_level("INFO")
+    import transformers
+
+    transformers.utils.logging.enable_propagation()  # the load report (missing / unexpected weights) reaches caplog
+    metrics = run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated),
+                                      "--do_eval", "--do_predict", *data])
+    for key in ("eval_loss", "eval_bleu4", "eval_rougeL", "eval_cider", "predict_rougeL", "predict_bleu4"):
+        assert metrics[key] == pytest.approx(at_end_of_training[key], rel=1e-4, abs=1e-6), key
+    log = caplog.text
+    assert "neighbor_encoding='ca_e'" in log and "cross_attention_interval=2" in log
+    assert "missing" not in log.lower() and "unexpected" not in log.lower()
+    transformers.utils.logging.disable_propagation()
+    assert not (evaluated / "model.safetensors").exists() and not (evaluated / "README.md").exists()
+    # A flag that contradicts the checkpoint is refused before any work, naming both values.
+    with pytest.raises(ValueError, match=r"--cross_attention_interval 4 contradicts the checkpoint's 2"):
+        run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated),
+                                "--do_eval", "--cross_attention_interval", "4", *data])
+    with pytest.raises(ValueError, match=r"--neighbor_encoding 'sa_e' contradicts the checkpoint's 'ca_e'"):
+        run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated),
+                                "--do_eval", "--neighbor_encoding", "sa_e", *data])
+    # A flag equal to the checkpoint's value is fine; --export writes the Hub folder.
+    run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated), "--do_eval",
+                            "--neighbor_encoding", "ca_e", "--export", *data])
+    assert (evaluated / "model.safetensors").exists() and (evaluated / "README.md").exists()
+
+
+def test_non_opt_checkpoint_is_refused(sample_dir, tmp_path):
+    from transformers import T5Config
+
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=100).save_pretrained(tmp_path / "t5")
+    with pytest.raises(ValueError, match=r"MMGL extends OPT; got model_type 't5'"):
+        run_summarization.main(["--model_name_or_path", str(tmp_path / "t5"), "--output_dir", str(tmp_path / "o"),
+                                "--train_files", str(sample_dir / "wikiweb2m-sample.tfrecord.gz"), "--do_eval"])
