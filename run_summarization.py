@@ -40,6 +40,7 @@ from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
 from processing.training.checkpoint_design import apply_checkpoint_design, log_free_settings, read_checkpoint_design
+from processing.training.design_checks import check_model_design, num_decoder_layers
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
 from processing.training.model_card import write_model_card
@@ -444,6 +445,10 @@ def main(argv=None):
                         + ", ".join(f"{k}={v!r}" for k, v in free.items()))
     validate_arguments(model_args, mmgl_args, data_args, training_args)
     check_sequence_fits(model_args, mmgl_args, data_args)
+    check_model_design(mmgl_args, num_decoder_layers(
+        model_args.model_name_or_path,
+        parse_overrides(model_args.config_overrides) if model_args.config_overrides else None,
+    ), from_scratch=not model_args.model_name_or_path)
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 

@@ -385,3 +385,20 @@ def test_non_opt_checkpoint_is_refused(sample_dir, tmp_path):
     with pytest.raises(ValueError, match=r"MMGL extends OPT; got model_type 't5'"):
         run_summarization.main(["--model_name_or_path", str(tmp_path / "t5"), "--output_dir", str(tmp_path / "o"),
                                 "--train_files", str(sample_dir / "wikiweb2m-sample.tfrecord.gz"), "--do_eval"])
+
+
+def test_interval_larger_than_layers_is_refused_and_frozen_random_lm_warned(sample_dir, tmp_path, caplog):
+    args = base_args(sample_dir, tmp_path / "out") + ["--neighbor_encoding", "ca_e"]
+    with pytest.raises(ValueError, match=r"--cross_attention_interval 6 is larger than the model's 4 decoder layers"):
+        run_summarization.main(args + ["--cross_attention_interval", "6"])
+    from processing.training.design_checks import check_model_design
+
+    class Args:
+        neighbor_encoding, context, cross_attention_interval, tuning = "sa_e", "all", 4, "lora"
+
+    caplog.set_level("WARNING")
+    check_model_design(Args, num_layers=2, from_scratch=True)
+    assert "random language model stays frozen" in caplog.text
+    caplog.clear()
+    check_model_design(Args, num_layers=2, from_scratch=False)
+    assert "frozen" not in caplog.text
