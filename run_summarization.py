@@ -16,10 +16,14 @@ import logging
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+# Before torch / open_clip are imported: their import-time deprecation notice is not this script's concern.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+
+import torch  # noqa: E402
 import transformers
 from transformers import (
     AutoTokenizer,
@@ -78,17 +82,17 @@ class MMGLArguments:
     neighbor_encoding: str = field(default="sa_e", metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
     position_encoding: str = field(default="none", metadata={"help": f"One of {POSITION_ENCODINGS}."})
     tuning: str = field(default="full", metadata={"help": f"One of {TUNINGS}."})
-    text_neighbor_num_tokens: int = 4
-    image_neighbor_num_tokens: int = 4
-    max_text_neighbors: int = 11
-    max_image_neighbors: int = 5
-    cross_attention_interval: int = 4
-    lpe_k: int = 4
-    gnn_type: str = "gcn"
-    gnn_num_layers: int = 2
-    lora_r: int = 8
-    lora_alpha: int = 16
-    num_virtual_tokens: int = 20
+    text_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
+    image_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per image neighbour."})
+    max_text_neighbors: int = field(default=11, metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
+    max_image_neighbors: int = field(default=5, metadata={"help": "Budget of image neighbours per example."})
+    cross_attention_interval: int = field(default=4, metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
+    lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
+    gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
+    gnn_num_layers: int = field(default=2, metadata={"help": "GNN position encoding: number of layers."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning lora)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (--tuning lora)."})
+    num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens of --tuning prefix / prompt."})
     first_stage_steps: int = field(
         default=0,
         metadata={"help": "Steps of an optional first stage that trains only the neighbour projectors and position "
@@ -127,13 +131,13 @@ class DataTrainingArguments:
         metadata={"help": "Page graphs kept in memory per split (LRU); the rest are rebuilt from the rows when met "
                   "again. Bounded by default: all of WikiWeb2M's graphs would not fit in memory."},
     )
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    max_predict_samples: int | None = None
-    max_source_length: int = 512
-    max_target_length: int = 128
-    generation_max_new_tokens: int = 64
-    generation_num_beams: int = 1
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training samples (debugging, quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation samples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test samples."})
+    max_source_length: int = field(default=512, metadata={"help": "Input tokens (prompt, context, neighbour slots); longer inputs are truncated."})
+    max_target_length: int = field(default=128, metadata={"help": "Summary tokens; longer targets are truncated."})
+    generation_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per summary at evaluation / prediction."})
+    generation_num_beams: int = field(default=1, metadata={"help": "Beam width at evaluation / prediction (1: greedy)."})
     recipe: str | None = field(default=None, metadata={"help": "'paper': lr 1e-4, 10k steps, batch 125."})
 
 
@@ -343,8 +347,20 @@ class MMGLSummarizationTrainer(Trainer):
             with path.open("w") as handle:
                 for i, (prediction, reference) in enumerate(zip(predictions, references)):
                     page, section = dataset.index.samples[i]
-                    handle.write(json.dumps({"page": page, "section": section, "prediction": prediction,
-                                             "reference": reference}) + "\n")
+                    graph, _ = dataset.index[i]
+                    url = graph.page_id if graph.page_id.startswith(("http://", "https://")) else ""
+                    handle.write(json.dumps({"page": page, "section": section, "page_url": url,
+                                             "page_title": graph.title, "section_title": graph.section_title(section),
+                                             "prediction": prediction, "reference": reference}) + "\n")
+        return metrics
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Loss metrics, plus the generation metrics of the eval split, logged (TensorBoard) at each evaluation."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if eval_dataset is None and metric_key_prefix == "eval" and "eval" in self.generation_datasets:
+            generation = self.evaluate_generation("eval")
+            self.log(generation)
+            metrics.update(generation)
         return metrics
 
 
@@ -416,6 +432,11 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
                  image_sha256=digests, state=state)
 
 
+def quiet_open_clip(record: logging.LogRecord) -> bool:
+    """Drops open_clip's INFO lines (it logs to the root logger: "Loaded ViT-B-32 model config." and the like)."""
+    return not (record.name == "root" and record.levelno < logging.WARNING and "open_clip" in record.pathname)
+
+
 def main(argv=None):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # On a CPU-only machine accelerate's state ignores the launcher unless told it runs on CPU: every process
@@ -431,8 +452,10 @@ def main(argv=None):
     if data_args.recipe == "paper":
         for key, value in PAPER_RECIPE.items():
             setattr(training_args, key, value)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(quiet_open_clip)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
-                        handlers=[logging.StreamHandler(sys.stdout)])
+                        handlers=[handler])
     # An MMGL checkpoint carries its design: taken from it, a contradicting flag refused (before any work).
     design = read_checkpoint_design(model_args.model_name_or_path)
     if design is not None:
@@ -545,7 +568,6 @@ def main(argv=None):
 
     model = apply_tuning(model, mmgl_args)
     trainable, total = count_parameters(model)
-    logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     print(f"trainable parameters: {trainable:,} / total: {total:,}")
 
     generation_datasets = {
@@ -570,17 +592,21 @@ def main(argv=None):
     all_metrics = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        all_metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in result.metrics.items()})
+        train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
+        train_metrics["train_samples"] = len(datasets["train"])
+        trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)
+        all_metrics.update(train_metrics)
         trainer.save_state()
     if training_args.do_eval:
-        metrics = trainer.evaluate()
+        metrics = trainer.evaluate()  # with the generation metrics
         metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
-        metrics.update(trainer.evaluate_generation("eval"))
+        metrics["eval_samples"] = len(datasets["eval"])
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
     if training_args.do_predict:
         metrics = trainer.evaluate_generation("predict")
+        metrics["predict_samples"] = len(datasets["predict"])
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)

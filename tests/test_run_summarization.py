@@ -402,3 +402,28 @@ def test_interval_larger_than_layers_is_refused_and_frozen_random_lm_warned(samp
     caplog.clear()
     check_model_design(Args, num_layers=2, from_scratch=False)
     assert "frozen" not in caplog.text
+
+
+def test_every_flag_has_help_and_results_files(sample_dir, tmp_path):
+    import dataclasses
+
+    for group in (run_summarization.ModelArguments, run_summarization.MMGLArguments,
+                  run_summarization.DataTrainingArguments):
+        for f in dataclasses.fields(group):
+            assert f.metadata.get("help"), f"--{f.name} has no help"
+    output_dir = tmp_path / "out"
+    run_summarization.main(base_args(sample_dir, output_dir) + ["--neighbor_encoding", "sa_e", "--eval_strategy", "steps",
+                                                                "--eval_steps", "1"])
+    for name in ("train", "eval", "predict", "all"):
+        assert (output_dir / f"{name}_results.json").exists(), name
+    everything = json.loads((output_dir / "all_results.json").read_text())
+    for key in ("train_loss", "train_samples", "eval_loss", "eval_samples", "eval_bleu1", "eval_bleu2", "eval_bleu3",
+                "eval_bleu4", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_cider", "predict_samples"):
+        assert key in everything, key
+    assert everything["train_samples"] == 8 and everything["eval_samples"] == 4
+    # Generation metrics reach the logs (TensorBoard reads the same log calls) at each evaluation in training.
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "eval_rougeL" in entry] == [1, 2]
+    prediction = json.loads((output_dir / "predict_predictions.jsonl").read_text().splitlines()[0])
+    assert {"page", "section", "page_url", "page_title", "section_title"} <= set(prediction)
+    assert prediction["page_title"] and prediction["section_title"]
