@@ -131,6 +131,16 @@ class DataTrainingArguments:
         metadata={"help": "Page graphs kept in memory per split (LRU); the rest are rebuilt from the rows when met "
                   "again. Bounded by default: all of WikiWeb2M's graphs would not fit in memory."},
     )
+    skip_corrupt: bool = field(
+        default=False,
+        metadata={"help": "TFRecords: skip corrupt records (CRC / framing / schema errors) with a warning instead of "
+                  "stopping."},
+    )
+    text_errors: str = field(
+        default="strict",
+        metadata={"help": "TFRecords: how undecodable UTF-8 text is handled: 'strict' (stop, naming the record) or "
+                  "'replace' (U+FFFD)."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training samples (debugging, quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation samples."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test samples."})
@@ -177,6 +187,15 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
             f"--resume_from_checkpoint {checkpoint} is incomplete (no trainer_state.json; was the run stopped while "
             "saving it?). Resume from the previous checkpoint, which a crash during this save leaves intact."
         )
+    if checkpoint is not None:
+        state_file = os.path.join(checkpoint, "trainer_state.json")
+        try:
+            json.loads(Path(state_file).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{state_file} is not valid JSON ({err.msg} at line {err.lineno}): the checkpoint is "
+                             "damaged; resume from another checkpoint.") from None
+    if data_args.text_errors not in ("strict", "replace"):
+        raise ValueError(f"--text_errors must be 'strict' or 'replace', got {data_args.text_errors!r}.")
     path = model_args.model_name_or_path
     # A hub id has at most one "/": anything absolute, relative-looking or deeper must be a local folder.
     if path and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
@@ -476,7 +495,7 @@ def main(argv=None):
     set_seed(training_args.seed)
 
     # Data: one row per page (the converted Arrow data set, or TFRecords read now), O(1) sample index per split.
-    pages = open_page_table(data_args.train_files)
+    pages = open_page_table(data_args.train_files, skip_corrupt=data_args.skip_corrupt, errors=data_args.text_errors)
     splits = {"train": "train", "eval": "val", "predict": "test"}
     limits = {"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
               "predict": data_args.max_predict_samples}
@@ -485,6 +504,10 @@ def main(argv=None):
         samples = summarization_samples(pages, split=split, use_study_split=data_args.use_study_split)
         if limits[name] is not None:
             samples = samples[: limits[name]]
+        used = {"train": training_args.do_train, "eval": training_args.do_eval, "predict": training_args.do_predict}[name]
+        if used and not samples:
+            raise ValueError(f"the {split!r} split of --train_files {data_args.train_files} has no summarization "
+                             f"sample (--do_{name} needs at least one); check the files and their split field.")
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
     # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
@@ -620,4 +643,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from processing.data.cli import run_command
+
+    # One line for bad input (file / field named); MMGL_DEBUG=1 for the traceback (--debug is TrainingArguments').
+    sys.exit(run_command(lambda argv: (main(argv), 0)[1]))

@@ -427,3 +427,21 @@ def test_every_flag_has_help_and_results_files(sample_dir, tmp_path):
     prediction = json.loads((output_dir / "predict_predictions.jsonl").read_text().splitlines()[0])
     assert {"page", "section", "page_url", "page_title", "section_title"} <= set(prediction)
     assert prediction["page_title"] and prediction["section_title"]
+
+
+def test_truncated_trainer_state_is_one_line_error_naming_the_file(sample_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2, "log_hi')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_summarization.py"), *base_args(sample_dir, tmp_path / "out"),
+         "--resume_from_checkpoint", str(checkpoint), "--skip_corrupt", "--text_errors", "replace"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: {checkpoint / 'trainer_state.json'} is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr and "FutureWarning" not in result.stderr
