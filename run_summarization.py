@@ -510,6 +510,8 @@ def main(argv=None):
                              f"sample (--do_{name} needs at least one); check the files and their split field.")
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
+    logger.info("samples: " + ", ".join(f"{name} {len(index)}" for name, index in indices.items()))
+
     # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
     if design is not None and design.has_processor:
         tokenizer = None  # the checkpoint's own processor (tokenizer with its <neighbor> token, image processor)
@@ -609,7 +611,10 @@ def main(argv=None):
                                num_beams=data_args.generation_num_beams, do_sample=False,
                                pad_token_id=processor.pad_token_id, eos_token_id=tokenizer.eos_token_id),
         export_neighbor_encoder=encoder if embedding_cache is not None else None,
-        model_card=lambda: write_model_card(training_args.output_dir, model_args, mmgl_args, data_args, all_metrics),
+        model_card=lambda: write_model_card(
+            training_args.output_dir, model_args, mmgl_args, data_args, all_metrics, training_args=training_args,
+            encoder=(encoder_name, encoder_pretrained, encoder_config) if needs_encoder else (None, None, None),
+            sample_counts={name: len(index) for name, index in indices.items()}),
     )
 
     all_metrics = {}
