@@ -16,10 +16,14 @@ import logging
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+# Before torch / open_clip are imported: their import-time deprecation notice is not this script's concern.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+
+import torch  # noqa: E402
 import transformers
 from transformers import (
     AutoTokenizer,
@@ -40,6 +44,8 @@ from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
 from processing.token_cache import prepare_token_cache
+from processing.training.checkpoint_design import apply_checkpoint_design, log_free_settings, read_checkpoint_design
+from processing.training.design_checks import check_model_design, num_decoder_layers
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
 from processing.training.model_card import write_model_card
@@ -64,6 +70,11 @@ class ModelArguments:
         metadata={"help": "OPT config for a model from scratch, e.g. 'hidden_size=64,num_hidden_layers=2,ffn_dim=128'."},
     )
     tokenizer_vocab_size: int = field(default=4000, metadata={"help": "BPE vocabulary when training a tokenizer."})
+    export: bool = field(
+        default=False,
+        metadata={"help": "Write the Hub folder (weights, processor, model card) to --output_dir also without "
+                  "--do_train (evaluating a checkpoint does not re-export it unless asked)."},
+    )
 
 
 @dataclass
@@ -72,22 +83,22 @@ class MMGLArguments:
     neighbor_encoding: str = field(default="sa_e", metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
     position_encoding: str = field(default="none", metadata={"help": f"One of {POSITION_ENCODINGS}."})
     tuning: str = field(default="full", metadata={"help": f"One of {TUNINGS}."})
-    text_neighbor_num_tokens: int = 4
-    image_neighbor_num_tokens: int = 4
-    max_text_neighbors: int = 11
-    max_image_neighbors: int = 5
-    cross_attention_interval: int = 4
+    text_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
+    image_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per image neighbour."})
+    max_text_neighbors: int = field(default=11, metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
+    max_image_neighbors: int = field(default=5, metadata={"help": "Budget of image neighbours per example."})
+    cross_attention_interval: int = field(default=4, metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
     cross_attention_gating: bool = field(
         default=True,
         metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
                   "CA-E, residuals added directly."},
     )
-    lpe_k: int = 4
-    gnn_type: str = "gcn"
-    gnn_num_layers: int = 2
-    lora_r: int = 8
-    lora_alpha: int = 16
-    num_virtual_tokens: int = 20
+    lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
+    gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
+    gnn_num_layers: int = field(default=2, metadata={"help": "GNN position encoding: number of layers."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning lora)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (--tuning lora)."})
+    num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens of --tuning prefix / prompt."})
     first_stage_steps: int = field(
         default=0,
         metadata={"help": "Steps of an optional first stage that trains only the neighbour projectors and position "
@@ -128,13 +139,23 @@ class DataTrainingArguments:
     )
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenising the texts the token cache lacks (first start)."})
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    max_predict_samples: int | None = None
-    max_source_length: int = 512
-    max_target_length: int = 128
-    generation_max_new_tokens: int = 64
-    generation_num_beams: int = 1
+    skip_corrupt: bool = field(
+        default=False,
+        metadata={"help": "TFRecords: skip corrupt records (CRC / framing / schema errors) with a warning instead of "
+                  "stopping."},
+    )
+    text_errors: str = field(
+        default="strict",
+        metadata={"help": "TFRecords: how undecodable UTF-8 text is handled: 'strict' (stop, naming the record) or "
+                  "'replace' (U+FFFD)."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training samples (debugging, quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation samples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test samples."})
+    max_source_length: int = field(default=512, metadata={"help": "Input tokens (prompt, context, neighbour slots); longer inputs are truncated."})
+    max_target_length: int = field(default=128, metadata={"help": "Summary tokens; longer targets are truncated."})
+    generation_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per summary at evaluation / prediction."})
+    generation_num_beams: int = field(default=1, metadata={"help": "Beam width at evaluation / prediction (1: greedy)."})
     recipe: str | None = field(default=None, metadata={
         "help": "'paper': lr 1e-4, 10k steps, global batch 125 (gradient accumulation derived from "
                 "--per_device_train_batch_size and the process count), max_source_length 1024 for sa_te and 512 "
@@ -176,6 +197,15 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
             f"--resume_from_checkpoint {checkpoint} is incomplete (no trainer_state.json; was the run stopped while "
             "saving it?). Resume from the previous checkpoint, which a crash during this save leaves intact."
         )
+    if checkpoint is not None:
+        state_file = os.path.join(checkpoint, "trainer_state.json")
+        try:
+            json.loads(Path(state_file).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{state_file} is not valid JSON ({err.msg} at line {err.lineno}): the checkpoint is "
+                             "damaged; resume from another checkpoint.") from None
+    if data_args.text_errors not in ("strict", "replace"):
+        raise ValueError(f"--text_errors must be 'strict' or 'replace', got {data_args.text_errors!r}.")
     path = model_args.model_name_or_path
     # A hub id has at most one "/": anything absolute, relative-looking or deeper must be a local folder.
     if path and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
@@ -347,8 +377,20 @@ class MMGLSummarizationTrainer(Trainer):
             with path.open("w") as handle:
                 for i, (prediction, reference) in enumerate(zip(predictions, references)):
                     page, section = dataset.index.samples[i]
-                    handle.write(json.dumps({"page": page, "section": section, "prediction": prediction,
-                                             "reference": reference}) + "\n")
+                    graph, _ = dataset.index[i]
+                    url = graph.page_id if graph.page_id.startswith(("http://", "https://")) else ""
+                    handle.write(json.dumps({"page": page, "section": section, "page_url": url,
+                                             "page_title": graph.title, "section_title": graph.section_title(section),
+                                             "prediction": prediction, "reference": reference}) + "\n")
+        return metrics
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Loss metrics, plus the generation metrics of the eval split, logged (TensorBoard) at each evaluation."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if eval_dataset is None and metric_key_prefix == "eval" and "eval" in self.generation_datasets:
+            generation = self.evaluate_generation("eval")
+            self.log(generation)
+            metrics.update(generation)
         return metrics
 
 
@@ -365,6 +407,11 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
         digests.update(inputs.image_sha256)
     return build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), encoder=encoder,
                  image_sha256=digests, state=state)
+
+
+def quiet_open_clip(record: logging.LogRecord) -> bool:
+    """Drops open_clip's INFO lines (it logs to the root logger: "Loaded ViT-B-32 model config." and the like)."""
+    return not (record.name == "root" and record.levelno < logging.WARNING and "open_clip" in record.pathname)
 
 
 def main(argv=None):
@@ -388,15 +435,31 @@ def main(argv=None):
         if recipe.max_source_length is not None:
             data_args.max_source_length = recipe.max_source_length
         print("\n".join(recipe.lines))
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(quiet_open_clip)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
+                        handlers=[handler])
+    # An MMGL checkpoint carries its design: taken from it, a contradicting flag refused (before any work).
+    design = read_checkpoint_design(model_args.model_name_or_path)
+    if design is not None:
+        apply_checkpoint_design(design, argv, mmgl_args, data_args,
+                                        encoder_config_file=mmgl_args.neighbor_encoder_config)
+        logger.info(f"design of {design.path}: " + ", ".join(f"{k}={v!r}" for k, v in design.values.items()))
+        free = log_free_settings(argv, data_args, training_args)
+        if free:
+            logger.info("set for this run (not part of the checkpoint's design): "
+                        + ", ".join(f"{k}={v!r}" for k, v in free.items()))
     validate_arguments(model_args, mmgl_args, data_args, training_args)
     check_sequence_fits(model_args, mmgl_args, data_args)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    check_model_design(mmgl_args, num_decoder_layers(
+        model_args.model_name_or_path,
+        parse_overrides(model_args.config_overrides) if model_args.config_overrides else None,
+    ), from_scratch=not model_args.model_name_or_path)
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
     # Data: one row per page (the converted Arrow data set, or TFRecords read now), O(1) sample index per split.
-    pages = open_page_table(data_args.train_files)
+    pages = open_page_table(data_args.train_files, skip_corrupt=data_args.skip_corrupt, errors=data_args.text_errors)
     splits = {"train": "train", "eval": "val", "predict": "test"}
     limits = {"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
               "predict": data_args.max_predict_samples}
@@ -405,25 +468,44 @@ def main(argv=None):
         samples = summarization_samples(pages, split=split, use_study_split=data_args.use_study_split)
         if limits[name] is not None:
             samples = samples[: limits[name]]
+        used = {"train": training_args.do_train, "eval": training_args.do_eval, "predict": training_args.do_predict}[name]
+        if used and not samples:
+            raise ValueError(f"the {split!r} split of --train_files {data_args.train_files} has no summarization "
+                             f"sample (--do_{name} needs at least one); check the files and their split field.")
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
+    logger.info("samples: " + ", ".join(f"{name} {len(index)}" for name, index in indices.items()))
+
     # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
-    if model_args.tokenizer_name or model_args.model_name_or_path:
+    if design is not None and design.has_processor:
+        tokenizer = None  # the checkpoint's own processor (tokenizer with its <neighbor> token, image processor)
+    elif model_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
     else:
         tokenizer = train_bpe_tokenizer(wikiweb2m_texts(pages), model_args.tokenizer_vocab_size)
-    encoder_name, encoder_pretrained, encoder_config = encoder_settings(mmgl_args)
+    if design is not None and design.encoder is not None:
+        encoder_name, encoder_pretrained, encoder_config = design.encoder
+    else:
+        if design is not None:
+            logger.warning(f"{design.path} records no frozen encoder: using the --neighbor_encoder_* flags.")
+        encoder_name, encoder_pretrained, encoder_config = encoder_settings(mmgl_args)
     encoder_model_config = open_clip_config(encoder_name, encoder_config)
-    processor = MMGLProcessor(
-        image_processor=clip_image_processor(encoder_name, encoder_config), tokenizer=tokenizer,
-        context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
-        text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
-        image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
-        max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,
-        max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
-        neighbor_encoder_name=encoder_name,
-        neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
-    )
+    if tokenizer is None:
+        processor = MMGLProcessor.from_pretrained(design.path)
+        for name in ("max_source_length", "max_target_length"):
+            setattr(processor, name, getattr(data_args, name))
+        tokenizer = processor.tokenizer
+    else:
+        processor = MMGLProcessor(
+            image_processor=clip_image_processor(encoder_name, encoder_config), tokenizer=tokenizer,
+            context=mmgl_args.context, neighbor_encoding=mmgl_args.neighbor_encoding,
+            text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
+            image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
+            max_text_neighbors=mmgl_args.max_text_neighbors, max_image_neighbors=mmgl_args.max_image_neighbors,
+            max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
+            neighbor_encoder_name=encoder_name,
+            neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
+        )
     with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
         # open_clip ids only for raw text neighbours (an embedding cache replaces them); nothing per page
         # when the store already covers this table.
@@ -452,6 +534,8 @@ def main(argv=None):
         base = transformers.AutoConfig.from_pretrained(model_args.model_name_or_path)
         checkpoint_has_encoder = getattr(base, "neighbor_encoder_name", None) is not None or getattr(
             base, "neighbor_encoder_config", None) is not None
+        if design is not None:  # as saved: the in-model encoder and every weight are the checkpoint's
+            switches = {k: v for k, v in switches.items() if k not in design.config or k == "neighbor_token_id"}
         config = MMGLConfig.from_pretrained(model_args.model_name_or_path, **switches)
         model = MMGLForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
     else:
@@ -474,7 +558,6 @@ def main(argv=None):
 
     model = apply_tuning(model, mmgl_args)
     trainable, total = count_parameters(model)
-    logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     print(f"trainable parameters: {trainable:,} / total: {total:,}")
 
     generation_datasets = {
@@ -493,33 +576,44 @@ def main(argv=None):
                                num_beams=data_args.generation_num_beams, do_sample=False,
                                pad_token_id=processor.pad_token_id, eos_token_id=tokenizer.eos_token_id),
         export_neighbor_encoder=encoder if embedding_cache is not None else None,
-        model_card=lambda: write_model_card(training_args.output_dir, model_args, mmgl_args, data_args, all_metrics),
+        model_card=lambda: write_model_card(
+            training_args.output_dir, model_args, mmgl_args, data_args, all_metrics, training_args=training_args,
+            encoder=(encoder_name, encoder_pretrained, encoder_config) if needs_encoder else (None, None, None),
+            sample_counts={name: len(index) for name, index in indices.items()}),
     )
 
     all_metrics = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        all_metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in result.metrics.items()})
+        train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
+        train_metrics["train_samples"] = len(datasets["train"])
+        trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)
+        all_metrics.update(train_metrics)
         trainer.save_state()
     if training_args.do_eval:
-        metrics = trainer.evaluate()
+        metrics = trainer.evaluate()  # with the generation metrics
         metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
-        metrics.update(trainer.evaluate_generation("eval"))
+        metrics["eval_samples"] = len(datasets["eval"])
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
     if training_args.do_predict:
         metrics = trainer.evaluate_generation("predict")
+        metrics["predict_samples"] = len(datasets["predict"])
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)
 
-    trainer.save_model()  # the Hub folder
-    trainer.create_model_card()
+    if training_args.do_train or model_args.export:  # evaluating a checkpoint does not rewrite it unless asked
+        trainer.save_model()  # the Hub folder
+        trainer.create_model_card()
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return all_metrics
 
 
 if __name__ == "__main__":
-    main()
+    from processing.data.cli import run_command
+
+    # One line for bad input (file / field named); MMGL_DEBUG=1 for the traceback (--debug is TrainingArguments').
+    sys.exit(run_command(lambda argv: (main(argv), 0)[1]))

@@ -188,7 +188,54 @@ def select_neighbors(
             image_nodes, image_refs = [], []
     if not clean:  # only pages that repeat the summary take the slow path
         text_nodes, texts = _scrubbed_texts(graph, section_idx, candidates, max_text_neighbors)
-    return NeighborSelection(target_node, list(text_nodes), texts, list(image_nodes), image_refs)
+    if texts:
+        text_nodes, texts = _without_duplicates(graph, section_idx, context, max_text_neighbors, candidates,
+                                                list(text_nodes), list(texts), clean)
+    return NeighborSelection(target_node, list(text_nodes), list(texts), list(image_nodes), image_refs)
+
+
+def _has_duplicate(texts: list[str], target: str) -> bool:
+    """Whether a text repeats, or is contained in another text or in the target input (one search each)."""
+    if len(set(texts)) < len(texts):
+        return True
+    joined = "\0".join(texts)  # "\0" never occurs in a text: a match lies inside one text
+    return any(text in target or joined.count(text) > 1 for text in texts)
+
+
+def _without_duplicates(graph: PageGraph, section_idx: int, context: str, budget: int, candidates, text_nodes,
+                        texts, clean: bool):
+    """Drops a neighbour text that repeats, or is contained in another selected neighbour or in the target input
+    (e.g. the page description repeated by the lead section); the freed slots go to the next candidates. The
+    count dropped is kept in ``graph.memo["duplicates_dropped"]`` (data report). Memoised per section."""
+    memo = graph.memo.setdefault("without_duplicates", {})
+    key = (section_idx, context, budget)
+    if key in memo:
+        return memo[key]
+    target = target_input(graph, section_idx)
+    dropped = 0
+    if _has_duplicate(texts, target):
+        forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
+        kept_nodes: list[int] = []
+        kept: list[str] = []
+        for node in candidates:
+            if len(kept) == budget:
+                break
+            text = graph.usable_texts[node] if clean else scrub_summary(graph.usable_texts[node], forbidden)
+            if not text:
+                continue
+            if text in target or any(text in other for other in kept):
+                dropped += 1
+                continue
+            inside = [i for i, other in enumerate(kept) if other in text]  # earlier, shorter texts within this one
+            for i in reversed(inside):
+                del kept[i], kept_nodes[i]
+            dropped += len(inside)
+            kept_nodes.append(node)
+            kept.append(text)
+        text_nodes, texts = kept_nodes, kept
+    graph.memo.setdefault("duplicates_dropped", {})[key] = dropped
+    memo[key] = (text_nodes, texts)
+    return text_nodes, texts
 
 
 @dataclass

@@ -69,3 +69,33 @@ def test_collector_gives_exactly_what_each_design_asks_for(tmp_path):
         assert inputs.image_files == ([str(tmp_path / "a.png")] if context == "all" else []), (context, encoding)
         assert inputs.missing_images == (2 if context == "all" else 0)
         assert has_images or not inputs.image_files
+
+
+def test_duplicated_neighbour_texts_are_dropped_and_counted():
+    # The description repeats inside section A's text (as lead sections do); C repeats B; a caption equals
+    # text in the target section D's own input.
+    page = {
+        "title": "T",
+        "description": "Alpha is a town.",
+        "sections": [
+            {"title": "A", "text": "Intro. Alpha is a town. It is old."},
+            {"title": "B", "text": "Bravo. Bravo rest."},
+            {"title": "C", "text": "Bravo. Bravo rest.", "parent": 0},
+            {"title": "D", "text": "Delta one. Delta rest here.", "images": [{"path": "d.png", "caption": "Delta rest here."}]},
+            {"title": "E", "text": "Echo. Echo rest."},
+        ],
+    }
+    graph = PageGraph.from_dict(page)
+    selection = select_neighbors(graph, 3, "text_only", max_text_neighbors=4, max_image_neighbors=0)
+    texts = selection.texts
+    assert "Alpha is a town." not in texts and "Intro. Alpha is a town. It is old." in texts  # inside A's text
+    assert texts.count("Bravo. Bravo rest.") == 1  # repeated by C
+    assert "Delta rest here." not in texts  # inside the target input
+    # Freed slots go to the next candidates: all five usable sections / texts are reached, three kept.
+    assert sorted(texts) == ["Bravo. Bravo rest.", "Echo. Echo rest.", "Intro. Alpha is a town. It is old."]
+    assert len(set(texts)) == len(texts) and not any(a in b for a in texts for b in texts if a is not b)
+    assert graph.memo["duplicates_dropped"][(3, "text_only", 4)] == 3
+    # Without duplicates, nothing changes and nothing is counted.
+    clean = PageGraph.from_dict(plain_page())
+    assert select_neighbors(clean, 1, "text_only", 11, 0).texts == ["D", "One. Two three.", "Six. Seven."]
+    assert clean.memo["duplicates_dropped"][(1, "text_only", 11)] == 0

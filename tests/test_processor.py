@@ -528,12 +528,19 @@ def reference_example(processor, graph, t, embedding_cache=None, image_dir=None,
         candidates = ([0] if usable(0) else []) + captions(t)
         for s in ranking:
             candidates += ([graph.section_nodes[s]] if usable(graph.section_nodes[s]) else []) + captions(s)
+    # A text that repeats, or lies inside a kept text or the target input, is dropped; a text holding a kept
+    # one replaces it.
+    title_t, rest_t = graph.section_title(t), graph.rest_texts[t]
+    target_text = scrub(f"{title_t}: {rest_t}" if title_t and rest_t else (title_t or rest_t))
     text_nodes, texts = [], []
     for node in candidates:
         text = scrub(graph.nodes[node].text)
-        if text and len(texts) < processor.max_text_neighbors:
-            text_nodes.append(node)
-            texts.append(text)
+        if not text or len(texts) == processor.max_text_neighbors:
+            continue
+        if text in target_text or any(text in kept for kept in texts):
+            continue
+        keep = [i for i, kept in enumerate(texts) if kept not in text]
+        text_nodes, texts = [text_nodes[i] for i in keep] + [node], [texts[i] for i in keep] + [text]
     image_nodes = []
     if context in ("section_all", "all"):
         for s in [t] + (ranking if context == "all" else []):

@@ -336,3 +336,112 @@ def test_token_cache_file_is_reused(sample_dir, tmp_path, monkeypatch):
     second = run_summarization.main(args)
     assert set(encoded) <= {"Context:", "Section:", "Summary:"}  # only the processor's fixed prompt words
     assert second["predict_rougeL"] == first["predict_rougeL"]  # same ids, same model, same predictions
+
+
+# ------------------------------------------------------------------ evaluating a trained checkpoint
+
+
+def test_exported_checkpoint_is_evaluated_with_its_own_design(sample_dir, tmp_path, caplog):
+    """Eval / predict of an exported CA-E model with only the model and the data: the design comes from the
+    checkpoint, the metrics are those at the end of training, and nothing is re-exported."""
+    trained = tmp_path / "trained"
+    args = base_args(sample_dir, trained) + ["--context", "all", "--neighbor_encoding", "ca_e",
+                                             "--position_encoding", "sequence", "--max_text_neighbors", "3"]
+    at_end_of_training = run_summarization.main(args)
+    data = ["--train_files", str(sample_dir / "wikiweb2m-sample.tfrecord.gz"), "--image_dir", str(sample_dir / "images"),
+            "--max_eval_samples", "4", "--max_predict_samples", "4", "--generation_max_new_tokens", "4",
+            "--per_device_eval_batch_size", "4", "--report_to", "none", "--use_cpu"]
+    evaluated = tmp_path / "evaluated"
+    caplog.set_level("INFO")
+    import transformers
+
+    transformers.utils.logging.enable_propagation()  # the load report (missing / unexpected weights) reaches caplog
+    metrics = run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated),
+                                      "--do_eval", "--do_predict", *data])
+    for key in ("eval_loss", "eval_bleu4", "eval_rougeL", "eval_cider", "predict_rougeL", "predict_bleu4"):
+        assert metrics[key] == pytest.approx(at_end_of_training[key], rel=1e-4, abs=1e-6), key
+    log = caplog.text
+    assert "neighbor_encoding='ca_e'" in log and "cross_attention_interval=2" in log
+    assert "missing" not in log.lower() and "unexpected" not in log.lower()
+    transformers.utils.logging.disable_propagation()
+    assert not (evaluated / "model.safetensors").exists() and not (evaluated / "README.md").exists()
+    # A flag that contradicts the checkpoint is refused before any work, naming both values.
+    with pytest.raises(ValueError, match=r"--cross_attention_interval 4 contradicts the checkpoint's 2"):
+        run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated),
+                                "--do_eval", "--cross_attention_interval", "4", *data])
+    with pytest.raises(ValueError, match=r"--neighbor_encoding 'sa_e' contradicts the checkpoint's 'ca_e'"):
+        run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated),
+                                "--do_eval", "--neighbor_encoding", "sa_e", *data])
+    # A flag equal to the checkpoint's value is fine; --export writes the Hub folder.
+    run_summarization.main(["--model_name_or_path", str(trained), "--output_dir", str(evaluated), "--do_eval",
+                            "--neighbor_encoding", "ca_e", "--export", *data])
+    assert (evaluated / "model.safetensors").exists() and (evaluated / "README.md").exists()
+
+
+def test_non_opt_checkpoint_is_refused(sample_dir, tmp_path):
+    from transformers import T5Config
+
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=100).save_pretrained(tmp_path / "t5")
+    with pytest.raises(ValueError, match=r"MMGL extends OPT; got model_type 't5'"):
+        run_summarization.main(["--model_name_or_path", str(tmp_path / "t5"), "--output_dir", str(tmp_path / "o"),
+                                "--train_files", str(sample_dir / "wikiweb2m-sample.tfrecord.gz"), "--do_eval"])
+
+
+def test_interval_larger_than_layers_is_refused_and_frozen_random_lm_warned(sample_dir, tmp_path, caplog):
+    args = base_args(sample_dir, tmp_path / "out") + ["--neighbor_encoding", "ca_e"]
+    with pytest.raises(ValueError, match=r"--cross_attention_interval 6 is larger than the model's 4 decoder layers"):
+        run_summarization.main(args + ["--cross_attention_interval", "6"])
+    from processing.training.design_checks import check_model_design
+
+    class Args:
+        neighbor_encoding, context, cross_attention_interval, tuning = "sa_e", "all", 4, "lora"
+
+    caplog.set_level("WARNING")
+    check_model_design(Args, num_layers=2, from_scratch=True)
+    assert "random language model stays frozen" in caplog.text
+    caplog.clear()
+    check_model_design(Args, num_layers=2, from_scratch=False)
+    assert "frozen" not in caplog.text
+
+
+def test_every_flag_has_help_and_results_files(sample_dir, tmp_path):
+    import dataclasses
+
+    for group in (run_summarization.ModelArguments, run_summarization.MMGLArguments,
+                  run_summarization.DataTrainingArguments):
+        for f in dataclasses.fields(group):
+            assert f.metadata.get("help"), f"--{f.name} has no help"
+    output_dir = tmp_path / "out"
+    run_summarization.main(base_args(sample_dir, output_dir) + ["--neighbor_encoding", "sa_e", "--eval_strategy", "steps",
+                                                                "--eval_steps", "1"])
+    for name in ("train", "eval", "predict", "all"):
+        assert (output_dir / f"{name}_results.json").exists(), name
+    everything = json.loads((output_dir / "all_results.json").read_text())
+    for key in ("train_loss", "train_samples", "eval_loss", "eval_samples", "eval_bleu1", "eval_bleu2", "eval_bleu3",
+                "eval_bleu4", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_cider", "predict_samples"):
+        assert key in everything, key
+    assert everything["train_samples"] == 8 and everything["eval_samples"] == 4
+    # Generation metrics reach the logs (TensorBoard reads the same log calls) at each evaluation in training.
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "eval_rougeL" in entry] == [1, 2]
+    prediction = json.loads((output_dir / "predict_predictions.jsonl").read_text().splitlines()[0])
+    assert {"page", "section", "page_url", "page_title", "section_title"} <= set(prediction)
+    assert prediction["page_title"] and prediction["section_title"]
+
+
+def test_truncated_trainer_state_is_one_line_error_naming_the_file(sample_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2, "log_hi')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_summarization.py"), *base_args(sample_dir, tmp_path / "out"),
+         "--resume_from_checkpoint", str(checkpoint), "--skip_corrupt", "--text_errors", "replace"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: {checkpoint / 'trainer_state.json'} is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr and "FutureWarning" not in result.stderr

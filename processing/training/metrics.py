@@ -47,6 +47,28 @@ def bleu4(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score) / 100.0
 
 
+def bleu_n(predictions: Sequence[str], references: Sequence[str], n: int) -> float:
+    """Corpus BLEU-n of sacrebleu (default settings, n-gram order ``n``), in ``[0, 1]``."""
+    from sacrebleu.metrics import BLEU
+
+    _check(predictions, references)
+    return float(BLEU(max_ngram_order=n).corpus_score(list(predictions), [list(references)]).score) / 100.0
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str], kinds=("rouge1", "rouge2", "rougeL")) -> dict[str, float]:
+    """Mean ROUGE F-measures (rouge_score, Porter stemmer) of each kind, in ``[0, 1]``."""
+    from rouge_score import rouge_scorer
+
+    _check(predictions, references)
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    totals = dict.fromkeys(kinds, 0.0)
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)  # the reference comes first
+        for kind in kinds:
+            totals[kind] += scores[kind].fmeasure
+    return {kind: total / len(predictions) for kind, total in totals.items()}
+
+
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-L F-measure (rouge_score, Porter stemmer), in ``[0, 1]``."""
     from rouge_score import rouge_scorer
@@ -83,7 +105,8 @@ def summarization_metrics(predictions: Sequence[str], references: Sequence[str])
         references (`list[str]`): the reference summary of each prediction, same order and length.
 
     Returns:
-        `dict[str, float]`: ``bleu4`` (sacrebleu corpus BLEU / 100, in ``[0, 1]``), ``rougeL`` (mean
+        `dict[str, float]`: ``bleu1`` .. ``bleu3`` (the same at lower n-gram orders), ``rouge1`` / ``rouge2``
+        (mean unigram / bigram ROUGE F-measure), ``bleu4`` (sacrebleu corpus BLEU / 100, in ``[0, 1]``), ``rougeL`` (mean
         F-measure, in ``[0, 1]``) and ``cider`` (pycocoevalcap's raw corpus CIDEr, ``0`` to ``10``; its
         IDF comes from this set, so a one-example set scores 0.0). See the module docstring.
 
@@ -91,11 +114,11 @@ def summarization_metrics(predictions: Sequence[str], references: Sequence[str])
         `ValueError`: the lists differ in length or are empty. `TypeError`: an item is not a string.
     """
     _check(predictions, references)
-    return {
-        "bleu4": bleu4(predictions, references),
-        "rougeL": rouge_l(predictions, references),
-        "cider": cider(predictions, references),
-    }
+    metrics = {f"bleu{n}": bleu_n(predictions, references, n) for n in (1, 2, 3)}
+    metrics["bleu4"] = bleu4(predictions, references)
+    metrics.update(rouge(predictions, references))
+    metrics["cider"] = cider(predictions, references)
+    return metrics
 
 
-__all__ = ["bleu4", "cider", "rouge_l", "summarization_metrics"]
+__all__ = ["bleu4", "bleu_n", "cider", "rouge", "rouge_l", "summarization_metrics"]

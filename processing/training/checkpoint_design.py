@@ -1,0 +1,192 @@
+"""The design of an MMGL checkpoint (an exported Hub folder or a Trainer ``checkpoint-N``), read from its
+``config.json`` and ``processor_config.json``, and reconciled with the command line before any work.
+
+A checkpoint whose ``model_type`` is ``"mmgl"`` with ``neighbor_mode != "none"`` carries its design: the run takes
+it, and a flag given on the command line that contradicts it is refused naming both values. A plain OPT checkpoint,
+or an MMGL one without neighbour slots (``neighbor_mode == "none"``), is a *base* model: the design flags apply.
+Any other model type is refused (MMGL extends OPT).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Command-line argument -> key in config.json (the model's design).
+CONFIG_FIELDS = {
+    "position_encoding": "position_encoding",
+    "text_neighbor_num_tokens": "text_neighbor_num_tokens",
+    "image_neighbor_num_tokens": "image_neighbor_num_tokens",
+    "max_text_neighbors": "max_text_neighbors",
+    "max_image_neighbors": "max_image_neighbors",
+    "cross_attention_interval": "cross_attention_interval",
+    "cross_attention_gating": "cross_attention_gating",
+    "lpe_k": "lpe_k",
+    "gnn_type": "gnn_type",
+    "gnn_num_layers": "gnn_num_layers",
+}
+# Command-line argument -> key in processor_config.json (how inputs are built).
+PROCESSOR_FIELDS = {
+    "context": "context",
+    "neighbor_encoding": "neighbor_encoding",
+    "text_neighbor_num_tokens": "text_neighbor_num_tokens",
+    "image_neighbor_num_tokens": "image_neighbor_num_tokens",
+    "max_text_neighbors": "max_text_neighbors",
+    "max_image_neighbors": "max_image_neighbors",
+    "max_source_length": "max_source_length",
+    "max_target_length": "max_target_length",
+}
+# Settings that may legitimately differ from the run that trained the checkpoint: applied and logged.
+FREE_FIELDS = ("generation_max_new_tokens", "generation_num_beams", "max_train_samples", "max_eval_samples",
+               "max_predict_samples", "per_device_eval_batch_size")
+
+
+@dataclass
+class CheckpointDesign:
+    """What an MMGL checkpoint fixes.
+
+    Args:
+        path (`str`): the checkpoint folder.
+        config (`dict`): its ``config.json``.
+        processor (`dict | None`): its ``processor_config.json``, or `None` when it has none.
+        values (`dict`): command-line argument name -> the checkpoint's value.
+    """
+
+    path: str
+    config: dict
+    processor: dict | None
+    values: dict = field(default_factory=dict)
+
+    @property
+    def has_processor(self) -> bool:
+        return self.processor is not None
+
+    @property
+    def encoder(self) -> tuple[str, str | None, dict | None] | None:
+        """(open_clip name, pretrained or `None` for the seeded random init, custom config) recorded in the
+        checkpoint, or `None` when it records no frozen encoder."""
+        name = self.config.get("neighbor_encoder_name")
+        if name is None and self.config.get("neighbor_encoder_config") is None:
+            return None
+        pretrained = self.config.get("neighbor_encoder_pretrained")
+        return name, None if pretrained in ("", "none") else pretrained, self.config.get("neighbor_encoder_config")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}).") from None
+
+
+def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign | None:
+    """The design of the MMGL checkpoint in ``model_name_or_path``; `None` for a base model (OPT, MMGL without
+    neighbour slots, from scratch, or a hub id not present locally). Raises `ValueError` for a non-OPT model."""
+    if not model_name_or_path:
+        return None
+    folder = Path(os.path.expanduser(model_name_or_path))
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        config = _read_json(config_file)
+    elif folder.exists() or os.path.isabs(model_name_or_path) or model_name_or_path.startswith((".", "~")) \
+            or model_name_or_path.count("/") > 1:
+        return None  # a local path without config.json: the argument checks report it
+    else:
+        try:  # a hub id: only config.json, from the local hub cache when offline
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model_name_or_path).to_dict()
+        except OSError:
+            return None  # not reachable now: loading the model reports it
+        except ValueError as err:
+            if "model_type" in str(err) or "Unrecognized model" in str(err):
+                raise ValueError(f"--model_name_or_path {model_name_or_path}: {err}") from None
+            raise
+    model_type = config.get("model_type")
+    if model_type not in ("opt", "mmgl"):
+        raise ValueError(f"MMGL extends OPT; got model_type {model_type!r} in --model_name_or_path {model_name_or_path}.")
+    if model_type == "opt" or config.get("neighbor_mode", "none") == "none":
+        return None
+    processor_file = folder / "processor_config.json"
+    processor = _read_json(processor_file) if processor_file.is_file() else None
+    values = {arg: config[key] for arg, key in CONFIG_FIELDS.items() if key in config}
+    if processor is not None:
+        # Lengths and slots of the processor win over the config: they decide the inputs actually built.
+        values.update({arg: processor[key] for arg, key in PROCESSOR_FIELDS.items() if key in processor})
+    return CheckpointDesign(str(folder), config, processor, values)
+
+
+def given_on_command_line(argv: list[str] | None, name: str, args, default) -> bool:
+    """Whether ``--name`` was given: scanned in ``argv`` (command line), else compared with the default (JSON)."""
+    if argv is not None and not (len(argv) == 1 and argv[0].endswith(".json")):
+        flag = f"--{name}"
+        return any(item == flag or item.startswith(flag + "=") for item in argv)
+    return getattr(args, name) != default
+
+
+def _default(args, name):
+    for f in dataclasses.fields(args):
+        if f.name == name:
+            return f.default if f.default is not dataclasses.MISSING else None
+    return None
+
+
+def apply_checkpoint_design(design: CheckpointDesign, argv: list[str] | None, *arg_groups,
+                            encoder_config_file: str | None = None) -> dict:
+    """Sets every design argument in ``arg_groups`` to the checkpoint's value.
+
+    A flag given on the command line with another value is refused, naming both (`ValueError`). Returns the
+    argument -> value pairs taken from the checkpoint (for the log).
+    """
+    conflicts, taken = [], {}
+    for name, value in design.values.items():
+        for args in arg_groups:
+            if not hasattr(args, name):
+                continue
+            current = getattr(args, name)
+            if current != value and given_on_command_line(argv, name, args, _default(args, name)):
+                conflicts.append(f"--{name} {current!r} contradicts the checkpoint's {value!r}")
+            elif current != value:
+                setattr(args, name, value)
+                taken[name] = value
+    encoder = design.encoder
+    if encoder is not None:
+        name, pretrained, config = encoder
+        for args in arg_groups:
+            if not hasattr(args, "neighbor_encoder_name"):
+                continue
+            if given_on_command_line(argv, "neighbor_encoder_name", args, "ViT-B-32") and args.neighbor_encoder_name != name:
+                conflicts.append(f"--neighbor_encoder_name {args.neighbor_encoder_name!r} contradicts the checkpoint's {name!r}")
+            given_pretrained = args.neighbor_encoder_pretrained
+            given_pretrained = None if given_pretrained in (None, "", "none") else given_pretrained
+            if given_on_command_line(argv, "neighbor_encoder_pretrained", args, "openai") and given_pretrained != pretrained:
+                conflicts.append(f"--neighbor_encoder_pretrained {args.neighbor_encoder_pretrained!r} contradicts the "
+                                 f"checkpoint's {pretrained or 'none'!r}")
+            if encoder_config_file and config is not None:
+                given = _read_json(Path(encoder_config_file))
+                if given != config:
+                    conflicts.append(f"--neighbor_encoder_config {encoder_config_file} differs from the checkpoint's "
+                                     "neighbor_encoder_config")
+    if conflicts:
+        raise ValueError(f"--model_name_or_path {design.path} is an MMGL checkpoint whose design is fixed: "
+                         + "; ".join(conflicts) + ". Drop these flags (or start from its base OPT model).")
+    return taken
+
+
+def log_free_settings(argv: list[str] | None, *arg_groups) -> dict:
+    """The settings a run may change on a checkpoint (generation length, sample limits, eval batch size)."""
+    applied = {}
+    for args in arg_groups:
+        for name in FREE_FIELDS:
+            if hasattr(args, name) and given_on_command_line(argv, name, args, _default(args, name)):
+                applied[name] = getattr(args, name)
+    return applied
+
+
+__all__ = ["CheckpointDesign", "apply_checkpoint_design", "given_on_command_line", "log_free_settings",
+           "read_checkpoint_design"]
