@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,7 +17,6 @@ from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS
 from processing.image_source import clip_image_processor
 from processing.neighbor_selection import section_ranking
 from processing.processing_mmgl import NEIGHBOR_TOKEN, MMGLProcessor
-from processing.token_cache import MMGLTokenCache
 from tests.modeling_helpers import TINY_CLIP
 
 COMBOS = list(itertools.product(CONTEXTS, NEIGHBOR_ENCODINGS))
