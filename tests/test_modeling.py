@@ -101,7 +101,7 @@ def test_loads_plain_opt_checkpoint(tmp_path, mode):
 
 
 def test_placeholders_receive_their_neighbours():
-    model = tiny_model("self_attention", "sequence")
+    model = tiny_model("self_attention", "sequence", open_gates=True)
     batch = neighbor_batch(model.config)
     captured = {}
     hook = model.model.decoder.register_forward_pre_hook(
@@ -130,7 +130,7 @@ def test_placeholders_receive_their_neighbours():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_real_neighbours_matter_and_padding_does_not(mode, encoding):
-    model = tiny_model(mode, encoding)
+    model = tiny_model(mode, encoding, open_gates=True)
     batch = neighbor_batch(model.config)
     with torch.no_grad():
         reference = model(**batch).logits
@@ -147,7 +147,7 @@ def test_real_neighbours_matter_and_padding_does_not(mode, encoding):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_cached_generation_equals_uncached(mode, encoding):
-    model = tiny_model(mode, encoding)
+    model = tiny_model(mode, encoding, open_gates=True)
     batch = neighbor_batch(model.config)
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=1, eos_token_id=None)
     cached = model.generate(**batch, use_cache=True, **kwargs)
@@ -162,7 +162,7 @@ def test_cached_generation_equals_uncached(mode, encoding):
 
 
 def test_cross_attention_key_values_computed_once_per_sequence():
-    model = tiny_model("cross_attention", "sequence")
+    model = tiny_model("cross_attention", "sequence", open_gates=True)
     batch = neighbor_batch(model.config)
     calls = []
     block = model.model.decoder.layers[1].gated_cross_attention.cross_attn
@@ -195,7 +195,7 @@ def test_attention_implementations_agree(encoding):
 def test_gradient_checkpointing_gives_same_gradients(mode):
     grads = []
     for checkpointing in (False, True):
-        model = tiny_model(mode, "gnn").train()
+        model = tiny_model(mode, "gnn", open_gates=True).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
         batch = neighbor_batch(model.config)
@@ -209,7 +209,7 @@ def test_gradient_checkpointing_gives_same_gradients(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_forward_and_generate(mode):
-    model = tiny_model(mode, "laplacian")
+    model = tiny_model(mode, "laplacian", open_gates=True)
     reference = model(**neighbor_batch(model.config)).logits
     model = model.to(torch.bfloat16)
     batch = neighbor_batch(model.config)
@@ -225,7 +225,7 @@ def test_bf16_forward_and_generate(mode):
 def test_raw_inputs_through_frozen_encoder_match_precomputed():
     model = tiny_model(
         "self_attention", "sequence", neighbor_encoder_config=TINY_CLIP,
-        text_neighbor_embed_dim=TINY_CLIP["embed_dim"], image_neighbor_embed_dim=TINY_CLIP["embed_dim"],
+        text_neighbor_embed_dim=TINY_CLIP["embed_dim"], image_neighbor_embed_dim=TINY_CLIP["embed_dim"], open_gates=True,
     )
     batch = neighbor_batch(model.config)
     text_ids = torch.randint(1, 49000, (2, 3, 16))
@@ -245,7 +245,7 @@ def test_raw_inputs_through_frozen_encoder_match_precomputed():
 def test_frozen_encoder_stays_frozen_while_training():
     model = tiny_model(
         "cross_attention", "gnn", neighbor_encoder_config=TINY_CLIP,
-        text_neighbor_embed_dim=TINY_CLIP["embed_dim"], image_neighbor_embed_dim=TINY_CLIP["embed_dim"],
+        text_neighbor_embed_dim=TINY_CLIP["embed_dim"], image_neighbor_embed_dim=TINY_CLIP["embed_dim"], open_gates=True,
     ).train()
     assert not model.neighbor_encoder.training and not model.neighbor_encoder.model.training
     batch = neighbor_batch(model.config)
@@ -264,7 +264,7 @@ def test_frozen_encoder_stays_frozen_while_training():
 
 
 def test_strict_save_load_round_trip(tmp_path):
-    model = tiny_model("cross_attention", "laplacian")
+    model = tiny_model("cross_attention", "laplacian", open_gates=True)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     loaded, info = MMGLForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
@@ -280,7 +280,7 @@ def test_strict_save_load_round_trip(tmp_path):
 
 
 def test_bad_inputs_raise_clear_errors():
-    model = tiny_model("self_attention", "gnn")
+    model = tiny_model("self_attention", "gnn", open_gates=True)
     batch = neighbor_batch(model.config)
     too_few = dict(batch, input_ids=batch["input_ids"].clone())
     too_few["input_ids"][0, (too_few["input_ids"][0] == NEIGHBOR_TOKEN).nonzero()[0]] = 5
@@ -316,7 +316,7 @@ def test_config_validation():
 
 
 def test_generation_never_writes_a_placeholder():
-    model = tiny_model("self_attention", "none")
+    model = tiny_model("self_attention", "none", open_gates=True)
     with torch.no_grad():
         model.lm_head.weight[NEIGHBOR_TOKEN] += 100.0  # make the placeholder the most likely next token
     batch = neighbor_batch(model.config)

@@ -16,7 +16,7 @@ PEFT_CONFIGS = {
 @pytest.mark.parametrize("mode", ["self_attention", "cross_attention"])
 @pytest.mark.parametrize("method", list(PEFT_CONFIGS))
 def test_peft_trains_one_step_and_generates(mode, method):
-    model = get_peft_model(tiny_model(mode, "sequence"), PEFT_CONFIGS[method]())
+    model = get_peft_model(tiny_model(mode, "sequence", open_gates=True), PEFT_CONFIGS[method]())
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     assert trainable and frozen

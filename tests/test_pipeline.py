@@ -76,7 +76,7 @@ def make_model(processor, with_encoder=True):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         init_std=0.2,  # a random model with 0.02 repeats one token whatever the input
-        **extra,
+        **extra, open_gates=True,
     )
 
 

@@ -36,7 +36,7 @@ LOADER = textwrap.dedent(
 def test_remote_code_round_trip_in_fresh_process(tmp_path):
     model = tiny_model(
         "cross_attention", "gnn", neighbor_encoder_config=TINY_CLIP,
-        text_neighbor_embed_dim=TINY_CLIP["embed_dim"], image_neighbor_embed_dim=TINY_CLIP["embed_dim"],
+        text_neighbor_embed_dim=TINY_CLIP["embed_dim"], image_neighbor_embed_dim=TINY_CLIP["embed_dim"], open_gates=True,
     )
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
