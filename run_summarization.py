@@ -45,6 +45,7 @@ from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
 from processing.token_cache import prepare_token_cache
 from processing.training.checkpoint_design import apply_checkpoint_design, log_free_settings, read_checkpoint_design
+from processing.training.data_report import data_report, report_lines, write_data_report
 from processing.training.design_checks import check_model_design, num_decoder_layers
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from processing.training.metrics import summarization_metrics
@@ -148,6 +149,11 @@ class DataTrainingArguments:
         default="strict",
         metadata={"help": "TFRecords: how undecodable UTF-8 text is handled: 'strict' (stop, naming the record) or "
                   "'replace' (U+FFFD)."},
+    )
+    data_report_examples: int = field(
+        default=1000,
+        metadata={"help": "Examples per split built at startup for the data report (data_report.json): truncation, "
+                  "input tokens, real vs masked images, duplicated neighbour texts."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training samples (debugging, quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation samples."})
@@ -582,6 +588,14 @@ def main(argv=None):
             sample_counts={name: len(index) for name, index in indices.items()}),
     )
 
+    # What the model will see: truncation, input lengths, real vs masked images, duplicated neighbour texts.
+    report = data_report(indices, processor, embedding_cache, mmgl_args.image_dir,
+                         max_examples=data_args.data_report_examples)
+    for line in report_lines(report):
+        logger.info(line)
+    if training_args.should_save:
+        write_data_report(report, training_args.output_dir)
+
     all_metrics = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -604,6 +618,10 @@ def main(argv=None):
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)
 
+    if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report
+        results = Path(training_args.output_dir) / "all_results.json"
+        combined = json.loads(results.read_text()) if results.exists() else {}
+        results.write_text(json.dumps({**combined, "data_report": report}, indent=4, sort_keys=True) + "\n")
     if training_args.do_train or model_args.export:  # evaluating a checkpoint does not rewrite it unless asked
         trainer.save_model()  # the Hub folder
         trainer.create_model_card()

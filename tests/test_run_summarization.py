@@ -445,3 +445,31 @@ def test_truncated_trainer_state_is_one_line_error_naming_the_file(sample_dir, t
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"error: {checkpoint / 'trainer_state.json'} is not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr and "FutureWarning" not in result.stderr
+
+
+def test_data_report_counts_what_the_model_sees(sample_dir, tmp_path):
+    """data_report.json (and all_results.json) state truncation, input lengths and real vs masked images, counted
+    against the examples themselves; a short source budget shows up as truncation."""
+    from processing.page_graph import PageGraphIndex
+
+    output_dir = tmp_path / "out"
+    args = base_args(sample_dir, output_dir) + ["--context", "all", "--neighbor_encoding", "sa_te",
+                                                "--max_source_length", "60", "--do_eval", "false"]
+    run_summarization.main(args)
+    report = json.loads((output_dir / "data_report.json").read_text())
+    assert json.loads((output_dir / "all_results.json").read_text())["data_report"] == report
+    train = report["train"]
+    assert train["samples"] == 8 and train["examples_checked"] == 8
+    assert 0 < train["truncated_source"] <= 8 and train["max_input_tokens"] <= 60
+    # The same counts, from the examples as the training set builds them.
+    from processing.processing_mmgl import MMGLProcessor
+    from processing.embedding_cache import EmbeddingCache
+
+    processor = MMGLProcessor.from_pretrained(output_dir)
+    pages = run_summarization.open_page_table(str(sample_dir / "wikiweb2m-sample.tfrecord.gz"))
+    index = PageGraphIndex(pages, samples=run_summarization.summarization_samples(pages, split="train")[:8])
+    masks = [processor.build_example(g, s, embedding_cache=EmbeddingCache(sample_dir / "cache"),
+                                     image_dir=sample_dir / "images")["image_neighbor_mask"] for g, s in index]
+    assert train["real_images"] == sum(int(m.sum()) for m in masks)
+    assert train["masked_images"] == sum(len(m) - int(m.sum()) for m in masks)
+    assert report["design"]["neighbor_encoding"] == "sa_te"
