@@ -34,7 +34,7 @@ setup(
     description="Multimodal Graph Learning for generative tasks (WikiWeb2M section summarization) on OPT",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["modeling_mmgl", "processing"],
+    packages=["modeling_mmgl", "processing", "processing.data", "processing.training"],
     py_modules=["run_summarization"],
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
