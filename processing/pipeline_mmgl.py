@@ -330,8 +330,9 @@ def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
     Writes: config.json (``auto_map`` for AutoConfig / AutoModel / AutoModelForCausalLM and
     ``custom_pipelines``), generation_config.json, model.safetensors, the tokenizer files
     (tokenizer_config.json with ``auto_map.AutoProcessor``), processor_config.json (``auto_map.AutoProcessor``)
-    and preprocessor_config.json, and the code: the modeling files and ``processing_mmgl.py``,
-    ``collator.py``, ``page_graph.py``, ``pipeline_mmgl.py``, ``embedding_cache.py``, ``image_fetcher.py``.
+    and preprocessor_config.json, and the code: the modeling files, ``processing_mmgl.py`` and the files it imports
+    (design space, neighbour selection, graph projection, page graph, token cache, image source, collator, atomic
+    writes), ``pipeline_mmgl.py`` and the embedding-cache reader; no data tool.
 
     Args:
         model (`MMGLForConditionalGeneration`): the model (merge peft adapters first).
