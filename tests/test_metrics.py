@@ -71,8 +71,8 @@ def test_cider_perfect_beats_mismatch_and_single_example_is_zero():
 
 def test_metric_keys_and_ranges():
     scores = summarization_metrics(PREDICTIONS, REFERENCES)
-    assert set(scores) == {"bleu4", "rougeL", "cider"}
-    assert 0.0 <= scores["bleu4"] <= 1.0 and 0.0 <= scores["rougeL"] <= 1.0
+    assert set(scores) == {"bleu1", "bleu2", "bleu3", "bleu4", "rouge1", "rouge2", "rougeL", "cider"}
+    assert all(0.0 <= scores[name] <= 1.0 for name in scores if name != "cider")
     assert all(isinstance(v, float) for v in scores.values())
 
 
