@@ -145,21 +145,6 @@ def summary_free(graph: PageGraph, section_idx: int, count: int) -> bool:
     return first < 0 or first >= count
 
 
-def _scrubbed_texts(graph: PageGraph, section_idx: int, candidates: Iterable[int], budget: int):
-    """Text neighbours with the summary cut out; texts left empty give their slot to the next."""
-    forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
-    text_nodes: list[int] = []
-    texts: list[str] = []
-    for node in candidates:
-        if len(texts) == budget:
-            break
-        text = scrub_summary(graph.usable_texts[node], forbidden)
-        if text:
-            text_nodes.append(node)
-            texts.append(text)
-    return text_nodes, texts
-
-
 def select_neighbors(
     graph: PageGraph, section_idx: int, context: str, max_text_neighbors: int, max_image_neighbors: int
 ) -> NeighborSelection:
@@ -186,11 +171,9 @@ def select_neighbors(
             image_refs = list(order.image_refs[:max_image_neighbors])
         else:
             image_nodes, image_refs = [], []
-    if not clean:  # only pages that repeat the summary take the slow path
-        text_nodes, texts = _scrubbed_texts(graph, section_idx, candidates, max_text_neighbors)
     if texts:
-        text_nodes, texts = _without_duplicates(graph, section_idx, context, max_text_neighbors, candidates,
-                                                list(text_nodes), list(texts), clean)
+        text_nodes, texts = _clean_texts(graph, section_idx, context, max_text_neighbors, candidates,
+                                         list(text_nodes), list(texts), clean)
     return NeighborSelection(target_node, list(text_nodes), list(texts), list(image_nodes), image_refs)
 
 
@@ -202,18 +185,21 @@ def _has_duplicate(texts: list[str], target: str) -> bool:
     return any(text in target or joined.count(text) > 1 for text in texts)
 
 
-def _without_duplicates(graph: PageGraph, section_idx: int, context: str, budget: int, candidates, text_nodes,
-                        texts, clean: bool):
-    """Drops a neighbour text that repeats, or is contained in another selected neighbour or in the target input
-    (e.g. the page description repeated by the lead section); the freed slots go to the next candidates. The
-    count dropped is kept in ``graph.memo["duplicates_dropped"]`` (data report). Memoised per section."""
-    memo = graph.memo.setdefault("without_duplicates", {})
+def _clean_texts(graph: PageGraph, section_idx: int, context: str, budget: int, candidates, text_nodes, texts,
+                 clean: bool):
+    """The text neighbours without the target's summary and without duplicates, in one walk of the candidates,
+    memoised per section (only pages that repeat the summary or a text take it). The summary is cut out of a text
+    that holds it (``clean`` is False); a text that repeats, or is contained in another selected neighbour or in
+    the target input (e.g. the page description repeated by the lead section), is dropped. Texts left empty or
+    dropped give their slot to the next candidates; the count dropped is kept in
+    ``graph.memo["duplicates_dropped"]`` (data report)."""
+    memo = graph.memo.setdefault("clean_texts", {})
     key = (section_idx, context, budget)
     if key in memo:
         return memo[key]
     target = target_input(graph, section_idx)
     dropped = 0
-    if _has_duplicate(texts, target):
+    if not clean or _has_duplicate(texts, target):
         forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])
         kept_nodes: list[int] = []
         kept: list[str] = []

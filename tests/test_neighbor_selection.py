@@ -5,18 +5,7 @@ import pytest
 from processing.data.sample_data import make_page
 from processing.neighbor_selection import collect_neighbor_inputs, neighbor_order, select_neighbors, summary_free
 from processing.page_graph import PageGraph
-
-
-def plain_page(images=None):
-    return {
-        "title": "T",
-        "description": "D",
-        "sections": [
-            {"title": "A", "text": "One. Two three.", "images": images or []},
-            {"title": "B", "text": "Four. Five.", "parent": 0},
-            {"title": "C", "text": "Six. Seven.", "parent": 0},
-        ],
-    }
+from tests.test_page_graph import plain_page
 
 
 def test_neighbor_order_is_the_documented_walk():
