@@ -511,6 +511,7 @@ def main(argv=None):
             max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
             neighbor_encoder_name=encoder_name,
             neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
+            lpe_k=mmgl_args.lpe_k if mmgl_args.position_encoding == "laplacian" else None,
         )
     with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
         # open_clip ids only for raw text neighbours (an embedding cache replaces them); nothing per page
@@ -530,6 +531,9 @@ def main(argv=None):
     if needs_encoder and mmgl_args.embedding_cache_dir:
         embedding_cache = build_embedding_cache(
             processor, indices.values(), mmgl_args, encoder, training_args.distributed_state)
+        # Named in the config (not built): the Trainer's checkpoints then record which encoder filled the cache.
+        switches["embedding_cache_encoder"] = {"name": encoder_name, "pretrained": encoder_pretrained,
+                                               "config": encoder_config}
     elif needs_encoder:
         switches.update(neighbor_encoder_name=encoder_name, neighbor_encoder_pretrained=encoder_pretrained,
                         neighbor_encoder_config=encoder_config)

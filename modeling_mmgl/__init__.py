@@ -4,7 +4,6 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_mmgl import MMGLConfig
 from .cross_attention import MMGLDecoderLayer, MMGLGatedCrossAttentionBlock, MMGLNeighborKeyValues
-from .graph_position_encoding import laplacian_eigenvectors
 from .modeling_mmgl import MMGLCausalLMOutputWithPast, MMGLForConditionalGeneration, MMGLPreTrainedModel
 
 # With the package installed, the Auto classes know "mmgl" without trust_remote_code.
@@ -20,5 +19,4 @@ __all__ = [
     "MMGLGatedCrossAttentionBlock",
     "MMGLNeighborKeyValues",
     "MMGLPreTrainedModel",
-    "laplacian_eigenvectors",
 ]

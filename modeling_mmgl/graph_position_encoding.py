@@ -1,7 +1,8 @@
 """Graph position encodings for neighbour nodes: sequence order, Laplacian eigenvectors (LPE), or a GNN.
 
 Each encoder maps the neighbour graph of a batch to one vector per node, which the model adds to every LM token
-of that neighbour before the language model sees it.
+of that neighbour before the language model sees it. The Laplacian eigenvectors themselves are computed once per
+example by the processor (`processing/laplacian_encoding.py`); here they are only sign-flipped and projected.
 """
 
 import torch
@@ -9,43 +10,6 @@ from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 
 from .configuration_mmgl import MMGLConfig
-
-
-def laplacian_eigenvectors(edge_index: torch.Tensor, num_nodes: int, k: int) -> torch.Tensor:
-    """The `k` first non-trivial eigenvectors of the symmetric normalised Laplacian of an undirected graph.
-
-    Follows PyG's `AddLaplacianEigenvectorPE` (L = I - D^-1/2 A D^-1/2, isolated nodes with L_ii = 1, eigenvalues
-    ascending, the first eigenvector dropped) with two differences that small page graphs need: a graph with `k` or fewer nodes is valid and its
-    missing eigenvectors are zero columns, and the sign of each eigenvector is fixed (largest-magnitude entry
-    positive) so the result is deterministic; random sign flipping is a training-time augmentation left to the
-    caller.
-
-    Args:
-        edge_index (`torch.LongTensor` of shape `(2, num_edges)`): edges; treated as undirected.
-        num_nodes (`int`): number of nodes (isolated nodes allowed).
-        k (`int`): number of eigenvectors.
-
-    Returns:
-        `torch.FloatTensor` of shape `(num_nodes, k)`.
-    """
-    pe = torch.zeros(num_nodes, k)
-    if num_nodes < 2:
-        return pe
-    # Page graphs have a handful of nodes: a dense float64 Laplacian is exact and cheap.
-    adjacency = torch.zeros(num_nodes, num_nodes, dtype=torch.float64)
-    adjacency[edge_index[0].long().cpu(), edge_index[1].long().cpu()] = 1.0
-    adjacency = torch.maximum(adjacency, adjacency.t()).fill_diagonal_(0.0)
-    degree = adjacency.sum(dim=1)
-    inv_sqrt_degree = torch.where(degree > 0, degree.clamp(min=1e-12).rsqrt(), torch.zeros_like(degree))
-    laplacian = torch.eye(num_nodes, dtype=torch.float64) - inv_sqrt_degree[:, None] * adjacency * inv_sqrt_degree
-    _, eigenvectors = torch.linalg.eigh(laplacian)  # ascending eigenvalues, orthonormal columns
-    vectors = eigenvectors[:, 1 : k + 1]
-    # Fix the sign: the largest-magnitude entry of each eigenvector is positive.
-    pivot = vectors.abs().argmax(dim=0)
-    signs = torch.sign(vectors[pivot, torch.arange(vectors.shape[1])])
-    signs[signs == 0] = 1
-    pe[:, : vectors.shape[1]] = (vectors * signs).float()
-    return pe
 
 
 def adjacency_to_edge_index(adjacency: torch.Tensor) -> torch.Tensor:
@@ -62,32 +26,24 @@ class MMGLSequencePositionEncoding(nn.Module):
         super().__init__()
         self.embeddings = nn.Embedding(config.max_neighbors, dim)
 
-    def forward(self, node_states, node_mask, node_positions, adjacency):
+    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None):
         return self.embeddings(node_positions)
 
 
 class MMGLLaplacianPositionEncoding(nn.Module):
-    """Laplacian eigenvectors of each example's neighbour graph (real nodes only), projected to the LM width."""
+    """The Laplacian eigenvectors of each example's neighbour graph (given, `(B, N, lpe_k)`), projected to the LM
+    width."""
 
     def __init__(self, config: MMGLConfig, dim: int):
         super().__init__()
         self.k = config.lpe_k
         self.projection = nn.Linear(config.lpe_k, dim)
 
-    def forward(self, node_states, node_mask, node_positions, adjacency):
-        batch_size, num_nodes = node_mask.shape
-        eigenvectors = torch.zeros(batch_size, num_nodes, self.k)
-        for b in range(batch_size):
-            # Padding slots are dropped before the decomposition: as isolated nodes they would add spurious
-            # zero eigenvalues and shift which eigenvectors count as the first k.
-            real = node_mask[b].nonzero(as_tuple=True)[0].cpu()
-            sub_adjacency = adjacency[b].detach().cpu()[real][:, real]
-            edge_index = sub_adjacency.nonzero().t()
-            eigenvectors[b, real] = laplacian_eigenvectors(edge_index, len(real), self.k)
-        eigenvectors = eigenvectors.to(device=node_states.device, dtype=self.projection.weight.dtype)
+    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None):
+        eigenvectors = laplacian_eigenvectors.to(device=node_states.device, dtype=self.projection.weight.dtype)
         if self.training:
             # Eigenvectors are defined up to sign: flip at random so the model cannot rely on one.
-            flips = torch.randint(0, 2, (batch_size, 1, self.k), device=eigenvectors.device) * 2 - 1
+            flips = torch.randint(0, 2, (eigenvectors.shape[0], 1, self.k), device=eigenvectors.device) * 2 - 1
             eigenvectors = eigenvectors * flips
         return self.projection(eigenvectors)
 
@@ -104,7 +60,7 @@ class MMGLGNNPositionEncoding(nn.Module):
         self.layers = nn.ModuleList(layer_class(dim, dim) for _ in range(config.gnn_num_layers))
         self.activation = nn.ReLU()
 
-    def forward(self, node_states, node_mask, node_positions, adjacency):
+    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None):
         batch_size, num_nodes, dim = node_states.shape
         real = node_mask.bool()
         # Padding slots are isolated and zeroed, so they neither send nor receive messages.
@@ -138,5 +94,4 @@ __all__ = [
     "MMGLSequencePositionEncoding",
     "adjacency_to_edge_index",
     "build_position_encoding",
-    "laplacian_eigenvectors",
 ]

@@ -31,6 +31,7 @@ NEIGHBOR_INPUT_NAMES = (
     "image_neighbor_pixel_values",
     "image_neighbor_mask",
     "neighbor_adjacency",
+    "neighbor_laplacian_eigenvectors",
 )
 
 
@@ -153,6 +154,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         image_neighbor_pixel_values=None,
         image_neighbor_mask=None,
         neighbor_adjacency=None,
+        neighbor_laplacian_eigenvectors=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Neighbour token vectors in node order: all text slots, then all image slots.
 
@@ -182,17 +184,28 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
                     f"Got {num_text} text and {num_image} image neighbour slots; the position encoding allows at most "
                     f"max_text_neighbors={config.max_text_neighbors} and max_image_neighbors={config.max_image_neighbors}."
                 )
-            if neighbor_adjacency is None and config.position_encoding in ("laplacian", "gnn"):
+            if neighbor_adjacency is None and config.position_encoding == "gnn":
                 raise ValueError(
-                    f"position_encoding={config.position_encoding!r} needs `neighbor_adjacency` of shape "
-                    f"({batch_size}, {num_nodes}, {num_nodes})."
+                    f"position_encoding='gnn' needs `neighbor_adjacency` of shape ({batch_size}, {num_nodes}, {num_nodes})."
+                )
+            expected = (batch_size, num_nodes, config.lpe_k)
+            if config.position_encoding == "laplacian" and (
+                neighbor_laplacian_eigenvectors is None or tuple(neighbor_laplacian_eigenvectors.shape) != expected
+            ):
+                got = None if neighbor_laplacian_eigenvectors is None else tuple(neighbor_laplacian_eigenvectors.shape)
+                raise ValueError(
+                    f"position_encoding='laplacian' needs `neighbor_laplacian_eigenvectors` of shape {expected}, got "
+                    f"{got}: MMGLProcessor(lpe_k={config.lpe_k}) computes them once per example "
+                    "(`processing.laplacian_encoding.slot_laplacian_eigenvectors`)."
                 )
             node_states = torch.cat([text_tokens.mean(2), image_tokens.mean(2)], dim=1)
             node_mask = torch.cat([text_mask, image_mask], dim=1)
             node_positions = torch.cat(
                 [torch.arange(num_text, device=device), config.max_text_neighbors + torch.arange(num_image, device=device)]
             ).expand(batch_size, -1)
-            encoding = self.position_encoding(node_states, node_mask, node_positions, neighbor_adjacency)
+            encoding = self.position_encoding(
+                node_states, node_mask, node_positions, neighbor_adjacency, neighbor_laplacian_eigenvectors
+            )
             text_tokens = text_tokens + encoding[:, :num_text, None]
             image_tokens = image_tokens + encoding[:, num_text:, None]
         tokens = torch.cat([text_tokens.flatten(1, 2), image_tokens.flatten(1, 2)], dim=1)
@@ -265,6 +278,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         image_neighbor_pixel_values: torch.Tensor | None = None,
         image_neighbor_mask: torch.Tensor | None = None,
         neighbor_adjacency: torch.Tensor | None = None,
+        neighbor_laplacian_eigenvectors: torch.Tensor | None = None,
         neighbor_key_values: MMGLNeighborKeyValues | None = None,
         **kwargs,
     ) -> MMGLCausalLMOutputWithPast:
@@ -278,6 +292,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         image_neighbor_embeds (`(B, Ni, image_neighbor_embed_dim)`) or image_neighbor_pixel_values
         (`(B, Ni, 3, H, W)`), with image_neighbor_mask (`(B, Ni)`): image neighbours.
         neighbor_adjacency (`torch.FloatTensor` of shape `(B, Nt + Ni, Nt + Ni)`): graph over text then image slots.
+        neighbor_laplacian_eigenvectors (`torch.FloatTensor` of shape `(B, Nt + Ni, lpe_k)`): that graph's Laplacian
+            eigenvectors (position_encoding="laplacian"), computed once per example by the processor.
         neighbor_key_values ([`MMGLNeighborKeyValues`]): cross-attention state from an earlier step (generation).
         """
         neighbor_inputs = {
@@ -288,6 +304,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             "image_neighbor_pixel_values": image_neighbor_pixel_values,
             "image_neighbor_mask": image_neighbor_mask,
             "neighbor_adjacency": neighbor_adjacency,
+            "neighbor_laplacian_eigenvectors": neighbor_laplacian_eigenvectors,
         }
         has_neighbor_inputs = any(value is not None for value in neighbor_inputs.values())
         mode = self.config.neighbor_mode

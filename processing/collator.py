@@ -8,7 +8,8 @@ The collator pads
 * text slots to the batch's largest ``Nt`` and image slots to its largest ``Ni``, masks 0;
 * ``neighbor_adjacency`` to ``Nt_max + Ni_max`` nodes keeping the two blocks contiguous: an
   example's text node ``i`` stays at ``i`` and its image node ``j`` moves to ``Nt_max + j``, so node
-  ``k`` means the same kind of slot in every row of the batch. Padding nodes are isolated.
+  ``k`` means the same kind of slot in every row of the batch. Padding nodes are isolated;
+* ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, k)` the same way, node by node (padding nodes zero).
 
 Only `torch` is imported, so the file can sit in a flat Hub folder next to the processor.
 """
@@ -23,6 +24,7 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "labels")
 TEXT_SLOT_KEYS = ("text_neighbor_embeds", "text_neighbor_input_ids", "text_neighbor_mask")
 IMAGE_SLOT_KEYS = ("image_neighbor_embeds", "image_neighbor_pixel_values", "image_neighbor_mask")
 ADJACENCY_KEY = "neighbor_adjacency"
+EIGENVECTORS_KEY = "neighbor_laplacian_eigenvectors"
 
 
 def _pad_slots(tensors: Sequence[torch.Tensor], size: int) -> torch.Tensor:
@@ -77,9 +79,10 @@ class MMGLDataCollator:
         self._pad_tokens(examples, keys, batch)
         num_text = self._pad_modality(examples, keys, TEXT_SLOT_KEYS, "text_neighbor_mask", batch)
         num_image = self._pad_modality(examples, keys, IMAGE_SLOT_KEYS, "image_neighbor_mask", batch)
-        if ADJACENCY_KEY in keys:
-            batch[ADJACENCY_KEY] = self._pad_adjacency(examples, keys, num_text, num_image)
-        handled = set(TOKEN_KEYS) | set(TEXT_SLOT_KEYS) | set(IMAGE_SLOT_KEYS) | {ADJACENCY_KEY}
+        for key, node_dims in ((ADJACENCY_KEY, 2), (EIGENVECTORS_KEY, 1)):
+            if key in keys:
+                batch[key] = self._pad_nodes(examples, keys, key, node_dims, num_text, num_image)
+        handled = set(TOKEN_KEYS) | set(TEXT_SLOT_KEYS) | set(IMAGE_SLOT_KEYS) | {ADJACENCY_KEY, EIGENVECTORS_KEY}
         for key in sorted(keys - handled):
             # Unknown keys are passed through when they stack (same shape in every example).
             try:
@@ -125,21 +128,26 @@ class MMGLDataCollator:
         return size
 
     @staticmethod
-    def _pad_adjacency(examples, keys, num_text: int, num_image: int) -> torch.Tensor:
+    def _pad_nodes(examples, keys, key: str, node_dims: int, num_text: int, num_image: int) -> torch.Tensor:
+        """Pad a per-node tensor whose first ``node_dims`` dimensions index the slots (adjacency: 2, one vector per
+        node: 1) to ``num_text + num_image`` nodes, keeping the text and image blocks contiguous."""
         size = num_text + num_image
-        out = torch.zeros((len(examples), size, size), dtype=torch.float)
+        rest = tuple(examples[0][key].shape[node_dims:])
+        out = torch.zeros((len(examples),) + (size,) * node_dims + rest, dtype=torch.float)
         for b, example in enumerate(examples):
-            adjacency = example[ADJACENCY_KEY]
+            values = example[key]
             nt = int(example["text_neighbor_mask"].shape[0]) if "text_neighbor_mask" in keys else 0
             ni = int(example["image_neighbor_mask"].shape[0]) if "image_neighbor_mask" in keys else 0
-            if tuple(adjacency.shape) != (nt + ni, nt + ni):
-                raise ValueError(
-                    f"example {b}: {ADJACENCY_KEY!r} has shape {tuple(adjacency.shape)} for {nt} text and {ni} image slots"
-                )
+            if tuple(values.shape) != (nt + ni,) * node_dims + rest:
+                raise ValueError(f"example {b}: {key!r} has shape {tuple(values.shape)} for {nt} text and {ni} image "
+                                 f"slots (example 0: {tuple(examples[0][key].shape)})")
             # Text block stays at [0, nt); image block moves to [num_text, num_text + ni).
             rows = torch.cat([torch.arange(nt), num_text + torch.arange(ni)])
-            out[b, rows.unsqueeze(1), rows.unsqueeze(0)] = adjacency.to(out.dtype)
+            if node_dims == 2:
+                out[b, rows.unsqueeze(1), rows.unsqueeze(0)] = values.to(out.dtype)
+            else:
+                out[b, rows] = values.to(out.dtype)
         return out
 
 
-__all__ = ["MMGLDataCollator", "TOKEN_KEYS", "TEXT_SLOT_KEYS", "IMAGE_SLOT_KEYS", "ADJACENCY_KEY"]
+__all__ = ["MMGLDataCollator", "TOKEN_KEYS", "TEXT_SLOT_KEYS", "IMAGE_SLOT_KEYS", "ADJACENCY_KEY", "EIGENVECTORS_KEY"]

@@ -61,6 +61,7 @@ from transformers.processing_utils import ProcessorMixin
 from .collator import MMGLDataCollator
 from .design_space import check_design, has_image_slots, has_text_slots, neighbor_mode
 from .graph_projection import neighbor_adjacency
+from .laplacian_encoding import slot_laplacian_eigenvectors
 from .image_source import (
     ImageDecodeError,
     ImageFolder,
@@ -151,6 +152,9 @@ class MMGLProcessor(ProcessorMixin):
             model's (77 for CLIP).
         include_section_title (`bool`, *optional*, defaults to `True`): prefix the target text with
             its section title.
+        lpe_k (`int`, *optional*): for a model with ``position_encoding="laplacian"``: each example then holds
+            ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, lpe_k)`, the slot graph's eigenvectors, computed once
+            here (`laplacian_encoding`) rather than in every forward pass.
         context_prompt / section_prompt / summary_prompt (`str`, *optional*): the fixed prompt words,
             ``"Context:"``, ``"Section:"`` and ``"Summary:"``.
     """
@@ -172,6 +176,7 @@ class MMGLProcessor(ProcessorMixin):
         neighbor_encoder_name: str = "ViT-B-32",
         neighbor_context_length: int | None = None,
         include_section_title: bool = True,
+        lpe_k: int | None = None,
         context_prompt: str = "Context:",
         section_prompt: str = "Section:",
         summary_prompt: str = "Summary:",
@@ -187,6 +192,7 @@ class MMGLProcessor(ProcessorMixin):
             ("max_image_neighbors", max_image_neighbors, 0),
             ("max_source_length", max_source_length, 1),
             ("max_target_length", max_target_length, 2),
+            *((("lpe_k", lpe_k, 1),) if lpe_k is not None else ()),
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -209,6 +215,7 @@ class MMGLProcessor(ProcessorMixin):
         self.neighbor_encoder_name = neighbor_encoder_name
         self.neighbor_context_length = neighbor_context_length
         self.include_section_title = include_section_title
+        self.lpe_k = lpe_k
         self.context_prompt = context_prompt
         self.section_prompt = section_prompt
         self.summary_prompt = summary_prompt
@@ -241,6 +248,8 @@ class MMGLProcessor(ProcessorMixin):
             names += ["image_neighbor_embeds", "image_neighbor_pixel_values", "image_neighbor_mask"]
         if self.has_text_slots or self.has_image_slots:
             names.append("neighbor_adjacency")
+            if self.lpe_k:
+                names.append("neighbor_laplacian_eigenvectors")
         return names
 
     @property
@@ -281,6 +290,11 @@ class MMGLProcessor(ProcessorMixin):
                     pairs.append(("image_neighbor_embed_dim", embed_dim))
             problems += [f"{name}: processor {value!r}, model {getattr(config, name, None)!r}"
                          for name, value in pairs if getattr(config, name, None) != value]
+        # The model projects the eigenvectors the processor computes: both must agree on whether and how many.
+        model_lpe_k = getattr(config, "lpe_k", None) if getattr(config, "position_encoding", "none") == "laplacian" else None
+        if (self.lpe_k or None) != model_lpe_k:
+            problems.append(f"lpe_k: processor {self.lpe_k!r}, model {model_lpe_k!r} "
+                            f"(position_encoding={getattr(config, 'position_encoding', 'none')!r})")
         if problems:
             raise ValueError("the processor and the model disagree: " + "; ".join(problems))
 
@@ -637,7 +651,9 @@ class MMGLProcessor(ProcessorMixin):
             if self.neighbor_encoding != "ca_e":
                 num_placeholders += self.image_neighbor_num_tokens * sum(image_mask)
         if text_slots or image_slots:
-            example["neighbor_adjacency"] = neighbor_adjacency(graph, selection.target_node, slot_nodes, slot_mask)
+            example["neighbor_adjacency"] = adjacency = neighbor_adjacency(graph, selection.target_node, slot_nodes, slot_mask)
+            if self.lpe_k:
+                example["neighbor_laplacian_eigenvectors"] = slot_laplacian_eigenvectors(adjacency, slot_mask, self.lpe_k)
 
         input_ids, source_length = self._token_layout(graph, section_idx, selection, num_placeholders, for_generation)
         example["input_ids"] = ids = torch.from_numpy(input_ids)

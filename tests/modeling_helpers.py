@@ -3,6 +3,7 @@
 import torch
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+from processing.laplacian_encoding import slot_laplacian_eigenvectors
 
 VOCAB = 100
 NEIGHBOR_TOKEN = 99
@@ -90,7 +91,7 @@ def neighbor_batch(config: MMGLConfig, seed=0, prefix_len=3, suffix_len=6):
     for a, b in [(0, 1), (0, 3), (1, 3), (3, 4)]:
         adjacency[:, a, b] = adjacency[:, b, a] = 1
     adjacency = adjacency * torch.cat([text_mask, image_mask], 1)[:, :, None] * torch.cat([text_mask, image_mask], 1)[:, None, :]
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "text_neighbor_embeds": torch.randn(2, 3, config.text_neighbor_embed_dim, generator=generator),
@@ -99,6 +100,12 @@ def neighbor_batch(config: MMGLConfig, seed=0, prefix_len=3, suffix_len=6):
         "image_neighbor_mask": image_mask,
         "neighbor_adjacency": adjacency,
     }
+    if config.position_encoding == "laplacian":  # as the processor gives them: once per example, real slots only
+        slot_mask = torch.cat([text_mask, image_mask], 1)
+        batch["neighbor_laplacian_eigenvectors"] = torch.stack(
+            [slot_laplacian_eigenvectors(adjacency[row], slot_mask[row].tolist(), config.lpe_k) for row in range(2)]
+        )
+    return batch
 
 
 def labels_for(batch):
