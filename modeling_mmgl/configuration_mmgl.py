@@ -60,6 +60,10 @@ class MMGLConfig(OPTConfig):
             holds the encoder weights.
         neighbor_encoder_config (`dict`, *optional*):
             A full open_clip model config, for encoders that are not registered by name (e.g. tiny test models).
+        embedding_cache_encoder (`dict`, *optional*):
+            `{"name", "pretrained", "config"}` of the frozen encoder whose embedding cache a model was trained
+            from without the encoder inside. Nothing is built from it; it is recorded so that a Trainer
+            checkpoint of such a run still names its encoder (an exported model holds the encoder itself).
     """
 
     model_type = "mmgl"
@@ -83,6 +87,7 @@ class MMGLConfig(OPTConfig):
     neighbor_encoder_name: str | None = None
     neighbor_encoder_pretrained: str | None = None
     neighbor_encoder_config: dict | None = None
+    embedding_cache_encoder: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -473,3 +473,28 @@ def test_data_report_counts_what_the_model_sees(sample_dir, tmp_path):
     assert train["real_images"] == sum(int(m.sum()) for m in masks)
     assert train["masked_images"] == sum(len(m) - int(m.sum()) for m in masks)
     assert report["design"]["neighbor_encoding"] == "sa_te"
+
+
+def test_trainer_checkpoint_of_a_cache_run_names_its_encoder(sample_dir, tmp_path, caplog):
+    """A run trained from an embedding cache has no encoder inside; its Trainer checkpoints still record which
+    encoder filled the cache, so evaluating checkpoint-N with only the data and that cache needs no encoder flag."""
+    trained = tmp_path / "trained"
+    args = base_args(sample_dir, trained) + ["--context", "all", "--neighbor_encoding", "sa_e",
+                                             "--save_strategy", "steps", "--save_steps", "2"]
+    at_end_of_training = run_summarization.main(args)
+    checkpoint = trained / "checkpoint-2"
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["neighbor_encoder_name"] is None and config["neighbor_encoder_config"] is None  # not inside
+    recorded = config["embedding_cache_encoder"]
+    assert recorded["config"] == json.loads(TINY_CLIP_JSON.read_text()) and recorded["pretrained"] is None
+    exported = json.loads((trained / "config.json").read_text())
+    assert exported["embedding_cache_encoder"] is None and exported["neighbor_encoder_config"] == recorded["config"]
+    data = ["--train_files", str(sample_dir / "wikiweb2m-sample.tfrecord.gz"), "--image_dir", str(sample_dir / "images"),
+            "--embedding_cache_dir", str(sample_dir / "cache"), "--max_eval_samples", "4", "--max_predict_samples", "4",
+            "--generation_max_new_tokens", "4", "--per_device_eval_batch_size", "4", "--report_to", "none", "--use_cpu"]
+    caplog.set_level("WARNING")
+    metrics = run_summarization.main(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path / "ev"),
+                                      "--do_eval", "--do_predict", *data])
+    assert "records no frozen encoder" not in caplog.text
+    for key in ("eval_loss", "eval_rougeL", "predict_rougeL"):
+        assert metrics[key] == pytest.approx(at_end_of_training[key], rel=1e-4, abs=1e-6), key

@@ -72,9 +72,14 @@ class CheckpointDesign:
         checkpoint, or `None` when it records no frozen encoder."""
         name = self.config.get("neighbor_encoder_name")
         if name is None and self.config.get("neighbor_encoder_config") is None:
-            return None
-        pretrained = self.config.get("neighbor_encoder_pretrained")
-        return name, None if pretrained in ("", "none") else pretrained, self.config.get("neighbor_encoder_config")
+            # A Trainer checkpoint of a run trained from an embedding cache: the encoder is named, not inside.
+            cached = self.config.get("embedding_cache_encoder")
+            if not cached:
+                return None
+            name, pretrained, config = cached.get("name"), cached.get("pretrained"), cached.get("config")
+        else:
+            pretrained, config = self.config.get("neighbor_encoder_pretrained"), self.config.get("neighbor_encoder_config")
+        return name, None if pretrained in ("", "none") else pretrained, config
 
 
 def _read_json(path: Path) -> dict:

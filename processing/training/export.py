@@ -15,6 +15,7 @@ def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
     model.config.neighbor_encoder_name = encoder.name
     model.config.neighbor_encoder_pretrained = getattr(encoder, "pretrained", None)
     model.config.neighbor_encoder_config = dict(encoder.model_config)
+    model.config.embedding_cache_encoder = None  # the encoder is inside now: one record of it
     if model.neighbor_encoder is None:
         model.neighbor_encoder = MMGLNeighborEncoder(model.config)
     model.neighbor_encoder.model.load_state_dict(encoder.model.state_dict())
