@@ -197,7 +197,9 @@ def _clean_texts(graph: PageGraph, section_idx: int, context: str, budget: int, 
     key = (section_idx, context, budget)
     if key in memo:
         return memo[key]
-    target = target_input(graph, section_idx)
+    # The target's text without its title: what every processor puts in the input, whether or not it prefixes the
+    # title (include_section_title), so the rule does not depend on that option.
+    target = target_input(graph, section_idx, include_title=False)
     dropped = 0
     if not clean or _has_duplicate(texts, target):
         forbidden = (graph.summaries[section_idx], graph.raw_summaries[section_idx])

@@ -88,3 +88,21 @@ def test_duplicated_neighbour_texts_are_dropped_and_counted():
     clean = PageGraph.from_dict(plain_page())
     assert select_neighbors(clean, 1, "text_only", 11, 0).texts == ["D", "One. Two three.", "Six. Seven."]
     assert clean.memo["duplicates_dropped"][(1, "text_only", 11)] == 0
+
+
+def test_duplicate_rule_does_not_depend_on_the_title_prefix():
+    # A caption equal to the target's title: the processor may or may not prefix the title (include_section_title),
+    # so the rule compares with the target's text alone and keeps the caption either way; the cache builder and
+    # every processor thus select the same neighbours.
+    page = {
+        "title": "T",
+        "description": "Page.",
+        "sections": [
+            {"title": "Harbour", "text": "Ships come. Boats go.", "images": [{"path": "h.png", "caption": "Harbour"}]},
+            {"title": "Town", "text": "Houses stand. Streets run.", "images": [{"path": "t.png", "caption": "Boats go."}]},
+        ],
+    }
+    graph = PageGraph.from_dict(page)
+    texts = select_neighbors(graph, 0, "all", max_text_neighbors=11, max_image_neighbors=5).texts
+    assert "Harbour" in texts  # equal to the title, not in the target's text
+    assert "Boats go." not in texts  # inside the target's text
