@@ -4,10 +4,13 @@ Prints, for self-attention (SA-E) and cross-attention (CA-E) mode over plain OPT
 - training step time (forward + backward + AdamW step) at the same total sequence length (target SA <= 1.10);
 - for CA, the overhead its extra gated blocks explain by their matmul FLOPs;
 - cached greedy generation tokens/s (target >= 0.9), and for CA the bound its extra blocks' per-token FLOPs set.
-CA runs twice: one gated block every 4 layers (the default) and every 6.
+CA runs twice: one gated block every 4 layers (the default) and every 6. SA also runs with the Laplacian (LPE) and
+GNN position encodings, against SA with the sequence encoding; LPE's eigenvectors are computed once per example by
+the processor, so the script also times that per-example cost beside the per-example train step.
 
 Runs are interleaved (OPT, SA, CA, OPT, SA, CA, ...) and the median is reported, so machine noise hits all modes
-alike. Usage: `python benchmarks/bench_model.py [--device cuda] [--dtype bfloat16] [--batch_size 2] [--seq_len 256]`.
+alike. Usage: `python benchmarks/bench_model.py [--device cuda] [--dtype bfloat16] [--batch_size 2] [--seq_len 256]
+[--modes none self_attention self_attention+laplacian]`.
 """
 
 import argparse
@@ -17,6 +20,7 @@ import time
 import torch
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+from processing.laplacian_encoding import slot_laplacian_eigenvectors
 
 OPT_125M = dict(
     vocab_size=50272, hidden_size=768, num_hidden_layers=12, ffn_dim=3072, num_attention_heads=12,
@@ -26,20 +30,35 @@ NEIGHBOR_TOKEN = 50271
 TEXT_NEIGHBORS, IMAGE_NEIGHBORS, TOKENS_PER_NEIGHBOR, EMBED_DIM = 11, 5, 4, 512  # the paper's budgets
 
 
-# label -> (neighbor_mode, cross_attention_interval)
+# label -> (neighbor_mode, cross_attention_interval, position_encoding)
 MODES = {
-    "none": ("none", 4),
-    "self_attention": ("self_attention", 4),
-    "cross_attention": ("cross_attention", 4),
-    "cross_attention/6": ("cross_attention", 6),
+    "none": ("none", 4, "none"),
+    "self_attention": ("self_attention", 4, "sequence"),
+    "cross_attention": ("cross_attention", 4, "sequence"),
+    "cross_attention/6": ("cross_attention", 6, "sequence"),
+    "self_attention+laplacian": ("self_attention", 4, "laplacian"),
+    "self_attention+gnn": ("self_attention", 4, "gnn"),
 }
+NUM_NODES = TEXT_NEIGHBORS + IMAGE_NEIGHBORS
+
+
+def slot_graph(generator):
+    """A page-like slot graph: a chain of sections with a few extra edges, symmetric, no self loops."""
+    adjacency = torch.zeros(NUM_NODES, NUM_NODES)
+    for a in range(NUM_NODES - 1):
+        adjacency[a, a + 1] = 1
+    extra = torch.randint(0, NUM_NODES, (2, NUM_NODES), generator=generator)
+    adjacency[extra[0], extra[1]] = 1
+    adjacency = torch.maximum(adjacency, adjacency.t())
+    adjacency.fill_diagonal_(0)
+    return adjacency
 
 
 def build(label, device, dtype):
-    mode, interval = MODES[label]
+    mode, interval, position_encoding = MODES[label]
     config = MMGLConfig(
         **OPT_125M, neighbor_mode=mode, neighbor_token_id=NEIGHBOR_TOKEN if mode != "none" else None,
-        position_encoding="sequence" if mode != "none" else "none", cross_attention_interval=interval,
+        position_encoding=position_encoding, cross_attention_interval=interval,
         text_neighbor_embed_dim=EMBED_DIM, image_neighbor_embed_dim=EMBED_DIM,
     )
     model = MMGLForConditionalGeneration(config).to(device=device, dtype=dtype)
@@ -51,7 +70,7 @@ def build(label, device, dtype):
 
 def batch_for(label, batch_size, seq_len, device, dtype, generator):
     """Same total length `seq_len` in every mode; SA spends 64 of it on neighbour placeholders."""
-    mode = MODES[label][0]
+    mode, _, position_encoding = MODES[label]
     input_ids = torch.randint(3, 50000, (batch_size, seq_len), generator=generator)
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     if mode != "none":
@@ -64,6 +83,11 @@ def batch_for(label, batch_size, seq_len, device, dtype, generator):
             image_neighbor_embeds=torch.randn(batch_size, IMAGE_NEIGHBORS, EMBED_DIM, generator=generator),
             image_neighbor_mask=torch.ones(batch_size, IMAGE_NEIGHBORS, dtype=torch.long),
         )
+        adjacency = torch.stack([slot_graph(generator) for _ in range(batch_size)])
+        batch["neighbor_adjacency"] = adjacency
+        if position_encoding == "laplacian":  # as the processor does it: once per example, before batching
+            batch["neighbor_laplacian_eigenvectors"] = torch.stack(
+                [slot_laplacian_eigenvectors(a, [1] * NUM_NODES, 4) for a in adjacency])
     return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
 
 
@@ -122,11 +146,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt_len", type=int, default=128)
     parser.add_argument("--new_tokens", type=int, default=32)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                        help="modes to run ('none' is always run: it is the reference)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    modes = list(MODES)
+    modes = ["none"] + [m for m in args.modes if m != "none"]
     models = {mode: build(mode, args.device, dtype) for mode in modes}
     optimizers = {mode: torch.optim.AdamW(models[mode].parameters(), lr=1e-5) for mode in modes}
     train_batches = {m: batch_for(m, args.batch_size, args.seq_len, args.device, dtype, generator) for m in modes}
@@ -159,7 +185,21 @@ def main():
     for mode in modes:
         print(f"{mode:<20}{step[mode]:>14.3f}{step[mode] / step['none']:>8.3f}"
               f"{rate[mode]:>12.1f}{rate[mode] / rate['none']:>8.3f}")
+    for label in ("self_attention+laplacian", "self_attention+gnn"):
+        if label in step and "self_attention" in step:
+            print(f"{label}: train step {step[label] / step['self_attention']:.3f}x and generation "
+                  f"{rate[label] / rate['self_attention']:.3f}x those of SA with the sequence encoding")
+    if "self_attention+laplacian" in step:
+        graphs = [slot_graph(generator) for _ in range(200)]
+        start = time.perf_counter()
+        for adjacency in graphs:
+            slot_laplacian_eigenvectors(adjacency, [1] * NUM_NODES, 4)
+        per_example = (time.perf_counter() - start) / len(graphs)
+        print(f"LPE in the processor: {per_example * 1e3:.3f} ms per example ({NUM_NODES} slots), once per example; "
+              f"{per_example / (step["self_attention+laplacian"] / args.batch_size):.4%} of a train step per example")
     for label in ("cross_attention", "cross_attention/6"):
+        if label not in models:
+            continue
         config = models[label].config
         share = extra_block_share(config, args.seq_len, 64)
         measured = step[label] / step["none"] - 1
@@ -167,6 +207,8 @@ def main():
         print(f"{label}: {config.num_hidden_layers // config.cross_attention_interval} gated blocks add {share:.1%} "
               f"matmul FLOPs in training (measured overhead {measured:.1%}); in generation their FLOPs bound the "
               f"ratio at {bound:.3f} (measured {rate[label] / rate['none']:.3f})")
+    if "self_attention" not in step:
+        return
     sa_ok = step["self_attention"] / step["none"] <= 1.10
     gen = ", ".join(f"{m} {'met' if rate[m] / rate['none'] >= 0.9 else 'MISSED'}" for m in modes if m != "none")
     print(f"targets: SA train ratio <= 1.10: {'met' if sa_ok else 'MISSED'}; generation ratio >= 0.9: {gen}")
