@@ -196,7 +196,7 @@ def main():
             slot_laplacian_eigenvectors(adjacency, [1] * NUM_NODES, 4)
         per_example = (time.perf_counter() - start) / len(graphs)
         print(f"LPE in the processor: {per_example * 1e3:.3f} ms per example ({NUM_NODES} slots), once per example; "
-              f"{per_example / (step["self_attention+laplacian"] / args.batch_size):.4%} of a train step per example")
+              f"{per_example / (step['self_attention+laplacian'] / args.batch_size):.4%} of a train step per example")
     for label in ("cross_attention", "cross_attention/6"):
         if label not in models:
             continue
