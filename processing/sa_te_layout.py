@@ -49,16 +49,20 @@ class SectionGroup(NamedTuple):
 def sa_te_groups(graph: PageGraph, section_idx: int, selection: NeighborSelection) -> list[SectionGroup]:
     """The SA-TE groups of ``selection`` (the neighbours of target ``section_idx``), in sequence order (module
     docstring): the target's group always first, then each group that holds a text or an image."""
-    order = [section_idx, None, *neighbor_order(graph, section_idx).ranking]
-    where = {section: i for i, section in enumerate(order)}
-    texts: list[list[int]] = [[] for _ in order]
-    images: list[list[int]] = [[] for _ in order]
+    orders = graph.memo.setdefault("sa_te_group_order", {})  # per target: (sections in order, position of each)
+    if section_idx not in orders:
+        order = (section_idx, None, *neighbor_order(graph, section_idx).ranking)
+        orders[section_idx] = order, {section: i for i, section in enumerate(order)}
+    order, where = orders[section_idx]
+    texts: dict[int, list[int]] = {}  # group position -> the group's texts (images), in slot order
+    images: dict[int, list[int]] = {}
+    nodes = graph.nodes
     for i, node in enumerate(selection.text_nodes):
-        texts[where[graph.nodes[node].section]].append(i)  # the page node's section is None
+        texts.setdefault(where[nodes[node].section], []).append(i)  # the page node's section is None
     for j, node in enumerate(selection.image_nodes):
-        images[where[graph.nodes[node].section]].append(j)
-    groups = [SectionGroup(section, tuple(t), tuple(i)) for section, t, i in zip(order, texts, images)
-              if section == section_idx or t or i]
+        images.setdefault(where[nodes[node].section], []).append(j)
+    groups = [SectionGroup(order[k], tuple(texts.get(k, ())), tuple(images.get(k, ())))
+              for k in sorted({0, *texts, *images})]  # 0: the target's group, always there
     placed = [j for group in groups for j in group.images]
     if placed != sorted(placed):  # the model fills placeholders in slot order: another order would mix images
         raise RuntimeError(
