@@ -374,7 +374,6 @@ class MMGLProcessor(ProcessorMixin):
                 "section": self._encode_lm([self.section_prompt])[0],
                 "summary": self._encode_lm([self.summary_prompt])[0],
             }
-            prompts["bos_context"] = np.concatenate([prompts["bos"], prompts["context"]])
             prompts["fixed_length"] = len(prompts["bos"]) + len(prompts["section"]) + len(prompts["summary"])
             self._state.prompt_ids = prompts
         return self._state.prompt_ids
