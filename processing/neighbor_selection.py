@@ -18,6 +18,9 @@ Leakage: the target's summary (clean and raw first sentence) never enters any in
 that contains it verbatim has it cut out; a text left empty gives its slot to the next candidate. The
 target's own input is ``"<title>: <rest>"`` with the summary cut out likewise (`target_input`).
 
+Where the selected neighbours go in the sequence is not decided here: SA-TE's layout (each section's texts,
+then its images) is `sa_te_layout`.
+
 Everything here is memoised per graph (``PageGraph.memo``): each section's candidates are walked once,
 and each text is searched for the summary at most once, whatever the budgets asking.
 

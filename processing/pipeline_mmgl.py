@@ -331,8 +331,8 @@ def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
     ``custom_pipelines``), generation_config.json, model.safetensors, the tokenizer files
     (tokenizer_config.json with ``auto_map.AutoProcessor``), processor_config.json (``auto_map.AutoProcessor``)
     and preprocessor_config.json, and the code: the modeling files, ``processing_mmgl.py`` and the files it imports
-    (design space, neighbour selection, graph projection, page graph, token cache, image source, collator, atomic
-    writes), ``pipeline_mmgl.py`` and the embedding-cache reader; no data tool.
+    (design space, neighbour selection, SA-TE layout, graph projection, page graph, token cache, image source,
+    collator, atomic writes), ``pipeline_mmgl.py`` and the embedding-cache reader; no data tool.
 
     Args:
         model (`MMGLForConditionalGeneration`): the model (merge peft adapters first).

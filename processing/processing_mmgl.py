@@ -9,16 +9,27 @@ layout and the payload assembly; the rules it applies live in their own files:
   embedding cache must hold);
 * which slots and which model mode an (encoding, context) pair has: `design_space`;
 * which image file and which pixels: `image_source` (the one resolver and the one preprocessing);
+* where SA-TE puts each neighbour in the sequence: `sa_te_layout`;
 * the graph over the slots: `graph_projection`;
 * token ids of every text, on disk: `token_cache`.
 
-Example layout (one example, training; ``|`` separates token segments)::
+Example layout (one example, training; ``|`` separates token segments). SA-E and CA-E::
 
-    </s> | [SA-TE, if any text neighbour] " Context:" | " <text neighbour 1>" | " <text neighbour 2>" | ...
-         | " Section:" | " <section title>: <section text after its first sentence>"
+    </s> | " Section:" | " <section title>: <section text after its first sentence>"
          | <neighbor> x text_neighbor_num_tokens per text slot        (SA-E only)
-         | <neighbor> x image_neighbor_num_tokens per real image slot (SA-TE and SA-E)
+         | <neighbor> x image_neighbor_num_tokens per real image slot (SA-E only)
          | " Summary:" | " <summary>" </s>
+
+SA-TE (neighbour texts as tokens; each image's placeholders right after its own section's text, as in the
+paper; the groups and their order are `sa_te_layout.sa_te_groups`)::
+
+    </s> | " Section:" | " <section title>: <section text after its first sentence>"
+         | " <caption of a target image>" ... | <neighbor> x image_neighbor_num_tokens per real target image
+         | [when anything follows] " Context:" | [when selected] " <page description>"
+         | per other section, in neighbour order: [when selected] " <its text>" | " <its images' captions>" ...
+         |                                        | <neighbor> x image_neighbor_num_tokens per real image of it
+         | " Summary:" | " <summary>" </s>
+
     labels: -100 everywhere except " <summary>" </s>
 
 for generation the example stops after " Summary:". Every text segment is tokenised on its own as
@@ -27,7 +38,8 @@ an example is a concatenation of per-text id arrays: the token cache (`build_tok
 each unique text's ids once and building an example is slicing and concatenating. Truncation
 (``max_source_length``) cuts texts only, from their end, never placeholders or prompts: the target
 text keeps what the SA-TE neighbour texts leave free and at least half of the text budget, the
-neighbour texts share the rest in slot order; the summary (``max_target_length`` with eos) is last.
+neighbour texts share the rest in slot order (`NeighborSelection.texts`); an image's placeholders stay
+whole even when its section's text is cut to nothing. The summary (``max_target_length`` with eos) is last.
 
 Images: an image whose file is not in the image folder (or, with an embedding cache, not in it), or
 cannot be decoded, keeps its slot with mask 0 and gets no placeholders. Page dicts may hold the
@@ -72,6 +84,7 @@ from .image_source import (
 )
 from .neighbor_selection import NeighborInputs, NeighborSelection, collect_neighbor_inputs, select_neighbors, target_input
 from .page_graph import PageGraph, PageGraphIndex, is_page_graph
+from .sa_te_layout import sa_te_groups
 from .token_cache import MMGLTokenCache, tokenizer_fingerprint
 
 NEIGHBOR_TOKEN = "<neighbor>"
@@ -137,8 +150,10 @@ class MMGLProcessor(ProcessorMixin):
             ``section_all`` (+ its images and captions), ``text_only`` (all text of the page) or
             ``all`` (all text and images of the page).
         neighbor_encoding (`str`, *optional*, defaults to `"sa_e"`): ``sa_te`` (neighbour texts as raw
-            tokens, images as embeddings), ``sa_e`` (every neighbour as embeddings in the sequence) or
-            ``ca_e`` (neighbours through cross-attention; no placeholders).
+            tokens, images as embeddings: the target text, then each section's texts, each followed by the
+            placeholders of that section's images; see the module docstring), ``sa_e`` (every neighbour as
+            embeddings in the sequence, after the target text) or ``ca_e`` (neighbours through
+            cross-attention; no placeholders).
         text_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per text neighbour.
         image_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per image neighbour.
         max_text_neighbors (`int`, *optional*, defaults to 11): text neighbour budget.
@@ -373,7 +388,6 @@ class MMGLProcessor(ProcessorMixin):
                 "section": self._encode_lm([self.section_prompt])[0],
                 "summary": self._encode_lm([self.summary_prompt])[0],
             }
-            prompts["bos_context"] = np.concatenate([prompts["bos"], prompts["context"]])
             prompts["fixed_length"] = len(prompts["bos"]) + len(prompts["section"]) + len(prompts["summary"])
             self._state.prompt_ids = prompts
         return self._state.prompt_ids
@@ -637,6 +651,7 @@ class MMGLProcessor(ProcessorMixin):
         slot_nodes: list[int] = []
         slot_mask: list[int] = []
         num_placeholders = 0
+        image_mask: list[int] = []
         if text_slots:
             example.update(self._text_payload(graph, section_idx, selection, embedding_cache))
             slot_nodes += selection.text_nodes
@@ -651,11 +666,16 @@ class MMGLProcessor(ProcessorMixin):
             if self.neighbor_encoding != "ca_e":
                 num_placeholders += self.image_neighbor_num_tokens * sum(image_mask)
         if text_slots or image_slots:
-            example["neighbor_adjacency"] = adjacency = neighbor_adjacency(graph, selection.target_node, slot_nodes, slot_mask)
+            # Without text slots (SA-TE) each image slot stands for its section (`graph_projection`).
+            example["neighbor_adjacency"] = adjacency = neighbor_adjacency(
+                graph, selection.target_node, slot_nodes, slot_mask, images_stand_for_sections=not text_slots
+            )
             if self.lpe_k:
                 example["neighbor_laplacian_eigenvectors"] = slot_laplacian_eigenvectors(adjacency, slot_mask, self.lpe_k)
 
-        input_ids, source_length = self._token_layout(graph, section_idx, selection, num_placeholders, for_generation)
+        input_ids, source_length = self._token_layout(
+            graph, section_idx, selection, num_placeholders, image_mask, for_generation
+        )
         example["input_ids"] = ids = torch.from_numpy(input_ids)
         example["attention_mask"] = torch.ones_like(ids)  # ones_like: faster than torch.ones(L, dtype=...)
         if not for_generation:
@@ -665,13 +685,19 @@ class MMGLProcessor(ProcessorMixin):
         return example
 
     def _token_layout(
-        self, graph: PageGraph, section_idx: int, selection: NeighborSelection, num_placeholders: int, for_generation: bool
+        self, graph: PageGraph, section_idx: int, selection: NeighborSelection, num_placeholders: int,
+        image_mask: Sequence[int], for_generation: bool,
     ) -> tuple[np.ndarray, int]:
         """``input_ids`` as an int64 array, and the source length (tokens before the summary);
-        truncation keeps placeholders and prompts."""
+        truncation keeps placeholders and prompts. ``image_mask``: the image slots that get placeholders."""
         prompts = self._prompt_ids()
         raw_texts = selection.texts if self.neighbor_encoding == "sa_te" else ()
-        fixed = prompts["fixed_length"] + num_placeholders + (len(prompts["context"]) if raw_texts else 0)
+        groups = sa_te_groups(graph, section_idx, selection) if self.neighbor_encoding == "sa_te" else None
+        # SA-TE: " Context:" opens whatever follows the target's own group (texts or real images).
+        has_context = groups is not None and any(
+            group.texts or any(image_mask[j] for j in group.images) for group in groups[1:]
+        )
+        fixed = prompts["fixed_length"] + num_placeholders + (len(prompts["context"]) if has_context else 0)
         budget = self.max_source_length - fixed
         if budget < 0:
             raise ValueError(
@@ -695,24 +721,34 @@ class MMGLProcessor(ProcessorMixin):
             budget -= len(target)
             kept = []
             for text_ids in neighbor_ids:
-                if budget <= 0:
-                    break
-                kept.append(text_ids[:budget])
+                kept.append(text_ids[:budget])  # empty once the budget is spent
                 budget -= len(kept[-1])
             neighbor_ids = kept
-        placeholders = self._state.placeholders.get(num_placeholders)
-        if placeholders is None:  # one read-only array per count, reused by every example
-            placeholders = np.full(num_placeholders, self.neighbor_token_id, dtype=np.int64)
-            placeholders.flags.writeable = False
-            self._state.placeholders[num_placeholders] = placeholders
-        head = prompts["bos_context"] if raw_texts else prompts["bos"]
+        if groups is None:
+            body = [prompts["section"], target, self._placeholders(num_placeholders)]
+        else:
+            # Each group's texts, then the placeholders of its real images (`sa_te_layout`).
+            body = [prompts["section"], target]
+            for k, group in enumerate(groups):
+                if k == 1 and has_context:
+                    body.append(prompts["context"])
+                body += [neighbor_ids[i] for i in group.texts]
+                real_images = sum(image_mask[j] for j in group.images)
+                body.append(self._placeholders(self.image_neighbor_num_tokens * real_images))
         if for_generation:
-            return np.concatenate([head, *neighbor_ids, prompts["section"], target, placeholders, prompts["summary"]]), -1
+            return np.concatenate([prompts["bos"], *body, prompts["summary"]]), -1
         summary_ids = summary_ids[: self.max_target_length - 1]
-        input_ids = np.concatenate(
-            [head, *neighbor_ids, prompts["section"], target, placeholders, prompts["summary"], summary_ids, prompts["eos"]]
-        )
+        input_ids = np.concatenate([prompts["bos"], *body, prompts["summary"], summary_ids, prompts["eos"]])
         return input_ids, len(input_ids) - len(summary_ids) - 1
+
+    def _placeholders(self, count: int) -> np.ndarray:
+        """``count`` placeholder ids: one read-only array per count, reused by every example."""
+        placeholders = self._state.placeholders.get(count)
+        if placeholders is None:
+            placeholders = np.full(count, self.neighbor_token_id, dtype=np.int64)
+            placeholders.flags.writeable = False
+            self._state.placeholders[count] = placeholders
+        return placeholders
 
     def __call__(
         self,

@@ -77,3 +77,48 @@ def test_gnn_encoding_is_permutation_equivariant(gnn_type):
     cut = adjacency.clone()
     cut[0, 0, 4] = cut[0, 4, 0] = 0
     assert (encoder(states, mask, None, cut)[0, 4] - out[0, 4]).abs().max() > 1e-5
+
+
+def test_position_encodings_read_the_sa_te_image_graph():
+    """SA-TE image slots used to come out unconnected: LPE was then a one-hot slot index and the GNN a per-node map.
+    With each image slot standing for its section, both read the page's structure."""
+    from PIL import Image
+
+    from processing.data.bpe_tokenizer import train_bpe_tokenizer
+    from processing.image_source import clip_image_processor
+    from processing.page_graph import PageGraph
+    from processing.processing_mmgl import MMGLProcessor
+    from tests.modeling_helpers import TINY_CLIP
+    from tests.test_sa_te_layout import TARGET, hand_page
+
+    page = hand_page()
+    for section in page["sections"]:  # the images in memory: no folder needed
+        for image in section["images"]:
+            image["image"] = Image.new("RGB", (8, 8), (len(image.pop("path")) * 20, 9, 9))
+    tokenizer = train_bpe_tokenizer([s["text"] or s["title"] for s in page["sections"]], vocab_size=300)
+    processor = MMGLProcessor(clip_image_processor("ViT-B-32", TINY_CLIP), tokenizer, context="all",
+                              neighbor_encoding="sa_te", max_text_neighbors=5, neighbor_context_length=16)
+    example = processor.build_example(PageGraph.from_dict(page), TARGET)
+    adjacency = example["neighbor_adjacency"]  # slots m1, m2 (the target's), x1, o1, t1: as in test_sa_te_layout
+    assert example["image_neighbor_mask"].tolist() == [1] * 5 and adjacency.sum() == 8  # 4 undirected edges
+    edge_index = adjacency.nonzero().t()
+    # LPE: m1, m2, x1, t1 form one connected component (one zero eigenvalue of the normalised Laplacian) and o1 is
+    # isolated (L_ii = 1, as in PyG); the encodings are the eigenvectors. With no edge at all every eigenvalue is 1
+    # and the encoding a one-hot slot index.
+    laplacian = normalized_laplacian(edge_index, 5)
+    eigenvalues = torch.linalg.eigvalsh(laplacian)
+    assert int((eigenvalues.abs() < 1e-9).sum()) == 1 and int(((eigenvalues - 1).abs() > 1e-9).sum()) == 4
+    pe = laplacian_eigenvectors(edge_index, 5, k=3).double()
+    for column in range(3):
+        torch.testing.assert_close(laplacian @ pe[:, column], eigenvalues[column + 1] * pe[:, column], atol=1e-6, rtol=0)
+    unconnected = laplacian_eigenvectors(torch.zeros(2, 0, dtype=torch.long), 5, k=3)
+    assert sorted(unconnected.abs().sum(0).tolist()) == [1.0, 1.0, 1.0] and (unconnected.abs().sum(1) <= 1).all()
+    assert not torch.equal(pe.float().abs(), unconnected.abs())
+    # GNN (one GCN layer): changing m1's state changes the encodings of its neighbours m2 and x1 only.
+    torch.manual_seed(0)
+    encoder = MMGLGNNPositionEncoding(tiny_config(position_encoding="gnn", gnn_type="gcn", gnn_num_layers=1), dim=8).eval()
+    states, mask = torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.long)
+    changed = states.clone()
+    changed[0, 0] += 1.0
+    moved = (encoder(changed, mask, None, adjacency[None]) - encoder(states, mask, None, adjacency[None])).abs().amax(-1)[0]
+    assert (moved > 1e-6).tolist() == [True, True, True, False, False]

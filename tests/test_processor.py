@@ -3,6 +3,7 @@ import io
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -168,7 +169,8 @@ def _check_example(processor, graph, section_idx, example, selection, tokenizer)
     assert torch.equal(labels[start:], input_ids[start:])
     assert int(labels[-1]) == tokenizer.eos_token_id
     assert tokenizer.decode(labels[start:-1]).strip() == summary
-    # Placeholders: num_tokens per real neighbour, node order, all before the summary.
+    # Placeholders: num_tokens per real neighbour, all before the summary; SA-E in one block, SA-TE in runs of
+    # whole images (where each run goes is checked value by value in the SA-TE layout tests).
     enc = processor.neighbor_encoding
     n_text = len(selection.texts) if processor.has_text_slots else 0
     image_mask = example.get("image_neighbor_mask", torch.zeros(0, dtype=torch.long))
@@ -180,8 +182,13 @@ def _check_example(processor, graph, section_idx, example, selection, tokenizer)
     positions = (input_ids == processor.neighbor_token_id).nonzero().flatten()
     assert len(positions) == expected
     if expected:
-        assert positions.tolist() == list(range(int(positions[0]), int(positions[0]) + expected))  # contiguous
         assert int(positions[-1]) < start
+        if enc == "sa_e":
+            assert positions.tolist() == list(range(int(positions[0]), int(positions[0]) + expected))  # contiguous
+        else:
+            run_starts = [0] + [i for i in range(1, len(positions)) if positions[i] != positions[i - 1] + 1]
+            runs = [b - a for a, b in zip(run_starts, run_starts[1:] + [len(positions)])]
+            assert all(run % K_IMAGE == 0 for run in runs), runs
     # Keys depend on the configuration only.
     assert ("text_neighbor_mask" in example) == processor.has_text_slots
     assert ("image_neighbor_mask" in example) == processor.has_image_slots
@@ -200,13 +207,16 @@ def _check_example(processor, graph, section_idx, example, selection, tokenizer)
     for text in selection.texts:
         assert summary not in text
     if enc == "sa_te":
-        # Raw neighbour texts appear in the prompt in slot order; truncation only drops a suffix.
-        position, found = 0, []
-        for text in selection.texts:
-            at = source.find(text, position)
-            found.append(at >= 0)
-            position = at + len(text) if at >= 0 else position
+        # Raw neighbour texts: truncation only drops a suffix in slot order; the texts kept appear by section, in
+        # the documented order (the target's captions, the page description, then the sections by rank).
+        at = [source.find(text) for text in selection.texts]
+        found = [a >= 0 for a in at]
         assert found == sorted(found, reverse=True)
+        groups = [section_idx, None] + section_ranking(graph, section_idx)
+        rank = [groups.index(graph.nodes[node].section) for node in selection.text_nodes]
+        kept = sorted((r, i) for i, r in enumerate(rank) if found[i])
+        assert [at[i] for _, i in kept] == sorted(at[i] for _, i in kept)
+        assert source.startswith(tokenizer.decode(processor.tokenizer.bos_token_id) + " " + processor.section_prompt)
 
 
 # --------------------------------------------------------------------------------------------- graph
@@ -314,7 +324,7 @@ def test_neighbor_order_as_documented(tokenizer, image_processor):
     assert selection.text_nodes == EXPECTED_TEXT_NODES[:3] and selection.image_nodes == EXPECTED_IMAGE_NODES[:2]
 
 
-def test_neighbor_adjacency_known_page(tokenizer, image_processor, image_dir):
+def test_neighbor_adjacency_known_page(tokenizer, image_processor, image_dir, tmp_path):
     graph = PageGraph.from_wikiweb2m(known_row())
     processor = make_processor(tokenizer, image_processor, "all", "sa_e")
     example = processor.build_example(graph, TARGET, image_dir=image_dir)
@@ -342,9 +352,25 @@ def test_neighbor_adjacency_known_page(tokenizer, image_processor, image_dir):
     assert example["neighbor_adjacency"][0, 2] == 1  # page <-> History
     assert example["neighbor_adjacency"][11, 13] == 0  # Hist1 image, Modern image: not adjacent
     assert example["neighbor_adjacency"][4, 12] == 0  # Hist2 caption <-> masked Hist2 image: isolated
-    # SA-TE: only image slots; only the target's own image touches the target, so no pair is adjacent.
+    # SA-TE: only image slots, each standing for its section: Early -> section 2 (the target), Hist1 / Hist2 ->
+    # section 1, Modern -> 3, Lead -> 0. Section edges: order 0-1, 1-2, 2-3, 3-4; parent-child 0-1, 1-2, 1-3, 0-4;
+    # the contracted target joins its neighbours 1 and 3 (already joined as parent and child).
     sa_te = make_processor(tokenizer, image_processor, "all", "sa_te").build_example(graph, TARGET, image_dir=image_dir)
-    assert torch.equal(sa_te["neighbor_adjacency"], torch.zeros(5, 5))
+    assert torch.equal(sa_te["neighbor_adjacency"], torch.tensor([
+        # Early, Hist1, Hist2, Modern, Lead
+        [0.0, 1.0, 0.0, 1.0, 0.0],  # Early (target): next to sections 1 and 3, not to 0
+        [1.0, 0.0, 0.0, 1.0, 1.0],  # Hist1 (1): the target, its child 3, its parent 0
+        [0.0, 0.0, 0.0, 0.0, 0.0],  # Hist2: not on disk, isolated
+        [1.0, 1.0, 0.0, 0.0, 0.0],  # Modern (3): the target, its parent 1
+        [0.0, 1.0, 0.0, 0.0, 0.0],  # Lead (0): its child 1 only
+    ]))
+    # With Hist2.png on disk, the two images of section 1 are adjacent (same section) and Hist2 gets Hist1's edges.
+    with_hist2 = tmp_path / "images"
+    shutil.copytree(image_dir, with_hist2)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(with_hist2 / "Hist2.png")
+    sa_te = make_processor(tokenizer, image_processor, "all", "sa_te").build_example(graph, TARGET, image_dir=with_hist2)
+    assert sa_te["neighbor_adjacency"][1, 2] == sa_te["neighbor_adjacency"][2, 1] == 1
+    assert sa_te["neighbor_adjacency"][2].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
     # section_all: caption slot and image slot of the same image.
     section_all = make_processor(tokenizer, image_processor, "section_all", "ca_e")
     adjacency = section_all.build_example(graph, TARGET, image_dir=image_dir)["neighbor_adjacency"]
@@ -371,9 +397,10 @@ def test_every_context_and_encoding_known_page(tokenizer, image_processor, image
     assert _placeholder_count(example, processor) == expected
     source = tokenizer.decode(example["input_ids"])
     if encoding == "sa_te" and text_nodes:
-        positions = [source.index(text) for text in selection.texts]
-        assert positions == sorted(positions)  # raw neighbour texts in slot order
-        assert source.index(selection.texts[-1]) < source.index("Section:")
+        # Raw neighbour texts after the target; " Context:" opens what follows the target's own group (its captions
+        # and images).
+        assert source.index("Section:") < min(source.index(text) for text in selection.texts)
+        assert ("Context:" in source) == (context in ("text_only", "all"))
     else:
         assert "Context:" not in source
     if processor.has_text_slots:
@@ -398,8 +425,7 @@ def test_layout_example_and_generation(tokenizer, image_processor, image_dir):
     text = tokenizer.decode(example["input_ids"])
     ph = NEIGHBOR_TOKEN * K_IMAGE
     assert text == (
-        "</s> Context: A wooden hut Section: Early days: They built wooden huts near the water."
-        f"{ph} Summary: {SUMMARY}</s>"
+        f"</s> Section: Early days: They built wooden huts near the water. A wooden hut{ph} Summary: {SUMMARY}</s>"
     )
     generation = processor.build_example(graph, TARGET, image_dir=image_dir, for_generation=True)
     assert "labels" not in generation
@@ -578,7 +604,8 @@ def reference_example(processor, graph, t, embedding_cache=None, image_dir=None,
                 [v if v is not None else torch.zeros(3, 32, 32) for v in values]) if values else torch.zeros(0, 3, 32, 32)
         example["image_neighbor_mask"] = torch.tensor(image_mask, dtype=torch.long)
     if text_slots or image_slots:
-        slots = (text_nodes if text_slots else []) + image_nodes
+        # Without text slots (SA-TE) an image slot stands for its section's node.
+        slots = text_nodes + image_nodes if text_slots else [graph.section_nodes[graph.nodes[n].section] for n in image_nodes]
         real = ([1] * len(text_nodes) if text_slots else []) + image_mask
         around = graph.neighbors[graph.section_nodes[t]]
         adjacency = torch.zeros(len(slots), len(slots))
@@ -594,17 +621,32 @@ def reference_example(processor, graph, t, embedding_cache=None, image_dir=None,
     title, rest = graph.section_title(t) if processor.include_section_title else "", graph.rest_texts[t]
     target = lm(scrub(f"{title}: {rest}" if title and rest else (title or rest)))
     neighbor_ids = [lm(text) for text in texts] if encoding == "sa_te" else []
-    context_prompt = lm(processor.context_prompt) if neighbor_ids else []
+    # SA-TE groups: the target section, the page description (section None), then the ranked sections.
+    groups = [t, None] + ranking
+    text_group = [groups.index(graph.nodes[n].section) for n in text_nodes] if encoding == "sa_te" else []
+    image_group = [groups.index(graph.nodes[n].section) for n, real in zip(image_nodes, image_mask) if real]
+    beyond_target = any(g > 0 for g in text_group) or any(g > 0 for g in image_group)
+    context_prompt = lm(processor.context_prompt) if encoding == "sa_te" and beyond_target else []
     section_prompt, summary_prompt = lm(processor.section_prompt), lm(processor.summary_prompt)
     budget = processor.max_source_length - (1 + len(context_prompt) + len(section_prompt) + len(summary_prompt) + placeholders)
     if budget < 0:
         return None  # the placeholders alone do not fit
-    neighbor_flat = [i for ids in neighbor_ids for i in ids]
-    if len(target) + len(neighbor_flat) > budget:
-        target = target[: max(budget // 2, budget - len(neighbor_flat))]
-        neighbor_flat = neighbor_flat[: budget - len(target)]
-    source = ([tok.bos_token_id] + context_prompt + neighbor_flat + section_prompt + target
-              + [processor.neighbor_token_id] * placeholders + summary_prompt)
+    if len(target) + sum(map(len, neighbor_ids)) > budget:
+        target = target[: max(budget // 2, budget - sum(map(len, neighbor_ids)))]
+        left = budget - len(target)
+        for i, ids in enumerate(neighbor_ids):  # in slot order
+            neighbor_ids[i] = ids[:left]
+            left -= len(neighbor_ids[i])
+    if encoding == "sa_te":
+        body = section_prompt + target
+        for g in range(len(groups)):
+            if g == 1:
+                body += context_prompt
+            body += [i for ids, group in zip(neighbor_ids, text_group) if group == g for i in ids]
+            body += [processor.neighbor_token_id] * processor.image_neighbor_num_tokens * image_group.count(g)
+    else:
+        body = section_prompt + target + [processor.neighbor_token_id] * placeholders
+    source = [tok.bos_token_id] + body + summary_prompt
     target_ids = [] if for_generation else lm(summary)[: processor.max_target_length - 1] + [tok.eos_token_id]
     example["input_ids"] = torch.tensor(source + target_ids, dtype=torch.long)
     example["attention_mask"] = torch.ones(len(source) + len(target_ids), dtype=torch.long)

@@ -395,6 +395,7 @@ def test_interval_larger_than_layers_is_refused_and_frozen_random_lm_warned(samp
 
     class Args:
         neighbor_encoding, context, cross_attention_interval, tuning = "sa_e", "all", 4, "lora"
+        position_encoding, max_text_neighbors, max_image_neighbors = "none", 11, 5
 
     caplog.set_level("WARNING")
     check_model_design(Args, num_layers=2, from_scratch=True)
@@ -402,6 +403,32 @@ def test_interval_larger_than_layers_is_refused_and_frozen_random_lm_warned(samp
     caplog.clear()
     check_model_design(Args, num_layers=2, from_scratch=False)
     assert "frozen" not in caplog.text
+
+
+def test_graph_position_encoding_without_any_possible_edge_is_refused():
+    """LPE / GNN read the slots' edges; a design with at most one slot can have none (SA-TE with one image)."""
+    from processing.training.design_checks import check_model_design
+
+    class Args:
+        neighbor_encoding, context, cross_attention_interval, tuning = "sa_te", "all", 1, "full"
+        position_encoding, max_text_neighbors, max_image_neighbors = "laplacian", 11, 1
+
+    for position in ("laplacian", "gnn"):
+        Args.position_encoding = position
+        with pytest.raises(ValueError, match=rf"--position_encoding {position} reads the edges.*--context all with "
+                                             r"--neighbor_encoding sa_te.*at most 1 slot\(s\), so no edge can exist"):
+            check_model_design(Args, num_layers=2, from_scratch=False)
+    # Two image slots can be adjacent (two images of one section), and so can two text slots in SA-E; the
+    # sequence encoding reads no edge at all.
+    for encoding, context, texts, images, position in (("sa_te", "all", 11, 2, "gnn"), ("sa_te", "section_all", 0, 2, "laplacian"),
+                                                      ("sa_e", "text_only", 2, 0, "laplacian"), ("sa_te", "all", 11, 1, "sequence")):
+        Args.neighbor_encoding, Args.context, Args.position_encoding = encoding, context, position
+        Args.max_text_neighbors, Args.max_image_neighbors = texts, images
+        check_model_design(Args, num_layers=2, from_scratch=False)
+    Args.neighbor_encoding, Args.context, Args.position_encoding = "sa_e", "section_all", "gnn"
+    Args.max_text_neighbors, Args.max_image_neighbors = 0, 1
+    with pytest.raises(ValueError, match=r"at most 1 slot"):
+        check_model_design(Args, num_layers=2, from_scratch=False)
 
 
 def test_every_flag_has_help_and_results_files(sample_dir, tmp_path):
