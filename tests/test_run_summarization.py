@@ -473,3 +473,37 @@ def test_data_report_counts_what_the_model_sees(sample_dir, tmp_path):
     assert train["real_images"] == sum(int(m.sum()) for m in masks)
     assert train["masked_images"] == sum(len(m) - int(m.sum()) for m in masks)
     assert report["design"]["neighbor_encoding"] == "sa_te"
+
+
+def test_complete_covered_cache_collects_nothing_at_startup(sample_dir, tmp_path, monkeypatch):
+    """A restart over a complete embedding cache that records this page table and design builds no page graph to
+    collect the cache's keys (the first start collected them once per split); another design collects again."""
+    from processing.processing_mmgl import MMGLProcessor
+
+    collected = []
+    original = MMGLProcessor.collect_neighbor_inputs
+
+    def counting(self, samples, image_dir=None):
+        collected.append(len(samples))
+        return original(self, samples, image_dir=image_dir)
+
+    monkeypatch.setattr(MMGLProcessor, "collect_neighbor_inputs", counting)
+    cache_dir = tmp_path / "cache"
+
+    def start(name, *extra):
+        args = base_args(sample_dir, tmp_path / name)
+        args[args.index("--embedding_cache_dir") + 1] = str(cache_dir)
+        args[args.index("--max_steps") + 1] = "1"
+        for flag in ("--do_eval", "--do_predict"):
+            args.remove(flag)
+        collected.clear()
+        run_summarization.main(args + ["--context", "all", "--neighbor_encoding", "sa_e", *extra])
+        return list(collected), json.loads((tmp_path / name / "data_report.json").read_text())["train"]
+
+    first, first_report = start("first")
+    assert first == [8, 4, 4]  # one collection per split (train, eval, predict samples)
+    again, again_report = start("again")
+    assert again == []  # covered: no graph built for key collection
+    assert again_report["real_images"] == first_report["real_images"] > 0  # and every image found in the cache
+    other, _ = start("other", "--max_image_neighbors", "2")
+    assert other == [8, 4, 4]  # another design is not covered by the record
