@@ -12,21 +12,36 @@ suffix on every text (real lengths, no two texts shared across copies), then for
   main process; private dirty memory of each worker, i.e. what it does not share with the main process).
 
 It prints per-page figures, the extrapolation to 2M pages, and the ratio between consecutive N (flat
-per-page figures mean linear totals). Usage::
+per-page figures mean linear totals).
 
-    python benchmarks/bench_scale.py --pages 1000 4000 16000
+The embedding-cache part (``--part embeddings``) writes, for every node text and image of the N pages, a
+random float16 vector of width 512 (ViT-B/32's) into shards as the builder does (the frozen encoder's own
+compute is left out: it depends on the accelerator, not on this code), then measures:
 
-Only the token store is covered (the embedding cache's index is not memory-mapped yet).
+* first start: the shards plus the key index (`EmbeddingCache.save_index`), CPU s and disk per page;
+* restart: opening the complete cache and checking its coverage record, the startup of a training run (CPU s
+  per page), side by side with opening it without an index (every shard header read: the previous reader's
+  work at every start);
+* steady state: looking up every text and image of every page in the main process and in two forked
+  workers (RssAnon growth of the main process, Private_Dirty growth of each worker), and the lookup time.
+
+Usage::
+
+    python benchmarks/bench_scale.py --pages 1000 4000 16000                  # token store
+    python benchmarks/bench_scale.py --part embeddings --pages 2000 8000 32000  # embedding cache
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import gc
+import hashlib
+import json
 import os
 import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,20 +122,155 @@ def worker(path, identity, options, image_processor, tokenizer, base, n, conn):
     conn.close()
 
 
+def page_inputs(pages: list[PageGraph]) -> tuple[list[list[str]], list[list[str]]]:
+    """Per page: its node texts, and a content key (sha256, as the fetcher's manifest records) per image node."""
+    texts, images = [], []
+    for graph in pages:
+        texts.append([node.text for node in graph.nodes if node.text])
+        images.append([hashlib.sha256(f"{graph.page_id}|{j}".encode()).hexdigest()
+                       for j, node in enumerate(graph.nodes) if node.kind == "image"])
+    return texts, images
+
+
+def write_cache(cache_dir: Path, texts: list[list[str]], images: list[list[str]], width: int = 512) -> None:
+    """A complete cache as the builder writes it (config, shards of 4,096 rows, index), random vectors."""
+    import numpy as np
+    import torch
+
+    from processing.atomic_write import atomic_write_bytes
+    from processing.data.build_embedding_cache import _ShardWriter
+    from processing.embedding_cache import CACHE_FORMAT, CONFIG_NAME, EmbeddingCache, text_key
+
+    config = {"format": CACHE_FORMAT, "model_name": "bench", "pretrained": None, "config_sha256": "bench",
+              "weights_sha256": "bench", "embed_dim": width, "dtype": "float16"}
+    cache_dir.mkdir(parents=True)
+    atomic_write_bytes(cache_dir / CONFIG_NAME, json.dumps(config).encode())
+    rng = np.random.default_rng(0)
+    for kind, keys in (("text", list(dict.fromkeys(text_key(t) for page in texts for t in page))),
+                       ("image", list(dict.fromkeys(k for page in images for k in page)))):
+        (cache_dir / kind).mkdir()
+        writer = _ShardWriter(cache_dir / kind, 0, torch.float16, 4096)
+        for start in range(0, len(keys), 4096):
+            batch = keys[start:start + 4096]
+            writer.add(batch, torch.from_numpy(rng.standard_normal((len(batch), width), dtype=np.float32)))
+        writer.flush()
+    EmbeddingCache(cache_dir).save_index(["bench-table"])
+
+
+def lookup_all(cache, texts, images) -> int:
+    found = 0
+    for page_texts, page_images in zip(texts, images):
+        found += sum(cache.get_text(t) is not None for t in page_texts)
+        found += sum(cache.get_image(None, sha256=k) is not None for k in page_images)
+    return found
+
+
+def embedding_worker(cache_dir, base, n, conn):
+    from processing.embedding_cache import EmbeddingCache
+
+    texts, images = page_inputs(make_pages(base, n))
+    gc.collect()
+    before = private_kib()
+    lookup_all(EmbeddingCache(cache_dir), texts, images)
+    conn.send(private_kib() - before)
+    conn.close()
+
+
+def bench_embeddings(base: list[dict], sizes: list[int]) -> None:
+    import multiprocessing
+
+    from processing.data.build_embedding_cache import _set_aside_damaged_files
+    from processing.embedding_cache import INDEX_NAME, EmbeddingCache
+
+    rows = []
+    for n in sizes:
+        texts, images = page_inputs(make_pages(base, n))
+        gc.collect()
+        with tempfile.TemporaryDirectory() as tmp:
+            cache_dir = Path(tmp) / "cache"
+            t = cpu()
+            write_cache(cache_dir, texts, images)
+            first = cpu() - t
+            disk = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
+            rss0 = rss_kib()
+            t = cpu()
+            cache = EmbeddingCache(cache_dir)
+            assert cache.covers("bench-table") and cache.index_fresh
+            restart = cpu() - t
+            lookups = sum(map(len, texts)) + sum(map(len, images))
+            t = time.perf_counter()
+            found = lookup_all(cache, texts, images)
+            lookup_s = time.perf_counter() - t
+            assert found == lookups
+            steady = rss_kib() - rss0
+            del cache
+            ctx = multiprocessing.get_context("fork")
+            workers = []
+            for _ in range(2):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=embedding_worker, args=(cache_dir, base, n, child))
+                proc.start()
+                workers.append((proc, parent))
+            grow = [parent.recv() for _, parent in workers]
+            for proc, _ in workers:
+                proc.join()
+            # A build's start over the complete cache: now (shards the index records are not read) and as the
+            # previous builder did at every start (every shard loaded and checksummed: --verify).
+            t = cpu()
+            assert _set_aside_damaged_files(cache_dir)[1] == 0
+            build_start = cpu() - t
+            t = cpu()
+            _set_aside_damaged_files(cache_dir, verify=True)
+            verify_start = cpu() - t
+            # The previous reader's start: every shard header read (here: the index set aside).
+            os.replace(cache_dir / INDEX_NAME, Path(tmp) / INDEX_NAME)
+            t = cpu()
+            EmbeddingCache(cache_dir)
+            headers = cpu() - t
+        rows.append(dict(n=n, keys=lookups, first=first, restart=restart, headers=headers, disk=disk, steady=steady,
+                         workers=grow, lookup_us=lookup_s / lookups * 1e6, build_start=build_start,
+                         verify_start=verify_start))
+        print(f"N={n:>7,} pages: {lookups:,} lookups, first start {first:.1f} CPU s, restart {restart * 1e3:.1f} CPU ms "
+              f"(from shard headers: {headers * 1e3:.0f} ms), build start {build_start * 1e3:.1f} CPU ms (every shard "
+              f"checksummed: {verify_start * 1e3:.0f} ms), disk {disk / 2**20:.0f} MiB, lookup {lookup_s / lookups * 1e6:.1f} "
+              f"us, main RSS growth {steady / 1024:.1f} MiB, workers' private growth {[round(g / 1024, 1) for g in grow]} MiB")
+    print()
+    print(f"{'N':>8} {'1st CPU ms/page':>16} {'restart CPU us/page':>20} {'headers CPU us/page':>20} {'disk KiB/page':>14} "
+          f"{'build start us/page':>20} {'verify-all us/page':>19} {'main RSS KiB/page':>18} {'worker KiB/page':>16} "
+          f"{'lookup us':>10}")
+    for r in rows:
+        n = r["n"]
+        print(f"{n:>8,} {r['first'] / n * 1e3:>16.2f} {r['restart'] / n * 1e6:>20.2f} {r['headers'] / n * 1e6:>20.2f} "
+              f"{r['disk'] / n / 1024:>14.2f} {r['build_start'] / n * 1e6:>20.2f} {r['verify_start'] / n * 1e6:>19.2f} "
+              f"{r['steady'] / n:>18.3f} {max(r['workers']) / n:>16.3f} {r['lookup_us']:>10.1f}")
+    last = rows[-1]
+    n = last["n"]
+    print(f"\nextrapolated to {FULL_PAGES:,} pages (linear from N={n:,}; labelled as an extrapolation):")
+    print(f"  restart (open + coverage check): {last['restart'] / n * FULL_PAGES / 60:.3f} CPU-minutes; "
+          f"from shard headers: {last['headers'] / n * FULL_PAGES / 60:.2f} CPU-minutes")
+    print(f"  build start: {last['build_start'] / n * FULL_PAGES / 60:.3f} CPU-minutes; every shard checksummed (the "
+          f"previous builder's start, now --verify): {last['verify_start'] / n * FULL_PAGES / 60:.1f} CPU-minutes")
+    print(f"  disk: {last['disk'] / n * FULL_PAGES / 2**30:.1f} GiB; main RSS growth: "
+          f"{last['steady'] / n * FULL_PAGES / 2**20:.2f} GiB; per worker: {max(last['workers']) / n * FULL_PAGES / 2**20:.2f} GiB")
+
+
 def main():
     import multiprocessing
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--num_proc", type=int, default=1)
+    parser.add_argument("--part", choices=("tokens", "embeddings"), default="tokens")
     args = parser.parse_args()
     base = list(iter_pages(str(REALWIKI)))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
+    if args.part == "embeddings":
+        return bench_embeddings(base, args.pages)
     tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
     from tests.modeling_helpers import TINY_CLIP
 
     image_processor = clip_image_processor("ViT-B-32", TINY_CLIP)
     options = dict(context="all", neighbor_encoding="sa_te", max_source_length=1024, max_target_length=128)
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
     rows = []
     for n in args.pages:
         pages = make_pages(base, n)
