@@ -29,6 +29,10 @@ Usage::
 
     python benchmarks/bench_scale.py --pages 1000 4000 16000                  # token store
     python benchmarks/bench_scale.py --part embeddings --pages 2000 8000 32000  # embedding cache
+    python benchmarks/bench_scale.py --part preparation --pages 2000          # first-start steps per page
+
+``--part preparation`` times, per page and on one core, the conversion of TFRecords to the Arrow table, the
+collection of the neighbour inputs, and the frozen ViT-B/32 encoder per text and per image.
 """
 from __future__ import annotations
 
@@ -69,16 +73,20 @@ def _unique(value, tag):
     return value
 
 
-def make_pages(base: list[dict], n: int) -> list[PageGraph]:
-    pages = []
+def make_rows(base: list[dict], n: int) -> list[dict]:
+    rows = []
     for i in range(n):
         row = copy.copy(base[i % len(base)])
         tag = f"[copy {i // len(base)}]"
         for name in TEXT_FIELDS:
             row[name] = _unique(row[name], tag)
         row["page_url"] = f"{row['page_url']}#{i}"
-        pages.append(PageGraph.from_wikiweb2m(row))
-    return pages
+        rows.append(row)
+    return rows
+
+
+def make_pages(base: list[dict], n: int) -> list[PageGraph]:
+    return [PageGraph.from_wikiweb2m(row) for row in make_rows(base, n)]
 
 
 def cpu() -> float:
@@ -254,18 +262,73 @@ def bench_embeddings(base: list[dict], sizes: list[int]) -> None:
           f"{last['steady'] / n * FULL_PAGES / 2**20:.2f} GiB; per worker: {max(last['workers']) / n * FULL_PAGES / 2**20:.2f} GiB")
 
 
+def bench_preparation(base: list[dict], n: int) -> None:
+    """CPU seconds per page of each first-start step, on one core (torch and tokenizers single-threaded):
+    conversion of TFRecords to the Arrow table, collection of the neighbour inputs (`all` + SA-E: a page graph
+    per page), and the frozen encoder ViT-B/32 (random init: the pretrained one's compute) per text and per image
+    (decode and preprocessing included)."""
+    import torch
+
+    from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+    from processing.data.page_table import open_page_table
+    from processing.data.tfrecord_io import write_tfrecord
+    from processing.data.wikiweb2m import main as convert
+    from processing.data.wikiweb2m import serialize_page
+    from processing.image_source import load_rgb_image, pixel_values
+    from processing.neighbor_selection import collect_neighbor_inputs
+    from processing.page_graph import PageGraphIndex
+
+    torch.set_num_threads(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    with tempfile.TemporaryDirectory() as tmp:
+        records = Path(tmp) / "pages.tfrecord.gz"
+        write_tfrecord(records, (serialize_page(row) for row in make_rows(base, n)))
+        t = cpu()
+        convert([str(records), str(Path(tmp) / "pages")])
+        conversion = cpu() - t
+        pages = open_page_table(str(Path(tmp) / "pages"))
+        t = cpu()
+        inputs = collect_neighbor_inputs(PageGraphIndex(pages), "all", "sa_e", 11, 5, REALWIKI.parent / "images")
+        collection = cpu() - t
+    encoder = MMGLNeighborEncoder.from_settings("ViT-B-32")
+    texts = inputs.texts[:64]
+    t = cpu()
+    with torch.no_grad():
+        encoder.embed_texts(texts)
+    per_text = (cpu() - t) / len(texts)
+    files = sorted((REALWIKI.parent / "images").iterdir())[:32]
+    processor = clip_image_processor("ViT-B-32")
+    t = cpu()
+    for start in range(0, len(files), 16):
+        encoder.encode_image(pixel_values(processor, [load_rgb_image(str(f)) for f in files[start:start + 16]]))
+    per_image = (cpu() - t) / len(files)
+    texts_per_page = len(inputs.texts) / n
+    images_per_page = 3.8e6 / FULL_PAGES  # WikiWeb2M: 3.8M images on 2M pages
+    print(f"N={n:,} pages ({inputs.texts and len(inputs.texts):,} unique neighbour texts, {texts_per_page:.2f} per page)")
+    print(f"  conversion (TFRecord -> Arrow): {conversion / n * 1e3:.2f} CPU ms/page")
+    print(f"  neighbour-input collection: {collection / n * 1e3:.2f} CPU ms/page")
+    print(f"  ViT-B/32 on one core: {per_text * 1e3:.0f} CPU ms/text, {per_image * 1e3:.0f} CPU ms/image")
+    hours = {"conversion": conversion / n, "collection": collection / n,
+             "text encoder": per_text * texts_per_page, "image encoder": per_image * images_per_page}
+    print(f"extrapolated to {FULL_PAGES:,} pages, {images_per_page:.1f} images per page (CPU-hours on one core):")
+    for name, seconds in hours.items():
+        print(f"  {name}: {seconds * FULL_PAGES / 3600:.2f}")
+
+
 def main():
     import multiprocessing
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--num_proc", type=int, default=1)
-    parser.add_argument("--part", choices=("tokens", "embeddings"), default="tokens")
+    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation"), default="tokens")
     args = parser.parse_args()
     base = list(iter_pages(str(REALWIKI)))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
     if args.part == "embeddings":
         return bench_embeddings(base, args.pages)
+    if args.part == "preparation":
+        return bench_preparation(base, args.pages[-1])
     tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
     from tests.modeling_helpers import TINY_CLIP
 
