@@ -173,6 +173,33 @@ def lookup_all(cache, texts, images) -> int:
     return found
 
 
+def previous_lookup_us(cache_dir: Path, texts, images) -> float:
+    """Microseconds per lookup of the previous reader's path: key -> (shard, row) in a dict, shards loaded whole."""
+    from safetensors.torch import load_file
+
+    from processing.embedding_cache import text_key
+
+    rows = {}
+    for kind in ("text", "image"):
+        for path in sorted((cache_dir / kind).glob("shard-*.safetensors")):
+            embeddings = load_file(path)["embeddings"]
+            with open(path, "rb") as handle:  # the keys, from the header
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+            for row, key in enumerate(json.loads(header["__metadata__"]["keys"])):
+                rows[(kind, key)] = (embeddings, row)
+    t = time.perf_counter()
+    count = 0
+    for page_texts, page_images in zip(texts, images):
+        for text in page_texts:
+            embeddings, row = rows[("text", text_key(text))]
+            embeddings[row].clone()
+        for key in page_images:
+            embeddings, row = rows[("image", key)]
+            embeddings[row].clone()
+        count += len(page_texts) + len(page_images)
+    return (time.perf_counter() - t) / count * 1e6
+
+
 def embedding_worker(cache_dir, base, n, conn):
     from processing.embedding_cache import EmbeddingCache
 
@@ -212,6 +239,8 @@ def bench_embeddings(base: list[dict], sizes: list[int]) -> None:
             assert found == lookups
             steady = rss_kib() - rss0
             del cache
+            # The previous reader's lookup, side by side: a dict of every key to its row of a loaded shard.
+            previous = previous_lookup_us(cache_dir, texts, images)
             ctx = multiprocessing.get_context("fork")
             workers = []
             for _ in range(2):
@@ -236,21 +265,21 @@ def bench_embeddings(base: list[dict], sizes: list[int]) -> None:
             EmbeddingCache(cache_dir)
             headers = cpu() - t
         rows.append(dict(n=n, keys=lookups, first=first, restart=restart, headers=headers, disk=disk, steady=steady,
-                         workers=grow, lookup_us=lookup_s / lookups * 1e6, build_start=build_start,
+                         workers=grow, lookup_us=lookup_s / lookups * 1e6, previous_us=previous, build_start=build_start,
                          verify_start=verify_start))
         print(f"N={n:>7,} pages: {lookups:,} lookups, first start {first:.1f} CPU s, restart {restart * 1e3:.1f} CPU ms "
               f"(from shard headers: {headers * 1e3:.0f} ms), build start {build_start * 1e3:.1f} CPU ms (every shard "
               f"checksummed: {verify_start * 1e3:.0f} ms), disk {disk / 2**20:.0f} MiB, lookup {lookup_s / lookups * 1e6:.1f} "
-              f"us, main RSS growth {steady / 1024:.1f} MiB, workers' private growth {[round(g / 1024, 1) for g in grow]} MiB")
+              f"us (dict of loaded shards: {previous:.1f} us), main RSS growth {steady / 1024:.1f} MiB, workers' private growth {[round(g / 1024, 1) for g in grow]} MiB")
     print()
     print(f"{'N':>8} {'1st CPU ms/page':>16} {'restart CPU us/page':>20} {'headers CPU us/page':>20} {'disk KiB/page':>14} "
           f"{'build start us/page':>20} {'verify-all us/page':>19} {'main RSS KiB/page':>18} {'worker KiB/page':>16} "
-          f"{'lookup us':>10}")
+          f"{'lookup us':>10} {'dict lookup us':>15}")
     for r in rows:
         n = r["n"]
         print(f"{n:>8,} {r['first'] / n * 1e3:>16.2f} {r['restart'] / n * 1e6:>20.2f} {r['headers'] / n * 1e6:>20.2f} "
               f"{r['disk'] / n / 1024:>14.2f} {r['build_start'] / n * 1e6:>20.2f} {r['verify_start'] / n * 1e6:>19.2f} "
-              f"{r['steady'] / n:>18.3f} {max(r['workers']) / n:>16.3f} {r['lookup_us']:>10.1f}")
+              f"{r['steady'] / n:>18.3f} {max(r['workers']) / n:>16.3f} {r['lookup_us']:>10.1f} {r['previous_us']:>15.1f}")
     last = rows[-1]
     n = last["n"]
     print(f"\nextrapolated to {FULL_PAGES:,} pages (linear from N={n:,}; labelled as an extrapolation):")

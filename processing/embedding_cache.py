@@ -121,6 +121,15 @@ def _raw_keys(keys: Iterable[str]) -> np.ndarray:
     return np.frombuffer(bytes(blob), dtype="V32")
 
 
+def _raw_key(key: str) -> np.ndarray:
+    """One key as `_raw_keys` gives it (the lookup path: one `bytes.fromhex`)."""
+    try:
+        raw = bytes.fromhex(key)
+    except (ValueError, TypeError):
+        raw = b""
+    return np.frombuffer(raw if len(raw) == 32 else bytes(32), dtype="V32")
+
+
 # -------------------------------------------------------------------------------- file headers
 def _safetensors_layout(path: Path) -> tuple[dict, dict]:
     """Metadata and tensors (name -> (dtype, shape, absolute byte offset)) of a safetensors file from its
@@ -401,7 +410,7 @@ class EmbeddingCache:
     def get(self, kind: str, key: str) -> torch.Tensor | None:
         """Embedding (D,) of `key` in `kind` ("text" or "image"), or None when not cached."""
         table = self._table(kind)
-        position = table.position(_raw_keys([key]))
+        position = table.position(_raw_key(key))
         if position < 0:
             return None
         return self._row(int(table.shards[position]), int(table.rows[position]))
@@ -457,7 +466,7 @@ class EmbeddingCache:
     def __contains__(self, item) -> bool:
         """``(kind, key) in cache``."""
         kind, key = item
-        return self._table(kind).position(_raw_keys([key])) >= 0
+        return self._table(kind).position(_raw_key(key)) >= 0
 
     def __len__(self) -> int:
         return sum(len(table) for table in self._tables.values())
@@ -512,21 +521,25 @@ class EmbeddingCache:
                 f"embedding-cache index {self.cache_dir / INDEX_NAME}: row {row} of shard {shard_id} does not exist "
                 "(a damaged index); rerun the embedding-cache build to rebuild it"
             )
-        rows = self._maps.get(shard_id)
-        if rows is None:
-            record = self._records[shard_id]
-            path = self.cache_dir / record.kind / record.name
-            if shard_id >= self._trusted and shard_id not in self._verified:
-                _load_shard(path)  # not verified by a build yet: its checksum once, before any row is handed out
-                self._verified.add(shard_id)
-            rows = self._maps[shard_id] = _map(path, _SAFETENSORS_DTYPES[self.config["dtype"]][1], record.offset,
-                                               (record.rows, self.embed_dim))
-            if len(self._maps) > _OPEN_SHARDS:
-                self._maps.popitem(last=False)
-        else:
-            self._maps.move_to_end(shard_id)
-        value = torch.from_numpy(rows[row].copy())
+        value = torch.from_numpy(self._mapped(shard_id)[row].copy())
         return value.view(torch.bfloat16) if self.config["dtype"] == "bfloat16" else value
+
+    def _mapped(self, shard_id: int) -> np.ndarray:
+        """The (rows, D) memory map of a shard; one not verified by a build yet is checksummed first (once)."""
+        mapped = self._maps.get(shard_id)
+        if mapped is not None:
+            self._maps.move_to_end(shard_id)
+            return mapped
+        record = self._records[shard_id]
+        path = self.cache_dir / record.kind / record.name
+        if shard_id >= self._trusted and shard_id not in self._verified:
+            _load_shard(path)  # raises CorruptShardError before any row of a damaged shard is handed out
+            self._verified.add(shard_id)
+        mapped = self._maps[shard_id] = _map(path, _SAFETENSORS_DTYPES[self.config["dtype"]][1], record.offset,
+                                             (record.rows, self.embed_dim))
+        if len(self._maps) > _OPEN_SHARDS:
+            self._maps.popitem(last=False)
+        return mapped
 
     def check_encoder(self, identity: dict, owner: str = "this model") -> None:
         """Refuse embeddings of another encoder: raise `EncoderMismatchError` naming both when ``identity``
