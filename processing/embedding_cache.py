@@ -26,9 +26,10 @@ a shard whose size and modification time match the index is trusted as verified.
 at a time from memory-mapped shards, in their storage dtype (float16 by default).
 
 Shards the index does not record (a build killed before it updated the index, a file changed since) are
-read from their headers at open and checksum-verified on their first lookup in each process; a shard
-under a final name is never read silently when damaged: reading it raises `CorruptShardError` naming the
-file, and the next build sets it aside and encodes its keys again. A damaged or foreign index raises
+read from their headers at open and checksum-verified on their first lookup in each process: a shard
+damaged after its build is never read silently: reading it raises `CorruptShardError` naming the file, and
+the next build sets it aside and encodes its keys again. Damage that keeps a file's size and modification
+time (bit rot) is found only by an explicit check (`verify`, the build's ``--verify``). A damaged or foreign index raises
 `CorruptIndexError` naming it; the next build sets it aside and writes a new one. A shard gets its final
 name only through an atomic rename after it is fully written, so a build killed at any point resumes
 where the last complete shard ended.

@@ -536,6 +536,9 @@ def test_corrupt_or_foreign_index_is_refused_with_its_name(tmp_path, encoder, ca
     assert reopened.index_fresh
     for text, value in expected.items():
         assert torch.equal(reopened.get_text(text), value)
+    index.write_bytes(b"garbage")  # --verify also sets a damaged index aside
+    assert build(cache_dir, spy, texts=TEXTS[:4], shard_size=2, verify=True).build_summary["set_aside"] == []
+    assert EmbeddingCache(cache_dir).index_fresh and spy.calls == 0
 
 
 def test_foreign_shard_is_refused_with_its_name(tmp_path, encoder):

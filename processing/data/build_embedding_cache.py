@@ -118,7 +118,9 @@ def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[lis
     checksum. Shards an earlier build verified are not read again. Returns the paths set aside and the number
     of shards checked.
     """
-    recorded = {} if verify else _recorded_shards(cache_dir)
+    recorded = _recorded_shards(cache_dir)  # sets a damaged index aside, also under ``verify``
+    if verify:
+        recorded = {}
     damaged, checked = [], 0
     for kind in KINDS:
         kind_dir = cache_dir / kind
