@@ -43,7 +43,7 @@ from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, has_neighbor_s
 from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
-from processing.token_cache import prepare_token_cache
+from processing.token_cache import prepare_token_cache, table_fingerprint
 from processing.training.checkpoint_design import apply_checkpoint_design, log_free_settings, read_checkpoint_design
 from processing.training.data_report import data_report, report_lines, write_data_report
 from processing.training.design_checks import check_model_design, num_decoder_layers
@@ -400,11 +400,22 @@ class MMGLSummarizationTrainer(Trainer):
         return metrics
 
 
-def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state):
+def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state, pages=None,
+                          samples: str = "all"):
     """Runs the frozen encoder once over every neighbour of every split (resumes an interrupted run): exactly what
-    the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper)."""
+    the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper). When the
+    cache records that it holds every input of this page table, its samples (``samples``, or all of them) and this
+    design (`coverage_key`), nothing is collected: no page graph is built at startup."""
     from processing.data.build_embedding_cache import build_embedding_cache as build
+    from processing.data.build_embedding_cache import coverage_key, open_covered_cache
 
+    table = table_fingerprint(pages) if pages is not None else None
+    design = (processor.context, processor.neighbor_encoding, processor.max_text_neighbors,
+              processor.max_image_neighbors, mmgl_args.image_dir)
+    records = [coverage_key(table, which, *design) for which in dict.fromkeys(("all", samples))]
+    cache = open_covered_cache(mmgl_args.embedding_cache_dir, records, encoder)
+    if cache is not None:
+        return cache
     texts, images, digests = {}, {}, {}
     for index in indices:
         inputs = processor.collect_neighbor_inputs(index, image_dir=mmgl_args.image_dir)
@@ -412,7 +423,7 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
         images.update(dict.fromkeys(inputs.image_files))
         digests.update(inputs.image_sha256)
     return build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), encoder=encoder,
-                 image_sha256=digests, state=state)
+                 image_sha256=digests, state=state, covers=records[-1:])
 
 
 def quiet_open_clip(record: logging.LogRecord) -> bool:
@@ -530,7 +541,8 @@ def main(argv=None):
     embedding_cache = None
     if needs_encoder and mmgl_args.embedding_cache_dir:
         embedding_cache = build_embedding_cache(
-            processor, indices.values(), mmgl_args, encoder, training_args.distributed_state)
+            processor, indices.values(), mmgl_args, encoder, training_args.distributed_state, pages,
+            samples=f"study_split={data_args.use_study_split},limits={list(limits.values())}")
         # Named in the config (not built): the Trainer's checkpoints then record which encoder filled the cache.
         switches["embedding_cache_encoder"] = {"name": encoder_name, "pretrained": encoder_pretrained,
                                                "config": encoder_config}

@@ -12,21 +12,40 @@ suffix on every text (real lengths, no two texts shared across copies), then for
   main process; private dirty memory of each worker, i.e. what it does not share with the main process).
 
 It prints per-page figures, the extrapolation to 2M pages, and the ratio between consecutive N (flat
-per-page figures mean linear totals). Usage::
+per-page figures mean linear totals).
 
-    python benchmarks/bench_scale.py --pages 1000 4000 16000
+The embedding-cache part (``--part embeddings``) writes, for every node text and image of the N pages, a
+random float16 vector of width 512 (ViT-B/32's) into shards as the builder does (the frozen encoder's own
+compute is left out: it depends on the accelerator, not on this code), then measures:
 
-Only the token store is covered (the embedding cache's index is not memory-mapped yet).
+* first start: the shards plus the key index (`EmbeddingCache.save_index`), CPU s and disk per page;
+* restart: opening the complete cache and checking its coverage record, the startup of a training run (CPU s
+  per page), side by side with opening it without an index (every shard header read: the previous reader's
+  work at every start);
+* steady state: looking up every text and image of every page in the main process and in two forked
+  workers (RssAnon growth of the main process, Private_Dirty growth of each worker), and the lookup time.
+
+Usage::
+
+    python benchmarks/bench_scale.py --pages 1000 4000 16000                  # token store
+    python benchmarks/bench_scale.py --part embeddings --pages 2000 8000 32000  # embedding cache
+    python benchmarks/bench_scale.py --part preparation --pages 2000          # first-start steps per page
+
+``--part preparation`` times, per page and on one core, the conversion of TFRecords to the Arrow table, the
+collection of the neighbour inputs, and the frozen ViT-B/32 encoder per text and per image.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import gc
+import hashlib
+import json
 import os
 import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +73,20 @@ def _unique(value, tag):
     return value
 
 
-def make_pages(base: list[dict], n: int) -> list[PageGraph]:
-    pages = []
+def make_rows(base: list[dict], n: int) -> list[dict]:
+    rows = []
     for i in range(n):
         row = copy.copy(base[i % len(base)])
         tag = f"[copy {i // len(base)}]"
         for name in TEXT_FIELDS:
             row[name] = _unique(row[name], tag)
         row["page_url"] = f"{row['page_url']}#{i}"
-        pages.append(PageGraph.from_wikiweb2m(row))
-    return pages
+        rows.append(row)
+    return rows
+
+
+def make_pages(base: list[dict], n: int) -> list[PageGraph]:
+    return [PageGraph.from_wikiweb2m(row) for row in make_rows(base, n)]
 
 
 def cpu() -> float:
@@ -107,20 +130,239 @@ def worker(path, identity, options, image_processor, tokenizer, base, n, conn):
     conn.close()
 
 
+def page_inputs(pages: list[PageGraph]) -> tuple[list[list[str]], list[list[str]]]:
+    """Per page: its node texts, and a content key (sha256, as the fetcher's manifest records) per image node."""
+    texts, images = [], []
+    for graph in pages:
+        texts.append([node.text for node in graph.nodes if node.text])
+        images.append([hashlib.sha256(f"{graph.page_id}|{j}".encode()).hexdigest()
+                       for j, node in enumerate(graph.nodes) if node.kind == "image"])
+    return texts, images
+
+
+def write_cache(cache_dir: Path, texts: list[list[str]], images: list[list[str]], width: int = 512) -> None:
+    """A complete cache as the builder writes it (config, shards of 4,096 rows, index), random vectors."""
+    import numpy as np
+    import torch
+
+    from processing.atomic_write import atomic_write_bytes
+    from processing.data.build_embedding_cache import _ShardWriter
+    from processing.embedding_cache import CACHE_FORMAT, CONFIG_NAME, EmbeddingCache, text_key
+
+    config = {"format": CACHE_FORMAT, "model_name": "bench", "pretrained": None, "config_sha256": "bench",
+              "weights_sha256": "bench", "embed_dim": width, "dtype": "float16"}
+    cache_dir.mkdir(parents=True)
+    atomic_write_bytes(cache_dir / CONFIG_NAME, json.dumps(config).encode())
+    rng = np.random.default_rng(0)
+    for kind, keys in (("text", list(dict.fromkeys(text_key(t) for page in texts for t in page))),
+                       ("image", list(dict.fromkeys(k for page in images for k in page)))):
+        (cache_dir / kind).mkdir()
+        writer = _ShardWriter(cache_dir / kind, 0, torch.float16, 4096)
+        for start in range(0, len(keys), 4096):
+            batch = keys[start:start + 4096]
+            writer.add(batch, torch.from_numpy(rng.standard_normal((len(batch), width), dtype=np.float32)))
+        writer.flush()
+    EmbeddingCache(cache_dir).save_index(["bench-table"])
+
+
+def lookup_all(cache, texts, images) -> int:
+    found = 0
+    for page_texts, page_images in zip(texts, images):
+        found += sum(cache.get_text(t) is not None for t in page_texts)
+        found += sum(cache.get_image(None, sha256=k) is not None for k in page_images)
+    return found
+
+
+def previous_lookup_us(cache_dir: Path, texts, images) -> float:
+    """Microseconds per lookup of the previous reader's path: key -> (shard, row) in a dict, shards loaded whole."""
+    from safetensors.torch import load_file
+
+    from processing.embedding_cache import text_key
+
+    rows = {}
+    for kind in ("text", "image"):
+        for path in sorted((cache_dir / kind).glob("shard-*.safetensors")):
+            embeddings = load_file(path)["embeddings"]
+            with open(path, "rb") as handle:  # the keys, from the header
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+            for row, key in enumerate(json.loads(header["__metadata__"]["keys"])):
+                rows[(kind, key)] = (embeddings, row)
+    t = time.perf_counter()
+    count = 0
+    for page_texts, page_images in zip(texts, images):
+        for text in page_texts:
+            embeddings, row = rows[("text", text_key(text))]
+            embeddings[row].clone()
+        for key in page_images:
+            embeddings, row = rows[("image", key)]
+            embeddings[row].clone()
+        count += len(page_texts) + len(page_images)
+    return (time.perf_counter() - t) / count * 1e6
+
+
+def embedding_worker(cache_dir, base, n, conn):
+    from processing.embedding_cache import EmbeddingCache
+
+    texts, images = page_inputs(make_pages(base, n))
+    gc.collect()
+    before = private_kib()
+    lookup_all(EmbeddingCache(cache_dir), texts, images)
+    conn.send(private_kib() - before)
+    conn.close()
+
+
+def bench_embeddings(base: list[dict], sizes: list[int]) -> None:
+    import multiprocessing
+
+    from processing.data.build_embedding_cache import _set_aside_damaged_files
+    from processing.embedding_cache import INDEX_NAME, EmbeddingCache
+
+    rows = []
+    for n in sizes:
+        texts, images = page_inputs(make_pages(base, n))
+        gc.collect()
+        with tempfile.TemporaryDirectory() as tmp:
+            cache_dir = Path(tmp) / "cache"
+            t = cpu()
+            write_cache(cache_dir, texts, images)
+            first = cpu() - t
+            disk = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
+            rss0 = rss_kib()
+            t = cpu()
+            cache = EmbeddingCache(cache_dir)
+            assert cache.covers("bench-table") and cache.index_fresh
+            restart = cpu() - t
+            lookups = sum(map(len, texts)) + sum(map(len, images))
+            t = time.perf_counter()
+            found = lookup_all(cache, texts, images)
+            lookup_s = time.perf_counter() - t
+            assert found == lookups
+            steady = rss_kib() - rss0
+            del cache
+            # The previous reader's lookup, side by side: a dict of every key to its row of a loaded shard.
+            previous = previous_lookup_us(cache_dir, texts, images)
+            ctx = multiprocessing.get_context("fork")
+            workers = []
+            for _ in range(2):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=embedding_worker, args=(cache_dir, base, n, child))
+                proc.start()
+                workers.append((proc, parent))
+            grow = [parent.recv() for _, parent in workers]
+            for proc, _ in workers:
+                proc.join()
+            # A build's start over the complete cache: now (shards the index records are not read) and as the
+            # previous builder did at every start (every shard loaded and checksummed: --verify).
+            t = cpu()
+            assert _set_aside_damaged_files(cache_dir)[1] == 0
+            build_start = cpu() - t
+            t = cpu()
+            _set_aside_damaged_files(cache_dir, verify=True)
+            verify_start = cpu() - t
+            # The previous reader's start: every shard header read (here: the index set aside).
+            os.replace(cache_dir / INDEX_NAME, Path(tmp) / INDEX_NAME)
+            t = cpu()
+            EmbeddingCache(cache_dir)
+            headers = cpu() - t
+        rows.append(dict(n=n, keys=lookups, first=first, restart=restart, headers=headers, disk=disk, steady=steady,
+                         workers=grow, lookup_us=lookup_s / lookups * 1e6, previous_us=previous, build_start=build_start,
+                         verify_start=verify_start))
+        print(f"N={n:>7,} pages: {lookups:,} lookups, first start {first:.1f} CPU s, restart {restart * 1e3:.1f} CPU ms "
+              f"(from shard headers: {headers * 1e3:.0f} ms), build start {build_start * 1e3:.1f} CPU ms (every shard "
+              f"checksummed: {verify_start * 1e3:.0f} ms), disk {disk / 2**20:.0f} MiB, lookup {lookup_s / lookups * 1e6:.1f} "
+              f"us (dict of loaded shards: {previous:.1f} us), main RSS growth {steady / 1024:.1f} MiB, workers' private growth {[round(g / 1024, 1) for g in grow]} MiB")
+    print()
+    print(f"{'N':>8} {'1st CPU ms/page':>16} {'restart CPU us/page':>20} {'headers CPU us/page':>20} {'disk KiB/page':>14} "
+          f"{'build start us/page':>20} {'verify-all us/page':>19} {'main RSS KiB/page':>18} {'worker KiB/page':>16} "
+          f"{'lookup us':>10} {'dict lookup us':>15}")
+    for r in rows:
+        n = r["n"]
+        print(f"{n:>8,} {r['first'] / n * 1e3:>16.2f} {r['restart'] / n * 1e6:>20.2f} {r['headers'] / n * 1e6:>20.2f} "
+              f"{r['disk'] / n / 1024:>14.2f} {r['build_start'] / n * 1e6:>20.2f} {r['verify_start'] / n * 1e6:>19.2f} "
+              f"{r['steady'] / n:>18.3f} {max(r['workers']) / n:>16.3f} {r['lookup_us']:>10.1f} {r['previous_us']:>15.1f}")
+    last = rows[-1]
+    n = last["n"]
+    print(f"\nextrapolated to {FULL_PAGES:,} pages (linear from N={n:,}; labelled as an extrapolation):")
+    print(f"  restart (open + coverage check): {last['restart'] / n * FULL_PAGES / 60:.3f} CPU-minutes; "
+          f"from shard headers: {last['headers'] / n * FULL_PAGES / 60:.2f} CPU-minutes")
+    print(f"  build start: {last['build_start'] / n * FULL_PAGES / 60:.3f} CPU-minutes; every shard checksummed (the "
+          f"previous builder's start, now --verify): {last['verify_start'] / n * FULL_PAGES / 60:.1f} CPU-minutes")
+    print(f"  disk: {last['disk'] / n * FULL_PAGES / 2**30:.1f} GiB; main RSS growth: "
+          f"{last['steady'] / n * FULL_PAGES / 2**20:.2f} GiB; per worker: {max(last['workers']) / n * FULL_PAGES / 2**20:.2f} GiB")
+
+
+def bench_preparation(base: list[dict], n: int) -> None:
+    """CPU seconds per page of each first-start step, on one core (torch and tokenizers single-threaded):
+    conversion of TFRecords to the Arrow table, collection of the neighbour inputs (`all` + SA-E: a page graph
+    per page), and the frozen encoder ViT-B/32 (random init: the pretrained one's compute) per text and per image
+    (decode and preprocessing included)."""
+    import torch
+
+    from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+    from processing.data.page_table import open_page_table
+    from processing.data.tfrecord_io import write_tfrecord
+    from processing.data.wikiweb2m import main as convert
+    from processing.data.wikiweb2m import serialize_page
+    from processing.image_source import load_rgb_image, pixel_values
+    from processing.neighbor_selection import collect_neighbor_inputs
+    from processing.page_graph import PageGraphIndex
+
+    torch.set_num_threads(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    with tempfile.TemporaryDirectory() as tmp:
+        records = Path(tmp) / "pages.tfrecord.gz"
+        write_tfrecord(records, (serialize_page(row) for row in make_rows(base, n)))
+        t = cpu()
+        convert([str(records), str(Path(tmp) / "pages")])
+        conversion = cpu() - t
+        pages = open_page_table(str(Path(tmp) / "pages"))
+        t = cpu()
+        inputs = collect_neighbor_inputs(PageGraphIndex(pages), "all", "sa_e", 11, 5, REALWIKI.parent / "images")
+        collection = cpu() - t
+    encoder = MMGLNeighborEncoder.from_settings("ViT-B-32")
+    texts = inputs.texts[:64]
+    t = cpu()
+    with torch.no_grad():
+        encoder.embed_texts(texts)
+    per_text = (cpu() - t) / len(texts)
+    files = sorted((REALWIKI.parent / "images").iterdir())[:32]
+    processor = clip_image_processor("ViT-B-32")
+    t = cpu()
+    for start in range(0, len(files), 16):
+        encoder.encode_image(pixel_values(processor, [load_rgb_image(str(f)) for f in files[start:start + 16]]))
+    per_image = (cpu() - t) / len(files)
+    texts_per_page = len(inputs.texts) / n
+    images_per_page = 3.8e6 / FULL_PAGES  # WikiWeb2M: 3.8M images on 2M pages
+    print(f"N={n:,} pages ({inputs.texts and len(inputs.texts):,} unique neighbour texts, {texts_per_page:.2f} per page)")
+    print(f"  conversion (TFRecord -> Arrow): {conversion / n * 1e3:.2f} CPU ms/page")
+    print(f"  neighbour-input collection: {collection / n * 1e3:.2f} CPU ms/page")
+    print(f"  ViT-B/32 on one core: {per_text * 1e3:.0f} CPU ms/text, {per_image * 1e3:.0f} CPU ms/image")
+    hours = {"conversion": conversion / n, "collection": collection / n,
+             "text encoder": per_text * texts_per_page, "image encoder": per_image * images_per_page}
+    print(f"extrapolated to {FULL_PAGES:,} pages, {images_per_page:.1f} images per page (CPU-hours on one core):")
+    for name, seconds in hours.items():
+        print(f"  {name}: {seconds * FULL_PAGES / 3600:.2f}")
+
+
 def main():
     import multiprocessing
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--num_proc", type=int, default=1)
+    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation"), default="tokens")
     args = parser.parse_args()
     base = list(iter_pages(str(REALWIKI)))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
+    if args.part == "embeddings":
+        return bench_embeddings(base, args.pages)
+    if args.part == "preparation":
+        return bench_preparation(base, args.pages[-1])
     tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
     from tests.modeling_helpers import TINY_CLIP
 
     image_processor = clip_image_processor("ViT-B-32", TINY_CLIP)
     options = dict(context="all", neighbor_encoding="sa_te", max_source_length=1024, max_target_length=128)
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
     rows = []
     for n in args.pages:
         pages = make_pages(base, n)

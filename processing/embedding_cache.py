@@ -4,6 +4,7 @@ frozen encoder ("precompute once, train many"). The builder is `processing.data.
 Layout of a cache directory::
 
     <cache>/cache_config.json                   encoder identity, storage dtype, embed_dim
+    <cache>/index.safetensors                   the key index (below); written by the builder
     <cache>/text/shard-r000-00000.safetensors   tensor "embeddings" (n, D); metadata "keys" (JSON
                                                 list of n sha256 hex keys) and "sha256" (of the
                                                 tensor bytes); r000 is the writing process's rank
@@ -15,15 +16,28 @@ Layout of a cache directory::
 Keys: a text's key is the sha256 of its UTF-8 bytes (`text_key`); an image's key is the sha256 of its
 file bytes (`image_key`), the same hash the image fetcher names its files by and records in its manifest.
 
-A shard gets its final name only through an atomic rename after it is fully written, and the index is
-rebuilt from the shards on open, so a build killed at any point resumes where the last complete shard
-ended. A damaged shard under a final name is never read silently: reading it raises `CorruptShardError`
-naming the file, and the next build sets it aside and encodes its keys again.
+The key index holds, per kind, three arrays sorted by key: ``<kind>_keys`` (n, 32) uint8 (the raw
+sha256), ``<kind>_shards`` and ``<kind>_rows`` (n,) int32 (where the vector is). Its metadata lists the
+shards it was built from, each with the size and modification time it had when a build verified it
+(header read, checksum checked), and the coverage records (`covers`: the page tables and designs the cache
+holds every input of). Opening a cache memory-maps the three arrays (a lookup is one `np.searchsorted`: no
+Python object per key, and DataLoader workers share the pages) and `stat`s the shard files, reading none:
+a shard whose size and modification time match the index is trusted as verified. Vectors are read one row
+at a time from memory-mapped shards, in their storage dtype (float16 by default).
+
+Shards the index does not record (a build killed before it updated the index, a file changed since) are
+read from their headers at open and checksum-verified on their first lookup in each process: a shard
+damaged after its build is never read silently: reading it raises `CorruptShardError` naming the file, and
+the next build sets it aside and encodes its keys again. Damage that keeps a file's size and modification
+time (bit rot) is found only by an explicit check (`verify`, the build's ``--verify``). A damaged or foreign index raises
+`CorruptIndexError` naming it; the next build sets it aside and writes a new one. A shard gets its final
+name only through an atomic rename after it is fully written, so a build killed at any point resumes
+where the last complete shard ended.
 
 Nothing outside this file depends on how entries are stored: callers use `get_text`, `get_image`,
-`get_many`, `keys`, ``in`` and `embed_dim`.
+`get_many`, `count`, ``in``, `covers` and `embed_dim`.
 
-This file is Hub-loadable: it imports installed packages only.
+This file is Hub-loadable: it imports installed packages and same-folder files only.
 """
 from __future__ import annotations
 
@@ -32,28 +46,44 @@ import json
 import logging
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from safetensors import safe_open
+
+from .atomic_write import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("text", "image")
 CONFIG_NAME = "cache_config.json"
+INDEX_NAME = "index.safetensors"
 CACHE_FORMAT = "mmgl-embedding-cache/1"
 SHARD_FORMAT = "mmgl-embedding-shard/1"
+INDEX_FORMAT = "mmgl-embedding-index/1"
 _SHARD_RE = re.compile(r"^shard-r(\d+)-(\d+)\.safetensors$")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# How each storage dtype is named in a safetensors header, and the numpy type its rows are mapped as
+# (numpy has no bfloat16: its rows are mapped as uint16 and viewed as bfloat16 by torch).
+_SAFETENSORS_DTYPES = {"float16": ("F16", np.float16), "bfloat16": ("BF16", np.uint16), "float32": ("F32", np.float32)}
 # What must agree for two builds (or a cache and a model) to share embeddings. The model name and
 # pretrained tag are recorded too, but only for people: the config and weight hashes identify the
 # encoder exactly (a moved checkpoint file is the same encoder; two random inits are not).
 ENCODER_IDENTITY_FIELDS = ("config_sha256", "weights_sha256", "embed_dim")
+_OPEN_SHARDS = 64  # memory maps kept open per process (each holds a file descriptor)
+_IMAGE_KEY_MEMO = 4096  # image files whose key (path, size, mtime -> sha256) a process remembers
 
 
 class CorruptShardError(RuntimeError):
     """A shard file under its final name cannot be read or fails its checksum."""
+
+
+class CorruptIndexError(CorruptShardError):
+    """The key index cannot be read, is not an embedding-cache index, or belongs to another cache."""
 
 
 class EncoderMismatchError(ValueError):
@@ -79,42 +109,90 @@ def image_key(path_or_bytes: str | os.PathLike | bytes) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------- shards
-def _tensor_sha256(tensor: torch.Tensor) -> str:
-    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.sha256(raw).hexdigest()
+def _raw_keys(keys: Iterable[str]) -> np.ndarray:
+    """Hex keys as 32-byte void scalars (they sort and binary-search bytewise). A key that is not 64 hex
+    digits becomes 32 zero bytes, which no sha256 digest of real content is: a lookup of it finds nothing."""
+    blob = bytearray()
+    for key in keys:
+        try:
+            raw = bytes.fromhex(key) if isinstance(key, str) else b""
+        except ValueError:
+            raw = b""
+        blob += raw if len(raw) == 32 else bytes(32)
+    return np.frombuffer(bytes(blob), dtype="V32")
 
 
-def _shard_paths(kind_dir: Path) -> list:
-    """Complete shards (final names only) in (rank, sequence) order."""
-    if not kind_dir.is_dir():
-        return []
-    found = []
-    for path in kind_dir.iterdir():
-        match = _SHARD_RE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), int(match.group(2)), path))
-    return [path for _, _, path in sorted(found)]
-
-
-def _read_shard_header(path: Path) -> list:
-    """Keys of a shard from its header alone; raise `CorruptShardError` naming `path`."""
+def _raw_key(key: str) -> np.ndarray:
+    """One key as `_raw_keys` gives it (the lookup path: one `bytes.fromhex`)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            shape = f.get_slice("embeddings").get_shape()
+        raw = bytes.fromhex(key)
+    except (ValueError, TypeError):
+        raw = b""
+    return np.frombuffer(raw if len(raw) == 32 else bytes(32), dtype="V32")
+
+
+# -------------------------------------------------------------------------------- file headers
+def _safetensors_layout(path: Path) -> tuple[dict, dict]:
+    """Metadata and tensors (name -> (dtype, shape, absolute byte offset)) of a safetensors file from its
+    header alone (8-byte little-endian header length, JSON header, tensor bytes), checking that the
+    header describes the file exactly. Raises `ValueError`."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise ValueError(f"no safetensors header ({size} bytes)")
+        header = json.loads(handle.read(length).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    start, end, tensors = 8 + length, 0, {}
+    for name, spec in header.items():
+        begin, stop = (int(x) for x in spec["data_offsets"])
+        tensors[name] = (spec["dtype"], tuple(int(d) for d in spec["shape"]), start + begin)
+        end = max(end, stop)
+    if start + end != size:
+        raise ValueError(f"{size} bytes, the header describes {start + end}")
+    return metadata, tensors
+
+
+class _ShardRecord(NamedTuple):
+    """A complete shard as the index records it."""
+
+    kind: str
+    name: str
+    size: int
+    mtime_ns: int
+    rows: int
+    offset: int  # byte offset of its (rows, D) "embeddings"
+
+
+def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None):
+    """Keys and record of a shard from its header alone; raise `CorruptShardError` naming `path`."""
+    try:
+        stat = os.stat(path)
+        metadata, tensors = _safetensors_layout(path)
+        tensor_dtype, shape, offset = tensors["embeddings"]
         keys = json.loads(metadata["keys"])
-    except Exception as err:  # safetensors raises its own error type; KeyError/JSON errors too
+    except Exception as err:  # OSError, KeyError, JSON and layout errors alike: the file is not usable
         raise CorruptShardError(
             f"embedding shard {path} is damaged or incomplete ({type(err).__name__}: {err}); "
             "rerun the embedding-cache build to set it aside and recompute its keys"
         ) from err
-    if metadata.get("format") != SHARD_FORMAT or len(shape) != 2 or shape[0] != len(keys):
+    expected_dtype = _SAFETENSORS_DTYPES[dtype][0] if dtype else tensor_dtype
+    if (metadata.get("format") != SHARD_FORMAT or len(shape) != 2 or shape[0] != len(keys)
+            or tensor_dtype != expected_dtype or (embed_dim is not None and shape[1] != embed_dim)):
         raise CorruptShardError(
-            f"embedding shard {path}: expected format {SHARD_FORMAT!r} with one (n, D) 'embeddings' "
-            f"row per key, found format {metadata.get('format')!r}, shape {shape}, {len(keys)} keys"
+            f"embedding shard {path}: expected format {SHARD_FORMAT!r} with one (n, {embed_dim or 'D'}) "
+            f"{expected_dtype} 'embeddings' row per key, found format {metadata.get('format')!r}, "
+            f"{tensor_dtype} shape {list(shape)}, {len(keys)} keys"
         )
-    return keys
+    return keys, _ShardRecord(kind, path.name, stat.st_size, stat.st_mtime_ns, shape[0], offset)
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _load_shard(path: Path) -> torch.Tensor:
@@ -133,19 +211,126 @@ def _load_shard(path: Path) -> torch.Tensor:
     return embeddings
 
 
+def _shard_paths(kind_dir: Path) -> list:
+    """Complete shards (final names only) in (rank, sequence) order."""
+    if not kind_dir.is_dir():
+        return []
+    found = []
+    for path in kind_dir.iterdir():
+        match = _SHARD_RE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), int(match.group(2)), path))
+    return [path for _, _, path in sorted(found)]
+
+
+# ------------------------------------------------------------------------------------ key index
+class _KeyTable:
+    """Where the vectors of one kind are: key ``keys[i]`` (sorted) is row ``rows[i]`` of shard
+    ``shards[i]``. No Python object per key; the arrays may be memory-mapped."""
+
+    def __init__(self, keys: np.ndarray, shards: np.ndarray, rows: np.ndarray):
+        self.keys, self.shards, self.rows = keys, shards, rows
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def merge(cls, base: "_KeyTable | None", parts: list) -> "_KeyTable":
+        """``base``'s entries plus each part ``(shard_id, raw keys)``, sorted; a key met twice keeps its
+        first place (``base``'s, then the earlier shard's), so extending a cache never moves a row."""
+        keys = [np.asarray(base.keys)] if base is not None else []
+        shards = [np.asarray(base.shards)] if base is not None else []
+        rows = [np.asarray(base.rows)] if base is not None else []
+        for shard_id, raw in parts:
+            keys.append(raw)
+            shards.append(np.full(len(raw), shard_id, dtype=np.int32))
+            rows.append(np.arange(len(raw), dtype=np.int32))
+        if not keys:
+            return cls(np.zeros(0, dtype="V32"), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
+        keys, shards, rows = np.concatenate(keys), np.concatenate(shards), np.concatenate(rows)
+        order = np.argsort(keys, kind="stable")
+        keys, shards, rows = keys[order], shards[order], rows[order]
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        return cls(keys[first], shards[first], rows[first])
+
+    def position(self, raw: np.ndarray) -> int:
+        """Position of one raw key (a 1-element array), -1 where absent."""
+        i = int(self.keys.searchsorted(raw)[0]) if len(self.keys) else 0
+        return i if i < len(self.keys) and self.keys[i] == raw[0] else -1
+
+    def find(self, raw: np.ndarray) -> np.ndarray:
+        """Position of each raw key, -1 where absent (a binary search: ~log2(n) pages of a mapped file)."""
+        if not len(self.keys) or not len(raw):
+            return np.full(len(raw), -1, dtype=np.int64)
+        positions = np.minimum(np.searchsorted(self.keys, raw), len(self.keys) - 1)
+        return np.where(self.keys[positions] == raw, positions, -1)
+
+
+def _map(path: Path, dtype, offset: int, shape: tuple) -> np.ndarray:
+    """A read-only memory map of ``shape`` at ``offset`` (an empty array for no elements), as a plain array
+    view: indexing an `np.memmap` costs several times more per lookup."""
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
+
+
+def _open_index(path: Path, config: dict) -> tuple[list, dict, list]:
+    """Shard records, memory-mapped key tables and coverage records of an index file; raise
+    `CorruptIndexError` naming it when it is damaged, foreign or of another encoder."""
+    try:
+        metadata, tensors = _safetensors_layout(path)
+        if metadata.get("format") != INDEX_FORMAT:
+            raise ValueError(f"format {metadata.get('format')!r}, expected {INDEX_FORMAT!r}: not an embedding-cache index")
+        identity = json.loads(metadata["identity"])
+        wanted = {field: config.get(field) for field in (*ENCODER_IDENTITY_FIELDS, "dtype")}
+        if identity != wanted:
+            raise ValueError(f"it belongs to a cache of encoder {identity}, this cache's config says {wanted}")
+        records = [_ShardRecord(*record) for record in json.loads(metadata["shards"])]
+        covers = list(json.loads(metadata.get("covers", "[]")))
+        tables = {}
+        for kind in KINDS:
+            specs = [tensors[f"{kind}_{part}"] for part in ("keys", "shards", "rows")]
+            (key_dtype, key_shape, key_offset), (shard_dtype, shard_shape, shard_offset), (row_dtype, row_shape, row_offset) = specs
+            n = key_shape[0]
+            if (key_dtype, key_shape, shard_dtype, shard_shape, row_dtype, row_shape) != (
+                    "U8", (n, 32), "I32", (n,), "I32", (n,)):
+                raise ValueError(f"the {kind!r} arrays have inconsistent shapes or types")
+            tables[kind] = _KeyTable(_map(path, "V32", key_offset, (n,)), _map(path, "<i4", shard_offset, (n,)),
+                                     _map(path, "<i4", row_offset, (n,)))
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CorruptIndexError(
+            f"embedding-cache index {path} cannot be used ({type(err).__name__}: {err}); rerun the embedding-cache "
+            "build to set it aside and rebuild it from the shards"
+        ) from err
+    return records, tables, covers
+
+
+def _list_shards(cache_dir: Path) -> list:
+    """``(kind, path, size, mtime_ns)`` of every complete shard, text first: one `stat` each, no read."""
+    found = []
+    for kind in KINDS:
+        for path in _shard_paths(cache_dir / kind):
+            stat = path.stat()
+            found.append((kind, path, stat.st_size, stat.st_mtime_ns))
+    return found
+
+
 # ---------------------------------------------------------------------------------------- reader
 class EmbeddingCache:
-    """Read access to a built embedding cache.
+    """Read access to a built embedding cache (see the module docstring for the layout).
 
-    The index (key -> shard, row) is rebuilt from the shard headers on open; a shard's data is
-    loaded, checksum-verified, and kept in memory the first time one of its rows is asked for.
+    Opening reads ``cache_config.json`` and the index's header, memory-maps the index, and `stat`s the
+    shards; it reads no shard when the index is up to date. A lookup binary-searches the mapped keys and
+    copies one row out of a memory-mapped shard.
 
     Args:
         cache_dir (`str` or `Path`): a directory written by `build_embedding_cache`.
 
     Raises:
         `FileNotFoundError` if `cache_dir` has no ``cache_config.json``;
-        `CorruptShardError` (naming the file) if a shard under a final name is damaged.
+        `CorruptIndexError` (naming the file) if the index is damaged, foreign or of another encoder;
+        `CorruptShardError` (naming the file) if a shard the index does not record is damaged.
     """
 
     def __init__(self, cache_dir):
@@ -158,17 +343,42 @@ class EmbeddingCache:
             )
         self.config = json.loads(config_path.read_text(encoding="utf-8"))
         self.build_summary: dict | None = None  # set by build_embedding_cache
-        self._shards: list = []
-        self._loaded: dict = {}
-        self._image_keys: dict = {}
-        self._index = {kind: {} for kind in KINDS}
-        for kind in KINDS:
-            for path in _shard_paths(self.cache_dir / kind):
-                shard_id = len(self._shards)
-                self._shards.append(path)
-                index = self._index[kind]
-                for row, key in enumerate(_read_shard_header(path)):
-                    index.setdefault(key, (shard_id, row))
+        self._maps: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._verified: set[int] = set()  # shards checksum-verified in this process (those the index lacks)
+        self._image_keys: "OrderedDict[tuple, str]" = OrderedDict()
+        self._open()
+
+    def _open(self) -> None:
+        on_disk = _list_shards(self.cache_dir)
+        index_path = self.cache_dir / INDEX_NAME
+        records, tables, covers = _open_index(index_path, self.config) if index_path.is_file() else ([], None, [])
+        stats = {(kind, path.name): (size, mtime) for kind, path, size, mtime in on_disk}
+        changed = [r.name for r in records if stats.get((r.kind, r.name)) != (r.size, r.mtime_ns)]
+        if changed:
+            # A recorded shard was removed or changed since: neither the index's rows nor what it covered hold.
+            logger.warning("%s: recorded shard(s) %s changed or removed since; indexing from the shard headers "
+                           "(rerun the embedding-cache build to verify them and rewrite the index)",
+                           index_path, ", ".join(changed[:5]))
+            records, tables, covers = [], None, []
+        recorded = {(r.kind, r.name) for r in records}
+        # Shards the index does not record are read from their headers (O(their keys), at every open until a
+        # build records them).
+        self._records = list(records)
+        parts = {kind: [] for kind in KINDS}
+        for kind, path, _, _ in on_disk:
+            if (kind, path.name) not in recorded:
+                keys, record = _read_shard_header(path, kind, self.config.get("dtype"), self.embed_dim)
+                parts[kind].append((len(self._records), _raw_keys(keys)))
+                self._records.append(record)
+        self._tables = {
+            kind: tables[kind] if tables is not None and not parts[kind]
+            else _KeyTable.merge(None if tables is None else tables[kind], parts[kind])
+            for kind in KINDS
+        }
+        self._covers = covers
+        self._trusted = len(records)  # shards 0.._trusted-1 were verified by the build that recorded them
+        # Whether the index file describes exactly the shards on disk (the builder rewrites it when not).
+        self.index_fresh = tables is not None and len(self._records) == len(records)
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -184,17 +394,27 @@ class EmbeddingCache:
     @property
     def shard_paths(self) -> list:
         """Paths of all complete shards, text first."""
-        return list(self._shards)
+        return [self.cache_dir / r.kind / r.name for r in self._records]
+
+    @property
+    def coverage(self) -> list[str]:
+        """The coverage records of the index (see `covers`)."""
+        return list(self._covers)
+
+    def covers(self, record: str | None) -> bool:
+        """Whether a build recorded that this cache holds every input described by ``record`` (e.g. a page
+        table's fingerprint with the design that selects its neighbours); dropped when a shard it counted on
+        was removed or changed."""
+        return record is not None and record in self._covers
 
     # -------------------------------------------------------------------------------- lookups
     def get(self, kind: str, key: str) -> torch.Tensor | None:
         """Embedding (D,) of `key` in `kind` ("text" or "image"), or None when not cached."""
-        location = self._kind_index(kind).get(key)
-        if location is None:
+        table = self._table(kind)
+        position = table.position(_raw_key(key))
+        if position < 0:
             return None
-        shard_id, row = location
-        # A copy: callers must not be able to edit the cache through the returned tensor.
-        return self._shard(shard_id)[row].clone()
+        return self._row(int(table.shards[position]), int(table.rows[position]))
 
     def get_text(self, text: str) -> torch.Tensor | None:
         """Embedding of `text`, or None."""
@@ -205,8 +425,8 @@ class EmbeddingCache:
 
         ``sha256`` is the file's content hash when the caller already knows it (the image fetcher's
         manifest records it): then the file is not read at all. Otherwise a path's key is remembered per
-        (path, size, mtime): a training loop asking for the same file every epoch pays one `stat`, not a
-        read and a hash.
+        (path, size, mtime) for the last few thousand files (a bounded memo): a training loop meeting
+        the same file again pays one `stat`, not a read and a hash.
         """
         if sha256 is not None:
             return self.get("image", sha256)
@@ -217,6 +437,8 @@ class EmbeddingCache:
         key = self._image_keys.get(memo)
         if key is None:
             key = self._image_keys[memo] = image_key(path_or_bytes)
+            if len(self._image_keys) > _IMAGE_KEY_MEMO:
+                self._image_keys.popitem(last=False)
         return self.get("image", key)
 
     def get_many(self, kind: str, keys: Iterable[str]):
@@ -226,52 +448,99 @@ class EmbeddingCache:
             `tuple(torch.Tensor, torch.BoolTensor)`: embeddings (n, D) in the storage dtype, zero
             rows where a key is missing, and a mask (n,) that is True where the key was found.
         """
-        keys = list(keys)
-        index = self._kind_index(kind)
-        out = torch.zeros(len(keys), self.embed_dim, dtype=self.dtype)
-        found = torch.zeros(len(keys), dtype=torch.bool)
-        for i, key in enumerate(keys):
-            location = index.get(key)
-            if location is not None:
-                out[i] = self._shard(location[0])[location[1]]
-                found[i] = True
-        return out, found
+        table = self._table(kind)
+        positions = table.find(_raw_keys(list(keys)))
+        out = torch.zeros(len(positions), self.embed_dim, dtype=self.dtype)
+        for i, position in enumerate(positions.tolist()):
+            if position >= 0:
+                out[i] = self._row(int(table.shards[position]), int(table.rows[position]))
+        return out, torch.from_numpy(positions >= 0)
 
-    def keys(self, kind: str):
-        """All keys of `kind` (a view)."""
-        return self._kind_index(kind).keys()
+    def count(self, kind: str) -> int:
+        """Number of keys of `kind`."""
+        return len(self._table(kind))
+
+    def keys(self, kind: str) -> list[str]:
+        """All keys of `kind`, as hex strings (O(keys): for reports and tests, not lookups)."""
+        return [bytes(key).hex() for key in np.asarray(self._table(kind).keys)]
 
     def __contains__(self, item) -> bool:
         """``(kind, key) in cache``."""
         kind, key = item
-        return key in self._kind_index(kind)
+        return self._table(kind).position(_raw_key(key)) >= 0
 
     def __len__(self) -> int:
-        return sum(len(index) for index in self._index.values())
+        return sum(len(table) for table in self._tables.values())
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{kind}={len(index)}" for kind, index in self._index.items())
+        counts = ", ".join(f"{kind}={len(table)}" for kind, table in self._tables.items())
         return (f"EmbeddingCache({str(self.cache_dir)!r}, {counts}, embed_dim={self.embed_dim}, "
                 f"model={self.config.get('model_name')!r})")
 
+    def __reduce__(self):
+        # A DataLoader worker started by pickling (spawn) opens the same files instead of receiving a copy.
+        return (type(self), (self.cache_dir,))
+
     def verify(self) -> None:
         """Load every shard and check its checksum; raise `CorruptShardError` on the first bad one."""
-        for shard_id in range(len(self._shards)):
-            self._shard(shard_id)
+        for shard_id, record in enumerate(self._records):
+            _load_shard(self.cache_dir / record.kind / record.name)
+            self._verified.add(shard_id)
+
+    def save_index(self, covers: Iterable[str] = ()) -> None:
+        """Write the index of the shards this cache was opened on, with its coverage records plus
+        ``covers``, atomically (the builder calls this once every shard it lists is verified)."""
+        from safetensors.numpy import save
+
+        tensors = {}
+        for kind, table in self._tables.items():
+            tensors[f"{kind}_keys"] = np.ascontiguousarray(table.keys).view(np.uint8).reshape(len(table), 32)
+            tensors[f"{kind}_shards"] = np.ascontiguousarray(table.shards, dtype=np.int32)
+            tensors[f"{kind}_rows"] = np.ascontiguousarray(table.rows, dtype=np.int32)
+        self._covers = list(dict.fromkeys([*self._covers, *covers]))
+        metadata = {
+            "format": INDEX_FORMAT,
+            "identity": json.dumps({field: self.config.get(field) for field in (*ENCODER_IDENTITY_FIELDS, "dtype")},
+                                   sort_keys=True),
+            "shards": json.dumps([list(record) for record in self._records]),
+            "covers": json.dumps(self._covers),
+        }
+        atomic_write_bytes(self.cache_dir / INDEX_NAME, save(tensors, metadata=metadata))
+        self._trusted, self.index_fresh = len(self._records), True
 
     # ------------------------------------------------------------------------------ internals
-    def _kind_index(self, kind: str) -> dict:
+    def _table(self, kind: str) -> _KeyTable:
         try:
-            return self._index[kind]
+            return self._tables[kind]
         except KeyError:
             raise ValueError(f"unknown embedding kind {kind!r}; expected one of {KINDS}") from None
 
-    def _shard(self, shard_id: int) -> torch.Tensor:
-        embeddings = self._loaded.get(shard_id)
-        if embeddings is None:
-            embeddings = self._loaded[shard_id] = _load_shard(self._shards[shard_id])
-        return embeddings
+    def _row(self, shard_id: int, row: int) -> torch.Tensor:
+        """A copy of one row (callers must not be able to edit the cache through it)."""
+        if not 0 <= shard_id < len(self._records) or not 0 <= row < self._records[shard_id].rows:
+            raise CorruptIndexError(
+                f"embedding-cache index {self.cache_dir / INDEX_NAME}: row {row} of shard {shard_id} does not exist "
+                "(a damaged index); rerun the embedding-cache build to rebuild it"
+            )
+        value = torch.from_numpy(self._mapped(shard_id)[row].copy())
+        return value.view(torch.bfloat16) if self.config["dtype"] == "bfloat16" else value
 
+    def _mapped(self, shard_id: int) -> np.ndarray:
+        """The (rows, D) memory map of a shard; one not verified by a build yet is checksummed first (once)."""
+        mapped = self._maps.get(shard_id)
+        if mapped is not None:
+            self._maps.move_to_end(shard_id)
+            return mapped
+        record = self._records[shard_id]
+        path = self.cache_dir / record.kind / record.name
+        if shard_id >= self._trusted and shard_id not in self._verified:
+            _load_shard(path)  # raises CorruptShardError before any row of a damaged shard is handed out
+            self._verified.add(shard_id)
+        mapped = self._maps[shard_id] = _map(path, _SAFETENSORS_DTYPES[self.config["dtype"]][1], record.offset,
+                                             (record.rows, self.embed_dim))
+        if len(self._maps) > _OPEN_SHARDS:
+            self._maps.popitem(last=False)
+        return mapped
 
     def check_encoder(self, identity: dict, owner: str = "this model") -> None:
         """Refuse embeddings of another encoder: raise `EncoderMismatchError` naming both when ``identity``
@@ -289,6 +558,8 @@ class EmbeddingCache:
 __all__ = [
     "CONFIG_NAME",
     "ENCODER_IDENTITY_FIELDS",
+    "INDEX_NAME",
+    "CorruptIndexError",
     "CorruptShardError",
     "EmbeddingCache",
     "EncoderMismatchError",

@@ -4,18 +4,28 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 from processing.data.build_embedding_cache import build_embedding_cache
-from processing.embedding_cache import CorruptShardError, EmbeddingCache, EncoderMismatchError, image_key, text_key
+from processing.embedding_cache import (
+    INDEX_NAME,
+    CorruptIndexError,
+    CorruptShardError,
+    EmbeddingCache,
+    EncoderMismatchError,
+    image_key,
+    text_key,
+)
 from processing.image_source import clip_image_processor, load_rgb_image, pixel_values
 
 pytestmark = pytest.mark.timeout(120)
@@ -114,6 +124,15 @@ def write_images(folder, n=3):
 
 def shards(cache_dir, kind="text"):
     return sorted((Path(cache_dir) / kind).glob("shard-*.safetensors"))
+
+
+def rewrite(path, data):
+    """Overwrite a file as a later write would: its modification time moves on. (File systems with coarse clocks
+    can give a write a few milliseconds after the build the build's own timestamp; a damaged file met in practice
+    was written long after its build.)"""
+    before = os.stat(path).st_mtime_ns
+    Path(path).write_bytes(data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +245,7 @@ def test_flipped_bytes_fail_the_checksum(tmp_path, encoder):
     damaged = shards(cache_dir)[0]
     data = bytearray(damaged.read_bytes())
     data[-3] ^= 0xFF  # inside the tensor data: the header stays valid
-    damaged.write_bytes(bytes(data))
+    rewrite(damaged, bytes(data))
 
     cache = EmbeddingCache(cache_dir)  # the header is fine...
     with pytest.raises(CorruptShardError, match=f"{damaged}.*checksum"):
@@ -329,3 +348,295 @@ def test_real_wikipedia_images(tmp_path, encoder, realwiki_dir):
     for path in images:
         embedding = cache.get_image(path)
         assert embedding is not None and abs(float(embedding.float().norm()) - 1) < 1e-2
+
+
+# ------------------------------------------------------------------ the memory-mapped key index (issue 9)
+
+
+def reference_rows(cache_dir):
+    """The previous reader's view of a cache, independent of the index: every shard loaded whole, each key
+    (from the shard's metadata) mapped to its row; the first shard holding a key wins."""
+    from safetensors import safe_open
+
+    rows = {}
+    for kind in ("text", "image"):
+        for path in shards(cache_dir, kind):
+            with safe_open(str(path), framework="pt") as f:
+                keys, embeddings = json.loads(f.metadata()["keys"]), f.get_tensor("embeddings")
+            for key, row in zip(keys, embeddings):
+                rows.setdefault((kind, key), row)
+    return rows
+
+
+def is_mapped(array) -> bool:
+    """Whether ``array`` is a view of a memory-mapped file."""
+    import mmap
+
+    while array is not None and not isinstance(array, mmap.mmap):
+        array = getattr(array, "base", None)
+    return array is not None
+
+
+def test_index_round_trip(tmp_path, encoder):
+    images = write_images(tmp_path / "img")
+    build(tmp_path / "cache", encoder, texts=TEXTS, image_paths=images, shard_size=3, batch_size=2)
+    assert (tmp_path / "cache" / INDEX_NAME).is_file()
+    cache = EmbeddingCache(tmp_path / "cache")
+    assert cache.index_fresh and cache.dtype == torch.float16
+    assert all(is_mapped(table.keys) for table in cache._tables.values())  # mapped, not read
+    expected = reference_rows(tmp_path / "cache")
+    assert cache.count("text") == len(TEXTS) and cache.count("image") == len(images)
+    assert sorted(cache.keys("text")) == sorted(key for kind, key in expected if kind == "text")
+    for text in TEXTS:
+        got = cache.get_text(text)
+        assert got.dtype == torch.float16 and torch.equal(got, expected[("text", text_key(text))])
+    for path in images:
+        assert torch.equal(cache.get_image(path), expected[("image", image_key(path))])
+    batch, found = cache.get_many("text", [text_key(TEXTS[3]), "0" * 64, "not hex"])
+    assert found.tolist() == [True, False, False] and torch.equal(batch[0], expected[("text", text_key(TEXTS[3]))])
+    assert ("text", text_key(TEXTS[0])) in cache and ("text", "f" * 64) not in cache
+    # A spawned DataLoader worker receives the folder, not the vectors, and opens the same files.
+    blob = pickle.dumps(cache)
+    assert len(blob) < 1000
+    assert torch.equal(pickle.loads(blob).get_text(TEXTS[5]), expected[("text", text_key(TEXTS[5]))])
+
+
+def test_incremental_extension_leaves_old_rows_untouched(tmp_path, encoder):
+    images = write_images(tmp_path / "img")
+    cache_dir = tmp_path / "cache"
+    first = build(cache_dir, encoder, texts=TEXTS[:5], image_paths=images[:2], shard_size=2)
+    old = {p: (p.read_bytes(), p.stat().st_mtime_ns) for kind in ("text", "image") for p in shards(cache_dir, kind)}
+    old_values = {t: first.get_text(t) for t in TEXTS[:5]}
+    old_images = {p: first.get_image(p) for p in images[:2]}
+
+    spy = Spy(encoder)
+    cache = build(cache_dir, spy, texts=TEXTS[3:] + TEXTS[:2], image_paths=images, shard_size=2)
+    assert spy.texts == TEXTS[5:] and spy.images == len(images) - 2  # only what is new
+    for path, (data, mtime) in old.items():
+        assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+    reopened = EmbeddingCache(cache_dir)
+    assert reopened.index_fresh and reopened.count("text") == len(TEXTS) and reopened.count("image") == len(images)
+    for text, value in old_values.items():
+        assert torch.equal(reopened.get_text(text), value)
+    for path, value in old_images.items():
+        assert torch.equal(reopened.get_image(path), value)
+    expected = reference_rows(cache_dir)
+    for text in TEXTS[5:]:
+        assert torch.equal(reopened.get_text(text), expected[("text", text_key(text))])
+    assert cache.build_summary["shards_checked"] == 0  # the first build's shards are not read again
+
+
+class OpenSpy:
+    """Records every file opened through Python (`open`, `io.open`, numpy's maps), safetensors and PIL."""
+
+    def __init__(self, monkeypatch):
+        import builtins
+        import io
+
+        import PIL.Image
+
+        import processing.data.build_embedding_cache as builder
+        import processing.embedding_cache as reader
+
+        self.paths = []
+        for owner, name in ((builtins, "open"), (io, "open"), (PIL.Image, "open"), (reader, "safe_open"),
+                            (builder, "safe_open")):
+            if hasattr(owner, name):
+                monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name)))
+
+    def _wrap(self, original):
+        def opened(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)):
+                self.paths.append(os.fspath(file))
+            return original(file, *args, **kwargs)
+
+        return opened
+
+    def under(self, *folders):
+        return [p for p in self.paths if any(os.path.abspath(p).startswith(os.path.abspath(f) + os.sep) for f in folders)]
+
+
+def test_opening_a_complete_cache_reads_no_shard_and_no_image(tmp_path, encoder, monkeypatch):
+    images = write_images(tmp_path / "img")
+    sha256 = {os.fspath(p): image_key(p) for p in images}  # what the fetcher's manifest records
+    cache_dir = tmp_path / "cache"
+    built = build(cache_dir, encoder, texts=TEXTS, image_paths=images, shard_size=3)
+    expected = {t: built.get_text(t) for t in TEXTS}
+    shard_dirs = (cache_dir / "text", cache_dir / "image")
+
+    spy = OpenSpy(monkeypatch)
+    cache = EmbeddingCache(cache_dir)
+    assert spy.under(*shard_dirs, tmp_path / "img") == []
+    assert cache.count("text") == len(TEXTS)
+    assert torch.equal(cache.get_text(TEXTS[4]), expected[TEXTS[4]])
+    assert len(set(spy.under(*shard_dirs))) == 1  # a lookup maps the one shard that holds the row
+
+    # A build over the complete cache (the startup of a training run that collected the same inputs) reads no
+    # shard and, with the manifest's hashes, no image file; it encodes nothing and leaves the index as it is.
+    spy.paths.clear()
+    encoder_spy = Spy(encoder)
+    index_mtime = (cache_dir / INDEX_NAME).stat().st_mtime_ns
+    again = build(cache_dir, encoder_spy, texts=TEXTS, image_paths=images, image_sha256=sha256, shard_size=3)
+    assert spy.under(*shard_dirs, tmp_path / "img") == [] and encoder_spy.calls == 0
+    assert again.build_summary["shards_checked"] == 0
+    assert (cache_dir / INDEX_NAME).stat().st_mtime_ns == index_mtime
+    # --verify reads every shard again.
+    verified = build(cache_dir, encoder, texts=TEXTS, image_paths=images, image_sha256=sha256, verify=True)
+    assert verified.build_summary["shards_checked"] == len(shards(cache_dir, "text")) + len(shards(cache_dir, "image"))
+    assert set(spy.under(*shard_dirs)) == {os.fspath(p) for d in ("text", "image") for p in shards(cache_dir, d)}
+
+
+def test_damage_after_verification_is_found_by_verify(tmp_path, encoder):
+    """A shard damaged in place with its size and time unchanged (bit rot) is trusted on open, by design (nothing
+    is re-read at start); an explicit verify finds it and the build sets it aside."""
+    cache_dir = tmp_path / "cache"
+    build(cache_dir, encoder, texts=TEXTS[:4], batch_size=2, shard_size=2)
+    damaged = shards(cache_dir)[1]
+    stat = damaged.stat()
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(CorruptShardError, match=f"{damaged}.*checksum"):
+        EmbeddingCache(cache_dir).verify()
+    spy = Spy(encoder)
+    rebuilt = build(cache_dir, spy, texts=TEXTS[:4], batch_size=2, shard_size=2, verify=True)
+    assert rebuilt.build_summary["set_aside"] == [str(damaged)] and sorted(spy.texts) == sorted(TEXTS[2:4])
+    rebuilt.verify()
+
+
+def test_corrupt_or_foreign_index_is_refused_with_its_name(tmp_path, encoder, caplog):
+    from safetensors.numpy import save_file
+
+    cache_dir = tmp_path / "cache"
+    build(cache_dir, encoder, texts=TEXTS[:4], shard_size=2)
+    index = cache_dir / INDEX_NAME
+    good = index.read_bytes()
+    expected = {t: EmbeddingCache(cache_dir).get_text(t) for t in TEXTS[:4]}
+
+    index.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CorruptIndexError, match=f"{index}.*cannot be used"):
+        EmbeddingCache(cache_dir)
+    save_file({"x": np.zeros(3, dtype=np.float32)}, str(index), metadata={"format": "something-else"})  # foreign
+    with pytest.raises(CorruptIndexError, match=f"{index}.*not an embedding-cache index"):
+        EmbeddingCache(cache_dir)
+    other = tmp_path / "other"
+    build(other, tiny_encoder(seed=1), texts=TEXTS[:4], shard_size=2)
+    shutil.copy(other / INDEX_NAME, index)  # another cache's index
+    with pytest.raises(CorruptIndexError, match=f"{index}.*belongs to a cache of encoder"):
+        EmbeddingCache(cache_dir)
+
+    # The next build sets it aside, re-checks the shards and writes a new index; nothing is encoded again.
+    spy = Spy(encoder)
+    with caplog.at_level(logging.ERROR, logger="processing.data.build_embedding_cache"):
+        cache = build(cache_dir, spy, texts=TEXTS[:4], shard_size=2)
+    assert str(index) in caplog.text and (cache_dir / (INDEX_NAME + ".corrupt")).is_file()
+    assert spy.calls == 0 and cache.build_summary["shards_checked"] == len(shards(cache_dir)) > 0
+    reopened = EmbeddingCache(cache_dir)
+    assert reopened.index_fresh
+    for text, value in expected.items():
+        assert torch.equal(reopened.get_text(text), value)
+    index.write_bytes(b"garbage")  # --verify also sets a damaged index aside
+    assert build(cache_dir, spy, texts=TEXTS[:4], shard_size=2, verify=True).build_summary["set_aside"] == []
+    assert EmbeddingCache(cache_dir).index_fresh and spy.calls == 0
+
+
+def test_foreign_shard_is_refused_with_its_name(tmp_path, encoder):
+    from safetensors.torch import save_file
+
+    cache_dir = tmp_path / "cache"
+    build(cache_dir, encoder, texts=TEXTS[:2])
+    foreign = cache_dir / "text" / "shard-r000-00007.safetensors"
+    save_file({"embeddings": torch.zeros(2, 32, dtype=torch.float16)}, str(foreign), metadata={"keys": "[]"})
+    with pytest.raises(CorruptShardError, match=f"{foreign}.*expected format"):
+        EmbeddingCache(cache_dir)
+    wrong_width = cache_dir / "text" / "shard-r000-00008.safetensors"
+    foreign.unlink()
+    save_file({"embeddings": torch.zeros(1, 16, dtype=torch.float16)}, str(wrong_width),
+              metadata={"format": "mmgl-embedding-shard/1", "keys": json.dumps(["a" * 64]), "sha256": ""})
+    with pytest.raises(CorruptShardError, match=rf"{wrong_width}.*\(n, 32\)"):
+        EmbeddingCache(cache_dir)
+
+
+def test_a_killed_build_leaves_shards_the_next_open_reads_from_their_headers(tmp_path, encoder):
+    """Shards written after the index (a build killed before updating it) are found from their headers and
+    checksum-verified on first use; the next build records them."""
+    cache_dir = tmp_path / "cache"
+    build(cache_dir, encoder, texts=TEXTS[:4], shard_size=2)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        build(cache_dir, Spy(encoder, die_on_call=3), texts=TEXTS, batch_size=2, shard_size=2)
+    cache = EmbeddingCache(cache_dir)
+    assert not cache.index_fresh and cache.count("text") == 8  # 4 indexed + 2 shards of 2 written before the kill
+    assert torch.equal(cache.get_text(TEXTS[5]), reference_rows(cache_dir)[("text", text_key(TEXTS[5]))])
+    spy = Spy(encoder)
+    done = build(cache_dir, spy, texts=TEXTS, batch_size=2, shard_size=2)
+    assert spy.texts == TEXTS[8:] and done.build_summary["shards_checked"] == 2
+    assert EmbeddingCache(cache_dir).index_fresh
+
+
+def test_lookups_equal_the_shards_for_every_realwiki_input(tmp_path, encoder, realwiki_dir):
+    """Every neighbour text and image the processor asks for on the real pages: the index finds each one, and its
+    vector equals the shard's row as the previous reader loaded it, and the encoder's own output."""
+    from processing.data.page_table import open_page_table
+    from processing.neighbor_selection import collect_neighbor_inputs
+    from processing.page_graph import PageGraphIndex
+
+    pages = open_page_table(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz"))
+    inputs = collect_neighbor_inputs(PageGraphIndex(pages), "all", "sa_e", 11, 5, realwiki_dir / "images")
+    assert len(inputs.texts) > 100 and inputs.image_files
+    cache = build(tmp_path / "cache", encoder, texts=inputs.texts, image_paths=inputs.image_files, batch_size=16,
+                  shard_size=40)
+    expected = reference_rows(tmp_path / "cache")
+    reopened = EmbeddingCache(tmp_path / "cache")
+    assert reopened.index_fresh and len(shards(tmp_path / "cache")) > 1
+    for text in inputs.texts:
+        assert torch.equal(reopened.get_text(text), expected[("text", text_key(text))]), text
+    for path in inputs.image_files:
+        assert torch.equal(reopened.get_image(path), expected[("image", image_key(path))]), path
+    direct = encoder.embed_texts(inputs.texts[:50])
+    got = torch.stack([reopened.get_text(t) for t in inputs.texts[:50]]).float()
+    torch.testing.assert_close(got, direct, atol=2e-3, rtol=0)
+    assert cache.count("text") == len(inputs.texts)
+
+
+def test_dataloader_workers_share_the_mapped_stores(tmp_path, encoder):
+    """Two DataLoader workers over the memory-mapped embedding cache and token store give the batches of
+    num_workers=0."""
+    from processing.data.bpe_tokenizer import train_bpe_tokenizer
+    from processing.page_graph import PageGraph
+    from tests.test_processor import known_row, make_processor
+
+    rows = [known_row()]
+    texts = rows[0]["section_text"] + [rows[0]["clean_page_description"]] * 3 + ["Context: Section: Summary:"] * 5
+    processor = make_processor(train_bpe_tokenizer(texts, vocab_size=600), clip_image_processor("tiny", TINY), "all",
+                               "sa_e")
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    for i, name in enumerate(["Lead.png", "Hist1.png", "Early.png", "Modern.png"]):
+        Image.new("RGB", (40, 30), (60 * i, 10, 200)).save(image_dir / name)
+    graph = PageGraph.from_wikiweb2m(rows[0])
+    samples = [(graph, s) for s in graph.sample_sections()]
+    inputs = processor.collect_neighbor_inputs(samples, image_dir=image_dir)
+    cache = build(tmp_path / "cache", encoder, texts=inputs.texts, image_paths=inputs.image_files)
+    processor.build_token_cache([graph], neighbor_input_ids=False, show_progress=False)
+    processor.token_cache.save(tmp_path / "tokens.bin")
+    processor.load_token_cache(tmp_path / "tokens.bin")
+    cache = EmbeddingCache(tmp_path / "cache")
+
+    class Examples(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(samples) * 3
+
+        def __getitem__(self, i):
+            graph, section = samples[i % len(samples)]
+            return processor.build_example(graph, section, embedding_cache=cache, image_dir=image_dir)
+
+    batches = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(Examples(), batch_size=2, num_workers=workers,
+                                             collate_fn=processor.data_collator())
+        batches[workers] = list(loader)
+    assert len(batches[0]) == len(batches[2]) > 1
+    assert batches[0][0]["image_neighbor_mask"].sum() > 0  # the cache's image rows are in the batches
+    for a, b in zip(batches[0], batches[2]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -525,3 +525,37 @@ def test_trainer_checkpoint_of_a_cache_run_names_its_encoder(sample_dir, tmp_pat
     assert "records no frozen encoder" not in caplog.text
     for key in ("eval_loss", "eval_rougeL", "predict_rougeL"):
         assert metrics[key] == pytest.approx(at_end_of_training[key], rel=1e-4, abs=1e-6), key
+
+
+def test_complete_covered_cache_collects_nothing_at_startup(sample_dir, tmp_path, monkeypatch):
+    """A restart over a complete embedding cache that records this page table and design builds no page graph to
+    collect the cache's keys (the first start collected them once per split); another design collects again."""
+    from processing.processing_mmgl import MMGLProcessor
+
+    collected = []
+    original = MMGLProcessor.collect_neighbor_inputs
+
+    def counting(self, samples, image_dir=None):
+        collected.append(len(samples))
+        return original(self, samples, image_dir=image_dir)
+
+    monkeypatch.setattr(MMGLProcessor, "collect_neighbor_inputs", counting)
+    cache_dir = tmp_path / "cache"
+
+    def start(name, *extra):
+        args = base_args(sample_dir, tmp_path / name)
+        args[args.index("--embedding_cache_dir") + 1] = str(cache_dir)
+        args[args.index("--max_steps") + 1] = "1"
+        for flag in ("--do_eval", "--do_predict"):
+            args.remove(flag)
+        collected.clear()
+        run_summarization.main(args + ["--context", "all", "--neighbor_encoding", "sa_e", *extra])
+        return list(collected), json.loads((tmp_path / name / "data_report.json").read_text())["train"]
+
+    first, first_report = start("first")
+    assert first == [8, 4, 4]  # one collection per split (train, eval, predict samples)
+    again, again_report = start("again")
+    assert again == []  # covered: no graph built for key collection
+    assert again_report["real_images"] == first_report["real_images"] > 0  # and every image found in the cache
+    other, _ = start("other", "--max_image_neighbors", "2")
+    assert other == [8, 4, 4]  # another design is not covered by the record

@@ -36,13 +36,16 @@ from processing.embedding_cache import (
     CACHE_FORMAT,
     CONFIG_NAME,
     ENCODER_IDENTITY_FIELDS,
+    INDEX_NAME,
     KINDS,
     SHARD_FORMAT,
     _DTYPES,
+    CorruptIndexError,
+    CorruptShardError,
     EmbeddingCache,
     EncoderMismatchError,
-    CorruptShardError,
     _load_shard,
+    _open_index,
     _read_shard_header,
     _shard_paths,
     _tensor_sha256,
@@ -91,13 +94,34 @@ class _ShardWriter:
         self.keys, self.rows = [], []
 
 
-def _set_aside_damaged_files(cache_dir: Path) -> list:
+def _recorded_shards(cache_dir: Path) -> dict:
+    """``(kind, name) -> (size, mtime_ns)`` of the shards the index records as verified; a damaged or foreign
+    index is set aside (``*.corrupt``) and records nothing, so every shard is checked and the index rebuilt."""
+    path = cache_dir / INDEX_NAME
+    if not path.is_file():
+        return {}
+    config = json.loads((cache_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    try:
+        records, _, _ = _open_index(path, config)
+    except CorruptIndexError as err:
+        logger.error("%s; setting it aside as %s.corrupt", err, path.name)
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+        return {}
+    return {(r.kind, r.name): (r.size, r.mtime_ns) for r in records}
+
+
+def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[list, int]:
     """Remove temp files of killed builds and rename damaged shards to ``*.corrupt``.
 
-    Every shard is read in full and checked against its checksum: a build must not extend a
-    cache it cannot trust. Returns the paths set aside.
+    A build must not extend a cache it cannot trust: every shard the index does not record with its current
+    size and modification time (or, with ``verify``, every shard) is read in full and checked against its
+    checksum. Shards an earlier build verified are not read again. Returns the paths set aside and the number
+    of shards checked.
     """
-    damaged = []
+    recorded = _recorded_shards(cache_dir)  # sets a damaged index aside, also under ``verify``
+    if verify:
+        recorded = {}
+    damaged, checked = [], 0
     for kind in KINDS:
         kind_dir = cache_dir / kind
         kind_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +129,10 @@ def _set_aside_damaged_files(cache_dir: Path) -> list:
             logger.info("removing %s left by an interrupted build", tmp)
             tmp.unlink(missing_ok=True)
         for path in _shard_paths(kind_dir):
+            stat = path.stat()
+            if recorded.get((kind, path.name)) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            checked += 1
             try:
                 _read_shard_header(path)
                 _load_shard(path)
@@ -112,7 +140,7 @@ def _set_aside_damaged_files(cache_dir: Path) -> list:
                 logger.error("%s; setting it aside as %s.corrupt and recomputing its keys", err, path.name)
                 os.replace(path, path.with_name(path.name + ".corrupt"))
                 damaged.append(path)
-    return damaged
+    return damaged, checked
 
 
 def _dtype_name(dtype) -> str:
@@ -237,6 +265,8 @@ def build_embedding_cache(
     dtype="float16",
     state=None,
     progress: bool = True,
+    covers: Iterable[str] = (),
+    verify: bool = False,
 ) -> EmbeddingCache:
     """Encode every text and image not yet in the cache at `cache_dir`; return the cache.
 
@@ -264,11 +294,17 @@ def build_embedding_cache(
         dtype (`str` or `torch.dtype`, *optional*, defaults to ``"float16"``): storage dtype.
         state (*optional*): an `accelerate.PartialState` (default: a new one).
         progress (`bool`, *optional*, defaults to True): show tqdm progress bars.
+        covers (`Iterable[str]`, *optional*): coverage records to write into the index once every input is
+            in (`coverage_key`: the page table and design these inputs were collected from), so that a later
+            start finds the cache complete without collecting them again (`open_covered_cache`).
+        verify (`bool`, *optional*, defaults to `False`): check the checksum of every shard, also those an
+            earlier build verified (by default only shards the index does not record with their current size
+            and modification time are read).
 
     Returns:
         `EmbeddingCache` over all shards of all processes, with ``build_summary`` set to this
         process's counts per kind (unique, assigned, cached, encoded, failed, shards_written;
-        ``unreadable`` image paths; ``set_aside`` damaged shards).
+        ``unreadable`` image paths; ``set_aside`` damaged shards; ``shards_checked`` at start).
 
     Raises:
         `EncoderMismatchError` if the cache was built with another encoder or storage dtype.
@@ -284,12 +320,12 @@ def build_embedding_cache(
     identity = encoder.identity(getattr(encoder, "pretrained", pretrained))
     image_processor = clip_image_processor(encoder.name, encoder.model_config)
 
-    set_aside = []
+    set_aside, checked = [], 0
     if state.is_main_process:
         # One process checks the identity and tidies the directory before anyone reads it.
         cache_dir.mkdir(parents=True, exist_ok=True)
         _check_config(cache_dir, identity, storage, write=True)
-        set_aside = _set_aside_damaged_files(cache_dir)
+        set_aside, checked = _set_aside_damaged_files(cache_dir, verify=verify)
     state.wait_for_everyone()
     if not state.is_main_process:
         _check_config(cache_dir, identity, storage, write=False)
@@ -309,11 +345,55 @@ def build_embedding_cache(
         cache, "image", image_items, lambda batch: _image_batch(encoder, image_processor, batch), **common)
     summary["image"]["unreadable"] = unreadable
     summary["set_aside"] = [str(p) for p in set_aside]
+    summary["shards_checked"] = checked
 
     state.wait_for_everyone()
-    cache = EmbeddingCache(cache_dir)  # re-read: the index now holds every process's shards
+    covers = [record for record in covers if record]
+    if state.is_main_process:
+        # Every shard is now verified: those recorded before, those checked above, and those this build wrote
+        # (their checksums were computed from the tensors written). One process records them in the index.
+        cache = EmbeddingCache(cache_dir)
+        if not cache.index_fresh or any(not cache.covers(record) for record in covers):
+            cache.save_index(covers)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        cache = EmbeddingCache(cache_dir)  # the index the main process wrote: every process's shards
     cache.build_summary = summary
     return cache
+
+
+def coverage_key(table_fingerprint: str | None, samples: str, context: str, neighbor_encoding: str,
+                 max_text_neighbors: int, max_image_neighbors: int, image_dir=None) -> str | None:
+    """What a set of collected neighbour inputs depends on, as one string: the page table (its fingerprint,
+    `processing.token_cache.table_fingerprint`), which samples of it (e.g. ``"all"``), the design that selects
+    the neighbours, and the image folder's state (its path, its modification time and that of its manifest:
+    files added or fetched change which references resolve). `None` when the table has no fingerprint (then
+    nothing is skipped). An image file replaced in place under the same name in a plain folder is not seen."""
+    if table_fingerprint is None:
+        return None
+    folder = "none"
+    if image_dir is not None:
+        root = os.path.realpath(image_dir)
+        manifest = os.path.join(root, "manifest.jsonl")
+        stats = [os.stat(p) for p in (root, manifest) if os.path.exists(p)]
+        folder = root + "@" + ",".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
+    return "|".join([table_fingerprint, f"samples={samples}", f"context={context}", f"encoding={neighbor_encoding}",
+                     f"text={max_text_neighbors}", f"image={max_image_neighbors}", f"images={folder}"])
+
+
+def open_covered_cache(cache_dir, records: Iterable[str | None], encoder: MMGLNeighborEncoder,
+                       dtype="float16") -> EmbeddingCache | None:
+    """The cache at ``cache_dir`` when its index records one of ``records`` (`coverage_key`), else `None`:
+    the startup of a training run skips collecting the neighbour inputs (a page graph per sample) when the
+    cache already holds them. Raises `EncoderMismatchError`, as a build would, when the cache holds another
+    encoder's embeddings."""
+    cache_dir = Path(cache_dir)
+    records = [record for record in records if record]
+    if not records or not (cache_dir / CONFIG_NAME).is_file() or not (cache_dir / INDEX_NAME).is_file():
+        return None
+    _check_config(cache_dir, encoder.identity(getattr(encoder, "pretrained", None)), _dtype_name(dtype), write=False)
+    cache = EmbeddingCache(cache_dir)
+    return cache if any(cache.covers(record) for record in records) else None
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -344,11 +424,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES), help="storage dtype of the vectors")
     parser.add_argument("--device", default=None, help="torch device; default: this process's accelerate device")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--verify", action="store_true", help="check the checksum of every shard, also of those an "
+                        "earlier build verified (by default only new or changed shards are read)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
 
     from processing.data.page_table import open_page_table
     from processing.page_graph import PageGraphIndex
+    from processing.token_cache import table_fingerprint
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model_config = None
@@ -366,16 +449,18 @@ def main(argv=None) -> int:
     cache = build_embedding_cache(
         args.cache_dir, texts=inputs.texts, image_paths=inputs.image_files, encoder=encoder,
         image_sha256=inputs.image_sha256, batch_size=args.batch_size, device=args.device,
-        shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress,
+        shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress, verify=args.verify,
+        covers=[coverage_key(table_fingerprint(pages), "all", args.context, args.neighbor_encoding,
+                             args.max_text_neighbors, args.max_image_neighbors, args.image_dir)],
     )
     if _process_state().is_main_process:  # one report, not one per process
         summary = {**cache.build_summary, "missing_image_files": inputs.missing_images,
-                   "cache": {kind: len(cache.keys(kind)) for kind in KINDS}}
+                   "cache": {kind: cache.count(kind) for kind in KINDS}}
         print(json.dumps(summary, indent=2))
     return 0
 
 
-__all__ = ["build_embedding_cache", "main"]
+__all__ = ["build_embedding_cache", "coverage_key", "main", "open_covered_cache"]
 
 
 if __name__ == "__main__":
