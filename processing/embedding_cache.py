@@ -3,7 +3,8 @@ frozen encoder ("precompute once, train many"). The builder is `processing.data.
 
 Layout of a cache directory::
 
-    <cache>/cache_config.json                   encoder identity, storage dtype, embed_dim
+    <cache>/cache_config.json                   encoder identity, storage dtype, embed_dim (and
+                                                text_embed_dim with a Hugging Face text encoder)
     <cache>/text/shard-r000-00000.safetensors   tensor "embeddings" (n, D); metadata "keys" (JSON
                                                 list of n sha256 hex keys) and "sha256" (of the
                                                 tensor bytes); r000 is the writing process's rank
@@ -49,7 +50,19 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 # What must agree for two builds (or a cache and a model) to share embeddings. The model name and
 # pretrained tag are recorded too, but only for people: the config and weight hashes identify the
 # encoder exactly (a moved checkpoint file is the same encoder; two random inits are not).
-ENCODER_IDENTITY_FIELDS = ("config_sha256", "weights_sha256", "embed_dim")
+# A Hugging Face text neighbour encoder adds its own hashes, pooling, max length and width (all `None` when
+# open_clip's text tower encodes the texts, as in caches written before these fields existed).
+ENCODER_IDENTITY_FIELDS = (
+    "config_sha256", "weights_sha256", "embed_dim",
+    "text_config_sha256", "text_weights_sha256", "text_pooling", "text_max_length", "text_embed_dim",
+)
+
+
+def encoder_description(identity: dict) -> str:
+    """``'ViT-B-32' (pretrained='openai')``, plus ``, texts by '<text encoder>'`` when a Hugging Face model encodes
+    the texts: how messages name an encoder."""
+    text = f", texts by {identity['text_encoder']!r}" if identity.get("text_encoder") else ""
+    return f"{identity.get('model_name')!r} (pretrained={identity.get('pretrained')!r}){text}"
 
 
 class CorruptShardError(RuntimeError):
@@ -177,6 +190,11 @@ class EmbeddingCache:
         return int(self.config["embed_dim"])
 
     @property
+    def text_embed_dim(self) -> int:
+        """Width of the text embeddings: the Hugging Face text encoder's, else `embed_dim`."""
+        return int(self.config.get("text_embed_dim") or self.config["embed_dim"])
+
+    @property
     def dtype(self) -> torch.dtype:
         """Storage dtype of the embeddings (what `get` returns)."""
         return _DTYPES[self.config["dtype"]]
@@ -228,7 +246,7 @@ class EmbeddingCache:
         """
         keys = list(keys)
         index = self._kind_index(kind)
-        out = torch.zeros(len(keys), self.embed_dim, dtype=self.dtype)
+        out = torch.zeros(len(keys), self.text_embed_dim if kind == "text" else self.embed_dim, dtype=self.dtype)
         found = torch.zeros(len(keys), dtype=torch.bool)
         for i, key in enumerate(keys):
             location = index.get(key)
@@ -280,9 +298,8 @@ class EmbeddingCache:
                  for field in ENCODER_IDENTITY_FIELDS if self.config.get(field) != identity.get(field)]
         if diffs:
             raise EncoderMismatchError(
-                f"embedding cache {self.cache_dir} holds embeddings of encoder {self.config.get('model_name')!r} "
-                f"(pretrained={self.config.get('pretrained')!r}), {owner} encodes with {identity.get('model_name')!r} "
-                f"(pretrained={identity.get('pretrained')!r}): " + "; ".join(diffs)
+                f"embedding cache {self.cache_dir} holds embeddings of encoder {encoder_description(self.config)}, "
+                f"{owner} encodes with {encoder_description(identity)}: " + "; ".join(diffs)
             )
 
 
@@ -292,6 +309,7 @@ __all__ = [
     "CorruptShardError",
     "EmbeddingCache",
     "EncoderMismatchError",
+    "encoder_description",
     "KINDS",
     "image_key",
     "text_key",
