@@ -59,10 +59,10 @@ ENCODER_IDENTITY_FIELDS = (
 
 
 def encoder_description(identity: dict) -> str:
-    """``'ViT-B-32' (pretrained='openai')``, plus ``, texts by '<text encoder>'`` when a Hugging Face model encodes
-    the texts: how messages name an encoder."""
-    text = f", texts by {identity['text_encoder']!r}" if identity.get("text_encoder") else ""
-    return f"{identity.get('model_name')!r} (pretrained={identity.get('pretrained')!r}){text}"
+    """``'ViT-B-32' (pretrained='openai'), texts by its open_clip text tower`` (or by ``'<Hugging Face text
+    encoder>'``): how messages name an encoder."""
+    text = repr(identity["text_encoder"]) if identity.get("text_encoder") else "its open_clip text tower"
+    return f"{identity.get('model_name')!r} (pretrained={identity.get('pretrained')!r}), texts by {text}"
 
 
 class CorruptShardError(RuntimeError):
