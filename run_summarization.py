@@ -123,7 +123,8 @@ class MMGLArguments:
         default=None,
         metadata={"help": "Hugging Face text model (hub id or local folder: BERT, RoBERTa, sentence-transformers) "
                   "that encodes text neighbours instead of open_clip's 77-token text tower, frozen; images stay with "
-                  "open_clip. sa_e / ca_e only (sa_te writes neighbour texts as LM tokens: refused there)."},
+                  "open_clip. Used by sa_e / ca_e; ignored with a warning where no text neighbour is an embedding (sa_te writes "
+                  "neighbour texts as LM tokens; section_only has none)."},
     )
     text_neighbor_pooling: str = field(
         default="mean",
@@ -202,7 +203,10 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
     try:
         check_text_neighbor_encoder(mmgl_args.neighbor_encoding, mmgl_args.context, mmgl_args.text_neighbor_encoder)
     except ValueError as err:
-        raise ValueError(f"--text_neighbor_encoder: {err}.") from None
+        # A study passes one --text_neighbor_encoder to every cell: where it cannot apply it is dropped, loudly, and
+        # the model's config records none.
+        logger.warning(f"--text_neighbor_encoder ignored: {err}.")
+        mmgl_args.text_neighbor_encoder = None
     has_slots = has_neighbor_slots(mmgl_args.neighbor_encoding, mmgl_args.context)
     if mmgl_args.position_encoding != "none" and not has_slots:
         raise ValueError(

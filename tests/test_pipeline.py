@@ -238,7 +238,7 @@ def test_hub_folder_is_flat_and_complete(hub):
         "configuration_mmgl.py", "modeling_mmgl.py", "cross_attention.py", "graph_position_encoding.py",
         "neighbor_encoder.py", "neighbor_projection.py", "processing_mmgl.py", "collator.py", "page_graph.py",
         "design_space.py", "neighbor_selection.py", "graph_projection.py", "image_source.py", "token_cache.py",
-        "atomic_write.py", "pipeline_mmgl.py", "embedding_cache.py",
+        "atomic_write.py", "pipeline_mmgl.py", "embedding_cache.py", "text_neighbor_encoder.py", "text_neighbor_tokens.py",
     }
     assert {name for name in hub["files"] if name.endswith(".py")} == code
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json"} <= set(

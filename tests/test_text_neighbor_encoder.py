@@ -253,22 +253,42 @@ def test_padding_slots_give_zero_vectors_and_width_follows_the_longest_text(tiny
     torch.testing.assert_close(embeds[0], one_by_one, atol=1e-6, rtol=0)
 
 
-def test_designs_without_text_slots_refuse_a_text_encoder(tiny_bert_dir, lm_tokenizer, tmp_path):
-    """SA-TE writes neighbour texts as LM tokens (and section_only has none): a text encoder would do nothing, so
-    the processor, the script and the cache builder refuse it."""
+def test_designs_without_text_slots_ignore_a_text_encoder_with_a_warning(tiny_bert_dir, lm_tokenizer, tmp_path,
+                                                                          caplog):
+    """SA-TE writes neighbour texts as LM tokens (and section_only has none): a text encoder would do nothing. The
+    processor refuses it; the script and the cache builder, which a study calls with one flag for every design,
+    drop it with a warning, so neither the model's config nor the cache records it."""
+    from transformers import HfArgumentParser, TrainingArguments
+
     with pytest.raises(ValueError, match="SA-TE writes neighbour texts as LM tokens"):
         MMGLProcessor(clip_image_processor("ViT-B-32", TINY_CLIP), lm_tokenizer, context="all",
                       neighbor_encoding="sa_te", text_neighbor_encoder=tiny_bert_dir)
-    args = ["--config_overrides", "hidden_size=32,num_hidden_layers=2,ffn_dim=64,num_attention_heads=4",
-            "--output_dir", str(tmp_path / "out"), "--text_neighbor_encoder", tiny_bert_dir]
-    with pytest.raises(ValueError, match="--text_neighbor_encoder: .*'sa_te'.*SA-TE writes neighbour texts"):
-        run_summarization.main(args + ["--neighbor_encoding", "sa_te"])
-    with pytest.raises(ValueError, match="section_only has no text neighbour"):
-        run_summarization.main(args + ["--context", "section_only"])
-    with pytest.raises(SystemExit):
-        builder.main(["data", str(tmp_path / "cache"), "--neighbor_encoding", "sa_te",
-                      "--text_neighbor_encoder", tiny_bert_dir])
-    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    parser = HfArgumentParser((run_summarization.ModelArguments, run_summarization.MMGLArguments,
+                               run_summarization.DataTrainingArguments, TrainingArguments))
+    for design, reason in [(["--neighbor_encoding", "sa_te"], "SA-TE writes neighbour texts as LM tokens"),
+                           (["--context", "section_only"], "section_only has no text neighbour")]:
+        groups = parser.parse_args_into_dataclasses(
+            ["--config_overrides", "hidden_size=32", "--output_dir", str(tmp_path / "out"),
+             "--text_neighbor_encoder", tiny_bert_dir, *design])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="run_summarization"):
+            run_summarization.validate_arguments(*groups)
+        assert groups[1].text_neighbor_encoder is None
+        assert f"--text_neighbor_encoder ignored: text_neighbor_encoder '{tiny_bert_dir}'" in caplog.text
+        assert reason in caplog.text
+        config = run_summarization.mmgl_config_kwargs(groups[1], 32, 99)
+        assert config["text_neighbor_encoder"] is None
+
+    sample = tmp_path / "sample"
+    generate_sample(sample, num_pages=6, seed=0)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="processing.data.build_embedding_cache"):
+        builder.main([str(sample / "wikiweb2m-sample.tfrecord.gz"), str(tmp_path / "cache"), "--image_dir",
+                      str(sample / "images"), "--neighbor_encoding", "sa_te", "--neighbor_encoder_config",
+                      str(TINY_CLIP_JSON), "--neighbor_encoder_pretrained", "none", "--text_neighbor_encoder",
+                      tiny_bert_dir, "--no_progress"])
+    assert "--text_neighbor_encoder ignored" in caplog.text
+    assert EmbeddingCache(tmp_path / "cache").config["text_encoder"] is None
 
 
 def test_training_from_a_text_encoder_cache_exports_the_encoder(tiny_bert_dir, tmp_path):
@@ -286,6 +306,8 @@ def test_training_from_a_text_encoder_cache_exports_the_encoder(tiny_bert_dir, t
     args[args.index("--max_steps") + 1] = "1"
     run_summarization.main(args + ["--context", "all", "--neighbor_encoding", "ca_e", "--text_neighbor_encoder",
                                    tiny_bert_dir, "--text_neighbor_max_length", "64"])
+    assert f"frozen text neighbour encoder (Hugging Face): `{tiny_bert_dir}`, mean pooling, 64 tokens" in (
+        output_dir / "README.md").read_text()
     cache = EmbeddingCache(sample / "cache")
     assert (cache.config["text_encoder"], cache.text_embed_dim, cache.embed_dim) == (tiny_bert_dir, 16, clip_dim)
     model = MMGLForConditionalGeneration.from_pretrained(output_dir)

@@ -12,6 +12,9 @@ command holds exactly what the processor asks for, and a cached embedding equals
     python -m processing.data.build_embedding_cache data/wikiweb2m cache/clip --image_dir images \
         --context all --neighbor_encoding sa_e --neighbor_encoder_name ViT-B-32 --neighbor_encoder_pretrained openai
 
+Add ``--text_neighbor_encoder NAME_OR_PATH`` (and ``--text_neighbor_pooling`` / ``--text_neighbor_max_length``) to
+embed the texts with a Hugging Face text model instead of open_clip's text tower, as ``run_summarization.py`` does.
+
 Run it under ``accelerate launch`` to split the work across processes (each takes every n-th unique input).
 """
 from __future__ import annotations
@@ -367,7 +370,7 @@ def main(argv=None) -> int:
                         help="JSON file of a full open_clip model config (custom / tiny encoders)")
     parser.add_argument("--text_neighbor_encoder", default=None,
                         help="Hugging Face text model (hub id or folder) that encodes the texts instead of open_clip's "
-                        "text tower, as run_summarization.py (SA-E / CA-E only)")
+                        "text tower, as run_summarization.py (ignored with a warning where no text neighbour is an embedding)")
     parser.add_argument("--text_neighbor_pooling", default="mean", choices=TEXT_NEIGHBOR_POOLINGS,
                         help="with --text_neighbor_encoder: first token (cls), mean of real tokens, or the model's pooler")
     parser.add_argument("--text_neighbor_max_length", type=int, default=512,
@@ -379,15 +382,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        check_text_neighbor_encoder(args.neighbor_encoding, args.context, args.text_neighbor_encoder)
-    except ValueError as err:
-        parser.error(f"--text_neighbor_encoder: {err}")
 
     from processing.data.page_table import open_page_table
     from processing.page_graph import PageGraphIndex
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_text_neighbor_encoder(args.neighbor_encoding, args.context, args.text_neighbor_encoder)
+    except ValueError as err:  # as run_summarization.py: one flag for every design of a study
+        logger.warning("--text_neighbor_encoder ignored: %s", err)
+        args.text_neighbor_encoder = None
     model_config = None
     if args.neighbor_encoder_config:
         model_config = json.loads(Path(args.neighbor_encoder_config).read_text(encoding="utf-8"))
