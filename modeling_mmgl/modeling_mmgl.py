@@ -137,7 +137,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             if raw.shape[1] == 0:
                 embeds = torch.zeros(batch_size, 0, expected_dim, device=device)
             elif modality == "text":
-                embeds = self.neighbor_encoder.encode_text(raw)
+                embeds = self.neighbor_encoder.encode_text(raw, slot_mask=mask)
             else:
                 embeds = self.neighbor_encoder.encode_image(raw)
         if embeds.dim() != 3 or embeds.shape[0] != batch_size or embeds.shape[-1] != expected_dim:

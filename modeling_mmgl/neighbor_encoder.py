@@ -153,11 +153,12 @@ class MMGLNeighborEncoder(nn.Module):
         }
 
     @torch.no_grad()
-    def encode_text(self, input_ids: torch.LongTensor) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.LongTensor, slot_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`(..., context_length)` open_clip token ids (or the Hugging Face text encoder's `(..., max_length)`) ->
-        `(..., D)` normalised embeddings."""
+        `(..., D)` normalised embeddings. ``slot_mask`` `(...)`: the Hugging Face encoder skips slots where it is 0
+        (zero vectors; the collator fills padding slots with id 0, a real token for RoBERTa)."""
         if self.text_model is not None:
-            return self.text_model(input_ids)
+            return self.text_model(input_ids, slot_mask)
         shape = input_ids.shape
         embeds = self.model.encode_text(input_ids.reshape(-1, shape[-1]).to(self.device), normalize=True)
         return embeds.view(*shape[:-1], -1)

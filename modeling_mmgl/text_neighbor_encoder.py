@@ -113,10 +113,11 @@ class MMGLTextNeighborEncoder(nn.Module):
         }
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.LongTensor, slot_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`(..., L)` token ids (`text_neighbor_ids`: padded with the pad id) -> `(..., hidden_size)` unit vectors.
 
-        Rows of padding only (the collator's empty slots) give zero vectors without running the model. Pad columns
+        Rows of padding only, and rows where ``slot_mask`` `(...)` is 0 (the collator's empty slots), give zero
+        vectors without running the model. Pad columns
         past every row's last real token are dropped first (they are masked anyway): a batch of short texts costs
         its longest text, not ``max_length`` tokens.
         """
@@ -125,6 +126,8 @@ class MMGLTextNeighborEncoder(nn.Module):
         ids = input_ids.reshape(-1, shape[-1]).to(device)
         mask = ids != self.pad_token_id
         real_rows = mask.any(-1)
+        if slot_mask is not None:
+            real_rows &= slot_mask.reshape(-1).to(device).bool()
         out = torch.zeros(ids.shape[0], self.hidden_size, device=device, dtype=self.model.dtype)
         if real_rows.any():
             ids, mask = ids[real_rows], mask[real_rows]

@@ -240,8 +240,8 @@ def test_cache_of_another_text_encoder_is_refused(tiny_bert_dir, tmp_path):
 
 
 def test_padding_slots_give_zero_vectors_and_width_follows_the_longest_text(tiny_bert_dir, lm_tokenizer):
-    """The collator's empty text slots (all zeros = BERT's pad id) give zero vectors, not NaNs; dropping the pad
-    columns past the longest text changes nothing."""
+    """The collator's empty text slots (all zeros = BERT's pad id, or masked) give zero vectors, not NaNs; dropping
+    the pad columns past the longest text changes nothing."""
     encoder = encoder_for(tiny_bert_dir, max_length=64)
     tokenizer = processor_for(lm_tokenizer, tiny_bert_dir, max_length=64).text_neighbor_tokenizer
     ids = text_neighbor_ids(tokenizer, ["cats purr.", "a recipe for chocolate cake needs flour."], 64)
@@ -251,6 +251,10 @@ def test_padding_slots_give_zero_vectors_and_width_follows_the_longest_text(tiny
     assert torch.equal(embeds[1], torch.zeros(2, 16))
     one_by_one = torch.cat([encoder.encode_text(ids[:1, :12]), encoder.encode_text(ids[1:])])
     torch.testing.assert_close(embeds[0], one_by_one, atol=1e-6, rtol=0)
+    # A slot the mask calls padding is skipped even when it holds real ids (RoBERTa's pad id is 1, not 0).
+    masked = encoder.encode_text(ids, slot_mask=torch.tensor([1, 0]))
+    assert torch.equal(masked[1], torch.zeros(16)) and embeds[0, 1].abs().sum() > 0
+    torch.testing.assert_close(masked[0], embeds[0, 0], atol=1e-6, rtol=0)
 
 
 def test_designs_without_text_slots_ignore_a_text_encoder_with_a_warning(tiny_bert_dir, lm_tokenizer, tmp_path,
