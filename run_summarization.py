@@ -123,8 +123,8 @@ class MMGLArguments:
         default=None,
         metadata={"help": "Hugging Face text model (hub id or local folder: BERT, RoBERTa, sentence-transformers) "
                   "that encodes text neighbours instead of open_clip's 77-token text tower, frozen; images stay with "
-                  "open_clip. Used by sa_e / ca_e; ignored with a warning where no text neighbour is an embedding (sa_te writes "
-                  "neighbour texts as LM tokens; section_only has none)."},
+                  "open_clip. Used by sa_e / ca_e; ignored with a warning where no text neighbour is an embedding "
+                  "(sa_te writes neighbour texts as LM tokens; section_only has none)."},
     )
     text_neighbor_pooling: str = field(
         default="mean",

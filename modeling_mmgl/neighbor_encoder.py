@@ -12,13 +12,7 @@ import torch
 from torch import nn
 
 from .configuration_mmgl import MMGLConfig
-from .text_neighbor_encoder import MMGLTextNeighborEncoder
-
-
-# Identity keys of the Hugging Face text encoder (`MMGLTextNeighborEncoder.identity`).
-TEXT_IDENTITY_KEYS = (
-    "text_encoder", "text_config_sha256", "text_weights_sha256", "text_pooling", "text_max_length", "text_embed_dim"
-)
+from .text_neighbor_encoder import TEXT_IDENTITY_KEYS, MMGLTextNeighborEncoder
 
 
 def _json_sha256(value) -> str:

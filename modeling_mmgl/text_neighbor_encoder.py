@@ -17,6 +17,11 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_mmgl import TEXT_NEIGHBOR_POOLINGS as POOLINGS
 
+# What `MMGLTextNeighborEncoder.identity` returns (all `None` in an identity where open_clip encodes the texts).
+TEXT_IDENTITY_KEYS = (
+    "text_encoder", "text_config_sha256", "text_weights_sha256", "text_pooling", "text_max_length", "text_embed_dim"
+)
+
 
 def _json_sha256(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -102,7 +107,9 @@ class MMGLTextNeighborEncoder(nn.Module):
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-        architecture = {k: v for k, v in self.config_dict().items() if k not in ("_name_or_path", "transformers_version")}
+        # Where it was loaded from and by which transformers version do not change the vectors.
+        unrelated = ("_name_or_path", "transformers_version")
+        architecture = {k: v for k, v in self.config_dict().items() if k not in unrelated}
         return {
             "text_encoder": self.name,
             "text_config_sha256": _json_sha256(architecture),
@@ -141,4 +148,4 @@ class MMGLTextNeighborEncoder(nn.Module):
         return out.view(*shape[:-1], -1)
 
 
-__all__ = ["MMGLTextNeighborEncoder", "POOLINGS", "pool_token_states"]
+__all__ = ["MMGLTextNeighborEncoder", "POOLINGS", "TEXT_IDENTITY_KEYS", "pool_token_states"]

@@ -561,7 +561,8 @@ class MMGLProcessor(ProcessorMixin):
                     values = torch.stack([torch.as_tensor(embed) for embed in embeds])
                 values = values.reshape(num, -1).to(torch.float32)
             else:  # a cache of a Hugging Face text encoder has its own text width
-                values = torch.zeros((0, int(getattr(embedding_cache, "text_embed_dim", None) or embedding_cache.embed_dim)))
+                width = getattr(embedding_cache, "text_embed_dim", None) or embedding_cache.embed_dim
+                values = torch.zeros((0, int(width)))
             key = "text_neighbor_embeds"
         else:
             ids = self._clip_ids_many(selection.texts)

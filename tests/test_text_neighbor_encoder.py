@@ -16,14 +16,15 @@ from PIL import Image
 import run_summarization
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+from modeling_mmgl.text_neighbor_encoder import TEXT_IDENTITY_KEYS
 from processing.data import build_embedding_cache as builder
 from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.data.sample_data import generate_sample
-from processing.embedding_cache import EmbeddingCache, EncoderMismatchError
+from processing.embedding_cache import ENCODER_IDENTITY_FIELDS, EmbeddingCache, EncoderMismatchError
 from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraph
 from processing.processing_mmgl import MMGLProcessor
-from processing.text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, text_neighbor_ids
+from processing.text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, load_text_neighbor_tokenizer, text_neighbor_ids
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from tests.modeling_helpers import TINY_CLIP, TINY_OPT
 from tests.test_run_summarization import TINY_CLIP_JSON, base_args
@@ -237,6 +238,14 @@ def test_cache_of_another_text_encoder_is_refused(tiny_bert_dir, tmp_path):
     EmbeddingCache(tmp_path / "bert").check_encoder(bert.identity())  # its own encoder: accepted
     with pytest.raises(EncoderMismatchError, match="text_pooling: cache 'mean', this model 'cls'"):
         EmbeddingCache(tmp_path / "bert").check_encoder(encoder_for(tiny_bert_dir, "cls", 64).identity())
+    assert set(bert.text_model.identity()) == set(TEXT_IDENTITY_KEYS)  # every key of it is checked
+    assert set(TEXT_IDENTITY_KEYS) - {"text_encoder"} <= set(ENCODER_IDENTITY_FIELDS)
+    # A tokenizer that pads with another id than the model masks would make padding read as text.
+    tokenizer = load_text_neighbor_tokenizer(tiny_bert_dir)
+    tokenizer.pad_token = "[UNK]"
+    with pytest.raises(ValueError, match=r"pads with id 1, its model masks id 0"):
+        builder.build_embedding_cache(tmp_path / "bert", ["a new text"], encoder=bert, text_tokenizer=tokenizer,
+                                      progress=False)
 
 
 def test_padding_slots_give_zero_vectors_and_width_follows_the_longest_text(tiny_bert_dir, lm_tokenizer):

@@ -212,6 +212,11 @@ def _text_batch_encoder(encoder: MMGLNeighborEncoder, tokenizer=None) -> Callabl
     def encode(batch):
         if loaded[0] is None:
             loaded[0] = load_text_neighbor_tokenizer(encoder.text_model.name)
+        if loaded[0].pad_token_id != encoder.text_model.pad_token_id:  # padding would be read as text
+            raise ValueError(
+                f"the tokenizer of text neighbour encoder {encoder.text_model.name!r} pads with id "
+                f"{loaded[0].pad_token_id}, its model masks id {encoder.text_model.pad_token_id} (config pad_token_id)"
+            )
         ids = text_neighbor_ids(loaded[0], [text for _, text in batch], encoder.text_model.max_length)
         return [key for key, _ in batch], encoder.encode_text(ids).float().cpu()
 
