@@ -61,10 +61,9 @@ class MMGLTextNeighborEncoder(nn.Module):
         if config.text_neighbor_encoder_config is not None:
             self.model = AutoModel.from_config(AutoConfig.for_model(**config.text_neighbor_encoder_config))
         else:
+            # A loaded `PreTrainedModel` is marked initialised: the language model's `post_init` leaves its weights
+            # alone (tested: they stay the pretrained ones).
             self.model = AutoModel.from_pretrained(self.name)
-            # Pretrained weights: the language model's `_init_weights` must not redraw them.
-            for param in self.model.parameters():
-                param._is_hf_initialized = True
         model_config = self.model.config
         positions = getattr(model_config, "max_position_embeddings", None)
         if positions is not None and self.max_length > positions:

@@ -335,3 +335,25 @@ def test_training_from_a_text_encoder_cache_exports_the_encoder(tiny_bert_dir, t
         raw = model.neighbor_encoder.encode_text(torch.stack(processor._encode_clip(texts)))
     cached = torch.stack([cache.get_text(text) for text in texts]).float()
     torch.testing.assert_close(raw, cached, atol=2e-3, rtol=0)  # float16 storage
+
+
+def test_training_on_raw_texts_keeps_the_pretrained_text_encoder(tiny_bert_dir, tmp_path):
+    """Without an embedding cache the model carries the text encoder from the start and runs it at every step: its
+    weights stay exactly the pretrained ones (frozen, never re-initialised by the LM's `_init_weights`), with the
+    pooling the flag names."""
+    from transformers import AutoModel
+
+    sample = tmp_path / "sample"
+    generate_sample(sample, num_pages=12, seed=0)
+    args = base_args(sample, tmp_path / "out")
+    del args[args.index("--embedding_cache_dir"):args.index("--embedding_cache_dir") + 2]
+    args[args.index("--max_steps") + 1] = "1"
+    run_summarization.main(args + ["--neighbor_encoding", "sa_e", "--text_neighbor_encoder", tiny_bert_dir,
+                                   "--text_neighbor_max_length", "64", "--text_neighbor_pooling", "pooler"])
+    model = MMGLForConditionalGeneration.from_pretrained(tmp_path / "out")
+    text_model = model.neighbor_encoder.text_model
+    assert (model.config.text_neighbor_pooling, text_model.pooling) == ("pooler", "pooler")
+    pretrained = AutoModel.from_pretrained(tiny_bert_dir).state_dict()
+    trained = text_model.model.state_dict()
+    assert set(trained) == set(pretrained)
+    assert all(torch.equal(trained[name], pretrained[name]) for name in pretrained)
