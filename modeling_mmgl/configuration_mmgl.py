@@ -6,6 +6,7 @@ from transformers import OPTConfig
 NEIGHBOR_MODES = ("none", "self_attention", "cross_attention")
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 GNN_TYPES = ("gcn", "gat", "sage")
+TEXT_NEIGHBOR_POOLINGS = ("cls", "mean", "pooler")
 
 
 @strict
@@ -64,6 +65,20 @@ class MMGLConfig(OPTConfig):
             `{"name", "pretrained", "config"}` of the frozen encoder whose embedding cache a model was trained
             from without the encoder inside. Nothing is built from it; it is recorded so that a Trainer
             checkpoint of such a run still names its encoder (an exported model holds the encoder itself).
+        text_neighbor_encoder (`str`, *optional*):
+            A Hugging Face text model (hub id or local folder, loaded with `AutoModel` / `AutoTokenizer`: BERT,
+            RoBERTa, sentence-transformers, ...) that encodes text neighbours instead of open_clip's text tower,
+            frozen; images stay with open_clip. `None`: open_clip's text tower (77 tokens). `text_neighbor_embed_dim`
+            must be its hidden size. The model carries it (inside `neighbor_encoder`) when it carries the open_clip
+            encoder.
+        text_neighbor_pooling (`str`, *optional*, defaults to `"mean"`):
+            How the text model's token states become one vector: `"cls"` (first token), `"mean"` (mean over real
+            tokens, sentence-transformers') or `"pooler"` (the model's pooler, BERT / RoBERTa); then L2-normalised.
+        text_neighbor_max_length (`int`, *optional*, defaults to 512):
+            Tokens of a text neighbour the text model reads (special tokens included; longer texts are truncated).
+        text_neighbor_encoder_config (`dict`, *optional*):
+            The text model's Hugging Face config, recorded when the model carries the encoder, so that a saved
+            model rebuilds it offline (its weights are in the MMGL checkpoint).
     """
 
     model_type = "mmgl"
@@ -88,12 +103,17 @@ class MMGLConfig(OPTConfig):
     neighbor_encoder_pretrained: str | None = None
     neighbor_encoder_config: dict | None = None
     embedding_cache_encoder: dict | None = None
+    text_neighbor_encoder: str | None = None
+    text_neighbor_pooling: str = "mean"
+    text_neighbor_max_length: int = 512
+    text_neighbor_encoder_config: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         _check_choice("neighbor_mode", self.neighbor_mode, NEIGHBOR_MODES)
         _check_choice("position_encoding", self.position_encoding, POSITION_ENCODINGS)
         _check_choice("gnn_type", self.gnn_type, GNN_TYPES)
+        _check_choice("text_neighbor_pooling", self.text_neighbor_pooling, TEXT_NEIGHBOR_POOLINGS)
         if self.neighbor_mode == "none" and self.position_encoding != "none":
             raise ValueError(
                 f"position_encoding={self.position_encoding!r} needs neighbours, but neighbor_mode='none'; "
@@ -103,7 +123,8 @@ class MMGLConfig(OPTConfig):
             raise ValueError("neighbor_mode='self_attention' needs neighbor_token_id (the `<neighbor>` token id).")
         if self.cross_attention_interval < 1:
             raise ValueError(f"cross_attention_interval must be >= 1, got {self.cross_attention_interval}.")
-        for name in ("text_neighbor_num_tokens", "image_neighbor_num_tokens", "lpe_k", "gnn_num_layers"):
+        for name in ("text_neighbor_num_tokens", "image_neighbor_num_tokens", "lpe_k", "gnn_num_layers",
+                     "text_neighbor_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 

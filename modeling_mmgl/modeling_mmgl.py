@@ -81,6 +81,15 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         self.position_encoding = build_position_encoding(config, width)
         has_encoder = config.neighbor_encoder_name is not None or config.neighbor_encoder_config is not None
         self.neighbor_encoder = MMGLNeighborEncoder(config) if has_encoder else None
+        if self.neighbor_encoder is not None and self.neighbor_encoder.text_model is not None:
+            text_model = self.neighbor_encoder.text_model
+            if config.text_neighbor_embed_dim != text_model.hidden_size:
+                raise ValueError(
+                    f"text_neighbor_embed_dim={config.text_neighbor_embed_dim} but text_neighbor_encoder "
+                    f"{config.text_neighbor_encoder!r} gives {text_model.hidden_size}-wide embeddings (its hidden_size)"
+                )
+            # Recorded so that a saved model rebuilds the text encoder offline (its weights are in the checkpoint).
+            config.text_neighbor_encoder_config = text_model.config_dict()
         self.post_init()
         if config.neighbor_token_id is not None and config.neighbor_mode == "self_attention":
             # The model must never write a placeholder: the next step would hold one without a neighbour.
@@ -129,7 +138,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             if raw.shape[1] == 0:
                 embeds = torch.zeros(batch_size, 0, expected_dim, device=device)
             elif modality == "text":
-                embeds = self.neighbor_encoder.encode_text(raw)
+                embeds = self.neighbor_encoder.encode_text(raw, slot_mask=mask)
             else:
                 embeds = self.neighbor_encoder.encode_image(raw)
         if embeds.dim() != 3 or embeds.shape[0] != batch_size or embeds.shape[-1] != expected_dim:
@@ -287,7 +296,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             self-attention mode.
         labels (`torch.LongTensor` of shape `(B, L)`): next-token targets, -100 where no loss is taken.
         text_neighbor_embeds (`torch.FloatTensor` of shape `(B, Nt, text_neighbor_embed_dim)`) or
-        text_neighbor_input_ids (`torch.LongTensor` of shape `(B, Nt, context_length)`), with
+        text_neighbor_input_ids (`torch.LongTensor` of shape `(B, Nt, context_length)`, or `(B, Nt,
+        text_neighbor_max_length)` for a Hugging Face text neighbour encoder), with
         text_neighbor_mask (`(B, Nt)`): text neighbours, precomputed or raw for the in-model encoder.
         image_neighbor_embeds (`(B, Ni, image_neighbor_embed_dim)`) or image_neighbor_pixel_values
         (`(B, Ni, 3, H, W)`), with image_neighbor_mask (`(B, Ni)`): image neighbours.

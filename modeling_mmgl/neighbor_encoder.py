@@ -1,6 +1,7 @@
-"""The frozen open_clip encoder of neighbour texts and images: the ONE wrapper that the model carries
-(so raw neighbour texts and images work end to end) and that the embedding-cache builder runs (so a
-cached embedding equals the in-model one)."""
+"""The frozen encoders of neighbour texts and images: the ONE wrapper that the model carries (so raw
+neighbour texts and images work end to end) and that the embedding-cache builder runs (so a cached
+embedding equals the in-model one). open_clip encodes images, and texts unless `MMGLConfig.text_neighbor_encoder`
+names a Hugging Face text model (`MMGLTextNeighborEncoder`)."""
 
 import functools
 import hashlib
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from .configuration_mmgl import MMGLConfig
+from .text_neighbor_encoder import TEXT_IDENTITY_KEYS, MMGLTextNeighborEncoder
 
 
 def _json_sha256(value) -> str:
@@ -34,12 +36,14 @@ def open_clip_config(name: str | None, model_config: dict | None = None) -> dict
 
 
 class MMGLNeighborEncoder(nn.Module):
-    """Frozen CLIP text and image towers. Always in eval mode and without gradients, whatever the parent does.
+    """Frozen CLIP text and image towers, and the Hugging Face text encoder when the config names one (it then
+    encodes the text neighbours). Always in eval mode and without gradients, whatever the parent does.
 
     Embeddings are L2-normalised, the same as the embedding cache stores, so cached and raw inputs agree.
 
     Args:
-        config (`MMGLConfig`): reads ``neighbor_encoder_name`` and ``neighbor_encoder_config``.
+        config (`MMGLConfig`): reads ``neighbor_encoder_name`` and ``neighbor_encoder_config``, and the
+            ``text_neighbor_*`` settings.
 
     A freshly built encoder has open_clip's random initialisation drawn with seed 0 whatever the caller's seed:
     every run and every process builds the same "random init" encoder, so an embedding cache filled by one run is
@@ -61,15 +65,21 @@ class MMGLNeighborEncoder(nn.Module):
         # Keep open_clip's own (seeded) initialisation: the language model's `_init_weights` must not redraw it.
         for param in self.model.parameters():
             param._is_hf_initialized = True
+        self.text_model = MMGLTextNeighborEncoder(config) if config.text_neighbor_encoder is not None else None
 
     @classmethod
     def from_settings(
-        cls, name: str | None, pretrained: str | None = None, model_config: dict | None = None, device="cpu"
+        cls, name: str | None, pretrained: str | None = None, model_config: dict | None = None, device="cpu",
+        text_encoder: str | None = None, text_pooling: str = "mean", text_max_length: int = 512,
     ) -> "MMGLNeighborEncoder":
         """An encoder outside a model (the cache builder's): ``name`` and optional custom ``model_config`` as in
         `MMGLConfig`, ``pretrained`` an open_clip tag (``"openai"``) or a local checkpoint; `None` keeps the
-        seeded random initialisation."""
-        config = MMGLConfig(neighbor_encoder_name=name, neighbor_encoder_config=model_config)
+        seeded random initialisation. ``text_encoder`` / ``text_pooling`` / ``text_max_length``: the
+        ``text_neighbor_*`` settings of `MMGLConfig` (a Hugging Face text model, loaded pretrained)."""
+        config = MMGLConfig(
+            neighbor_encoder_name=name, neighbor_encoder_config=model_config, text_neighbor_encoder=text_encoder,
+            text_neighbor_pooling=text_pooling, text_neighbor_max_length=text_max_length,
+        )
         encoder = cls(config)
         if pretrained is not None:
             encoder.load_pretrained(pretrained)
@@ -83,6 +93,11 @@ class MMGLNeighborEncoder(nn.Module):
     @property
     def embed_dim(self) -> int:
         return int(self.model_config["embed_dim"])
+
+    @property
+    def text_embed_dim(self) -> int:
+        """Width of the text-neighbour embeddings: the Hugging Face text model's hidden size, else ``embed_dim``."""
+        return self.text_model.hidden_size if self.text_model is not None else self.embed_dim
 
     @property
     def context_length(self) -> int:
@@ -105,12 +120,19 @@ class MMGLNeighborEncoder(nn.Module):
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """`(n, D)` float32 CPU embeddings of raw texts (tokenised here, as the processor would)."""
+        """`(n, D)` float32 CPU embeddings of raw texts, tokenised here with open_clip's tokenizer as the processor
+        would. A Hugging Face text encoder's texts are tokenised on the processing side (`text_neighbor_ids`)."""
+        if self.text_model is not None:
+            raise TypeError(
+                f"text neighbours are encoded by {self.text_model.name!r}: tokenise them with "
+                "processing.text_neighbor_tokens.text_neighbor_ids and call encode_text"
+            )
         return self.encode_text(self.tokenizer(list(texts))).float().cpu()
 
     def identity(self, pretrained: str | None = None) -> dict:
         """What identifies the encoder exactly (an embedding cache refuses embeddings of another): the config and
-        weight hashes; the name and pretrained tag are recorded for people."""
+        weight hashes, and those of the Hugging Face text encoder with its pooling and max length (all `None` when
+        open_clip encodes the texts); the names and pretrained tag are recorded for people."""
         digest = hashlib.sha256()
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
@@ -121,11 +143,16 @@ class MMGLNeighborEncoder(nn.Module):
             "config_sha256": _json_sha256(self.model_config),
             "weights_sha256": digest.hexdigest(),
             "embed_dim": self.embed_dim,
+            **(self.text_model.identity() if self.text_model is not None else dict.fromkeys(TEXT_IDENTITY_KEYS)),
         }
 
     @torch.no_grad()
-    def encode_text(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """`(..., context_length)` open_clip token ids -> `(..., D)` normalised embeddings."""
+    def encode_text(self, input_ids: torch.LongTensor, slot_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(..., context_length)` open_clip token ids (or the Hugging Face text encoder's `(..., max_length)`) ->
+        `(..., D)` normalised embeddings. ``slot_mask`` `(...)`: the Hugging Face encoder skips slots where it is 0
+        (zero vectors; the collator fills padding slots with id 0, a real token for RoBERTa)."""
+        if self.text_model is not None:
+            return self.text_model(input_ids, slot_mask)
         shape = input_ids.shape
         embeds = self.model.encode_text(input_ids.reshape(-1, shape[-1]).to(self.device), normalize=True)
         return embeds.view(*shape[:-1], -1)

@@ -35,6 +35,18 @@ def has_neighbor_slots(neighbor_encoding: str, context: str) -> bool:
     return has_text_slots(neighbor_encoding, context) or has_image_slots(context)
 
 
+def check_text_neighbor_encoder(neighbor_encoding: str, context: str, text_neighbor_encoder: str | None) -> None:
+    """A Hugging Face text neighbour encoder encodes text slots: refuse one (`ValueError`) for a design without any,
+    where it would silently do nothing."""
+    if text_neighbor_encoder is not None and not has_text_slots(neighbor_encoding, context):
+        why = ("SA-TE writes neighbour texts as LM tokens" if neighbor_encoding == "sa_te"
+               else "section_only has no text neighbour")
+        raise ValueError(
+            f"text_neighbor_encoder {text_neighbor_encoder!r} encodes text neighbours given as embeddings, but "
+            f"neighbor_encoding {neighbor_encoding!r} with context {context!r} has none ({why}); leave it unset"
+        )
+
+
 def neighbor_mode(neighbor_encoding: str, context: str) -> str:
     """`MMGLConfig.neighbor_mode` for a design point: ``"none"`` when no neighbour is an embedding (plain OPT)."""
     if not has_neighbor_slots(neighbor_encoding, context):
@@ -47,6 +59,7 @@ __all__ = [
     "NEIGHBOR_ENCODINGS",
     "NEIGHBOR_MODE_OF_ENCODING",
     "check_design",
+    "check_text_neighbor_encoder",
     "has_image_slots",
     "has_neighbor_slots",
     "has_text_slots",

@@ -3,7 +3,8 @@ frozen encoder ("precompute once, train many"). The builder is `processing.data.
 
 Layout of a cache directory::
 
-    <cache>/cache_config.json                   encoder identity, storage dtype, embed_dim
+    <cache>/cache_config.json                   encoder identity, storage dtype, embed_dim (and
+                                                text_embed_dim with a Hugging Face text encoder)
     <cache>/index.safetensors                   the key index (below); written by the builder
     <cache>/text/shard-r000-00000.safetensors   tensor "embeddings" (n, D); metadata "keys" (JSON
                                                 list of n sha256 hex keys) and "sha256" (of the
@@ -73,9 +74,22 @@ _SAFETENSORS_DTYPES = {"float16": ("F16", np.float16), "bfloat16": ("BF16", np.u
 # What must agree for two builds (or a cache and a model) to share embeddings. The model name and
 # pretrained tag are recorded too, but only for people: the config and weight hashes identify the
 # encoder exactly (a moved checkpoint file is the same encoder; two random inits are not).
-ENCODER_IDENTITY_FIELDS = ("config_sha256", "weights_sha256", "embed_dim")
+# A Hugging Face text neighbour encoder adds its own hashes, pooling, max length and width (all `None` when
+# open_clip's text tower encodes the texts, as in caches written before these fields existed).
+ENCODER_IDENTITY_FIELDS = (
+    "config_sha256", "weights_sha256", "embed_dim",
+    "text_config_sha256", "text_weights_sha256", "text_pooling", "text_max_length", "text_embed_dim",
+)
+
 _OPEN_SHARDS = 64  # memory maps kept open per process (each holds a file descriptor)
 _IMAGE_KEY_MEMO = 4096  # image files whose key (path, size, mtime -> sha256) a process remembers
+
+
+def encoder_description(identity: dict) -> str:
+    """``'ViT-B-32' (pretrained='openai'), texts by its open_clip text tower`` (or by ``'<Hugging Face text
+    encoder>'``): how messages name an encoder."""
+    text = repr(identity["text_encoder"]) if identity.get("text_encoder") else "its open_clip text tower"
+    return f"{identity.get('model_name')!r} (pretrained={identity.get('pretrained')!r}), texts by {text}"
 
 
 class CorruptShardError(RuntimeError):
@@ -367,7 +381,7 @@ class EmbeddingCache:
         parts = {kind: [] for kind in KINDS}
         for kind, path, _, _ in on_disk:
             if (kind, path.name) not in recorded:
-                keys, record = _read_shard_header(path, kind, self.config.get("dtype"), self.embed_dim)
+                keys, record = _read_shard_header(path, kind, self.config.get("dtype"), self.width(kind))
                 parts[kind].append((len(self._records), _raw_keys(keys)))
                 self._records.append(record)
         self._tables = {
@@ -385,6 +399,15 @@ class EmbeddingCache:
     def embed_dim(self) -> int:
         """Width D of every embedding in the cache."""
         return int(self.config["embed_dim"])
+
+    @property
+    def text_embed_dim(self) -> int:
+        """Width of the text embeddings: the Hugging Face text encoder's, else `embed_dim`."""
+        return int(self.config.get("text_embed_dim") or self.config["embed_dim"])
+
+    def width(self, kind: str) -> int:
+        """Width of the embeddings of ``kind`` (``"text"`` or ``"image"``)."""
+        return self.text_embed_dim if kind == "text" else self.embed_dim
 
     @property
     def dtype(self) -> torch.dtype:
@@ -450,7 +473,7 @@ class EmbeddingCache:
         """
         table = self._table(kind)
         positions = table.find(_raw_keys(list(keys)))
-        out = torch.zeros(len(positions), self.embed_dim, dtype=self.dtype)
+        out = torch.zeros(len(positions), self.width(kind), dtype=self.dtype)
         for i, position in enumerate(positions.tolist()):
             if position >= 0:
                 out[i] = self._row(int(table.shards[position]), int(table.rows[position]))
@@ -537,7 +560,7 @@ class EmbeddingCache:
             _load_shard(path)  # raises CorruptShardError before any row of a damaged shard is handed out
             self._verified.add(shard_id)
         mapped = self._maps[shard_id] = _map(path, _SAFETENSORS_DTYPES[self.config["dtype"]][1], record.offset,
-                                             (record.rows, self.embed_dim))
+                                             (record.rows, self.width(record.kind)))
         if len(self._maps) > _OPEN_SHARDS:
             self._maps.popitem(last=False)
         return mapped
@@ -549,9 +572,8 @@ class EmbeddingCache:
                  for field in ENCODER_IDENTITY_FIELDS if self.config.get(field) != identity.get(field)]
         if diffs:
             raise EncoderMismatchError(
-                f"embedding cache {self.cache_dir} holds embeddings of encoder {self.config.get('model_name')!r} "
-                f"(pretrained={self.config.get('pretrained')!r}), {owner} encodes with {identity.get('model_name')!r} "
-                f"(pretrained={identity.get('pretrained')!r}): " + "; ".join(diffs)
+                f"embedding cache {self.cache_dir} holds embeddings of encoder {encoder_description(self.config)}, "
+                f"{owner} encodes with {encoder_description(identity)}: " + "; ".join(diffs)
             )
 
 
@@ -563,6 +585,7 @@ __all__ = [
     "CorruptShardError",
     "EmbeddingCache",
     "EncoderMismatchError",
+    "encoder_description",
     "KINDS",
     "image_key",
     "text_key",

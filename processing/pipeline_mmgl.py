@@ -152,7 +152,8 @@ class MMGLSummarizationPipeline(Pipeline):
             opened = EmbeddingCache(key)
             # Embeddings of another encoder of the same width would be read silently (cosine ~0 to the model's
             # own): refuse a cache whose encoder is not the model's, naming both.
-            self.processor.check_model_config(self.model.config, embed_dim=opened.embed_dim)
+            self.processor.check_model_config(self.model.config, embed_dim=opened.embed_dim,
+                                              text_embed_dim=opened.text_embed_dim)
             encoder = self._neighbor_encoder()
             if encoder is not None:
                 opened.check_encoder(encoder.identity(), owner="the model's neighbor_encoder")

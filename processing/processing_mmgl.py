@@ -71,7 +71,7 @@ from transformers import AddedToken, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .collator import MMGLDataCollator
-from .design_space import check_design, has_image_slots, has_text_slots, neighbor_mode
+from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
 from .image_source import (
@@ -85,6 +85,7 @@ from .image_source import (
 from .neighbor_selection import NeighborInputs, NeighborSelection, collect_neighbor_inputs, select_neighbors, target_input
 from .page_graph import PageGraph, PageGraphIndex, is_page_graph
 from .sa_te_layout import sa_te_groups
+from .text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, load_text_neighbor_tokenizer, text_neighbor_ids
 from .token_cache import MMGLTokenCache, tokenizer_fingerprint
 
 NEIGHBOR_TOKEN = "<neighbor>"
@@ -103,6 +104,7 @@ class _RuntimeState:
     def __init__(self):
         self.token_cache: MMGLTokenCache | None = None
         self.clip_tokenizer = None
+        self.text_neighbor_tokenizer = None
         self.prompt_ids: dict[str, np.ndarray] | None = None
         self.identity: dict[str, str] | None = None
         self.pixel_size = None
@@ -165,6 +167,12 @@ class MMGLProcessor(ProcessorMixin):
             tokenizer makes ``text_neighbor_input_ids`` (works offline).
         neighbor_context_length (`int`, *optional*): open_clip context length ``Lc``; defaults to the
             model's (77 for CLIP).
+        text_neighbor_encoder (`str`, *optional*): a Hugging Face text model (hub id or folder) whose tokenizer
+            makes ``text_neighbor_input_ids`` instead of open_clip's (`MMGLConfig.text_neighbor_encoder`); saved
+            with the processor in ``text_neighbor_tokenizer/``. Refused for designs without text slots (SA-TE,
+            ``section_only``).
+        text_neighbor_max_length (`int`, *optional*, defaults to 512): ids per text neighbour with
+            ``text_neighbor_encoder`` (``Lc``): special tokens added, truncated and padded to this length.
         include_section_title (`bool`, *optional*, defaults to `True`): prefix the target text with
             its section title.
         lpe_k (`int`, *optional*): for a model with ``position_encoding="laplacian"``: each example then holds
@@ -190,6 +198,8 @@ class MMGLProcessor(ProcessorMixin):
         max_target_length: int = 128,
         neighbor_encoder_name: str = "ViT-B-32",
         neighbor_context_length: int | None = None,
+        text_neighbor_encoder: str | None = None,
+        text_neighbor_max_length: int = 512,
         include_section_title: bool = True,
         lpe_k: int | None = None,
         context_prompt: str = "Context:",
@@ -200,6 +210,7 @@ class MMGLProcessor(ProcessorMixin):
         if tokenizer is None:
             raise ValueError("MMGLProcessor needs a tokenizer (the OPT tokenizer of the model)")
         check_design(context, neighbor_encoding)
+        check_text_neighbor_encoder(neighbor_encoding, context, text_neighbor_encoder)
         for name, value, low in (
             ("text_neighbor_num_tokens", text_neighbor_num_tokens, 1),
             ("image_neighbor_num_tokens", image_neighbor_num_tokens, 1),
@@ -208,6 +219,7 @@ class MMGLProcessor(ProcessorMixin):
             ("max_source_length", max_source_length, 1),
             ("max_target_length", max_target_length, 2),
             *((("lpe_k", lpe_k, 1),) if lpe_k is not None else ()),
+            ("text_neighbor_max_length", text_neighbor_max_length, 1),
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -229,6 +241,8 @@ class MMGLProcessor(ProcessorMixin):
         self.max_target_length = max_target_length
         self.neighbor_encoder_name = neighbor_encoder_name
         self.neighbor_context_length = neighbor_context_length
+        self.text_neighbor_encoder = text_neighbor_encoder
+        self.text_neighbor_max_length = text_neighbor_max_length
         self.include_section_title = include_section_title
         self.lpe_k = lpe_k
         self.context_prompt = context_prompt
@@ -278,13 +292,48 @@ class MMGLProcessor(ProcessorMixin):
         return self._state.clip_tokenizer
 
     @property
+    def text_neighbor_tokenizer(self):
+        """The tokenizer of ``text_neighbor_encoder`` (loaded at first use, or the one saved with the processor),
+        `None` when open_clip encodes the text neighbours."""
+        if self.text_neighbor_encoder is None:
+            return None
+        if self._state.text_neighbor_tokenizer is None:
+            self._state.text_neighbor_tokenizer = load_text_neighbor_tokenizer(self.text_neighbor_encoder)
+        return self._state.text_neighbor_tokenizer
+
+    @property
     def neighbor_context_size(self) -> int:
+        if self.text_neighbor_encoder is not None:
+            return self.text_neighbor_max_length
         return int(getattr(self.clip_tokenizer, "context_length", self.neighbor_context_length or 77))
 
-    def check_model_config(self, config, embed_dim: int | None = None) -> None:
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As `ProcessorMixin.save_pretrained`, plus the text neighbour tokenizer in ``text_neighbor_tokenizer/``
+        (so the folder tokenises text neighbours offline)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.text_neighbor_encoder is not None:
+            self.text_neighbor_tokenizer.save_pretrained(os.path.join(save_directory, TEXT_NEIGHBOR_TOKENIZER_DIR))
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `ProcessorMixin.from_pretrained`; a processor saved with a text neighbour encoder takes its tokenizer
+        from ``text_neighbor_tokenizer/`` of the same folder (or hub repository)."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if processor.text_neighbor_encoder is not None:
+            hub_kwargs = {k: v for k, v in kwargs.items()
+                          if k in ("cache_dir", "force_download", "local_files_only", "token", "revision")}
+            subfolder = os.path.join(kwargs.get("subfolder") or "", TEXT_NEIGHBOR_TOKENIZER_DIR)
+            processor._state.text_neighbor_tokenizer = load_text_neighbor_tokenizer(
+                pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs
+            )
+        return processor
+
+    def check_model_config(self, config, embed_dim: int | None = None, text_embed_dim: int | None = None) -> None:
         """Refuse a model whose configuration disagrees with this processor, naming both values: the neighbour mode
-        this design needs, tokens per neighbour, neighbour budgets, the placeholder id and, when given, the width
-        ``embed_dim`` of the neighbour embeddings (an embedding cache's). Reads ``config`` by attribute name only
+        this design needs, the text neighbour encoder, tokens per neighbour, neighbour budgets, the placeholder id
+        and, when given, the width ``embed_dim`` of the neighbour embeddings (an embedding cache's;
+        ``text_embed_dim`` that of its text embeddings when it differs). Reads ``config`` by attribute name only
         (this file never imports modeling code)."""
         wanted_mode = neighbor_mode(self.neighbor_encoding, self.context)
         mode = getattr(config, "neighbor_mode", "none")
@@ -294,13 +343,17 @@ class MMGLProcessor(ProcessorMixin):
                             f"model has {mode!r}")
         if wanted_mode != "none" and mode == wanted_mode:
             pairs = [("max_text_neighbors", self.max_text_neighbors), ("max_image_neighbors", self.max_image_neighbors)]
+            if self.has_text_slots:
+                pairs += [("text_neighbor_encoder", self.text_neighbor_encoder)]
+                if self.text_neighbor_encoder is not None:
+                    pairs += [("text_neighbor_max_length", self.text_neighbor_max_length)]
             if wanted_mode == "self_attention":
                 pairs += [("text_neighbor_num_tokens", self.text_neighbor_num_tokens),
                           ("image_neighbor_num_tokens", self.image_neighbor_num_tokens),
                           ("neighbor_token_id", self.neighbor_token_id)]
             if embed_dim is not None:
                 if self.has_text_slots:
-                    pairs.append(("text_neighbor_embed_dim", embed_dim))
+                    pairs.append(("text_neighbor_embed_dim", text_embed_dim or embed_dim))
                 if self.has_image_slots:
                     pairs.append(("image_neighbor_embed_dim", embed_dim))
             problems += [f"{name}: processor {value!r}, model {getattr(config, name, None)!r}"
@@ -333,12 +386,14 @@ class MMGLProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ tokenisation (cached or not)
 
     def _tokenizer_identity(self) -> dict[str, str]:
-        """What token cache ids depend on: the OPT tokenizer's fingerprint and the open_clip tokenizer."""
+        """What token cache ids depend on: the OPT tokenizer's fingerprint and the text neighbour tokenizer (open_clip's
+        name and context length, or the Hugging Face tokenizer's fingerprint and max length)."""
         if self._state.identity is None:
-            self._state.identity = {
-                "lm": tokenizer_fingerprint(self.tokenizer),
-                "clip": f"{self.neighbor_encoder_name}:{self.neighbor_context_length}",
-            }
+            if self.text_neighbor_encoder is not None:
+                clip = f"hf:{tokenizer_fingerprint(self.text_neighbor_tokenizer)}:{self.text_neighbor_max_length}"
+            else:
+                clip = f"{self.neighbor_encoder_name}:{self.neighbor_context_length}"
+            self._state.identity = {"lm": tokenizer_fingerprint(self.tokenizer), "clip": clip}
         return self._state.identity
 
     def _encode_lm(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -350,6 +405,9 @@ class MMGLProcessor(ProcessorMixin):
         return [np.asarray(ids, dtype=np.int64) for ids in encoded]
 
     def _encode_clip(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Text neighbour encoder ids (open_clip's, or the Hugging Face encoder's: `text_neighbor_ids`)."""
+        if self.text_neighbor_encoder is not None:
+            return list(text_neighbor_ids(self.text_neighbor_tokenizer, texts, self.text_neighbor_max_length))
         return list(self.clip_tokenizer(list(texts)).long())
 
     def _lm_ids_many(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -530,8 +588,9 @@ class MMGLProcessor(ProcessorMixin):
                 except TypeError:
                     values = torch.stack([torch.as_tensor(embed) for embed in embeds])
                 values = values.reshape(num, -1).to(torch.float32)
-            else:
-                values = torch.zeros((0, int(embedding_cache.embed_dim)))
+            else:  # a cache of a Hugging Face text encoder has its own text width
+                width = getattr(embedding_cache, "text_embed_dim", None) or embedding_cache.embed_dim
+                values = torch.zeros((0, int(width)))
             key = "text_neighbor_embeds"
         else:
             ids = self._clip_ids_many(selection.texts)

@@ -12,6 +12,9 @@ command holds exactly what the processor asks for, and a cached embedding equals
     python -m processing.data.build_embedding_cache data/wikiweb2m cache/clip --image_dir images \
         --context all --neighbor_encoding sa_e --neighbor_encoder_name ViT-B-32 --neighbor_encoder_pretrained openai
 
+Add ``--text_neighbor_encoder NAME_OR_PATH`` (and ``--text_neighbor_pooling`` / ``--text_neighbor_max_length``) to
+embed the texts with a Hugging Face text model instead of open_clip's text tower, as ``run_summarization.py`` does.
+
 Run it under ``accelerate launch`` to split the work across processes (each takes every n-th unique input).
 """
 from __future__ import annotations
@@ -28,10 +31,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_save
 
+from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 from processing.atomic_write import atomic_write_bytes
 from processing.data.cli import add_debug_argument, run_command
-from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS
+from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, check_text_neighbor_encoder
 from processing.embedding_cache import (
     CACHE_FORMAT,
     CONFIG_NAME,
@@ -49,11 +53,13 @@ from processing.embedding_cache import (
     _read_shard_header,
     _shard_paths,
     _tensor_sha256,
+    encoder_description,
     image_key,
     text_key,
 )
 from processing.image_source import ImageDecodeError, ImageFolder, clip_image_processor, load_rgb_image, pixel_values
 from processing.neighbor_selection import collect_neighbor_inputs
+from processing.text_neighbor_tokens import load_text_neighbor_tokenizer, text_neighbor_ids
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +170,8 @@ def _check_config(cache_dir: Path, identity: dict, dtype_name: str, write: bool)
              for field in (*ENCODER_IDENTITY_FIELDS, "dtype") if existing.get(field) != wanted[field]]
     if diffs:
         raise EncoderMismatchError(
-            f"{path}: this cache holds embeddings of encoder {existing.get('model_name')!r} "
-            f"(pretrained={existing.get('pretrained')!r}); refusing to add embeddings of "
-            f"{wanted['model_name']!r} (pretrained={wanted['pretrained']!r}) to it: "
+            f"{path}: this cache holds embeddings of encoder {encoder_description(existing)}; refusing to add "
+            f"embeddings of {encoder_description(wanted)} to it: "
             + "; ".join(diffs) + ". Use another cache directory for another encoder."
         )
 
@@ -225,6 +230,27 @@ def _image_batch(encoder: MMGLNeighborEncoder, image_processor, batch: list):
     return keys, encoder.encode_image(pixel_values(image_processor, images)).float().cpu()
 
 
+def _text_batch_encoder(encoder: MMGLNeighborEncoder, tokenizer=None) -> Callable:
+    """Embeds a batch of (key, text) exactly as the model does: open_clip's tokenizer and text tower, or the
+    Hugging Face text encoder on `text_neighbor_ids` (its tokenizer loaded at the first batch unless given)."""
+    if encoder.text_model is None:
+        return lambda batch: ([key for key, _ in batch], encoder.embed_texts([text for _, text in batch]))
+    loaded = [tokenizer]
+
+    def encode(batch):
+        if loaded[0] is None:
+            loaded[0] = load_text_neighbor_tokenizer(encoder.text_model.name)
+        if loaded[0].pad_token_id != encoder.text_model.pad_token_id:  # padding would be read as text
+            raise ValueError(
+                f"the tokenizer of text neighbour encoder {encoder.text_model.name!r} pads with id "
+                f"{loaded[0].pad_token_id}, its model masks id {encoder.text_model.pad_token_id} (config pad_token_id)"
+            )
+        ids = text_neighbor_ids(loaded[0], [text for _, text in batch], encoder.text_model.max_length)
+        return [key for key, _ in batch], encoder.encode_text(ids).float().cpu()
+
+    return encode
+
+
 def _embed_kind(cache: EmbeddingCache, kind: str, items: dict, encode_batch: Callable, *, rank: int,
                 world: int, batch_size: int, shard_size: int, dtype: torch.dtype, progress: bool) -> dict:
     """Encode this process's share of `items` (key -> source) that the cache lacks."""
@@ -258,6 +284,10 @@ def build_embedding_cache(
     model_name: str = "ViT-B-32",
     pretrained: str | None = None,
     model_config: dict | None = None,
+    text_encoder: str | None = None,
+    text_pooling: str = "mean",
+    text_max_length: int = 512,
+    text_tokenizer=None,
     image_sha256: dict | None = None,
     batch_size: int = 64,
     device=None,
@@ -285,6 +315,10 @@ def build_embedding_cache(
         pretrained (`str`, *optional*): open_clip pretrained tag or checkpoint path; `None` is the seeded
             random initialisation.
         model_config (`dict`, *optional*): custom open_clip config (e.g. a tiny test model).
+        text_encoder, text_pooling, text_max_length (*optional*): a Hugging Face text model that encodes the texts
+            instead of open_clip (`MMGLConfig.text_neighbor_*`), when ``encoder`` is not given.
+        text_tokenizer (*optional*): the tokenizer of the encoder's Hugging Face text model (default: loaded from
+            its name, as the processor does).
         image_sha256 (`dict[str, str]`, *optional*): content hash of image files already known (the image
             fetcher's manifest records them), so those files are not read to be hashed.
         batch_size (`int`, *optional*, defaults to 64): inputs per encoder call.
@@ -315,7 +349,10 @@ def build_embedding_cache(
     state = state if state is not None else _process_state()
     cache_dir = Path(cache_dir)
     if encoder is None:
-        encoder = MMGLNeighborEncoder.from_settings(model_name, pretrained, model_config)
+        encoder = MMGLNeighborEncoder.from_settings(
+            model_name, pretrained, model_config, text_encoder=text_encoder, text_pooling=text_pooling,
+            text_max_length=text_max_length,
+        )
     encoder.to(device if device is not None else state.device)  # in place (a wrapper around it stays in use)
     identity = encoder.identity(getattr(encoder, "pretrained", pretrained))
     image_processor = clip_image_processor(encoder.name, encoder.model_config)
@@ -334,10 +371,7 @@ def build_embedding_cache(
     common = dict(rank=state.process_index, world=state.num_processes, batch_size=batch_size,
                   shard_size=shard_size, dtype=_DTYPES[storage], progress=progress)
     text_items, _ = _unique_by_key(texts, text_key, "text")
-    summary = {"text": _embed_kind(
-        cache, "text", text_items,
-        lambda batch: ([key for key, _ in batch], encoder.embed_texts([text for _, text in batch])),
-        **common)}
+    summary = {"text": _embed_kind(cache, "text", text_items, _text_batch_encoder(encoder, text_tokenizer), **common)}
     known = image_sha256 or {}
     image_items, unreadable = _unique_by_key(
         image_paths, lambda path: known.get(os.fspath(path)) or image_key(path), "image file")
@@ -419,6 +453,13 @@ def main(argv=None) -> int:
                         help="open_clip pretrained tag or local checkpoint; 'none' for the seeded random init")
     parser.add_argument("--neighbor_encoder_config", default=None,
                         help="JSON file of a full open_clip model config (custom / tiny encoders)")
+    parser.add_argument("--text_neighbor_encoder", default=None,
+                        help="Hugging Face text model (hub id or folder) that encodes the texts instead of open_clip's "
+                        "text tower, as run_summarization.py (ignored with a warning where no text neighbour is an embedding)")
+    parser.add_argument("--text_neighbor_pooling", default="mean", choices=TEXT_NEIGHBOR_POOLINGS,
+                        help="with --text_neighbor_encoder: first token (cls), mean of real tokens, or the model's pooler")
+    parser.add_argument("--text_neighbor_max_length", type=int, default=512,
+                        help="with --text_neighbor_encoder: tokens read per text (longer texts are truncated)")
     parser.add_argument("--batch_size", type=int, default=64, help="inputs per encoder call")
     parser.add_argument("--shard_size", type=int, default=4096, help="rows per shard (a kill loses at most one shard)")
     parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES), help="storage dtype of the vectors")
@@ -434,6 +475,11 @@ def main(argv=None) -> int:
     from processing.token_cache import table_fingerprint
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_text_neighbor_encoder(args.neighbor_encoding, args.context, args.text_neighbor_encoder)
+    except ValueError as err:  # as run_summarization.py: one flag for every design of a study
+        logger.warning("--text_neighbor_encoder ignored: %s", err)
+        args.text_neighbor_encoder = None
     model_config = None
     if args.neighbor_encoder_config:
         model_config = json.loads(Path(args.neighbor_encoder_config).read_text(encoding="utf-8"))
@@ -445,7 +491,10 @@ def main(argv=None) -> int:
     )
     if inputs.missing_images:
         logger.warning("%d image references have no file in %s (masked in training)", inputs.missing_images, args.image_dir)
-    encoder = MMGLNeighborEncoder.from_settings(args.neighbor_encoder_name, pretrained, model_config)
+    encoder = MMGLNeighborEncoder.from_settings(
+        args.neighbor_encoder_name, pretrained, model_config, text_encoder=args.text_neighbor_encoder,
+        text_pooling=args.text_neighbor_pooling, text_max_length=args.text_neighbor_max_length,
+    )
     cache = build_embedding_cache(
         args.cache_dir, texts=inputs.texts, image_paths=inputs.image_files, encoder=encoder,
         image_sha256=inputs.image_sha256, batch_size=args.batch_size, device=args.device,

@@ -29,6 +29,9 @@ CONFIG_FIELDS = {
     "lpe_k": "lpe_k",
     "gnn_type": "gnn_type",
     "gnn_num_layers": "gnn_num_layers",
+    "text_neighbor_encoder": "text_neighbor_encoder",
+    "text_neighbor_pooling": "text_neighbor_pooling",
+    "text_neighbor_max_length": "text_neighbor_max_length",
 }
 # Command-line argument -> key in processor_config.json (how inputs are built).
 PROCESSOR_FIELDS = {

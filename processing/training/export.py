@@ -11,14 +11,27 @@ from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
     """Put ``encoder`` (the frozen encoder that filled the embedding cache) into ``model``, so that the model also
     takes raw neighbour texts and images (the pipeline without a cache) and encodes them exactly as the cache
-    did. The model's config records the encoder."""
-    model.config.neighbor_encoder_name = encoder.name
-    model.config.neighbor_encoder_pretrained = getattr(encoder, "pretrained", None)
-    model.config.neighbor_encoder_config = dict(encoder.model_config)
-    model.config.embedding_cache_encoder = None  # the encoder is inside now: one record of it
+    did. The model's config records the encoder, and a Hugging Face text encoder's architecture (its weights go
+    into the model's state dict, its tokenizer is saved with the processor)."""
+    config = model.config
+    config.neighbor_encoder_name = encoder.name
+    config.neighbor_encoder_pretrained = getattr(encoder, "pretrained", None)
+    config.neighbor_encoder_config = dict(encoder.model_config)
+    config.embedding_cache_encoder = None  # the encoder is inside now: one record of it
+    text_model = encoder.text_model
+    if text_model is not None:
+        wanted = (config.text_neighbor_encoder, config.text_neighbor_pooling, config.text_neighbor_max_length)
+        given = (text_model.name, text_model.pooling, text_model.max_length)
+        if wanted != given:
+            raise ValueError(f"the model encodes text neighbours with (text_neighbor_encoder, pooling, max_length) "
+                             f"{wanted} but the encoder to attach with {given}")
+        config.text_neighbor_encoder_config = text_model.config_dict()  # built from it: no second download
+    elif config.text_neighbor_encoder is not None:
+        raise ValueError(f"the model encodes text neighbours with {config.text_neighbor_encoder!r} but the encoder "
+                         "to attach has no Hugging Face text encoder")
     if model.neighbor_encoder is None:
-        model.neighbor_encoder = MMGLNeighborEncoder(model.config)
-    model.neighbor_encoder.model.load_state_dict(encoder.model.state_dict())
+        model.neighbor_encoder = MMGLNeighborEncoder(config)
+    model.neighbor_encoder.load_state_dict(encoder.state_dict())
     return model
 
 

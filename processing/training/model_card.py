@@ -39,6 +39,10 @@ def write_model_card(output_dir, model_args, mmgl_args, data_args, metrics, trai
         encoder = (mmgl_args.neighbor_encoder_name, mmgl_args.neighbor_encoder_pretrained, None)
     design = [f"- {name}: `{getattr(mmgl_args, name)}`" for name in DESIGN_FIELDS if hasattr(mmgl_args, name)]
     design += [f"- max_source_length: `{data_args.max_source_length}`; max_target_length: `{data_args.max_target_length}`"]
+    text_encoder = []
+    if getattr(mmgl_args, "text_neighbor_encoder", None) is not None:
+        text_encoder = [f"- frozen text neighbour encoder (Hugging Face): `{mmgl_args.text_neighbor_encoder}`, "
+                        f"{mmgl_args.text_neighbor_pooling} pooling, {mmgl_args.text_neighbor_max_length} tokens"]
     training = []
     if training_args is not None:
         world = getattr(training_args, "world_size", 1) or 1
@@ -59,7 +63,8 @@ def write_model_card(output_dir, model_args, mmgl_args, data_args, metrics, trai
         "Writes the first sentence of a Wikipedia section from its multimodal neighbours (WikiWeb2M section "
         "summarization; Multimodal Graph Learning, Yoon et al. 2023).", "",
         "## Design", "", f"- base model: `{base}`", *design,
-        f"- frozen neighbour encoder: {encoder_description(*encoder)}", "",
+        f"- frozen neighbour encoder: {encoder_description(*encoder)}",
+        *text_encoder, "",
         *training,
         "## Data", "",
         f"- files: `{data_args.train_files}`; split: "
