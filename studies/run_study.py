@@ -149,6 +149,16 @@ class _Formatter(string.Formatter):
     def __init__(self, variables: dict):
         self.variables = variables
 
+    def parse(self, format_string):
+        # "{package_dir:MODULE}" is one placeholder; str.format would read "MODULE" as a format spec.
+        for literal, field_name, spec, conversion in super().parse(format_string):
+            if field_name == "package_dir" and spec:
+                field_name, spec = f"package_dir:{spec}", ""
+            yield literal, field_name, spec, conversion
+
+    def get_field(self, field_name, args, kwargs):
+        return self.get_value(field_name, args, kwargs), field_name  # no attribute / index lookups ("a.b")
+
     def get_value(self, key, args, kwargs):
         if isinstance(key, str) and key.startswith("package_dir:"):
             module = key.split(":", 1)[1]

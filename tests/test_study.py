@@ -235,3 +235,15 @@ def test_controlled_pages_plant_each_cause():
                 ranks.add(ranking.index(children[0]) - min(ranking.index(j) for j in decoys + children))
     # the right Stalls section is not always the first Stalls section in neighbour order
     assert len(ranks) >= 2 and any(r > 0 for r in ranks)
+
+
+def test_package_dir_placeholder_names_the_installed_package(tmp_path):
+    # "{package_dir:MODULE}" is the folder of an installed package (str.format alone would take MODULE for a format
+    # spec and drop the argument); an argument naming a package that is not installed is left out.
+    import json as json_module
+
+    variables = {"output_dir": str(tmp_path)}
+    folder = Path(json_module.__file__).parent
+    assert run_study._args_to_list({"--model": "{package_dir:json}/model"}, variables) == ["--model", f"{folder}/model"]
+    assert run_study._args_to_list({"--model": "{package_dir:no_such_package_here}/m"}, variables) == []
+    assert run_study._args_to_list({"--out": "{output_dir}/x"}, variables) == ["--out", f"{tmp_path}/x"]
