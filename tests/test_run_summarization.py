@@ -318,7 +318,7 @@ def test_token_cache_file_is_reused(sample_dir, tmp_path, monkeypatch):
     """--token_cache_file: the first run writes every text's ids; the next run tokenises nothing the file holds."""
     from processing.processing_mmgl import MMGLProcessor
 
-    cache_file = tmp_path / "tokens.npz"
+    cache_file = tmp_path / "tokens.bin"
     args = base_args(sample_dir, tmp_path / "out")
     args[args.index("--max_steps") + 1] = "1"
     args += ["--context", "all", "--neighbor_encoding", "sa_te", "--token_cache_file", str(cache_file)]
