@@ -203,10 +203,11 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
     try:
         check_text_neighbor_encoder(mmgl_args.neighbor_encoding, mmgl_args.context, mmgl_args.text_neighbor_encoder)
     except ValueError as err:
-        # A study passes one --text_neighbor_encoder to every cell: where it cannot apply it is dropped, loudly, and
-        # the model's config records none.
-        logger.warning(f"--text_neighbor_encoder ignored: {err}.")
-        mmgl_args.text_neighbor_encoder = None
+        # A study passes one --text_neighbor_encoder to every cell: where it cannot apply the model does without
+        # it, loudly, and its config records none; the embedding cache still records it (`cache_text_encoder`),
+        # so designs with and without text neighbours share one cache.
+        logger.warning(f"--text_neighbor_encoder ignored by the model: {err}; the embedding cache records it.")
+        mmgl_args.cache_text_encoder, mmgl_args.text_neighbor_encoder = mmgl_args.text_neighbor_encoder, None
     has_slots = has_neighbor_slots(mmgl_args.neighbor_encoding, mmgl_args.context)
     if mmgl_args.position_encoding != "none" and not has_slots:
         raise ValueError(
@@ -575,12 +576,14 @@ def main(argv=None):
     # The frozen encoder (the one wrapper): it fills the embedding cache and is the model's in-model encoder, so
     # cached and raw neighbours give the same embeddings.
     needs_encoder = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context) != "none"
+    text_encoder = mmgl_args.text_neighbor_encoder or getattr(mmgl_args, "cache_text_encoder", None)
     encoder = MMGLNeighborEncoder.from_settings(
-        encoder_name, encoder_pretrained, encoder_config, text_encoder=mmgl_args.text_neighbor_encoder,
+        encoder_name, encoder_pretrained, encoder_config, text_encoder=text_encoder,
         text_pooling=mmgl_args.text_neighbor_pooling, text_max_length=mmgl_args.text_neighbor_max_length,
     ) if needs_encoder else None
     switches = mmgl_config_kwargs(mmgl_args, encoder_model_config["embed_dim"], processor.neighbor_token_id,
-                                  text_dim=encoder.text_embed_dim if encoder is not None else None)
+                                  text_dim=encoder.text_embed_dim if encoder is not None and mmgl_args.text_neighbor_encoder
+                                  else None)
     embedding_cache = None
     if needs_encoder and mmgl_args.embedding_cache_dir:
         embedding_cache = build_embedding_cache(

@@ -76,8 +76,9 @@ _SAFETENSORS_DTYPES = {"float16": ("F16", np.float16), "bfloat16": ("BF16", np.u
 # encoder exactly (a moved checkpoint file is the same encoder; two random inits are not).
 # A Hugging Face text neighbour encoder adds its own hashes, pooling, max length and width (all `None` when
 # open_clip's text tower encodes the texts, as in caches written before these fields existed).
+IMAGE_IDENTITY_FIELDS = ("config_sha256", "weights_sha256", "embed_dim")  # the open_clip encoder's
 ENCODER_IDENTITY_FIELDS = (
-    "config_sha256", "weights_sha256", "embed_dim",
+    *IMAGE_IDENTITY_FIELDS,
     "text_config_sha256", "text_weights_sha256", "text_pooling", "text_max_length", "text_embed_dim",
 )
 
@@ -565,11 +566,14 @@ class EmbeddingCache:
             self._maps.popitem(last=False)
         return mapped
 
-    def check_encoder(self, identity: dict, owner: str = "this model") -> None:
+    def check_encoder(self, identity: dict, owner: str = "this model", texts: bool = True) -> None:
         """Refuse embeddings of another encoder: raise `EncoderMismatchError` naming both when ``identity``
-        (`MMGLNeighborEncoder.identity`) differs from the cache's in config, weights or width."""
+        (`MMGLNeighborEncoder.identity`) differs from the cache's in config, weights or width. ``texts=False``: the
+        reader uses only image embeddings (a design without text neighbours), so only the open_clip encoder's
+        fields must agree, not those of a Hugging Face text encoder."""
+        fields = ENCODER_IDENTITY_FIELDS if texts else IMAGE_IDENTITY_FIELDS
         diffs = [f"{field}: cache {self.config.get(field)!r}, {owner} {identity.get(field)!r}"
-                 for field in ENCODER_IDENTITY_FIELDS if self.config.get(field) != identity.get(field)]
+                 for field in fields if self.config.get(field) != identity.get(field)]
         if diffs:
             raise EncoderMismatchError(
                 f"embedding cache {self.cache_dir} holds embeddings of encoder {encoder_description(self.config)}, "
@@ -580,6 +584,7 @@ class EmbeddingCache:
 __all__ = [
     "CONFIG_NAME",
     "ENCODER_IDENTITY_FIELDS",
+    "IMAGE_IDENTITY_FIELDS",
     "INDEX_NAME",
     "CorruptIndexError",
     "CorruptShardError",

@@ -156,7 +156,8 @@ class MMGLSummarizationPipeline(Pipeline):
                                               text_embed_dim=opened.text_embed_dim)
             encoder = self._neighbor_encoder()
             if encoder is not None:
-                opened.check_encoder(encoder.identity(), owner="the model's neighbor_encoder")
+                opened.check_encoder(encoder.identity(), owner="the model's neighbor_encoder",
+                                     texts=self.processor.has_text_slots)
             self._embedding_caches[key] = opened
         return self._embedding_caches[key]
 

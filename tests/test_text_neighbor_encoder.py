@@ -270,7 +270,8 @@ def test_designs_without_text_slots_ignore_a_text_encoder_with_a_warning(tiny_be
                                                                           caplog):
     """SA-TE writes neighbour texts as LM tokens (and section_only has none): a text encoder would do nothing. The
     processor refuses it; the script and the cache builder, which a study calls with one flag for every design,
-    drop it with a warning, so neither the model's config nor the cache records it."""
+    warn and keep it out of the model's config, but the cache still records it, so that designs with and without
+    text neighbours share one cache."""
     from transformers import HfArgumentParser, TrainingArguments
 
     with pytest.raises(ValueError, match="SA-TE writes neighbour texts as LM tokens"):
@@ -286,8 +287,8 @@ def test_designs_without_text_slots_ignore_a_text_encoder_with_a_warning(tiny_be
         caplog.clear()
         with caplog.at_level("WARNING", logger="run_summarization"):
             run_summarization.validate_arguments(*groups)
-        assert groups[1].text_neighbor_encoder is None
-        assert f"--text_neighbor_encoder ignored: text_neighbor_encoder '{tiny_bert_dir}'" in caplog.text
+        assert groups[1].text_neighbor_encoder is None and groups[1].cache_text_encoder == tiny_bert_dir
+        assert f"--text_neighbor_encoder ignored by the model: text_neighbor_encoder '{tiny_bert_dir}'" in caplog.text
         assert reason in caplog.text
         config = run_summarization.mmgl_config_kwargs(groups[1], 32, 99)
         assert config["text_neighbor_encoder"] is None
@@ -299,9 +300,42 @@ def test_designs_without_text_slots_ignore_a_text_encoder_with_a_warning(tiny_be
         builder.main([str(sample / "wikiweb2m-sample.tfrecord.gz"), str(tmp_path / "cache"), "--image_dir",
                       str(sample / "images"), "--neighbor_encoding", "sa_te", "--neighbor_encoder_config",
                       str(TINY_CLIP_JSON), "--neighbor_encoder_pretrained", "none", "--text_neighbor_encoder",
-                      tiny_bert_dir, "--no_progress"])
-    assert "--text_neighbor_encoder ignored" in caplog.text
-    assert EmbeddingCache(tmp_path / "cache").config["text_encoder"] is None
+                      tiny_bert_dir, "--text_neighbor_max_length", "64", "--no_progress"])
+    assert "--text_neighbor_encoder encodes nothing here" in caplog.text
+    cache = EmbeddingCache(tmp_path / "cache")
+    assert cache.config["text_encoder"] == tiny_bert_dir and cache.count("text") == 0 and cache.count("image") > 0
+
+
+def test_designs_with_and_without_text_neighbours_share_one_cache(tiny_bert_dir, tmp_path):
+    """A study's order: SA-TE first (no text neighbour: the flag is ignored by the model), then SA-E with the same
+    --text_neighbor_encoder and --embedding_cache_dir. The SA-E run adds the text embeddings to the SA-TE run's
+    cache (same encoders) instead of being refused; each exported model carries what its design reads, and the
+    pipeline's cache check of the SA-TE model compares only the image encoder."""
+    sample = tmp_path / "sample"
+    generate_sample(sample, num_pages=12, seed=0)
+    cache_dir = tmp_path / "shared_cache"
+
+    def train(name, encoding):
+        args = base_args(sample, tmp_path / name)
+        args[args.index("--max_steps") + 1] = "1"
+        args[args.index("--embedding_cache_dir") + 1] = str(cache_dir)
+        run_summarization.main(args + ["--context", "all", "--neighbor_encoding", encoding,
+                                       "--text_neighbor_encoder", tiny_bert_dir, "--text_neighbor_max_length", "64"])
+        return MMGLForConditionalGeneration.from_pretrained(tmp_path / name)
+
+    sa_te = train("sa_te", "sa_te")
+    after_sa_te = EmbeddingCache(cache_dir)
+    assert after_sa_te.count("text") == 0 and after_sa_te.config["text_encoder"] == tiny_bert_dir
+    assert sa_te.config.text_neighbor_encoder is None and sa_te.neighbor_encoder.text_model is None
+    sa_e = train("sa_e", "sa_e")
+    cache = EmbeddingCache(cache_dir)
+    assert cache.count("text") > 0 and cache.count("image") == after_sa_te.count("image")
+    cache.check_encoder(sa_e.neighbor_encoder.identity())  # the SA-E model reads texts: every field agrees
+    with pytest.raises(EncoderMismatchError, match="text_encoder|text_config_sha256"):
+        cache.check_encoder(sa_te.neighbor_encoder.identity())  # as a text reader it would not match...
+    cache.check_encoder(sa_te.neighbor_encoder.identity(), texts=False)  # ...as the image reader it is, it does
+    torch.testing.assert_close(sa_te.neighbor_encoder.model.state_dict()["visual.conv1.weight"],
+                               sa_e.neighbor_encoder.model.state_dict()["visual.conv1.weight"], atol=0, rtol=0)
 
 
 def test_training_from_a_text_encoder_cache_exports_the_encoder(tiny_bert_dir, tmp_path):

@@ -478,8 +478,8 @@ def main(argv=None) -> int:
     try:
         check_text_neighbor_encoder(args.neighbor_encoding, args.context, args.text_neighbor_encoder)
     except ValueError as err:  # as run_summarization.py: one flag for every design of a study
-        logger.warning("--text_neighbor_encoder ignored: %s", err)
-        args.text_neighbor_encoder = None
+        # Nothing is encoded with it, but the cache records it, so designs that read text neighbours share the cache.
+        logger.warning("--text_neighbor_encoder encodes nothing here: %s; the cache records it", err)
     model_config = None
     if args.neighbor_encoder_config:
         model_config = json.loads(Path(args.neighbor_encoder_config).read_text(encoding="utf-8"))

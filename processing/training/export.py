@@ -18,7 +18,9 @@ def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
     config.neighbor_encoder_pretrained = getattr(encoder, "pretrained", None)
     config.neighbor_encoder_config = dict(encoder.model_config)
     config.embedding_cache_encoder = None  # the encoder is inside now: one record of it
-    text_model = encoder.text_model
+    # A design without text neighbours (SA-TE, section_only) records no text encoder: the model carries only the
+    # open_clip part of an encoder that also has one (the cache records it for the designs that read texts).
+    text_model = encoder.text_model if config.text_neighbor_encoder is not None else None
     if text_model is not None:
         wanted = (config.text_neighbor_encoder, config.text_neighbor_pooling, config.text_neighbor_max_length)
         given = (text_model.name, text_model.pooling, text_model.max_length)
@@ -26,12 +28,15 @@ def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
             raise ValueError(f"the model encodes text neighbours with (text_neighbor_encoder, pooling, max_length) "
                              f"{wanted} but the encoder to attach with {given}")
         config.text_neighbor_encoder_config = text_model.config_dict()  # built from it: no second download
-    elif config.text_neighbor_encoder is not None:
+    elif config.text_neighbor_encoder is not None and encoder.text_model is None:
         raise ValueError(f"the model encodes text neighbours with {config.text_neighbor_encoder!r} but the encoder "
                          "to attach has no Hugging Face text encoder")
     if model.neighbor_encoder is None:
         model.neighbor_encoder = MMGLNeighborEncoder(config)
-    model.neighbor_encoder.load_state_dict(encoder.state_dict())
+    if text_model is None:
+        model.neighbor_encoder.model.load_state_dict(encoder.model.state_dict())
+    else:
+        model.neighbor_encoder.load_state_dict(encoder.state_dict())
     return model
 
 
