@@ -576,7 +576,9 @@ def main(argv=None):
     # The frozen encoder (the one wrapper): it fills the embedding cache and is the model's in-model encoder, so
     # cached and raw neighbours give the same embeddings.
     needs_encoder = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context) != "none"
-    text_encoder = mmgl_args.text_neighbor_encoder or getattr(mmgl_args, "cache_text_encoder", None)
+    # A text encoder the model ignores is loaded only to name the embedding cache's encoder (see validate_arguments).
+    cache_text_encoder = getattr(mmgl_args, "cache_text_encoder", None) if mmgl_args.embedding_cache_dir else None
+    text_encoder = mmgl_args.text_neighbor_encoder or cache_text_encoder
     encoder = MMGLNeighborEncoder.from_settings(
         encoder_name, encoder_pretrained, encoder_config, text_encoder=text_encoder,
         text_pooling=mmgl_args.text_neighbor_pooling, text_max_length=mmgl_args.text_neighbor_max_length,
