@@ -31,12 +31,19 @@ def laplacian_eigenvectors(edge_index: torch.Tensor, num_nodes: int, k: int) -> 
     Returns:
         `torch.FloatTensor` of shape `(num_nodes, k)`.
     """
-    pe = torch.zeros(num_nodes, k)
-    if num_nodes < 2:
-        return pe
     # Page graphs have a handful of nodes: a dense float64 Laplacian is exact and cheap.
     adjacency = torch.zeros(num_nodes, num_nodes, dtype=torch.float64)
     adjacency[edge_index[0].long().cpu(), edge_index[1].long().cpu()] = 1.0
+    return _dense_eigenvectors(adjacency, k)
+
+
+def _dense_eigenvectors(adjacency: torch.Tensor, k: int) -> torch.Tensor:
+    """`laplacian_eigenvectors` of a dense `(n, n)` adjacency (any values > 0 are edges; made symmetric)."""
+    num_nodes = adjacency.shape[0]
+    pe = torch.zeros(num_nodes, k)
+    if num_nodes < 2:
+        return pe
+    adjacency = (adjacency > 0).to(torch.float64)
     adjacency = torch.maximum(adjacency, adjacency.t()).fill_diagonal_(0.0)
     degree = adjacency.sum(dim=1)
     inv_sqrt_degree = torch.where(degree > 0, degree.clamp(min=1e-12).rsqrt(), torch.zeros_like(degree))
@@ -59,8 +66,7 @@ def slot_laplacian_eigenvectors(adjacency: torch.Tensor, slot_mask: Sequence[int
     """
     real = torch.as_tensor(list(slot_mask), dtype=torch.bool).nonzero(as_tuple=True)[0]
     out = torch.zeros(adjacency.shape[0], k)
-    sub_adjacency = adjacency[real][:, real]
-    out[real] = laplacian_eigenvectors(sub_adjacency.nonzero().t(), len(real), k)
+    out[real] = _dense_eigenvectors(adjacency[real][:, real], k)  # the slot graph is dense already
     return out
 
 

@@ -7,12 +7,11 @@ import torch
 from PIL import Image
 
 from processing.data.bpe_tokenizer import train_bpe_tokenizer
-from processing.image_source import clip_image_processor
 from processing.neighbor_selection import section_ranking
 from processing.page_graph import PageGraph
 from processing.processing_mmgl import MMGLProcessor
 from processing.sa_te_layout import SectionGroup, sa_te_groups
-from tests.modeling_helpers import TINY_CLIP
+from tests.test_processor import image_processor  # noqa: F401
 
 K = 3  # placeholders per image
 
@@ -42,11 +41,6 @@ def hand_page():
 def tokenizer():
     texts = [DESCRIPTION] + [s[1] for s in SECTIONS] + [c for s in SECTIONS for _, c in s[3]] + ["Context: Section: Summary:"] * 3
     return train_bpe_tokenizer(texts, vocab_size=400)
-
-
-@pytest.fixture(scope="module")
-def image_processor():
-    return clip_image_processor("ViT-B-32", TINY_CLIP)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from processing.processing_mmgl import MMGLProcessor
 from processing.text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, load_text_neighbor_tokenizer, text_neighbor_ids
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from tests.modeling_helpers import TINY_CLIP, TINY_OPT
+from tests.test_compatibility import page
 from tests.test_run_summarization import TINY_CLIP_JSON, base_args
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,17 +72,6 @@ def tiny_bert_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm_tokenizer():
     return train_bpe_tokenizer(CORPUS * 4, vocab_size=300)
-
-
-def page(image_path):
-    return {
-        "title": "Cats",
-        "description": "Cats are small animals.",
-        "sections": [
-            {"title": "Intro", "text": "Cats purr. They sleep a lot."},
-            {"title": "Looks", "text": "Cats have fur. It is soft.", "images": [{"path": str(image_path), "caption": "a cat"}]},
-        ],
-    }
 
 
 def processor_for(tokenizer, text_encoder, max_length=512, **kwargs):
