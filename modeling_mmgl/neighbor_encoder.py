@@ -119,15 +119,17 @@ class MMGLNeighborEncoder(nn.Module):
         return open_clip.get_tokenizer(self.name or "ViT-B-32", context_length=self.context_length)
 
     @torch.no_grad()
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """`(n, D)` float32 CPU embeddings of raw texts, tokenised here with open_clip's tokenizer as the processor
-        would. A Hugging Face text encoder's texts are tokenised on the processing side (`text_neighbor_ids`)."""
+    def embed_texts(self, texts: list[str], tokenize=None) -> torch.Tensor:
+        """`(n, D)` float32 CPU embeddings of raw texts, tokenised with open_clip's tokenizer (or ``tokenize(texts)``:
+        the embedding-cache builder passes the processor's `clip_text_ids`, the same ids for less CPU). A Hugging Face
+        text encoder's texts are tokenised on the processing side (`text_neighbor_ids`)."""
         if self.text_model is not None:
             raise TypeError(
                 f"text neighbours are encoded by {self.text_model.name!r}: tokenise them with "
                 "processing.text_neighbor_tokens.text_neighbor_ids and call encode_text"
             )
-        return self.encode_text(self.tokenizer(list(texts))).float().cpu()
+        ids = tokenize(list(texts)) if tokenize is not None else self.tokenizer(list(texts))
+        return self.encode_text(ids).float().cpu()
 
     def identity(self, pretrained: str | None = None) -> dict:
         """What identifies the encoder exactly (an embedding cache refuses embeddings of another): the config and

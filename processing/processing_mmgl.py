@@ -85,7 +85,7 @@ from .image_source import (
 from .neighbor_selection import NeighborInputs, NeighborSelection, collect_neighbor_inputs, select_neighbors, target_input
 from .page_graph import PageGraph, PageGraphIndex, is_page_graph
 from .sa_te_layout import sa_te_groups
-from .text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, load_text_neighbor_tokenizer, text_neighbor_ids
+from .text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
 from .token_cache import MMGLTokenCache, tokenizer_fingerprint
 
 NEIGHBOR_TOKEN = "<neighbor>"
@@ -399,16 +399,23 @@ class MMGLProcessor(ProcessorMixin):
     def _encode_lm(self, texts: Sequence[str]) -> list[np.ndarray]:
         # " " + text: segments then join like words of one running text under byte-level BPE.
         # split_special_tokens: a literal "<neighbor>" or "</s>" in page text stays plain text.
-        encoded = self.tokenizer(
-            [" " + t for t in texts], add_special_tokens=False, split_special_tokens=True
-        )["input_ids"]
+        prefixed = [" " + t for t in texts]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            # The Rust tokenizer directly, without the offsets `tokenizer(...)` computes and drops: the same
+            # ids (what `tokenizer(...)` itself calls, as it sets encode_special_tokens for
+            # split_special_tokens) for ~20% less CPU, the bulk of building a token store.
+            backend.encode_special_tokens = True
+            encoded = [e.ids for e in backend.encode_batch_fast(prefixed, add_special_tokens=False)]
+        else:
+            encoded = self.tokenizer(prefixed, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return [np.asarray(ids, dtype=np.int64) for ids in encoded]
 
     def _encode_clip(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Text neighbour encoder ids (open_clip's, or the Hugging Face encoder's: `text_neighbor_ids`)."""
         if self.text_neighbor_encoder is not None:
             return list(text_neighbor_ids(self.text_neighbor_tokenizer, texts, self.text_neighbor_max_length))
-        return list(self.clip_tokenizer(list(texts)).long())
+        return list(clip_text_ids(self.clip_tokenizer, texts))
 
     def _lm_ids_many(self, texts: Sequence[str]) -> list[np.ndarray]:
         """OPT ids of several texts (each as ``" " + text``)."""

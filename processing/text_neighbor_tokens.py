@@ -1,7 +1,7 @@
-"""The ONE tokenisation of text neighbours for a Hugging Face text neighbour encoder
-(`MMGLConfig.text_neighbor_encoder`): the processor (raw ``text_neighbor_input_ids``) and the embedding-cache builder
-both call `text_neighbor_ids`, and the model's `MMGLTextNeighborEncoder` pools what it returns, so a cached text
-embedding equals the in-model one.
+"""The ONE tokenisation of text neighbours: `text_neighbor_ids` for a Hugging Face text neighbour encoder
+(`MMGLConfig.text_neighbor_encoder`), `clip_text_ids` for open_clip's text tower. The processor (raw
+``text_neighbor_input_ids``) and the embedding-cache builder both call them, and the model encodes what they return,
+so a cached text embedding equals the in-model one.
 
 This file is Hub-loadable: it imports installed packages only.
 """
@@ -43,4 +43,27 @@ def text_neighbor_ids(tokenizer, texts: Sequence[str], max_length: int) -> torch
     return encoded["input_ids"].long()
 
 
-__all__ = ["TEXT_NEIGHBOR_TOKENIZER_DIR", "load_text_neighbor_tokenizer", "text_neighbor_ids"]
+def clip_text_ids(tokenizer, texts: Sequence[str]) -> torch.LongTensor:
+    """`(n, context_length)` open_clip ids of ``texts``: exactly ``tokenizer(texts)``. For open_clip's own BPE
+    tokenizer (`SimpleTokenizer`, truncating) each text's words are encoded only until its context is full, since
+    the rest is cut anyway: a section has ~200 words and the context ~75, so a data set's texts tokenise in a
+    fraction of the CPU (the cleaning still sees the whole text, so the ids do not change)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    if type(tokenizer) is not SimpleTokenizer or tokenizer.reduction_fn is not None:
+        return tokenizer(list(texts)).long()
+    length, sot, eot = tokenizer.context_length, tokenizer.sot_token_id, tokenizer.eot_token_id
+    result = torch.zeros(len(texts), length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        ids = [sot]
+        for word in tokenizer.pat.finditer(tokenizer.clean_fn(text)):  # `SimpleTokenizer.encode`, stopping early
+            word = "".join(tokenizer.byte_encoder[b] for b in word.group().encode("utf-8"))
+            ids.extend(tokenizer.encoder[piece] for piece in tokenizer.bpe(word).split(" "))
+            if len(ids) >= length:
+                break
+        ids = ids[: length - 1] + [eot]  # `SimpleTokenizer.__call__`'s truncation: the last id becomes the end token
+        result[row, : len(ids)] = torch.tensor(ids)
+    return result
+
+
+__all__ = ["TEXT_NEIGHBOR_TOKENIZER_DIR", "clip_text_ids", "load_text_neighbor_tokenizer", "text_neighbor_ids"]

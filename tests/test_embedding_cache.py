@@ -82,10 +82,10 @@ class Spy:
         if self.die_on_call is not None and self.calls >= self.die_on_call:
             raise RuntimeError("simulated kill")
 
-    def embed_texts(self, texts):
+    def embed_texts(self, texts, tokenize=None):
         self._tick()
         self.texts.extend(texts)
-        return self.encoder.embed_texts(texts)
+        return self.encoder.embed_texts(texts, tokenize)
 
     def encode_image(self, pixels):
         self._tick()

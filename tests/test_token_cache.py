@@ -169,7 +169,8 @@ def test_token_cache_damaged_file_is_detected(tokenizer, image_processor, tmp_pa
 
 
 def test_token_cache_equals_plain_tokenisation_on_real_pages(realwiki_dir, tokenizer, image_processor, tmp_path):
-    """Every text of the real pages: the store's ids equal the tokenizer's."""
+    """Every text of the real pages: the store's ids equal the tokenizer's own call (`tokenizer(...)`; the
+    store is built through the Rust tokenizer's offset-free batch call)."""
     from processing.data.wikiweb2m import iter_pages
 
     pages = [PageGraph.coerce(row) for row in iter_pages(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz"))]
@@ -181,10 +182,44 @@ def test_token_cache_equals_plain_tokenisation_on_real_pages(realwiki_dir, token
     for graph in pages:
         lm_texts, clip_texts = _all_texts(processor, graph)
         lm_texts += [node.text for node in graph.nodes if node.text]
-        for text, ids in zip(lm_texts, processor._encode_lm(lm_texts)):
-            assert np.array_equal(loaded.get("lm", text), ids), (graph.page_id, text[:40])
-        for text, ids in zip(clip_texts, processor._encode_clip(clip_texts)):
+        plain = tokenizer([" " + text for text in lm_texts], add_special_tokens=False, split_special_tokens=True)
+        for text, ids in zip(lm_texts, plain["input_ids"]):
+            assert loaded.get("lm", text).tolist() == ids, (graph.page_id, text[:40])
+        for text, ids in zip(clip_texts, processor.clip_tokenizer(clip_texts)):  # open_clip's own call
             assert torch.equal(loaded.get("clip", text), ids), (graph.page_id, text[:40])
+
+
+def test_lm_ids_equal_the_tokenizer_call_for_special_words_and_any_backend_setting(tokenizer, image_processor):
+    """Literal special tokens in page text stay plain text on the fast path, and a tokenizer whose backend
+    truncates or pads (a saved setting) still gives every id, as `tokenizer(...)` without either does."""
+    processor = make_processor(tokenizer, image_processor, "all", "sa_te")
+    texts = ["a <neighbor> in the text", "ends with </s>", "plain words " * 40, ""]
+    expected = tokenizer([" " + t for t in texts], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert [ids.tolist() for ids in processor._encode_lm(texts)] == expected
+    assert processor.neighbor_token_id not in expected[0]  # the literal is split, not the placeholder
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(8)
+    backend.enable_padding(length=256)
+    try:
+        assert [ids.tolist() for ids in processor._encode_lm(texts)] == expected
+    finally:
+        backend.no_truncation()
+        backend.no_padding()
+
+
+def test_clip_ids_stop_early_but_equal_open_clips_call_at_every_length(tokenizer, image_processor):
+    """`clip_text_ids` encodes words only until the context is full: the same ids as open_clip's tokenizer for
+    texts shorter than, exactly at, and longer than the context (HTML entities and mojibake cleaned as a whole)."""
+    from processing.text_neighbor_tokens import clip_text_ids
+
+    clip = make_processor(tokenizer, image_processor, "all", "sa_e").clip_tokenizer
+    words = [f"w{i} caf\u00c3\u00a9 &amp; it's" if i % 7 == 0 else f"word{i}," for i in range(300)]
+    texts = ["", "one", " ".join(words)] + [" ".join(words[:n]) for n in range(1, 30)] + ["x " * n for n in range(40)]
+    expected = clip(texts)
+    lengths = (expected != 0).sum(1)
+    assert lengths.min() <= 3 and (lengths == clip.context_length).sum() > 5  # short, and cut at the context
+    assert (lengths[3:] == clip.context_length - 1).any()  # one id short of the context: not cut
+    assert torch.equal(clip_text_ids(clip, texts), expected)
 
 
 class _Examples(torch.utils.data.Dataset):

@@ -59,7 +59,7 @@ from processing.embedding_cache import (
 )
 from processing.image_source import ImageDecodeError, ImageFolder, clip_image_processor, load_rgb_image, pixel_values
 from processing.neighbor_selection import collect_neighbor_inputs
-from processing.text_neighbor_tokens import load_text_neighbor_tokenizer, text_neighbor_ids
+from processing.text_neighbor_tokens import clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,10 @@ def _text_batch_encoder(encoder: MMGLNeighborEncoder, tokenizer=None) -> Callabl
     """Embeds a batch of (key, text) exactly as the model does: open_clip's tokenizer and text tower, or the
     Hugging Face text encoder on `text_neighbor_ids` (its tokenizer loaded at the first batch unless given)."""
     if encoder.text_model is None:
-        return lambda batch: ([key for key, _ in batch], encoder.embed_texts([text for _, text in batch]))
+        def tokenize(texts):  # as the processor does: the same ids as open_clip's call, less CPU
+            return clip_text_ids(encoder.tokenizer, texts)
+
+        return lambda batch: ([key for key, _ in batch], encoder.embed_texts([text for _, text in batch], tokenize))
     loaded = [tokenizer]
 
     def encode(batch):
