@@ -60,6 +60,7 @@ modeling code.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -82,7 +83,14 @@ from .image_source import (
     load_rgb_image,
     pixel_values,
 )
-from .neighbor_selection import NeighborInputs, NeighborSelection, collect_neighbor_inputs, select_neighbors, target_input
+from .neighbor_selection import (
+    NeighborInputs,
+    NeighborSelection,
+    collect_neighbor_inputs,
+    iter_neighbor_inputs,
+    select_neighbors,
+    target_input,
+)
 from .page_graph import PageGraph, PageGraphIndex, is_page_graph
 from .sa_te_layout import sa_te_groups
 from .text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
@@ -116,28 +124,30 @@ class _RuntimeState:
         return self
 
 
-_FORK_ENCODE = None  # the encoder a forked tokenisation worker calls (set just before the fork)
+_FORK_ENCODERS = None  # kind -> the encoder a forked tokenisation worker calls (set just before the fork)
 
 
-def _encode_in_worker(chunk):
-    return [np.asarray(ids, dtype=np.int64) for ids in _FORK_ENCODE(chunk)]
+def _encode_in_worker(task):
+    kind, chunk = task
+    return [np.asarray(ids) for ids in _FORK_ENCODERS[kind](chunk)]
 
 
-def _map_chunks(encode, chunks: list, num_proc: int | None):
-    """``encode`` over ``chunks``, in order: in this process, or in ``num_proc`` forked processes (the
-    tokenizers are inherited, not pickled)."""
-    global _FORK_ENCODE
+@contextlib.contextmanager
+def _chunk_mapper(encoders: Mapping[str, Any], num_proc: int | None):
+    """A function ``(kind, chunks) -> each chunk's ids, in order``: in this process, or in ``num_proc`` forked
+    processes started once for the whole build (the tokenizers are inherited, not pickled)."""
+    global _FORK_ENCODERS
     import multiprocessing
 
-    if not num_proc or num_proc <= 1 or len(chunks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        yield from map(encode, chunks)
+    if not num_proc or num_proc <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield lambda kind, chunks: map(encoders[kind], chunks)
         return
-    _FORK_ENCODE = encode
+    _FORK_ENCODERS = encoders
     try:
         with multiprocessing.get_context("fork").Pool(num_proc) as pool:
-            yield from pool.imap(_encode_in_worker, chunks)
+            yield lambda kind, chunks: pool.imap(_encode_in_worker, [(kind, chunk) for chunk in chunks])
     finally:
-        _FORK_ENCODE = None
+        _FORK_ENCODERS = None
 
 
 class MMGLProcessor(ProcessorMixin):
@@ -486,6 +496,7 @@ class MMGLProcessor(ProcessorMixin):
         show_progress: bool = True,
         fingerprint: str | None = None,
         num_proc: int | None = None,
+        block_pages: int = 4096,
     ) -> MMGLTokenCache:
         """Tokenise every unique text of ``pages`` once (batched) and use the ids from now on.
 
@@ -505,6 +516,8 @@ class MMGLProcessor(ProcessorMixin):
                 ``_fingerprint``); when the store already covers it for this configuration, nothing is
                 collected (a restart does no work per page), and after building it is recorded as covered.
             num_proc (`int`, *optional*): tokenise in this many processes (fork); default one.
+            block_pages (`int`, *optional*, defaults to 4096): pages whose texts are collected and tokenised at a
+                time (memory holds one block's texts; `prepare_token_cache` spills the ids to disk).
 
         Returns:
             `MMGLTokenCache`, also installed on the processor (it extends the current one if any: after
@@ -533,28 +546,37 @@ class MMGLProcessor(ProcessorMixin):
             graphs = pages.graphs()
         else:
             graphs = (PageGraph.coerce(page) for page in pages)
-        lm_texts: dict[str, None] = {}
-        clip_texts: dict[str, None] = {}
-        for graph in tqdm(graphs, desc="collecting texts", unit="page", disable=not show_progress):
-            for s in range(graph.num_sections):
-                if graph.summaries[s]:
-                    lm_texts[self.target_text(graph, s)] = None
-                    lm_texts[graph.summaries[s]] = None
-            for node in graph.nodes:
-                if node.text:
-                    if raw_neighbor_texts:
-                        lm_texts[node.text] = None
-                    if neighbor_input_ids:
-                        clip_texts[node.text] = None
-        for kind, wanted, encode in (("lm", lm_texts, self._encode_lm), ("clip", clip_texts, self._encode_clip)):
-            texts = cache.missing(kind, wanted)  # texts already stored are not tokenised again
-            del wanted
-            chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
-            progress = tqdm(total=len(chunks), desc=f"tokenizing ({kind})", unit="batch", disable=not show_progress or not texts)
-            for chunk, ids in zip(chunks, _map_chunks(encode, chunks, num_proc)):
-                cache.add(kind, chunk, ids)
-                progress.update(1)
-            progress.close()
+        # Block by block of pages: the texts of one block are in memory at a time, and their ids go to the store
+        # (to its spill files on disk when `spill_to` was called), so memory does not grow with the table.
+        wanted: dict[str, dict[str, None]] = {"lm": {}, "clip": {}}
+
+        def tokenize_block(map_chunks) -> None:
+            for kind, texts in wanted.items():
+                texts = cache.missing(kind, texts)  # texts already stored are not tokenised again
+                chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+                for chunk, ids in zip(chunks, map_chunks(kind, chunks)):
+                    cache.add(kind, chunk, ids)
+                wanted[kind] = {}
+
+        encoders = {"lm": self._encode_lm, "clip": self._encode_clip}
+        with _chunk_mapper(encoders, num_proc) as map_chunks:
+            in_block = 0
+            for graph in tqdm(graphs, desc="token store", unit="page", disable=not show_progress):
+                for s in range(graph.num_sections):
+                    if graph.summaries[s]:
+                        wanted["lm"][self.target_text(graph, s)] = None
+                        wanted["lm"][graph.summaries[s]] = None
+                for node in graph.nodes:
+                    if node.text:
+                        if raw_neighbor_texts:
+                            wanted["lm"][node.text] = None
+                        if neighbor_input_ids:
+                            wanted["clip"][node.text] = None
+                in_block += 1
+                if in_block == block_pages:
+                    tokenize_block(map_chunks)
+                    in_block = 0
+            tokenize_block(map_chunks)
         if covered is not None:
             cache.mark_covered(covered)
         return cache
@@ -864,6 +886,17 @@ class MMGLProcessor(ProcessorMixin):
         return collect_neighbor_inputs(
             samples, self.context, self.neighbor_encoding, self.max_text_neighbors, self.max_image_neighbors,
             self.image_folder(image_dir),
+        )
+
+    def iter_neighbor_inputs(
+        self, samples: Iterable[tuple[Any, int]], image_dir: ImageFolder | str | os.PathLike | None = None,
+        counts: dict | None = None,
+    ):
+        """`collect_neighbor_inputs` lazily, sample by sample (`neighbor_selection.iter_neighbor_inputs`): for
+        an embedding-cache build over a whole data set without holding its texts in memory."""
+        return iter_neighbor_inputs(
+            samples, self.context, self.neighbor_encoding, self.max_text_neighbors, self.max_image_neighbors,
+            self.image_folder(image_dir), counts,
         )
 
 

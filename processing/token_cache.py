@@ -1,16 +1,19 @@
 """Token ids of every unique text of a data set, tokenised once, and their pickle-free file format.
 
 `MMGLTokenCache` holds the ids; `tokenizer_fingerprint` says which tokenizer made them. Nothing outside
-this file depends on how entries are stored: callers use `lookup`, `missing`, `add` / `remember`, `save`,
-`load` and `covers` / `mark_covered`.
+this file depends on how entries are stored: callers use `lookup`, `missing`, `add` / `remember`, `spill_to`,
+`save`, `load` and `covers` / `mark_covered`.
 
 This file is Hub-loadable: it imports installed packages and same-folder files only.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -56,29 +59,6 @@ class _IdTable:
     def empty(cls) -> "_IdTable":
         return cls(np.zeros(0, dtype="V16"), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32))
 
-    @classmethod
-    def build(cls, base: "_IdTable" | None, keys: np.ndarray, arrays: Sequence[np.ndarray]) -> "_IdTable":
-        """``base``'s entries plus new ones (``keys[j]`` has ids ``arrays[j]``), sorted by key."""
-        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-        flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.int64)
-        starts = np.cumsum(lengths) - lengths
-        if base is not None and len(base):
-            keys = np.concatenate([np.asarray(base.keys), keys])
-            starts = np.concatenate([np.asarray(base.offsets[:-1]), starts + len(base.ids)])
-            lengths = np.concatenate([np.diff(np.asarray(base.offsets)), lengths])
-            flat = np.concatenate([np.asarray(base.ids), flat])
-        order = np.argsort(keys, kind="stable")
-        keys, starts, lengths = keys[order], starts[order], lengths[order]
-        offsets = np.zeros(len(keys) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        # Gather every entry's ids in key order at once (entry j's run, shifted to its new place).
-        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        # The narrowest type that holds every id: uint16 for vocabularies under 65,536 (OPT's 50,272 and
-        # open_clip's 49,408), halving the file and the pages a lookup touches.
-        low, high = (int(flat.min()), int(flat.max())) if flat.size else (0, 0)
-        dtype = np.uint16 if low >= 0 and high < 2**16 else np.int32 if low >= -(2**31) and high < 2**31 else np.int64
-        return cls(keys, offsets, flat[gather].astype(dtype))
-
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where absent (a binary search: touches ~log2(n) pages of a mapped file)."""
         if not len(self.keys):
@@ -99,7 +79,16 @@ _MAGIC = b"MMGLTOK2"
 _ALIGN = 64
 
 
-def _write_store(handle, header: dict, arrays: Mapping[str, np.ndarray]) -> None:
+class _Chunked:
+    """An array written piece by piece (`_write_store`): ``dtype``, ``length`` and a callable giving its chunks in
+    order, so that merging a store never holds all its ids in memory."""
+
+    def __init__(self, dtype, length: int, chunks):
+        self.dtype, self.shape, self.chunks = np.dtype(dtype), (int(length),), chunks
+        self.nbytes = self.dtype.itemsize * int(length)
+
+
+def _write_store(handle, header: dict, arrays: Mapping[str, "np.ndarray | _Chunked"]) -> None:
     """One uncompressed file: magic, header length (little-endian uint64), JSON header (with each
     array's byte offset, dtype and shape) and the raw arrays, each aligned to 64 bytes."""
     layout, position = {}, 0
@@ -111,8 +100,115 @@ def _write_store(handle, header: dict, arrays: Mapping[str, np.ndarray]) -> None
     start = -(-(len(_MAGIC) + 8 + len(blob)) // _ALIGN) * _ALIGN
     handle.write(_MAGIC + len(blob).to_bytes(8, "little") + blob + b"\0" * (start - len(_MAGIC) - 8 - len(blob)))
     for name, array in arrays.items():
-        data = np.ascontiguousarray(array).tobytes()
-        handle.write(data + b"\0" * (-(-len(data) // _ALIGN) * _ALIGN - len(data)))
+        written = 0
+        for chunk in array.chunks() if isinstance(array, _Chunked) else [array]:
+            data = np.ascontiguousarray(chunk, dtype=array.dtype).tobytes()
+            handle.write(data)
+            written += len(data)
+        if written != array.nbytes:
+            raise RuntimeError(f"token store array {name!r}: wrote {written} bytes, expected {array.nbytes}")
+        handle.write(b"\0" * (-(-written // _ALIGN) * _ALIGN - written))
+
+
+def _narrowest(low: int, high: int) -> np.dtype:
+    # uint16 for vocabularies under 65,536 (OPT's 50,272 and open_clip's 49,408): half the file and the pages a
+    # lookup touches.
+    if low >= 0 and high < 2**16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32) if low >= -(2**31) and high < 2**31 else np.dtype(np.int64)
+
+
+class _Spill:
+    """Ids of texts added since the last `save`, appended to a hidden temporary file beside the store (only their
+    digests and lengths stay in memory, 24 bytes per text), so building a store for millions of pages holds no
+    ids in memory; `save` merges it with the stored table and removes it."""
+
+    def __init__(self, directory: str, dtype):
+        os.makedirs(directory, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(prefix=".token-store-spill.", suffix=".tmp", dir=directory)
+        self.handle = os.fdopen(fd, "wb")
+        self._removal = weakref.finalize(self, _remove_file, self.handle, self.path)  # also at exit
+        self.dtype = np.dtype(dtype)
+        self.keys: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self.keys)
+
+    def append(self, keys: np.ndarray, arrays: Sequence[np.ndarray]) -> None:
+        if not len(keys):
+            return
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays])
+        info = np.iinfo(self.dtype)
+        if flat.size and (flat.min() < info.min or flat.max() > info.max):
+            raise ValueError(f"token ids outside {self.dtype} (ids {flat.min()}..{flat.max()}): a wider id type is needed")
+        self.handle.write(flat.astype(self.dtype).tobytes())
+        self.keys.append(np.array(keys, dtype="V16"))
+        self.lengths.append(lengths)
+
+    def finish(self) -> _IdTable:
+        """The spilled entries (in insertion order, unsorted) with their ids memory-mapped (more may be appended)."""
+        self.handle.flush()
+        keys = np.concatenate(self.keys) if self.keys else np.zeros(0, dtype="V16")
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.memmap(self.path, dtype=self.dtype, mode="r") if offsets[-1] else np.zeros(0, self.dtype)
+        return _IdTable(keys, offsets, ids)
+
+    def remove(self) -> None:
+        self._removal()
+
+
+def _remove_file(handle, path: str) -> None:
+    with contextlib.suppress(OSError):
+        handle.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[str, "np.ndarray | _Chunked"]:
+    """``base`` (sorted) and ``new`` (unsorted, may repeat keys) as one sorted table without repeated keys (the
+    first entry of a key wins: base, then insertion order); the ids are gathered chunk by chunk while written, so
+    memory is O(entries), not O(ids)."""
+    keys = np.concatenate([np.asarray(base.keys), new.keys])
+    starts = np.concatenate([np.asarray(base.offsets[:-1]), new.offsets[:-1]])
+    lengths = np.concatenate([np.diff(np.asarray(base.offsets)), np.diff(new.offsets)])
+    from_new = np.concatenate([np.zeros(len(base), dtype=bool), np.ones(len(new), dtype=bool)])
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    order, keys = order[first], keys[first]
+    starts, lengths, from_new = starts[order], lengths[order], from_new[order]
+    del order, first
+    offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # The narrowest type for every id: the stored table's type bounds its ids; the new ids are read once, in chunks.
+    low, high = (int(np.iinfo(base.ids.dtype).min), int(np.iinfo(base.ids.dtype).max)) if len(base.ids) else (0, 0)
+    for i in range(0, len(new.ids), chunk_tokens):
+        piece = new.ids[i : i + chunk_tokens]
+        low, high = min(low, int(piece.min())), max(high, int(piece.max()))
+    dtype = _narrowest(low, high)
+
+    def chunks():
+        a = 0
+        while a < len(keys):
+            b = max(int(np.searchsorted(offsets, offsets[a] + chunk_tokens, side="right")) - 1, a + 1)
+            b = min(b, len(keys))
+            out = np.empty(int(offsets[b] - offsets[a]), dtype=dtype)
+            for source, pick in ((base.ids, ~from_new[a:b]), (new.ids, from_new[a:b])):
+                runs = lengths[a:b][pick]
+                if not runs.sum():
+                    continue
+                within = np.arange(int(runs.sum())) - np.repeat(np.cumsum(runs) - runs, runs)
+                out[np.repeat(offsets[a:b][pick] - offsets[a], runs) + within] = source[
+                    np.repeat(starts[a:b][pick], runs) + within]
+            yield out
+            a = b
+
+    return {"keys": keys, "offsets": offsets, "ids": _Chunked(dtype, int(offsets[-1]), chunks)}
 
 
 def _open_store(path: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -147,8 +243,9 @@ class MMGLTokenCache:
     of all texts are one flat int32 array with offsets, addressed by the sorted 128-bit BLAKE2b digests of
     the texts: a lookup hashes the text and binary-searches the digests (`np.searchsorted`), so the store
     holds no Python object per text and opening it costs O(1) memory; DataLoader workers share its pages
-    through the OS page cache. Texts added in this process (`add`) sit in a small dict keyed by digest
-    until the next `save` merges them into the file. ``identity`` records the tokenizers the ids came
+    through the OS page cache. Texts added in this process (`add`) sit in a small dict keyed by digest, or
+    after `spill_to` (a build of a whole data set) in temporary files beside the store, until the next `save`
+    merges them into the file, streaming: neither building nor saving holds the ids of every text in memory. ``identity`` records the tokenizers the ids came
     from (`tokenizer_fingerprint`); a processor refuses a store made by other tokenizers. ``covers``
     records which page tables (by fingerprint) the store holds every text of, so that a restart skips
     collecting them again (`build_token_cache`).
@@ -171,9 +268,10 @@ class MMGLTokenCache:
         self.covers: list[str] = []
         self._stored: dict[str, _IdTable] = {kind: _IdTable.empty() for kind in self.KINDS}
         self._pending: dict[str, dict[bytes, np.ndarray]] = {kind: {} for kind in self.KINDS}
+        self._spills: dict[str, _Spill] = {}  # bulk additions on disk until `save` (`spill_to`)
 
     def __len__(self) -> int:
-        return sum(len(self._stored[kind]) + len(self._pending[kind]) for kind in self.KINDS)
+        return sum(self.count(kind) for kind in self.KINDS)
 
     def __reduce_ex__(self, protocol):
         # A DataLoader worker started by pickling (spawn) maps the same file instead of receiving a copy of
@@ -183,7 +281,25 @@ class MMGLTokenCache:
         return (_reopen, (self.path, self.identity, self.max_pending, self._pending, self.covers))
 
     def count(self, kind: str) -> int:
-        return len(self._stored[kind]) + len(self._pending[kind])
+        spill = self._spills.get(kind)
+        return len(self._stored[kind]) + len(self._pending[kind]) + (len(spill) if spill is not None else 0)
+
+    def spill_to(self, directory: str | os.PathLike, id_bounds: Mapping[str, int] | None = None) -> None:
+        """From now until `save`, `add` writes ids to hidden temporary files in ``directory`` (the store's folder)
+        instead of memory: building a store then holds 24 bytes per text, not its ids. Spilled texts are found
+        by `lookup` / `missing` only after `save` (a text added twice is kept once). ``id_bounds`` (kind ->
+        vocabulary size) picks the files' id type (uint16 under 65,536; int32 otherwise)."""
+        for kind in self.KINDS:
+            if kind not in self._spills:
+                bound = (id_bounds or {}).get(kind)
+                dtype = _narrowest(0, bound - 1) if bound else np.dtype(np.int32)
+                self._spills[kind] = _Spill(os.fspath(directory), dtype if dtype != np.int64 else np.int32)
+
+    def discard_spills(self) -> None:
+        """Remove the temporary files of `spill_to` without saving (what they held is lost)."""
+        for spill in self._spills.values():
+            spill.remove()
+        self._spills = {}
 
     def lookup(self, kind: str, texts: Sequence[str]) -> list:
         """Ids of each text (``"lm"``: int64 array; ``"clip"``: long tensor), `None` where absent."""
@@ -220,9 +336,13 @@ class MMGLTokenCache:
         """Remember freshly tokenised ``texts`` (saved by the next `save`); texts already present are kept."""
         pending = self._pending[kind]
         keys = _text_digests(texts)
-        rows = self._stored[kind].find(keys).tolist()
-        for key, row, value in zip(keys, rows, ids):
-            if row < 0:
+        new = self._stored[kind].find(keys) < 0
+        spill = self._spills.get(kind)
+        if spill is not None:
+            spill.append(keys[new], [np.asarray(value) for value, keep in zip(ids, new) if keep])
+            return
+        for key, keep, value in zip(keys, new.tolist(), ids):
+            if keep:
                 pending.setdefault(key.tobytes(), np.asarray(value, dtype=np.int64).reshape(-1))
 
     def remember(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
@@ -234,7 +354,7 @@ class MMGLTokenCache:
     @property
     def dirty(self) -> bool:
         """Whether `save` has something to write (added texts or newly covered tables)."""
-        return any(self._pending.values()) or self._covers_dirty
+        return any(self._pending.values()) or any(len(s) for s in self._spills.values()) or self._covers_dirty
 
     _covers_dirty = False
 
@@ -245,27 +365,34 @@ class MMGLTokenCache:
             self._covers_dirty = True
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the store to ``path`` (one file), atomically; see the class docstring. Memory while
-        saving is O(entries): the stored and added ids are merged in key order."""
+        """Write the store to ``path`` (one file), atomically; see the class docstring. Memory while saving is
+        O(entries), not O(ids): the added ids go to a temporary file beside ``path`` (or already are there,
+        `spill_to`) and are merged with the stored ones in key order while the file is written."""
         path = os.fspath(path)
-        tables = {}
-        for kind in self.KINDS:
-            pending = self._pending[kind]
-            keys = np.frombuffer(b"".join(pending), dtype="V16") if pending else np.zeros(0, dtype="V16")
-            tables[kind] = _IdTable.build(self._stored[kind], keys, list(pending.values()))
-        header = {
-            "format": self.FORMAT,
-            "version": self.VERSION,
-            "identity": self.identity,
-            "counts": {kind: len(table) for kind, table in tables.items()},
-            "covers": list(self.covers),
-        }
-        arrays = {}
-        for kind, table in tables.items():
-            arrays.update({f"{kind}_keys": table.keys, f"{kind}_offsets": table.offsets, f"{kind}_ids": table.ids})
-        with atomic_file(path) as handle:  # the parent folder is created when missing
-            _write_store(handle, header, arrays)
-        fresh = type(self).load(path)  # from now on memory-mapped: the merged arrays are freed
+        directory = os.path.dirname(os.path.abspath(path))
+        bulk = bool(self._spills)  # spilled by a build: kept for a retry when this save fails
+        self.spill_to(directory)
+        try:
+            arrays, counts = {}, {}
+            for kind in self.KINDS:
+                spill, pending = self._spills[kind], self._pending[kind]
+                # The texts added in memory join the spill (and stay in memory until the file is written: a failed
+                # save loses nothing; a retry adds them again, and a text added twice is kept once).
+                spill.append(np.frombuffer(b"".join(pending), dtype="V16"), list(pending.values()))
+                merged = _merge(self._stored[kind], spill.finish())
+                counts[kind] = len(merged["keys"])
+                arrays.update({f"{kind}_{part}": array for part, array in merged.items()})
+            header = {"format": self.FORMAT, "version": self.VERSION, "identity": self.identity, "counts": counts,
+                      "covers": list(self.covers)}
+            with atomic_file(path) as handle:  # the parent folder is created when missing
+                _write_store(handle, header, arrays)
+            del arrays
+            fresh = type(self).load(path)  # from now on memory-mapped
+        except BaseException:
+            if not bulk:
+                self.discard_spills()
+            raise
+        self.discard_spills()
         self._stored, self._pending, self.path = fresh._stored, {kind: {} for kind in self.KINDS}, path
         self._covers_dirty = False
 
@@ -340,6 +467,7 @@ def prepare_token_cache(
     save: bool = True,
     num_proc: int | None = None,
     show_progress: bool = True,
+    block_pages: int = 4096,
 ) -> "MMGLTokenCache":
     """Open the store at ``path`` (when it exists), tokenise what ``pages`` adds, save it back, and install it
     on ``processor``: the startup of a training run. When the store already covers ``pages``' table
@@ -354,15 +482,24 @@ def prepare_token_cache(
         save (`bool`, *optional*, defaults to `True`): write the store back when something was added (only the
             main process should).
         num_proc (`int`, *optional*): tokenisation processes.
+        block_pages (`int`, *optional*, defaults to 4096): pages tokenised at a time (`build_token_cache`).
     """
     if path and os.path.exists(path):
         processor.load_token_cache(path)
-    cache = processor.build_token_cache(
-        pages, neighbor_input_ids=neighbor_input_ids, show_progress=show_progress,
-        fingerprint=table_fingerprint(pages), num_proc=num_proc,
-    )
-    if path and save and cache.dirty:
-        cache.save(path)
+    elif processor.token_cache is None:
+        processor.set_token_cache(MMGLTokenCache(processor._tokenizer_identity()))
+    cache = processor.token_cache
+    if path and save:  # the ids of new texts wait on disk beside the store, not in memory, until it is saved
+        cache.spill_to(os.path.dirname(os.path.abspath(path)), {"lm": len(processor.tokenizer)})
+    try:
+        processor.build_token_cache(
+            pages, neighbor_input_ids=neighbor_input_ids, show_progress=show_progress,
+            fingerprint=table_fingerprint(pages), num_proc=num_proc, block_pages=block_pages,
+        )
+        if path and save and cache.dirty:
+            cache.save(path)
+    finally:
+        cache.discard_spills()  # after a failure: the file on disk is as it was
     return cache
 
 

@@ -222,6 +222,92 @@ def test_clip_ids_stop_early_but_equal_open_clips_call_at_every_length(tokenizer
     assert torch.equal(clip_text_ids(clip, texts), expected)
 
 
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 1 << 20])
+def test_merge_streams_a_sorted_table_without_repeated_keys(chunk_tokens):
+    """`_merge` against a dict: the stored entries win over new ones, the first of repeated new keys wins, every
+    id is in place whatever the chunk size, and the id type is the narrowest that holds them."""
+    from processing.token_cache import _IdTable, _merge
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 255, size=(60, 16), dtype=np.uint8).view("V16").reshape(-1))
+
+    def table(entries, sort):
+        items = sorted(entries, key=lambda e: e[0].tobytes()) if sort else entries
+        lengths = [len(ids) for _, ids in items]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat = np.concatenate([ids for _, ids in items]) if items else np.zeros(0, np.int64)
+        return _IdTable(np.array([k for k, _ in items], dtype="V16"), offsets, flat)
+
+    ids = [rng.integers(0, 60_000, size=int(rng.integers(0, 9))) for _ in keys]
+    base_entries = [(keys[i], ids[i].astype(np.uint16)) for i in range(0, len(keys), 3)]
+    new_entries = [(keys[i], ids[i].astype(np.int32)) for i in range(len(keys)) if i % 3]
+    new_entries += [(keys[0], np.array([1, 2, 3], np.int32)), (keys[1], np.array([9], np.int32))]  # repeated
+    merged = _merge(table(base_entries, True), table(new_entries, False), chunk_tokens=chunk_tokens)
+    expected = {}
+    for key, value in base_entries + new_entries:
+        expected.setdefault(key.tobytes(), value)
+    assert [k.tobytes() for k in merged["keys"]] == sorted(expected)
+    flat = np.concatenate(list(merged["ids"].chunks()))
+    assert flat.dtype == np.uint16 and len(flat) == merged["offsets"][-1]
+    for i, key in enumerate(merged["keys"]):
+        got = flat[merged["offsets"][i] : merged["offsets"][i + 1]]
+        assert got.tolist() == expected[key.tobytes()].tolist()
+
+
+def test_prepare_spills_to_disk_and_equals_the_tokenizer(realwiki_dir, tokenizer, image_processor, tmp_path, monkeypatch):
+    """The path `run_summarization` walks: `prepare_token_cache` on real pages, block by block (2 pages; each page
+    twice, so texts repeat across blocks), ids spilled to disk (nothing held in memory), extending a saved store;
+    every id equals the tokenizer's own call, no temporary file stays, and a crash keeps the old file."""
+    from processing.data.wikiweb2m import iter_pages
+    from processing.token_cache import prepare_token_cache
+
+    rows = list(iter_pages(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz")))
+    path = tmp_path / "store" / "tokens.bin"
+    first = make_processor(tokenizer, image_processor, "all", "sa_te")
+    prepare_token_cache(first, rows[:5], path, show_progress=False, block_pages=2)
+    before = path.read_bytes()
+    processor = make_processor(tokenizer, image_processor, "all", "sa_te")
+    held = []
+    original_add = MMGLTokenCache.add
+
+    def add(cache, kind, texts, ids):
+        original_add(cache, kind, texts, ids)
+        held.append(sum(len(p) for p in cache._pending.values()))
+        assert cache._spills and os.path.getsize(cache._spills["lm"].path) > 0
+
+    monkeypatch.setattr(MMGLTokenCache, "add", add)
+    doubled = [row for row in rows for _ in range(2)]
+    cache = prepare_token_cache(processor, doubled, path, show_progress=False, block_pages=2)
+    monkeypatch.undo()
+    assert held and max(held) == 0  # every id went to the spill file, none to memory
+    assert os.listdir(path.parent) == ["tokens.bin"]  # spills removed, no temporary file
+    loaded = MMGLTokenCache.load(path, identity=processor._tokenizer_identity())
+    texts = []
+    for row in rows:
+        graph = PageGraph.coerce(row)
+        texts += _all_texts(processor, graph)[0] + [node.text for node in graph.nodes if node.text]
+    texts = list(dict.fromkeys(texts))
+    assert len(loaded) == len(cache) == len(texts)  # each text once, though spilled twice
+    plain = tokenizer([" " + text for text in texts], add_special_tokens=False, split_special_tokens=True)
+    for text, ids in zip(texts, plain["input_ids"]):
+        assert loaded.get("lm", text).tolist() == ids, text[:40]
+    # A crash half way through a build leaves the saved file as it was and no temporary file.
+    path.write_bytes(before)
+    crashing = make_processor(tokenizer, image_processor, "all", "sa_te")
+    calls = []
+
+    def encode_then_crash(texts):  # the first block is tokenised and spilled, the second crashes
+        calls.append(len(texts))
+        if len(calls) > 1:
+            raise RuntimeError("simulated crash")
+        return first._encode_lm(texts)
+
+    monkeypatch.setattr(crashing, "_encode_lm", encode_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare_token_cache(crashing, doubled, path, show_progress=False, block_pages=2)
+    assert len(calls) == 2 and path.read_bytes() == before and os.listdir(path.parent) == ["tokens.bin"]
+
+
 class _Examples(torch.utils.data.Dataset):
     def __init__(self, processor, graph, image_dir):
         self.processor, self.graph, self.image_dir = processor, graph, image_dir
