@@ -445,7 +445,7 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
     cache records that it holds every input of this page table, its samples (``samples``, or all of them) and this
     design (`coverage_key`), nothing is collected: no page graph is built at startup."""
     from processing.data.build_embedding_cache import build_embedding_cache as build
-    from processing.data.build_embedding_cache import coverage_key, open_covered_cache
+    from processing.data.build_embedding_cache import coverage_key, open_covered_cache, streamed_neighbor_inputs
 
     table = table_fingerprint(pages) if pages is not None else None
     design = (processor.context, processor.neighbor_encoding, processor.max_text_neighbors,
@@ -454,13 +454,9 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
     cache = open_covered_cache(mmgl_args.embedding_cache_dir, records, encoder)
     if cache is not None:
         return cache
-    texts, images, digests = {}, {}, {}
-    for index in indices:
-        inputs = processor.collect_neighbor_inputs(index, image_dir=mmgl_args.image_dir)
-        texts.update(dict.fromkeys(inputs.texts))
-        images.update(dict.fromkeys(inputs.image_files))
-        digests.update(inputs.image_sha256)
-    return build(mmgl_args.embedding_cache_dir, texts=list(texts), image_paths=list(images), encoder=encoder,
+    texts, images, digests = streamed_neighbor_inputs(
+        processor.iter_neighbor_inputs(sample, image_dir=mmgl_args.image_dir) for sample in indices)
+    return build(mmgl_args.embedding_cache_dir, texts=texts, image_paths=images, encoder=encoder,
                  image_sha256=digests, state=state, covers=records[-1:])
 
 

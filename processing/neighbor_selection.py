@@ -28,7 +28,7 @@ This file is Hub-loadable: it imports same-folder files only.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -248,6 +248,40 @@ class NeighborInputs:
     in_memory_images: int = 0
 
 
+def iter_neighbor_inputs(
+    samples: Iterable[tuple[Any, int]],
+    context: str,
+    neighbor_encoding: str,
+    max_text_neighbors: int,
+    max_image_neighbors: int,
+    image_folder: ImageFolder | str | None = None,
+    counts: dict | None = None,
+) -> Iterator[tuple[list[str], list[tuple[str, str | None]]]]:
+    """Per sample of ``samples`` (``(page, section_idx)`` pairs, or a `PageGraphIndex`), lazily: its neighbour texts
+    (none in SA-TE: there they are raw tokens) and its image files as ``(path, sha256 or None)``, exactly what the
+    processor asks an embedding cache for under this configuration. Image references without a file and in-memory
+    images are counted in ``counts["missing_images"]`` / ``counts["in_memory_images"]``."""
+    folder = ImageFolder.coerce(image_folder)
+    want_texts, want_images = has_text_slots(neighbor_encoding, context), has_image_slots(context)
+    counts = {} if counts is None else counts
+    counts.setdefault("missing_images", 0)
+    counts.setdefault("in_memory_images", 0)
+    for page, section_idx in samples:
+        graph = PageGraph.coerce(page)
+        selection = select_neighbors(graph, section_idx, context, max_text_neighbors, max_image_neighbors)
+        files = []
+        for ref in selection.image_refs if want_images else ():
+            if ref is not None and is_in_memory_image(ref):
+                counts["in_memory_images"] += 1
+                continue
+            path = folder.resolve(ref)
+            if path is None:
+                counts["missing_images"] += ref is not None
+                continue
+            files.append((path, folder.sha256(ref)))
+        yield (list(selection.texts) if want_texts else []), files
+
+
 def collect_neighbor_inputs(
     samples: Iterable[tuple[Any, int]],
     context: str,
@@ -256,35 +290,20 @@ def collect_neighbor_inputs(
     max_image_neighbors: int,
     image_folder: ImageFolder | str | None = None,
 ) -> NeighborInputs:
-    """The unique neighbour texts and image files of ``samples`` (``(page, section_idx)`` pairs, or a
-    `PageGraphIndex`) under one configuration: exactly the keys the processor asks an embedding cache for.
-    In SA-TE, text neighbours are raw tokens and are not collected."""
-    folder = ImageFolder.coerce(image_folder)
-    want_texts, want_images = has_text_slots(neighbor_encoding, context), has_image_slots(context)
+    """The unique neighbour texts and image files of ``samples`` (`iter_neighbor_inputs`), in memory."""
+    counts: dict = {}
     texts: dict[str, None] = {}
     files: dict[str, None] = {}
     digests: dict[str, str] = {}
-    missing = in_memory = 0
-    for page, section_idx in samples:
-        graph = PageGraph.coerce(page)
-        selection = select_neighbors(graph, section_idx, context, max_text_neighbors, max_image_neighbors)
-        if want_texts:
-            texts.update(dict.fromkeys(selection.texts))
-        if not want_images:
-            continue
-        for ref in selection.image_refs:
-            if ref is not None and is_in_memory_image(ref):
-                in_memory += 1
-                continue
-            path = folder.resolve(ref)
-            if path is None:
-                missing += ref is not None
-                continue
+    inputs = iter_neighbor_inputs(samples, context, neighbor_encoding, max_text_neighbors, max_image_neighbors,
+                                  image_folder, counts)
+    for sample_texts, sample_files in inputs:
+        texts.update(dict.fromkeys(sample_texts))
+        for path, sha in sample_files:
             files[path] = None
-            sha = folder.sha256(ref)
             if sha is not None:
                 digests[path] = sha
-    return NeighborInputs(list(texts), list(files), digests, missing, in_memory)
+    return NeighborInputs(list(texts), list(files), digests, counts["missing_images"], counts["in_memory_images"])
 
 
 __all__ = [
@@ -292,6 +311,7 @@ __all__ = [
     "NeighborOrder",
     "NeighborSelection",
     "collect_neighbor_inputs",
+    "iter_neighbor_inputs",
     "neighbor_order",
     "section_ranking",
     "select_neighbors",

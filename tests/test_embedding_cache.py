@@ -578,14 +578,23 @@ def test_lookups_equal_the_shards_for_every_realwiki_input(tmp_path, encoder, re
     """Every neighbour text and image the processor asks for on the real pages: the index finds each one, and its
     vector equals the shard's row as the previous reader loaded it, and the encoder's own output."""
     from processing.data.page_table import open_page_table
-    from processing.neighbor_selection import collect_neighbor_inputs
+    from processing.data.build_embedding_cache import streamed_neighbor_inputs
+    from processing.neighbor_selection import collect_neighbor_inputs, iter_neighbor_inputs
     from processing.page_graph import PageGraphIndex
 
     pages = open_page_table(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz"))
     inputs = collect_neighbor_inputs(PageGraphIndex(pages), "all", "sa_e", 11, 5, realwiki_dir / "images")
     assert len(inputs.texts) > 100 and inputs.image_files
-    cache = build(tmp_path / "cache", encoder, texts=inputs.texts, image_paths=inputs.image_files, batch_size=16,
-                  shard_size=40)
+    # Built as `run_summarization` builds it: the texts streamed sample by sample, the images gathered meanwhile.
+    counts = {}
+    texts, images, digests = streamed_neighbor_inputs([iter_neighbor_inputs(
+        PageGraphIndex(pages), "all", "sa_e", 11, 5, realwiki_dir / "images", counts)])
+    assert not isinstance(texts, (list, tuple))  # a generator: the texts are not gathered first
+    cache = build(tmp_path / "cache", encoder, texts=texts, image_paths=images, image_sha256=digests,
+                  batch_size=16, shard_size=40)
+    assert counts["missing_images"] == inputs.missing_images
+    assert cache.build_summary["text"]["unique"] == len(inputs.texts)
+    assert cache.build_summary["image"]["unique"] == len(set(map(image_key, inputs.image_files)))
     expected = reference_rows(tmp_path / "cache")
     reopened = EmbeddingCache(tmp_path / "cache")
     assert reopened.index_fresh and len(shards(tmp_path / "cache")) > 1
@@ -597,6 +606,33 @@ def test_lookups_equal_the_shards_for_every_realwiki_input(tmp_path, encoder, re
     got = torch.stack([reopened.get_text(t) for t in inputs.texts[:50]]).float()
     torch.testing.assert_close(got, direct, atol=2e-3, rtol=0)
     assert cache.count("text") == len(inputs.texts)
+
+
+def test_texts_are_read_lazily_batch_by_batch(tmp_path, encoder):
+    """A generator of texts is consumed as the encoder goes (never gathered first), repeated texts are encoded once,
+    and the vectors equal a build from a list."""
+    produced = []
+
+    def texts():
+        for text in TEXTS + TEXTS[:3]:
+            produced.append(text)
+            yield text
+
+    spy = Spy(encoder)
+    seen_at_call = []
+    original = spy.embed_texts
+
+    def embed_texts(batch, tokenize=None):
+        seen_at_call.append(len(produced))
+        return original(batch, tokenize)
+
+    spy.embed_texts = embed_texts
+    cache = build(tmp_path / "lazy", spy, texts=texts(), dtype="float32", batch_size=2, shard_size=4)
+    assert seen_at_call[:3] == [2, 4, 6]  # each batch encoded as soon as its texts are read
+    assert spy.texts == TEXTS and cache.build_summary["text"]["unique"] == len(TEXTS)
+    listed = build(tmp_path / "listed", encoder, texts=TEXTS, dtype="float32", batch_size=2, shard_size=4)
+    for text in TEXTS:
+        assert torch.equal(cache.get_text(text), listed.get_text(text))
 
 
 def test_dataloader_workers_share_the_mapped_stores(tmp_path, encoder):

@@ -533,13 +533,13 @@ def test_complete_covered_cache_collects_nothing_at_startup(sample_dir, tmp_path
     from processing.processing_mmgl import MMGLProcessor
 
     collected = []
-    original = MMGLProcessor.collect_neighbor_inputs
+    original = MMGLProcessor.iter_neighbor_inputs
 
-    def counting(self, samples, image_dir=None):
+    def counting(self, samples, image_dir=None, counts=None):
         collected.append(len(samples))
-        return original(self, samples, image_dir=image_dir)
+        return original(self, samples, image_dir=image_dir, counts=counts)
 
-    monkeypatch.setattr(MMGLProcessor, "collect_neighbor_inputs", counting)
+    monkeypatch.setattr(MMGLProcessor, "iter_neighbor_inputs", counting)
     cache_dir = tmp_path / "cache"
 
     def start(name, *extra):

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -58,7 +58,7 @@ from processing.embedding_cache import (
     text_key,
 )
 from processing.image_source import ImageDecodeError, ImageFolder, clip_image_processor, load_rgb_image, pixel_values
-from processing.neighbor_selection import collect_neighbor_inputs
+from processing.neighbor_selection import iter_neighbor_inputs
 from processing.text_neighbor_tokens import clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
 
 logger = logging.getLogger(__name__)
@@ -195,18 +195,17 @@ def _process_state():
     return state
 
 
-def _unique_by_key(items: Iterable, key_fn: Callable, what: str):
-    """First-seen order dict key -> item; items whose key cannot be computed are counted."""
-    unique, unreadable = {}, 0
+def _keyed(items: Iterable, key_fn: Callable, what: str, unreadable: list) -> Iterator[tuple]:
+    """``(key, item)`` for each item, lazily; items whose key cannot be computed are skipped with a warning and
+    counted in ``unreadable[0]``."""
     for item in items:
         try:
             key = key_fn(item)
         except OSError as err:
             logger.warning("cannot read %s %s (%s); skipped", what, item, err)
-            unreadable += 1
+            unreadable[0] += 1
             continue
-        unique.setdefault(key, item)
-    return unique, unreadable
+        yield key, item
 
 
 def _image_batch(encoder: MMGLNeighborEncoder, image_processor, batch: list):
@@ -254,28 +253,75 @@ def _text_batch_encoder(encoder: MMGLNeighborEncoder, tokenizer=None) -> Callabl
     return encode
 
 
-def _embed_kind(cache: EmbeddingCache, kind: str, items: dict, encode_batch: Callable, *, rank: int,
+def _embed_kind(cache: EmbeddingCache, kind: str, items: Iterable[tuple], encode_batch: Callable, *, rank: int,
                 world: int, batch_size: int, shard_size: int, dtype: torch.dtype, progress: bool) -> dict:
-    """Encode this process's share of `items` (key -> source) that the cache lacks."""
+    """Encode this process's share of ``items`` (``(key, source)``, read lazily: a data set's texts are never all
+    in memory, only the keys already met, as 32-byte digests) that the cache lacks."""
     from tqdm.auto import tqdm
 
-    # Split the full unique key list, not the to-do list: every process derives the same split
-    # even if they saw the shards at slightly different moments.
-    mine = [(key, source) for i, (key, source) in enumerate(items.items()) if i % world == rank]
-    todo = [(key, source) for key, source in mine if (kind, key) not in cache]
     writer = _ShardWriter(cache.cache_dir / kind, rank, dtype, shard_size)
-    encoded = 0
+    seen: set[bytes] = set()
+    unique = assigned = cached = encoded = failed = 0
+    batch: list = []
     desc = f"embed {kind}s" + (f" [rank {rank}/{world}]" if world > 1 else "")
-    with tqdm(total=len(todo), desc=desc, unit=kind, disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            keys, embeddings = encode_batch(batch)
-            writer.add(keys, embeddings)
-            encoded += len(keys)
-            bar.update(len(batch))
+
+    def encode(bar) -> None:
+        nonlocal encoded, failed
+        keys, embeddings = encode_batch(batch)
+        writer.add(keys, embeddings)
+        encoded, failed = encoded + len(keys), failed + len(batch) - len(keys)
+        bar.update(len(batch))
+        batch.clear()
+
+    with tqdm(desc=desc, unit=kind, disable=not progress) as bar:
+        for key, source in items:
+            try:  # sha256 hex keys (a manifest may hold other strings)
+                digest = bytes.fromhex(key)
+            except ValueError:
+                digest = key.encode("utf-8")
+            if digest in seen:
+                continue
+            seen.add(digest)
+            unique += 1
+            # Split the unique keys in first-seen order, not the to-do list: every process derives the same
+            # split even if they saw the shards at slightly different moments.
+            if (unique - 1) % world != rank:
+                continue
+            assigned += 1
+            if (kind, key) in cache:
+                cached += 1
+                continue
+            batch.append((key, source))
+            if len(batch) == batch_size:
+                encode(bar)
+        if batch:
+            encode(bar)
     writer.flush()
-    return {"unique": len(items), "assigned": len(mine), "cached": len(mine) - len(todo),
-            "encoded": encoded, "failed": len(todo) - encoded, "shards_written": len(writer.written)}
+    return {"unique": unique, "assigned": assigned, "cached": cached, "encoded": encoded, "failed": failed,
+            "shards_written": len(writer.written)}
+
+
+def streamed_neighbor_inputs(per_sample: Iterable[Iterable[tuple[list, list]]]):
+    """``(texts, image_paths, image_sha256)`` for `build_embedding_cache` from `iter_neighbor_inputs` streams
+    (one per split), in one pass: ``texts`` is a generator (the data set's texts are never all in memory) that
+    fills the image paths (unique, first-seen order) and their known hashes as it runs; `build_embedding_cache`
+    reads every text before the first image."""
+    images: dict[str, None] = {}
+    digests: dict[str, str] = {}
+
+    def texts():
+        for inputs in per_sample:
+            for sample_texts, files in inputs:
+                yield from sample_texts
+                for path, sha in files:
+                    images[path] = None
+                    if sha is not None:
+                        digests[path] = sha
+
+    def image_paths():  # iterated only once `texts` is exhausted and `images` complete
+        yield from images
+
+    return texts(), image_paths(), digests
 
 
 def build_embedding_cache(
@@ -309,8 +355,10 @@ def build_embedding_cache(
 
     Args:
         cache_dir (`str` or `Path`): the cache directory (created if missing).
-        texts (`Iterable[str]`): neighbour texts; duplicates are encoded once.
-        image_paths (`Iterable[str or Path]`): image files; identical files are encoded once.
+        texts (`Iterable[str]`): neighbour texts, read lazily (a generator keeps a data set's texts out of
+            memory); duplicates are encoded once.
+        image_paths (`Iterable[str or Path]`): image files, read after every text; identical files are encoded
+            once.
             Unreadable or undecodable files are skipped with a warning and counted as failed.
         encoder (`MMGLNeighborEncoder`, *optional*): the frozen encoder (the model's, or one built with
             `MMGLNeighborEncoder.from_settings`); by default built from the three settings below.
@@ -373,14 +421,15 @@ def build_embedding_cache(
 
     common = dict(rank=state.process_index, world=state.num_processes, batch_size=batch_size,
                   shard_size=shard_size, dtype=_DTYPES[storage], progress=progress)
-    text_items, _ = _unique_by_key(texts, text_key, "text")
+    text_items = _keyed(texts, text_key, "text", [0])
     summary = {"text": _embed_kind(cache, "text", text_items, _text_batch_encoder(encoder, text_tokenizer), **common)}
     known = image_sha256 or {}
-    image_items, unreadable = _unique_by_key(
-        image_paths, lambda path: known.get(os.fspath(path)) or image_key(path), "image file")
+    unreadable = [0]
+    image_items = _keyed(image_paths, lambda path: known.get(os.fspath(path)) or image_key(path), "image file",
+                         unreadable)
     summary["image"] = _embed_kind(
         cache, "image", image_items, lambda batch: _image_batch(encoder, image_processor, batch), **common)
-    summary["image"]["unreadable"] = unreadable
+    summary["image"]["unreadable"] = unreadable[0]
     summary["set_aside"] = [str(p) for p in set_aside]
     summary["shards_checked"] = checked
 
@@ -488,31 +537,33 @@ def main(argv=None) -> int:
         model_config = json.loads(Path(args.neighbor_encoder_config).read_text(encoding="utf-8"))
     pretrained = None if args.neighbor_encoder_pretrained in (None, "", "none") else args.neighbor_encoder_pretrained
     pages = open_page_table(args.data)
-    inputs = collect_neighbor_inputs(
+    counts: dict = {}
+    texts, images, digests = streamed_neighbor_inputs([iter_neighbor_inputs(
         PageGraphIndex(pages), args.context, args.neighbor_encoding, args.max_text_neighbors,
-        args.max_image_neighbors, ImageFolder(args.image_dir),
-    )
-    if inputs.missing_images:
-        logger.warning("%d image references have no file in %s (masked in training)", inputs.missing_images, args.image_dir)
+        args.max_image_neighbors, ImageFolder(args.image_dir), counts,
+    )])
     encoder = MMGLNeighborEncoder.from_settings(
         args.neighbor_encoder_name, pretrained, model_config, text_encoder=args.text_neighbor_encoder,
         text_pooling=args.text_neighbor_pooling, text_max_length=args.text_neighbor_max_length,
     )
     cache = build_embedding_cache(
-        args.cache_dir, texts=inputs.texts, image_paths=inputs.image_files, encoder=encoder,
-        image_sha256=inputs.image_sha256, batch_size=args.batch_size, device=args.device,
+        args.cache_dir, texts=texts, image_paths=images, encoder=encoder,
+        image_sha256=digests, batch_size=args.batch_size, device=args.device,
         shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress, verify=args.verify,
         covers=[coverage_key(table_fingerprint(pages), "all", args.context, args.neighbor_encoding,
                              args.max_text_neighbors, args.max_image_neighbors, args.image_dir)],
     )
+    if counts["missing_images"]:
+        logger.warning("%d image references have no file in %s (masked in training)", counts["missing_images"],
+                       args.image_dir)
     if _process_state().is_main_process:  # one report, not one per process
-        summary = {**cache.build_summary, "missing_image_files": inputs.missing_images,
+        summary = {**cache.build_summary, "missing_image_files": counts["missing_images"],
                    "cache": {kind: cache.count(kind) for kind in KINDS}}
         print(json.dumps(summary, indent=2))
     return 0
 
 
-__all__ = ["build_embedding_cache", "coverage_key", "main", "open_covered_cache"]
+__all__ = ["build_embedding_cache", "coverage_key", "main", "open_covered_cache", "streamed_neighbor_inputs"]
 
 
 if __name__ == "__main__":
