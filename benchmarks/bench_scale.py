@@ -344,13 +344,166 @@ def bench_preparation(base: list[dict], n: int) -> None:
         print(f"  {name}: {seconds * FULL_PAGES / 3600:.2f}")
 
 
+# Runs `run_summarization.main()` in a child process and records, at the first training step, the CPU seconds of
+# the startup (and of its phases), and at the last step the anonymous memory of the main process (peak and now) and
+# the private memory of each DataLoader worker.
+RUN_PROBE = r"""
+import json, os, resource, sys, threading, time
+sys.path.insert(0, os.environ["MMGL_ROOT"])
+import psutil
+import transformers
+import run_summarization as rs
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+def private_kib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+record, peak = {"phases": {}, "phase_peak": {}}, [0, 0]  # peak RssAnon of the run, of the current phase
+def timed(name, fn):
+    def wrapper(*args, **kwargs):
+        start, peak[1] = cpu(), status_kib("self", "RssAnon")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            record["phases"][name] = record["phases"].get(name, 0.0) + cpu() - start
+            record["phase_peak"][name] = max(peak[1], status_kib("self", "RssAnon"))
+    return wrapper
+for name in ("open_page_table", "summarization_samples", "PageGraphIndex", "prepare_token_cache",
+             "build_embedding_cache", "data_report"):
+    setattr(rs, name, timed(name, getattr(rs, name)))
+
+def sample():
+    while True:
+        now = status_kib("self", "RssAnon")
+        peak[:] = max(peak[0], now), max(peak[1], now)
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+steps, original = int(os.environ["MMGL_BENCH_STEPS"]), transformers.Trainer.training_step
+def training_step(self, *args, **kwargs):
+    record["steps"] = record.get("steps", 0) + 1
+    if record["steps"] == 1:
+        record["startup_cpu"] = cpu()
+        record["main_rss_anon_first_step"] = status_kib("self", "RssAnon")
+    if record["steps"] == steps:
+        workers = [c.pid for c in psutil.Process().children()]
+        record.update(main_rss_anon=status_kib("self", "RssAnon"), main_peak_rss_anon=peak[0],
+                      workers_private=[private_kib(pid) for pid in workers],
+                      workers_rss_anon=[status_kib(pid, "RssAnon") for pid in workers])
+        with open(os.environ["MMGL_BENCH_PROBE"], "w") as f:
+            json.dump(record, f)
+    return original(self, *args, **kwargs)
+transformers.Trainer.training_step = training_step
+rs.main(sys.argv[1:])
+"""
+
+
+def bench_run(base: list[dict], sizes: list[int], steps: int = 40) -> None:
+    """A whole training run's startup and memory (`run_summarization.main()`, the README's SA-E configuration with
+    an embedding cache and a token store, 2 DataLoader workers, a tiny OPT and the tiny CLIP of the demo) at each N:
+    the first start (conversion before it, timed apart) and a restart with everything prepared."""
+    import subprocess
+
+    from processing.data.tfrecord_io import write_tfrecord
+    from processing.data.wikiweb2m import serialize_page
+
+    images = REALWIKI.parent / "images"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        env = dict(os.environ, MMGL_ROOT=str(ROOT), MMGL_BENCH_STEPS=str(steps), HF_HUB_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+        rows = []
+        for n in sizes:
+            work = tmp / f"n{n}"
+            records = work / "pages.tfrecord.gz"
+            records.parent.mkdir()
+            write_tfrecord(records, (serialize_page(row) for row in make_rows(base, n)))
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run([sys.executable, "-m", "processing.data.wikiweb2m", str(records), str(work / "data")],
+                           check=True, env=env, cwd=ROOT, capture_output=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            conversion = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            starts = {}
+            for start in ("first", "restart"):
+                probe = work / f"{start}.json"
+                command = [
+                    sys.executable, "-c", RUN_PROBE, "--train_files", str(work / "data"), "--image_dir", str(images),
+                    "--embedding_cache_dir", str(work / "cache"), "--token_cache_file", str(work / "tokens.bin"),
+                    "--tokenizer_name", str(tmp / "tokenizer"), "--context", "all", "--neighbor_encoding", "sa_e",
+                    "--position_encoding", "laplacian", "--neighbor_encoder_config", str(ROOT / "demo" / "tiny_clip.json"),
+                    "--neighbor_encoder_pretrained", "none", "--config_overrides",
+                    "hidden_size=64,num_hidden_layers=2,ffn_dim=128,num_attention_heads=4,max_position_embeddings=512",
+                    "--max_source_length", "256", "--max_target_length", "32", "--do_train", "--max_steps", str(steps),
+                    "--per_device_train_batch_size", "8", "--dataloader_num_workers", "2", "--save_strategy", "no",
+                    "--report_to", "none", "--use_cpu", "--seed", "0", "--output_dir", str(work / f"out-{start}"),
+                    "--disable_tqdm", "true",
+                ]
+                done = subprocess.run(command, env=dict(env, MMGL_BENCH_PROBE=str(probe)), cwd=ROOT,
+                                      capture_output=True, text=True)
+                if done.returncode or not probe.exists():
+                    sys.exit(f"the {start} run at N={n} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+                starts[start] = json.loads(probe.read_text())
+            disk = sum(f.stat().st_size for f in (work / "cache").rglob("*") if f.is_file())
+            disk += (work / "tokens.bin").stat().st_size
+            rows.append(dict(n=n, conversion=conversion, disk=disk, **starts))
+            first, again = starts["first"], starts["restart"]
+            print(f"N={n:>7,} pages: conversion {conversion:.1f} CPU s; first start {first['startup_cpu']:.1f} CPU s "
+                  f"{ {k: round(v, 2) for k, v in first['phases'].items()} }; restart {again['startup_cpu']:.1f} CPU s "
+                  f"{ {k: round(v, 2) for k, v in again['phases'].items()} }; main RssAnon peak "
+                  f"{again['main_peak_rss_anon'] / 1024:.0f} MiB (first start {first['main_peak_rss_anon'] / 1024:.0f}), "
+                  f"workers' private {[round(k / 1024, 1) for k in again['workers_private']]} MiB; disk "
+                  f"{disk / 2**20:.1f} MiB; first start's peak RssAnon per phase (MiB) "
+                  f"{ {k: round(v / 1024) for k, v in first['phase_peak'].items()} }", flush=True)
+    print("\nper page, as the slope between consecutive N (the constant part: imports, model, encoder, cancels):")
+    print(f"{'N':>16} {'1st start CPU ms':>17} {'restart CPU us':>15} {'main peak KiB':>14} {'main at step KiB':>17} "
+          f"{'workers KiB':>12} {'1st-start main peak KiB':>24}")
+    for a, b in zip(rows, rows[1:]):
+        dn = b["n"] - a["n"]
+
+        def slope(start, key):
+            va, vb = a[start][key], b[start][key]
+            return (sum(vb) - sum(va)) / dn if isinstance(va, list) else (vb - va) / dn
+
+        print(f"{a['n']:>7,}->{b['n']:<8,} {slope('first', 'startup_cpu') * 1e3:>17.2f} "
+              f"{slope('restart', 'startup_cpu') * 1e6:>15.1f} {slope('restart', 'main_peak_rss_anon'):>14.3f} "
+              f"{slope('restart', 'main_rss_anon'):>17.3f} {slope('restart', 'workers_private'):>12.3f} "
+              f"{slope('first', 'main_peak_rss_anon'):>24.3f}")
+    # From the last two sizes: below them bounded state still fills up (the page-graph LRU, the data report's
+    # examples, a token-store block of 4,096 pages) and would read as growth.
+    a, b = rows[-2], rows[-1]
+    dn = b["n"] - a["n"]
+    restart = (b["restart"]["startup_cpu"] - a["restart"]["startup_cpu"]) / dn
+    memory = sum((b["restart"][k] if isinstance(b["restart"][k], int) else sum(b["restart"][k]))
+                 - (a["restart"][k] if isinstance(a["restart"][k], int) else sum(a["restart"][k]))
+                 for k in ("main_peak_rss_anon", "workers_private")) / dn
+    print(f"\nextrapolated to {FULL_PAGES:,} pages (slope {a['n']:,} -> {b['n']:,}; labelled as an extrapolation):")
+    print(f"  restart startup: {b['restart']['startup_cpu'] / 60:.2f} CPU-minutes at N={b['n']:,} "
+          f"+ {restart * (FULL_PAGES - b['n']) / 60:.2f} for the rest")
+    print(f"  data-path memory growth, main peak + 2 workers: {memory:.3f} KiB/page -> {memory * FULL_PAGES / 2**20:.2f} GiB")
+    first_peak = (b["first"]["main_peak_rss_anon"] - a["first"]["main_peak_rss_anon"]) / dn
+    print(f"  first start, main peak: {first_peak:.3f} KiB/page -> {first_peak * FULL_PAGES / 2**20:.2f} GiB "
+          f"(+ {b['first']['main_peak_rss_anon'] / 2**20:.2f} GiB at N={b['n']:,})")
+    first = (b["first"]["startup_cpu"] - a["first"]["startup_cpu"] + b["conversion"] - a["conversion"]) / dn
+    print(f"  first start incl. conversion (tiny encoder): {first * FULL_PAGES / 3600:.2f} CPU-hours")
+    print(f"  disk (token store + embedding cache; images shared by the copies): {b['disk'] / b['n'] / 1024:.2f} KiB/page")
+
+
 def main():
     import multiprocessing
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--num_proc", type=int, default=1)
-    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation"), default="tokens")
+    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation", "run"), default="tokens")
     args = parser.parse_args()
     base = list(iter_pages(str(REALWIKI)))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
@@ -358,6 +511,8 @@ def main():
         return bench_embeddings(base, args.pages)
     if args.part == "preparation":
         return bench_preparation(base, args.pages[-1])
+    if args.part == "run":
+        return bench_run(base, args.pages)
     tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
     from tests.modeling_helpers import TINY_CLIP
 
