@@ -451,7 +451,8 @@ def bench_run(base: list[dict], sizes: list[int], steps: int = 40) -> None:
                     sys.executable, "-c", RUN_PROBE, "--train_files", str(work / "data"), "--image_dir", str(images),
                     "--embedding_cache_dir", str(work / "cache"), "--token_cache_file", str(work / "tokens.bin"),
                     "--tokenizer_name", str(tmp / "tokenizer"), "--context", "all", "--neighbor_encoding", "sa_e",
-                    "--position_encoding", "laplacian", "--neighbor_encoder_config", str(ROOT / "demo" / "tiny_clip.json"),
+                    "--position_encoding", "laplacian",
+                    "--neighbor_encoder_config", str(ROOT / "demo" / "tiny_clip.json"),
                     "--neighbor_encoder_pretrained", "none", "--config_overrides",
                     "hidden_size=64,num_hidden_layers=2,ffn_dim=128,num_attention_heads=4,max_position_embeddings=512",
                     "--max_source_length", "256", "--max_target_length", "32", "--do_train", "--max_steps", str(steps),
@@ -471,7 +472,8 @@ def bench_run(base: list[dict], sizes: list[int], steps: int = 40) -> None:
             print(f"N={n:>7,} pages: conversion {conversion:.1f} CPU s; first start {first['startup_cpu']:.1f} CPU s "
                   f"{ {k: round(v, 2) for k, v in first['phases'].items()} }; restart {again['startup_cpu']:.1f} CPU s "
                   f"{ {k: round(v, 2) for k, v in again['phases'].items()} }; main RssAnon peak "
-                  f"{again['main_peak_rss_anon'] / 1024:.0f} MiB (first start {first['main_peak_rss_anon'] / 1024:.0f}), "
+                  f"{again['main_peak_rss_anon'] / 1024:.0f} MiB "
+                  f"(first start {first['main_peak_rss_anon'] / 1024:.0f}), "
                   f"workers' private {[round(k / 1024, 1) for k in again['workers_private']]} MiB; disk "
                   f"{disk / 2**20:.1f} MiB; first start's peak RssAnon per phase (MiB) "
                   f"{ {k: round(v / 1024) for k, v in first['phase_peak'].items()} }", flush=True)
@@ -500,7 +502,8 @@ def bench_run(base: list[dict], sizes: list[int], steps: int = 40) -> None:
     print(f"\nextrapolated to {FULL_PAGES:,} pages (slope {a['n']:,} -> {b['n']:,}; labelled as an extrapolation):")
     print(f"  restart startup: {b['restart']['startup_cpu'] / 60:.2f} CPU-minutes at N={b['n']:,} "
           f"+ {restart * (FULL_PAGES - b['n']) / 60:.2f} for the rest")
-    print(f"  data-path memory growth, main peak + 2 workers: {memory:.3f} KiB/page -> {memory * FULL_PAGES / 2**20:.2f} GiB")
+    print(f"  data-path memory growth, main peak + 2 workers: {memory:.3f} KiB/page -> "
+          f"{memory * FULL_PAGES / 2**20:.2f} GiB")
     first_peak = (b["first"]["main_peak_rss_anon"] - a["first"]["main_peak_rss_anon"]) / dn
     print(f"  first start, main peak: {first_peak:.3f} KiB/page -> {first_peak * FULL_PAGES / 2**20:.2f} GiB "
           f"(+ {b['first']['main_peak_rss_anon'] / 2**20:.2f} GiB at N={b['n']:,})")
@@ -513,7 +516,8 @@ def bench_run(base: list[dict], sizes: list[int], steps: int = 40) -> None:
     without = first - (encoder_cpu(b) - encoder_cpu(a)) / dn
     print(f"  first start incl. conversion, without the encoder's forward passes: {without * 1e3:.2f} CPU ms/page -> "
           f"{without * FULL_PAGES / 3600:.2f} CPU-hours (tokenisation, hashing, image decoding counted)")
-    print(f"  disk (token store + embedding cache; images shared by the copies): {b['disk'] / b['n'] / 1024:.2f} KiB/page")
+    print(f"  disk (token store + embedding cache; images shared by the copies): "
+          f"{b['disk'] / b['n'] / 1024:.2f} KiB/page")
 
 
 def main():

@@ -93,7 +93,12 @@ from .neighbor_selection import (
 )
 from .page_graph import PageGraph, PageGraphIndex, is_page_graph
 from .sa_te_layout import sa_te_groups
-from .text_neighbor_tokens import TEXT_NEIGHBOR_TOKENIZER_DIR, clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
+from .text_neighbor_tokens import (
+    TEXT_NEIGHBOR_TOKENIZER_DIR,
+    clip_text_ids,
+    load_text_neighbor_tokenizer,
+    text_neighbor_ids,
+)
 from .token_cache import MMGLTokenCache, tokenizer_fingerprint
 
 NEIGHBOR_TOKEN = "<neighbor>"

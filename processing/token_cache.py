@@ -142,7 +142,8 @@ class _Spill:
         flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays])
         info = np.iinfo(self.dtype)
         if flat.size and (flat.min() < info.min or flat.max() > info.max):
-            raise ValueError(f"token ids outside {self.dtype} (ids {flat.min()}..{flat.max()}): a wider id type is needed")
+            raise ValueError(
+                f"token ids {flat.min()}..{flat.max()} do not fit the spill's {self.dtype} (id bound too low)")
         self.handle.write(flat.astype(self.dtype).tobytes())
         self.keys.append(np.array(keys, dtype="V16"))
         self.lengths.append(lengths)
@@ -245,7 +246,7 @@ class MMGLTokenCache:
     holds no Python object per text and opening it costs O(1) memory; DataLoader workers share its pages
     through the OS page cache. Texts added in this process (`add`) sit in a small dict keyed by digest, or
     after `spill_to` (a build of a whole data set) in temporary files beside the store, until the next `save`
-    merges them into the file, streaming: neither building nor saving holds the ids of every text in memory. ``identity`` records the tokenizers the ids came
+    merges them into the file, streaming: neither building nor saving holds all ids in memory. ``identity`` records the tokenizers the ids came
     from (`tokenizer_fingerprint`); a processor refuses a store made by other tokenizers. ``covers``
     records which page tables (by fingerprint) the store holds every text of, so that a restart skips
     collecting them again (`build_token_cache`).

@@ -254,7 +254,8 @@ def test_merge_streams_a_sorted_table_without_repeated_keys(chunk_tokens):
         assert got.tolist() == expected[key.tobytes()].tolist()
 
 
-def test_prepare_spills_to_disk_and_equals_the_tokenizer(realwiki_dir, tokenizer, image_processor, tmp_path, monkeypatch):
+def test_prepare_spills_to_disk_and_equals_the_tokenizer(realwiki_dir, tokenizer, image_processor, tmp_path,
+                                                          monkeypatch):
     """The path `run_summarization` walks: `prepare_token_cache` on real pages, block by block (2 pages; each page
     twice, so texts repeat across blocks), ids spilled to disk (nothing held in memory), extending a saved store;
     every id equals the tokenizer's own call, no temporary file stays, and a crash keeps the old file."""
