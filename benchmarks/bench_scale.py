@@ -31,6 +31,7 @@ Usage::
     python benchmarks/bench_scale.py --part embeddings --pages 2000 8000 32000  # embedding cache
     python benchmarks/bench_scale.py --part preparation --pages 2000          # first-start steps per page
     python benchmarks/bench_scale.py --part run --pages 8000 24000 48000      # whole training runs (~20 min)
+    python benchmarks/bench_scale.py --part manifest --pages 100000 400000    # image manifest, per image
 
 ``--part preparation`` times, per page and on one core, the conversion of TFRecords to the Arrow table, the
 collection of the neighbour inputs, and the frozen ViT-B/32 encoder per text and per image.
@@ -520,13 +521,59 @@ def bench_run(base: list[dict], sizes: list[int], steps: int = 40) -> None:
           f"{b['disk'] / b['n'] / 1024:.2f} KiB/page")
 
 
+def _open_manifest(cls, path, urls, conn):
+    gc.collect()
+    before, t = rss_kib(), cpu()
+    manifest = cls(path)
+    opened, grown = cpu() - t, rss_kib() - before
+    t = time.perf_counter()
+    assert all(manifest.get(url)["url"] == url for url in urls)
+    conn.send((opened, grown, (time.perf_counter() - t) / len(urls)))
+    conn.close()
+
+
+def bench_manifest(sizes: list[int]) -> None:
+    """The image folder's manifest as the resolver reads it (`ManifestIndex`) against the fetcher's dict of records
+    (`ImageManifest`, what the resolver read before), side by side: anonymous memory and CPU to open, and the time
+    of one lookup, for N fetched images (records shaped like the fetcher's)."""
+    import multiprocessing
+    import random
+
+    from processing.image_source import ImageManifest, ManifestIndex
+
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "manifest.jsonl"
+            with open(path, "w", encoding="utf-8") as f:
+                for i in range(n):
+                    sha = hashlib.sha256(str(i).encode()).hexdigest()
+                    f.write(json.dumps({"url": f"https://upload.wikimedia.org/wikipedia/commons/{sha[0]}/{sha[:2]}/"
+                                        f"Image_{i}_of_a_page.jpg", "status": "ok", "sha256": sha,
+                                        "path": f"{sha[:2]}/{sha}.jpg", "bytes": 100_000 + i, "fetched_at": 1.7e9 + i},
+                                       sort_keys=True) + "\n")
+            urls = [json.loads(line)["url"] for line in random.Random(0).sample(path.read_text().splitlines(), 2000)]
+            row = {}
+            for name, cls in (("ManifestIndex", ManifestIndex), ("ImageManifest (dict of records)", ImageManifest)):
+                # Each in a fresh forked process: memory another one freed would be reused and hide growth.
+                parent, child = multiprocessing.get_context("fork").Pipe()
+                proc = multiprocessing.get_context("fork").Process(target=_open_manifest, args=(cls, path, urls, child))
+                proc.start()
+                opened, grown, lookup = parent.recv()
+                proc.join()
+                row[name] = grown
+                print(f"N={n:>9,} images, {name}: +{grown / 1024:.1f} MiB ({grown * 1024 / n:.0f} B/image), open "
+                      f"{opened:.2f} CPU s, lookup {lookup * 1e6:.1f} us", flush=True)
+            print(f"  extrapolated to 3.8M images: dict {row['ImageManifest (dict of records)'] / n * 3.8e6 / 2**20:.2f} "
+                  f"GiB, index {row['ManifestIndex'] / n * 3.8e6 / 2**20:.2f} GiB per process")
+
+
 def main():
     import multiprocessing
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--num_proc", type=int, default=1)
-    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation", "run"), default="tokens")
+    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation", "run", "manifest"), default="tokens")
     args = parser.parse_args()
     base = list(iter_pages(str(REALWIKI)))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
@@ -536,6 +583,8 @@ def main():
         return bench_preparation(base, args.pages[-1])
     if args.part == "run":
         return bench_run(base, args.pages)
+    if args.part == "manifest":
+        return bench_manifest(args.pages)
     tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
     from tests.modeling_helpers import TINY_CLIP
 

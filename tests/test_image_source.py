@@ -5,6 +5,7 @@ import io
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,6 +14,7 @@ from processing.image_source import (
     ImageDecodeError,
     ImageFolder,
     ImageManifest,
+    ManifestIndex,
     clip_image_processor,
     load_rgb_image,
     pixel_values,
@@ -156,3 +158,33 @@ def test_processor_masks_undecodable_images_and_never_reads_outside_the_folder(l
     assert len([w for w in caught if "masking" in str(w.message)]) == 1
     assert example["image_neighbor_mask"].tolist() == [0, 0, 1]
     assert example["image_neighbor_pixel_values"][2].abs().sum() > 0
+
+
+def test_manifest_index_reads_what_the_manifest_reads(tmp_path, caplog):
+    """The resolver's compact view (`ManifestIndex`: sorted URL digests + line offsets, the file mapped) gives every
+    URL the record `ImageManifest` gives: the last line of a URL wins, an unreadable line is skipped naming its
+    line, a cut last line and unicode URLs are read alike; it holds no record objects and survives pickling."""
+    import pickle
+
+    path = tmp_path / "manifest.jsonl"
+    manifest = ImageManifest(path)
+    urls = [f"https://upload.example.org/{i}/Bild_{i}_é.jpg" for i in range(50)]
+    for i, url in enumerate(urls):
+        manifest.append({"url": url, "status": "error", "reason": "timeout"})
+        if i % 3:
+            manifest.append({"url": url, "status": "ok", "sha256": f"{i:064x}", "path": f"{i:02d}/{i}.jpg"})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("not json\n\n")
+        f.write('{"url": "https://upload.example.org/cut.jpg", "status": "ok", "path": "c/cut.jpg"}')  # no newline
+    with caplog.at_level("WARNING"):
+        index = ManifestIndex(path)
+    assert any(f"{path}:" in r.getMessage() and "unreadable manifest line" in r.getMessage() for r in caplog.records)
+    reference = ImageManifest(path)
+    for url in urls + ["https://upload.example.org/cut.jpg", "https://upload.example.org/absent.jpg", None]:
+        assert index.get(url) == reference.get(url), url
+    assert len(index) == len(reference) == len(urls) + 1
+    assert not hasattr(index, "_records") and index._keys.dtype == np.dtype("V16")
+    again = pickle.loads(pickle.dumps(index))
+    assert again.get(urls[1]) == reference.get(urls[1]) and again.get(urls[1])["status"] == "ok"
+    (tmp_path / "empty.jsonl").touch()
+    assert ManifestIndex(tmp_path / "empty.jsonl").get(urls[0]) is None and len(ManifestIndex(tmp_path / "empty.jsonl")) == 0
