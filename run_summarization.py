@@ -455,7 +455,7 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
     if cache is not None:
         return cache
     texts, images, digests = streamed_neighbor_inputs(
-        processor.iter_neighbor_inputs(sample, image_dir=mmgl_args.image_dir) for sample in indices)
+        processor.iter_neighbor_inputs(index, image_dir=mmgl_args.image_dir) for index in indices)
     return build(mmgl_args.embedding_cache_dir, texts=texts, image_paths=images, encoder=encoder,
                  image_sha256=digests, state=state, covers=records[-1:])
 
