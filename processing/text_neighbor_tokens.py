@@ -47,7 +47,8 @@ def clip_text_ids(tokenizer, texts: Sequence[str]) -> torch.LongTensor:
     """`(n, context_length)` open_clip ids of ``texts``: exactly ``tokenizer(texts)``. For open_clip's own BPE
     tokenizer (`SimpleTokenizer`, truncating) each text's words are encoded only until its context is full, since
     the rest is cut anyway: a section has ~200 words and the context ~75, so a data set's texts tokenise in a
-    fraction of the CPU (the cleaning still sees the whole text, so the ids do not change)."""
+    fraction of the CPU; the cleaning sees a prefix ending at a line break (`_line_prefixes`), so the ids do not
+    change."""
     from open_clip.tokenizer import SimpleTokenizer
 
     if type(tokenizer) is not SimpleTokenizer or tokenizer.reduction_fn is not None:
@@ -55,15 +56,33 @@ def clip_text_ids(tokenizer, texts: Sequence[str]) -> torch.LongTensor:
     length, sot, eot = tokenizer.context_length, tokenizer.sot_token_id, tokenizer.eot_token_id
     result = torch.zeros(len(texts), length, dtype=torch.long)
     for row, text in enumerate(texts):
-        ids = [sot]
-        for word in tokenizer.pat.finditer(tokenizer.clean_fn(text)):  # `SimpleTokenizer.encode`, stopping early
-            word = "".join(tokenizer.byte_encoder[b] for b in word.group().encode("utf-8"))
-            ids.extend(tokenizer.encoder[piece] for piece in tokenizer.bpe(word).split(" "))
+        for prefix in _line_prefixes(text, 8 * length):
+            ids = [sot]
+            # `SimpleTokenizer.encode` on the prefix, stopping when the context is full
+            for word in tokenizer.pat.finditer(tokenizer.clean_fn(prefix)):
+                word = "".join(tokenizer.byte_encoder[b] for b in word.group().encode("utf-8"))
+                ids.extend(tokenizer.encoder[piece] for piece in tokenizer.bpe(word).split(" "))
+                if len(ids) >= length:
+                    break
             if len(ids) >= length:
                 break
         ids = ids[: length - 1] + [eot]  # `SimpleTokenizer.__call__`'s truncation: the last id becomes the end token
         result[row, : len(ids)] = torch.tensor(ids)
     return result
+
+
+def _line_prefixes(text: str, size: int):
+    """Growing prefixes of ``text`` that end just after a line break, then ``text`` itself. open_clip's cleaning
+    (ftfy fixes a text line by line, each line on its own or given what came before; HTML entities, whitespace and
+    case are local) turns such a prefix into a prefix of the cleaned text, ending between words: its ids are the
+    first ids of the whole text's, so a long text is cleaned only as far as its context reaches."""
+    while size < len(text):
+        cut = text.find("\n", size)
+        if cut < 0:
+            break
+        yield text[: cut + 1]
+        size = 2 * (cut + 1)
+    yield text
 
 
 __all__ = ["TEXT_NEIGHBOR_TOKENIZER_DIR", "clip_text_ids", "load_text_neighbor_tokenizer", "text_neighbor_ids"]

@@ -215,6 +215,14 @@ def test_clip_ids_stop_early_but_equal_open_clips_call_at_every_length(tokenizer
     clip = make_processor(tokenizer, image_processor, "all", "sa_e").clip_tokenizer
     words = [f"w{i} caf\u00c3\u00a9 &amp; it's" if i % 7 == 0 else f"word{i}," for i in range(300)]
     texts = ["", "one", " ".join(words)] + [" ".join(words[:n]) for n in range(1, 30)] + ["x " * n for n in range(40)]
+    # Lines: the cleaning sees prefixes ending at line breaks. Mojibake and entities at line ends, an early "<" (ftfy
+    # stops unescaping HTML for the lines after it), a final sigma before a break, CRLF, blank and very long lines.
+    lines = ["caf\u00c3\u00a9 au lait &amp;", "<b>bold</b> &lt;tag&gt; then &amp;amp;", "ΟΔΟΣ", "a\r", "", "y " * 300]
+    texts += ["\n".join(lines[i:] + lines[:i]) * repeat for i in range(len(lines)) for repeat in (1, 3)]
+    texts += ["\n".join(f"line {i} with words &amp; more" for i in range(n)) for n in (1, 5, 40)]
+    # A "<" late in a line stops ftfy's unescaping for the whole line: cut inside the line, the entity would be
+    # unescaped once more than in the whole text.
+    texts += ["&amp;amp;amp; word " + "w " * 100 + "<i>x</i>\nnext line\n" * 3]
     expected = clip(texts)
     lengths = (expected != 0).sum(1)
     assert lengths.min() <= 3 and (lengths == clip.context_length).sum() > 5  # short, and cut at the context
