@@ -102,8 +102,8 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
+def rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         # RssAnon: the process's own memory; the mapped store's pages are shared page cache (RssFile).
         return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
 
@@ -356,33 +356,23 @@ def bench_preparation(base: list[dict], n: int) -> None:
 # the startup (and of its phases), and at the last step the anonymous memory of the main process (peak and now) and
 # the private memory of each DataLoader worker.
 RUN_PROBE = r"""
-import json, os, resource, sys, threading, time
+import json, os, sys, threading, time
 sys.path.insert(0, os.environ["MMGL_ROOT"])
+sys.path.insert(0, os.path.join(os.environ["MMGL_ROOT"], "benchmarks"))
 import psutil
 import transformers
 import run_summarization as rs
-
-def cpu():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-def status_kib(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-def private_kib(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+from bench_scale import cpu, private_kib, rss_kib
 
 record, peak = {"phases": {}, "phase_peak": {}}, [0, 0]  # peak RssAnon of the run, of the current phase
 def timed(name, fn):
     def wrapper(*args, **kwargs):
-        start, peak[1] = cpu(), status_kib("self", "RssAnon")
+        start, peak[1] = cpu(), rss_kib()
         try:
             return fn(*args, **kwargs)
         finally:
             record["phases"][name] = record["phases"].get(name, 0.0) + cpu() - start
-            record["phase_peak"][name] = max(peak[1], status_kib("self", "RssAnon"))
+            record["phase_peak"][name] = max(peak[1], rss_kib())
     return wrapper
 for name in ("open_page_table", "summarization_samples", "PageGraphIndex", "prepare_token_cache",
              "build_embedding_cache", "data_report"):
@@ -395,7 +385,7 @@ for name in ("encode_text", "encode_image"):
 
 def sample():
     while True:
-        now = status_kib("self", "RssAnon")
+        now = rss_kib()
         peak[:] = max(peak[0], now), max(peak[1], now)
         time.sleep(0.02)
 threading.Thread(target=sample, daemon=True).start()
@@ -404,12 +394,12 @@ def training_step(self, *args, **kwargs):
     record["steps"] = record.get("steps", 0) + 1
     if record["steps"] == 1:
         record["startup_cpu"] = cpu()
-        record["main_rss_anon_first_step"] = status_kib("self", "RssAnon")
+        record["main_rss_anon_first_step"] = rss_kib()
     if record["steps"] == steps:
         workers = [c.pid for c in psutil.Process().children()]
-        record.update(main_rss_anon=status_kib("self", "RssAnon"), main_peak_rss_anon=peak[0],
+        record.update(main_rss_anon=rss_kib(), main_peak_rss_anon=peak[0],
                       workers_private=[private_kib(pid) for pid in workers],
-                      workers_rss_anon=[status_kib(pid, "RssAnon") for pid in workers])
+                      workers_rss_anon=[rss_kib(pid) for pid in workers])
         with open(os.environ["MMGL_BENCH_PROBE"], "w") as f:
             json.dump(record, f)
     return original(self, *args, **kwargs)
