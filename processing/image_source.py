@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from transformers import CLIPImageProcessor
 
-from .page_graph import is_in_memory_image
+from .page_graph import has_control_characters, is_in_memory_image
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,23 @@ def _manifest_records(lines: Iterable[bytes], path) -> Iterator[tuple[int, str, 
         except (ValueError, KeyError, TypeError):
             logger.warning("%s:%d: skipping an unreadable manifest line", path, line_no)
             continue
+        problem = _manifest_record_problem(record)
+        if problem is not None:
+            logger.warning("%s:%d: skipping a manifest line: %s", path, line_no, problem)
+            continue
         yield start, url, record
+
+
+def _manifest_record_problem(record: dict) -> str | None:
+    """What makes a parsed manifest line unusable (a URL that is not text, an ``ok`` record without the path or
+    hash of its file), or `None`."""
+    if not isinstance(record.get("url"), str):
+        return f"field 'url' is {type(record.get('url')).__name__}, expected a string"
+    if record.get("status") == "ok":
+        for field in ("path", "sha256"):
+            if not isinstance(record.get(field), str) or not record[field]:
+                return f"status 'ok' without a '{field}' string (expected the fetched file's {field})"
+    return None
 
 
 def _url_digest(url: str) -> bytes:
@@ -192,6 +208,19 @@ def _url_digest(url: str) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ resolver
+def file_inside(root: str, path: str | os.PathLike) -> str | None:
+    """The real path of ``path`` when it is a regular file inside the folder ``root`` (itself a real path), after
+    following every symbolic link; else `None`. The one containment rule of image folders: the resolver and the
+    image fetcher's `lookup` both use it."""
+    path = os.fspath(path)
+    if "\0" in path:
+        return None
+    real = os.path.realpath(os.path.join(root, path))
+    if os.path.commonpath([real, root]) != root or not os.path.isfile(real):
+        return None
+    return real
+
+
 class ImageFolder:
     """An image folder: a plain folder of files named by URL basename, or the image fetcher's
     content-addressed folder with its ``manifest.jsonl`` (see the module docstring for the rules).
@@ -216,16 +245,15 @@ class ImageFolder:
 
     def _inside(self, path: str) -> str | None:
         """``path`` as a real path when it is a file inside the folder, else None."""
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self.root]) != self.root or not os.path.isfile(real):
-            return None
-        return real
+        return file_inside(self.root, path)
 
     def resolve(self, ref: Any) -> str | None:
         """The file of an image reference, or `None` (no such file, or outside the folder)."""
         if not ref or not isinstance(ref, (str, os.PathLike)):
             return None
         ref = os.fspath(ref)
+        if has_control_characters(ref):  # masked (the page graph warns about it), never handed to the OS
+            return None
         is_url = "://" in ref
         if self.root is None:
             return None if is_url or not os.path.isfile(ref) else ref

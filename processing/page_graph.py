@@ -78,6 +78,13 @@ def is_in_memory_image(value: Any) -> bool:
     return hasattr(value, "convert") and hasattr(value, "mode") and hasattr(value, "size")
 
 
+def has_control_characters(ref: str) -> bool:
+    """Whether an image reference holds a NUL or another control character (U+0000-U+001F, U+007F), as is or
+    percent-encoded as ``%00``: never a real file name or URL of a page, and a NUL makes every OS call on a path
+    raise."""
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in ref) or "%00" in ref
+
+
 def scrub_summary(text: str, sentences: Sequence[str]) -> str:
     """Cut every occurrence of each non-empty sentence out of ``text`` (the object is kept when clean)."""
     for sentence in sentences:
@@ -356,13 +363,21 @@ class PageGraph:
             if parent >= 0:
                 edges["parent_child"].append((section_nodes[parent], section_nodes[i]))
         image_nodes: list[list[int]] = []
+        unsafe_refs: list[str] = []
         for i, sec in enumerate(sections):
             ids = []
-            for ref, caption in sec["images"]:
+            for j, (ref, caption) in enumerate(sec["images"]):
+                if isinstance(ref, str) and has_control_characters(ref):
+                    unsafe_refs.append(f"section {i}, image {j}: {ref!r}")
+                    ref = None  # masked: never handed to the file system
                 ids.append(len(nodes))
                 nodes.append(GraphNode("image", text=caption, image=ref or None, section=i))
                 edges["section_image"].append((section_nodes[i], ids[-1]))
             image_nodes.append(ids)
+        if unsafe_refs:
+            logger.warning("page %r: %d image reference(s) hold a NUL or another control character and are masked "
+                           "(expected a URL or a file path): %s", page_id, len(unsafe_refs),
+                           "; ".join(unsafe_refs[:5]) + ("; ..." if len(unsafe_refs) > 5 else ""))
         return cls(
             title=title,
             nodes=nodes,

@@ -107,6 +107,35 @@ class Server:
                         pass
                     self.close_connection = True
                     return
+                if kind == "drip_headers":  # the status line and headers one byte every `interval` seconds
+                    body, interval = args
+                    head = (f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+                            "X-Padding: " + "x" * 200 + "\r\n\r\n").encode()
+                    try:
+                        for i in range(len(head)):
+                            if server.stop.wait(interval):
+                                break
+                            self.wfile.write(head[i : i + 1])
+                            self.wfile.flush()
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
+                if kind == "drip_close":  # Connection: close, no Content-Length, the body one byte per `interval`
+                    body, interval = args
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    try:
+                        for i in range(len(body)):
+                            if server.stop.wait(interval):
+                                break
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
                 if kind == "stream":  # no Content-Length, many bytes
                     self.send_response(200)
                     self.send_header("Connection", "close")
@@ -445,3 +474,83 @@ def test_cli_with_url_list_and_dataset(server, tmp_path, capsys):
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{"):])
     assert summary["cached"] == 2 and summary["fetched"] == 1
+
+
+# ------------------------------------------------------------------------------------- faults, second pass
+
+
+def test_header_and_body_drips_end_at_the_one_deadline(server, tmp_path):
+    # Each would run 10+ s if waited out: bytes arrive well within read_timeout, so only the wall-clock
+    # deadline of the whole attempt (connection, headers, body) can end them. Eight of them on four workers
+    # must not stall the fetch: two rounds of one deadline each.
+    body = make_image()
+    urls = [server.add(f"/headers{i}.png", ("drip_headers", body, 0.05)) for i in range(6)]
+    urls += [server.add(f"/close{i}.png", ("drip_close", body, 0.1)) for i in range(2)]
+    fetcher = fast_fetcher(tmp_path / "c", retries=0, max_workers=4, read_timeout=5, download_timeout=0.5)
+    start = time.monotonic()
+    summary = fetcher.fetch(urls)
+    elapsed = time.monotonic() - start
+    assert summary["failed_by_reason"] == {"timeout": 8}, summary
+    assert elapsed < 2 * 0.5 + 1.5, elapsed
+    details = [r["detail"] for r in manifest_lines(tmp_path / "c")]
+    assert all("download exceeded 0.5 s" in d for d in details), details
+    assert list((tmp_path / "c" / "tmp").iterdir()) == []
+
+
+def test_working_folders_linked_out_of_the_cache_are_refused(server, tmp_path):
+    from processing.data.image_fetcher import UnsafeCacheError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.part").write_bytes(b"keep")
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "tmp").symlink_to(outside)
+    with pytest.raises(UnsafeCacheError, match=r"c/tmp: expected a real folder inside the image cache .*symbolic link"):
+        fast_fetcher(cache)
+    assert (outside / "precious.part").read_bytes() == b"keep"
+
+    # A content folder linked out: the download is refused before anything is renamed there.
+    (cache / "tmp").unlink()
+    png = make_image()
+    import hashlib
+
+    (cache / hashlib.sha256(png).hexdigest()[:2]).symlink_to(outside)
+    url = server.add("/x.png", ("ok", png))
+    with pytest.raises(UnsafeCacheError, match="symbolic link"):
+        fast_fetcher(cache).fetch([url])
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.part"]
+    assert list((cache / "tmp").iterdir()) == []
+
+    link = tmp_path / "m"
+    (outside / "manifest.jsonl").write_text("")
+    (link / "manifest.jsonl").parent.mkdir()
+    (link / "manifest.jsonl").symlink_to(outside / "manifest.jsonl")
+    with pytest.raises(UnsafeCacheError, match="manifest is a symbolic link"):
+        fast_fetcher(link)
+
+
+def test_manifest_paths_outside_the_cache_and_bad_records_are_never_served(server, tmp_path, caplog):
+    from processing.image_source import ImageFolder
+
+    cache = tmp_path / "deep" / "c"
+    cache.mkdir(parents=True)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(make_image())
+    good = server.add("/good.png", ("ok", make_image(color=(1, 2, 3))))
+    lines = [
+        {"url": "http://h/escape.png", "status": "ok", "sha256": "0" * 64, "path": "../../secret.png"},
+        {"url": "http://h/abs.png", "status": "ok", "sha256": "0" * 64, "path": str(secret)},
+        {"url": 12345, "status": "ok", "sha256": "0" * 64, "path": "ab/x.png"},
+        {"url": good, "status": "ok", "sha256": "0" * 64},  # no path: fetched again
+    ]
+    (cache / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with caplog.at_level("WARNING"):
+        fetcher = fast_fetcher(cache)
+    assert "manifest.jsonl:3: skipping a manifest line: field 'url' is int" in caplog.text
+    assert "manifest.jsonl:4: skipping a manifest line: status 'ok' without a 'path' string" in caplog.text
+    assert fetcher.lookup("http://h/escape.png") is None and fetcher.lookup("http://h/abs.png") is None
+    folder = ImageFolder(cache)
+    assert folder.resolve("http://h/escape.png") is None and folder.resolve("http://h/abs.png") is None
+    summary = fetcher.fetch([good])
+    assert summary["fetched"] == 1 and fetcher.lookup(good).read_bytes() == make_image(color=(1, 2, 3))

@@ -59,7 +59,7 @@ def cli_error_types() -> tuple:
     names = {
         "processing.data.tfrecord_io": ("TFRecordCorruptError",),
         "processing.data.wikiweb2m": ("WikiWeb2MFormatError", "EmptyInputError"),
-        "processing.data.image_fetcher": ("InvalidURLError", "URLListError"),
+        "processing.data.image_fetcher": ("InvalidURLError", "URLListError", "UnsafeCacheError"),
         "processing.page_graph": ("PageStructureError",),
         "processing.embedding_cache": ("CorruptShardError", "EncoderMismatchError"),
     }

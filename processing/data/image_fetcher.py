@@ -10,9 +10,19 @@ Layout of a cache directory::
     <cache>/tmp/*.part                downloads in flight; removed at the start of every `fetch`
 
 No path is ever derived from a URL, so nothing can be written outside the cache whatever a URL
-holds. A file only gets its final name through `os.replace` after it was fully received and
-verified, so an interrupted run never leaves a partial file under a finished name, and a rerun
-fetches only the URLs that have no successful record yet.
+holds; ``tmp/`` and the ``<sha256[:2]>/`` folders must be real folders inside the cache (a symbolic
+link there, or a ``manifest.jsonl`` that links elsewhere, is refused with `UnsafeCacheError`), and a
+manifest path that leads outside the cache is never looked up. A file only gets its final name
+through `os.replace` after it was fully received and verified, so an interrupted run never leaves a
+partial file under a finished name, and a rerun fetches only the URLs that have no successful record
+yet.
+
+Each attempt has one wall-clock deadline (``download_timeout``) covering the connection, the
+response headers and the body, whatever the server's ``Connection`` header: a server dripping
+headers or body one byte at a time is cut at the deadline.
+
+Exit status of the command: 0 when every URL ended ``ok`` (fetched now or before), `EXIT_FAILED_URLS`
+(3) when some did not (``--allow_failed`` makes that 0), 2 on bad input (one ``error:`` line).
 
 Manifest records::
 
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import functools
 import hashlib
 import json
 import logging
@@ -47,7 +58,8 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from processing.image_source import MANIFEST_NAME, ImageManifest  # the one manifest format, read by the resolver
+# The one manifest format and the one containment rule, shared with the resolver.
+from processing.image_source import MANIFEST_NAME, ImageManifest, file_inside
 
 if TYPE_CHECKING:  # annotations only: requests is imported where a download happens
     import requests
@@ -78,8 +90,33 @@ _RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 _CHUNK_SIZE = 64 * 1024
 
 
+#: Exit status of the command when some URLs did not end ``ok`` (see the module docstring).
+EXIT_FAILED_URLS = 3
+
+
 class InvalidURLError(ValueError):
     """A URL the fetcher refuses to request (not http(s), no host, control characters)."""
+
+
+class UnsafeCacheError(ValueError):
+    """A working folder or file of the cache that is a symbolic link or lies outside the cache."""
+
+
+def _real_folder_inside(cache_dir: Path, name: str) -> Path:
+    """``cache_dir / name`` as a real folder inside the cache (created when missing); a symbolic link or a
+    non-folder there raises `UnsafeCacheError`: the fetcher deletes and renames files in its working folders."""
+    path = cache_dir / name
+    try:
+        path.mkdir(exist_ok=True)
+    except FileExistsError:
+        pass
+    if path.is_symlink() or not path.is_dir():
+        raise UnsafeCacheError(
+            f"{path}: expected a real folder inside the image cache {cache_dir}, found "
+            f"{'a symbolic link to ' + os.path.realpath(path) if path.is_symlink() else 'a file'}; remove it (the "
+            "fetcher deletes and stages files there)"
+        )
+    return path
 
 
 class _FetchFailure(Exception):
@@ -178,23 +215,43 @@ class _HostThrottle:
             time.sleep(delay)
 
 
-class _Watchdog:
-    """Shut a streaming response's socket down after ``seconds`` (wall clock), waking a blocked read.
+# The deadline of the attempt running in this thread: the connection registers its socket with it as soon as
+# the request is sent, so the deadline can cut the response headers too (requests has no handle on them).
+_current_attempt = threading.local()
 
-    Falls back to doing nothing when the socket cannot be reached (the caller's deadline check
-    between chunks still applies).
+
+class _Deadline:
+    """One attempt's wall-clock deadline: at ``seconds`` it shuts the attempt's socket down, which wakes a read
+    blocked on the response headers or body whatever the timeouts per read, and the attempt fails as ``timeout``.
+
+    The socket is registered by `_DeadlineConnectionMixin` when the request has been sent; the object itself is
+    kept, so the deadline still reaches it after http.client dropped its own reference (``Connection: close``).
     """
 
-    def __init__(self, response: "requests.Response", seconds: float):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
         self.fired = False
-        self._response = response
+        self._sock = None
+        self._lock = threading.Lock()
         self._timer = threading.Timer(max(0.0, seconds), self._fire)
         self._timer.daemon = True
         self._timer.start()
 
+    def watch(self, sock) -> None:
+        with self._lock:
+            self._sock = sock
+            fired = self.fired
+        if fired:  # the deadline passed before the request was even sent
+            self._shutdown(sock)
+
     def _fire(self) -> None:
-        self.fired = True
-        sock = getattr(getattr(getattr(self._response, "raw", None), "connection", None), "sock", None)
+        with self._lock:
+            self.fired = True
+            sock = self._sock
+        self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock) -> None:
         if sock is None:
             return
         import socket
@@ -208,6 +265,44 @@ class _Watchdog:
         self._timer.cancel()
 
 
+class _DeadlineConnectionMixin:
+    """Registers the socket of each request with the deadline of the attempt running in this thread."""
+
+    def getresponse(self, *args, **kwargs):
+        deadline = getattr(_current_attempt, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+@functools.cache
+def _deadline_adapter_class():
+    """A `requests` adapter whose connections register with `_Deadline` (built once, on the first session)."""
+    import requests
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class _HTTPPool(HTTPConnectionPool):
+        ConnectionCls = type("_DeadlineHTTPConnection", (_DeadlineConnectionMixin, HTTPConnection), {})
+
+    class _HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = type("_DeadlineHTTPSConnection", (_DeadlineConnectionMixin, HTTPSConnection), {})
+
+    pools = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, *args, **kwargs):
+            manager = super().proxy_manager_for(*args, **kwargs)
+            manager.pool_classes_by_scheme = pools
+            return manager
+
+    return _DeadlineAdapter
+
+
 class ImageFetcher:
     """Fetch image URLs into a content-addressed cache, concurrently, politely and resumably.
 
@@ -218,10 +313,10 @@ class ImageFetcher:
             connection error. 403, 404 and other 4xx are never retried.
         connect_timeout (`float`, *optional*, defaults to 10): seconds to establish a connection.
         read_timeout (`float`, *optional*, defaults to 30): seconds without a byte from the server.
-        download_timeout (`float`, *optional*, defaults to 300): wall-clock cap of one attempt's body
-            download, so a server dripping bytes just under `read_timeout` cannot hold a worker: at
-            the deadline the connection is shut down (even inside a blocked read) and the attempt
-            fails as ``timeout``. The request and its headers are bounded by the two timeouts above.
+        download_timeout (`float`, *optional*, defaults to 300): wall-clock cap of one attempt, from the
+            connection to the last byte of the body, so a server dripping headers or body just under
+            `read_timeout` cannot hold a worker: at the deadline the connection is shut down (even
+            inside a blocked read) and the attempt fails as ``timeout``.
         backoff_base (`float`, *optional*, defaults to 1.0): first retry delay in seconds; doubles
             per attempt, with jitter (half fixed, half random) so workers do not retry in lockstep.
         backoff_max (`float`, *optional*, defaults to 60): cap of one backoff delay.
@@ -267,21 +362,26 @@ class ImageFetcher:
         self.max_pixels = max_pixels
         self.retry_failed = retry_failed
         self.user_agent = user_agent
-        self.tmp_dir = self.cache_dir / TMP_DIR_NAME
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = ImageManifest(self.cache_dir / MANIFEST_NAME)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = _real_folder_inside(self.cache_dir, TMP_DIR_NAME)
+        manifest = self.cache_dir / MANIFEST_NAME
+        if manifest.is_symlink():
+            raise UnsafeCacheError(f"{manifest}: the manifest is a symbolic link to {os.path.realpath(manifest)}; "
+                                   "expected a file of the image cache (the fetcher appends to it)")
+        self.manifest = ImageManifest(manifest)
         self._throttle = _HostThrottle()
         # requests.Session is not documented as thread-safe: one per worker thread.
         self._local = threading.local()
 
     # ----------------------------------------------------------------------------------- lookup
     def lookup(self, url: str) -> Path | None:
-        """Path of the cached image for `url`, or None (not fetched, failed, or file missing)."""
+        """Path of the cached image for `url`, or None (not fetched, failed, file missing, or a recorded path
+        outside the cache: the resolver's containment, `file_inside`)."""
         record = self.manifest.get(url)
         if record is None or record.get("status") != "ok":
             return None
-        path = self.cache_dir / record["path"]
-        return path if path.is_file() else None
+        path = file_inside(str(self.cache_dir), record["path"])
+        return None if path is None else Path(path)
 
     # ------------------------------------------------------------------------------------ fetch
     def fetch(self, urls: Iterable[str], progress: bool = False) -> dict:
@@ -341,10 +441,11 @@ class ImageFetcher:
         record = self.manifest.get(url)
         if record is not None:
             if record.get("status") == "ok":
-                path = self.cache_dir / record["path"]
-                if path.is_file():
+                path = self.lookup(url)
+                if path is not None:
                     return FetchResult(url, "cached", path=path, record=record)
-                logger.warning("cached file %s for %s is missing; fetching again", path, url)
+                logger.warning("cached file %s for %s is missing or outside the cache; fetching again",
+                               record["path"], url)
             elif not self.retry_failed:
                 return FetchResult(url, "skipped", reason=record.get("reason"),
                                    detail=record.get("detail"), record=record)
@@ -383,7 +484,7 @@ class ImageFetcher:
             session.headers["User-Agent"] = self.user_agent
             session.max_redirects = 5
             # Retries are ours (with backoff and Retry-After); the adapter must not add its own.
-            adapter = requests.adapters.HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=4)
+            adapter = _deadline_adapter_class()(max_retries=0, pool_connections=4, pool_maxsize=4)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             self._local.session = session
@@ -413,13 +514,32 @@ class ImageFetcher:
         raise failure
 
     def _attempt(self, url: str, host: str):
+        session = self._session()
+        deadline = _current_attempt.deadline = _Deadline(self.download_timeout)
+        try:
+            return self._request(session, url, host, deadline)
+        except _FetchFailure as err:
+            if deadline.fired and err.reason != "too_large":
+                raise self._too_slow(url) from None
+            raise
+        finally:
+            deadline.cancel()
+            _current_attempt.deadline = None
+
+    def _too_slow(self, url: str) -> _FetchFailure:
+        return _FetchFailure("timeout", f"{url}: download exceeded {self.download_timeout} s (connection, headers "
+                             "and body)", retryable=True)
+
+    def _request(self, session, url: str, host: str, deadline: _Deadline):
         import requests  # lazily, as in `_session` (already imported there: a dict lookup)
 
+        connect_timeout, read_timeout = self.timeout
+        timeout = (min(connect_timeout, self.download_timeout), read_timeout)
         try:
-            with self._session().get(url, stream=True, timeout=self.timeout) as response:
+            with session.get(url, stream=True, timeout=timeout) as response:
                 status = response.status_code
                 if status in (200, 203):
-                    return self._stream_to_part(response, url)
+                    return self._stream_to_part(response, url, deadline)
                 detail = f"HTTP {status} {response.reason or ''} for {url}".replace("  ", " ")
                 if status not in _RETRY_STATUSES:
                     raise _FetchFailure(f"http_{status}", detail)
@@ -451,7 +571,7 @@ class ImageFetcher:
         except (ValueError, UnicodeError) as err:  # URL parsing deep in urllib3 / idna
             raise _FetchFailure("invalid_url", f"{url}: {type(err).__name__}: {err}") from err
 
-    def _stream_to_part(self, response: "requests.Response", url: str):
+    def _stream_to_part(self, response: "requests.Response", url: str, deadline: _Deadline):
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise _FetchFailure("too_large", f"{url}: Content-Length {declared} exceeds max_bytes {self.max_bytes}")
@@ -459,12 +579,9 @@ class ImageFetcher:
         part = Path(name)
         digest = hashlib.sha256()
         size = 0
-        deadline = time.monotonic() + self.download_timeout
-        too_slow = _FetchFailure("timeout", f"{url}: download exceeded {self.download_timeout} s", retryable=True)
         # A read blocks until a whole chunk has arrived, and every byte restarts the read timeout:
-        # a server dripping one byte per second would hold the worker for days. The watchdog shuts
-        # the socket down at the deadline, which wakes the blocked read.
-        watchdog = _Watchdog(response, self.download_timeout)
+        # a server dripping one byte per second would hold the worker for days. The deadline shuts
+        # the socket down, which wakes the blocked read.
         try:
             with os.fdopen(fd, "wb") as f:
                 # iter_content decodes gzip/deflate, so max_bytes also bounds a compressed body.
@@ -473,25 +590,23 @@ class ImageFetcher:
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise _FetchFailure("too_large", f"{url}: body exceeds max_bytes {self.max_bytes}")
-                        if watchdog.fired or time.monotonic() > deadline:
-                            raise too_slow
+                        if deadline.fired:
+                            raise self._too_slow(url)
                         digest.update(chunk)
                         f.write(chunk)
                 except _FetchFailure:
                     raise
                 except Exception:
-                    if watchdog.fired:  # the read failed because the watchdog closed the socket
-                        raise too_slow from None
+                    if deadline.fired:  # the read failed because the deadline closed the socket
+                        raise self._too_slow(url) from None
                     raise
-                if watchdog.fired:  # a body without Content-Length ends at the shutdown: not complete
-                    raise too_slow
+                if deadline.fired:  # a body without Content-Length ends at the shutdown: not complete
+                    raise self._too_slow(url)
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        finally:
-            watchdog.cancel()
         if size == 0:
             part.unlink(missing_ok=True)
             raise _FetchFailure("undecodable", f"{url}: empty body")
@@ -523,8 +638,7 @@ class ImageFetcher:
 
     def _commit(self, part: Path, sha256: str, fmt: str) -> Path:
         # The final name derives only from the content hash and the sniffed format.
-        final = self.cache_dir / sha256[:2] / f"{sha256}.{FORMAT_EXTENSIONS[fmt]}"
-        final.parent.mkdir(exist_ok=True)
+        final = _real_folder_inside(self.cache_dir, sha256[:2]) / f"{sha256}.{FORMAT_EXTENSIONS[fmt]}"
         if final.is_file() and final.stat().st_size == part.stat().st_size:
             return final  # same bytes already stored (another URL); the caller drops the part
         os.replace(part, final)
@@ -610,6 +724,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m processing.data.image_fetcher",
         description="Download image URLs into a content-addressed cache (resumable).",
+        epilog=f"Exit status: 0 when every URL ended ok (fetched now or before); {EXIT_FAILED_URLS} when some did not "
+        "(their reasons are in the printed summary and manifest.jsonl), unless --allow_failed; 2 on bad input.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="URL_LIST_OR_DATASET CACHE_DIR, or only CACHE_DIR with --from_dataset. "
@@ -625,8 +741,8 @@ def main(argv=None) -> int:
     parser.add_argument("--read_timeout", type=float, default=30.0,
                         help="seconds without a byte from the server (default: %(default)s)")
     parser.add_argument("--download_timeout", type=float, default=300.0,
-                        help="wall-clock seconds for one attempt's body, however the server drips it "
-                             "(default: %(default)s)")
+                        help="wall-clock seconds for one attempt: connection, headers and body, however the server "
+                             "drips them (default: %(default)s)")
     parser.add_argument("--max_bytes", type=int, default=20 * 1024 * 1024,
                         help="larger bodies are aborted as too_large (default: %(default)s)")
     parser.add_argument("--max_pixels", type=int, default=50_000_000,
@@ -634,8 +750,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no_retry_failed", action="store_true",
                         help="skip URLs an earlier run recorded as failed")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow_failed", action="store_true",
+                        help=f"exit 0 even when some URLs failed (default: exit {EXIT_FAILED_URLS})")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    for name, low in (("max_workers", 1), ("retries", 0), ("max_bytes", 1), ("max_pixels", 1)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    for name in ("connect_timeout", "read_timeout", "download_timeout"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be > 0 seconds, got {getattr(args, name)}")
 
     if args.from_dataset:
         if len(args.paths) != 1:
@@ -660,10 +784,17 @@ def main(argv=None) -> int:
     )
     summary = fetcher.fetch(urls, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
+    not_ok = summary["failed"] + summary["skipped"]
+    if not_ok and not args.allow_failed:
+        print(f"{not_ok} of {summary['total']} URLs did not end ok ({summary['failed']} failed now, "
+              f"{summary['skipped']} skipped as failed before); exit status {EXIT_FAILED_URLS} "
+              "(--allow_failed to accept)", file=sys.stderr)
+        return EXIT_FAILED_URLS
     return 0
 
 
 __all__ = [
+    "EXIT_FAILED_URLS",
     "FORMAT_EXTENSIONS",
     "FetchResult",
     "ImageFetcher",
@@ -672,6 +803,7 @@ __all__ = [
     "SNIFF_FORMATS",
     "URLListError",
     "USER_AGENT",
+    "UnsafeCacheError",
     "main",
     "parse_retry_after",
     "urls_from_dataset",
