@@ -155,7 +155,7 @@ def write_cache(cache_dir: Path, texts: list[list[str]], images: list[list[str]]
 
     from processing.atomic_write import atomic_write_bytes
     from processing.data.build_embedding_cache import _ShardWriter
-    from processing.embedding_cache import CACHE_FORMAT, CONFIG_NAME, EmbeddingCache, text_key
+    from processing.embedding_cache import CACHE_FORMAT, CONFIG_NAME, EmbeddingCache, encoder_identity, text_key
 
     config = {"format": CACHE_FORMAT, "model_name": "bench", "pretrained": None, "config_sha256": "bench",
               "weights_sha256": "bench", "embed_dim": width, "dtype": "float16"}
@@ -165,7 +165,7 @@ def write_cache(cache_dir: Path, texts: list[list[str]], images: list[list[str]]
     for kind, keys in (("text", list(dict.fromkeys(text_key(t) for page in texts for t in page))),
                        ("image", list(dict.fromkeys(k for page in images for k in page)))):
         (cache_dir / kind).mkdir()
-        writer = _ShardWriter(cache_dir / kind, 0, torch.float16, 4096)
+        writer = _ShardWriter(cache_dir / kind, 0, torch.float16, 4096, encoder_identity(config))
         for start in range(0, len(keys), 4096):
             batch = keys[start:start + 4096]
             writer.add(batch, torch.from_numpy(rng.standard_normal((len(batch), width), dtype=np.float32)))

@@ -7,8 +7,10 @@ Layout of a cache directory::
                                                 text_embed_dim with a Hugging Face text encoder)
     <cache>/index.safetensors                   the key index (below); written by the builder
     <cache>/text/shard-r000-00000.safetensors   tensor "embeddings" (n, D); metadata "keys" (JSON
-                                                list of n sha256 hex keys) and "sha256" (of the
-                                                tensor bytes); r000 is the writing process's rank
+                                                list of n sha256 hex keys), "sha256" (of the
+                                                tensor bytes) and "encoder" (the identity of the
+                                                encoder that wrote it, `encoder_identity`); r000
+                                                is the writing process's rank
     <cache>/image/shard-r001-00003.safetensors
     <cache>/<kind>/.shard-*.safetensors.*.tmp   a shard being written: never read; removed by the
                                                 next build
@@ -29,7 +31,9 @@ at a time from memory-mapped shards, in their storage dtype (float16 by default)
 Shards the index does not record (a build killed before it updated the index, a file changed since) are
 read from their headers at open and checksum-verified on their first lookup in each process: a shard
 damaged after its build is never read silently: reading it raises `CorruptShardError` naming the file, and
-the next build sets it aside and encodes its keys again. Damage that keeps a file's size and modification
+the next build sets it aside and encodes its keys again. A shard whose recorded encoder is not the cache's (copied
+from a cache of another encoder, even with the same keys and width) is refused the same way (`ForeignShardError`),
+and never recorded as verified. Damage that keeps a file's size and modification
 time (bit rot) is found only by an explicit check (`verify`, the build's ``--verify``). A damaged or foreign index raises
 `CorruptIndexError` naming it; the next build sets it aside and writes a new one. A shard gets its final
 name only through an atomic rename after it is fully written, so a build killed at any point resumes
@@ -101,8 +105,18 @@ class CorruptIndexError(CorruptShardError):
     """The key index cannot be read, is not an embedding-cache index, or belongs to another cache."""
 
 
+class ForeignShardError(CorruptShardError):
+    """A shard written by another encoder (or storage dtype) than the one its cache records."""
+
+
 class EncoderMismatchError(ValueError):
     """A build asked to add embeddings from a different encoder (or dtype) to an existing cache."""
+
+
+def encoder_identity(config: dict) -> str:
+    """What must agree for embeddings to be shared (`ENCODER_IDENTITY_FIELDS` and the storage dtype) as one JSON
+    string: every shard and the index record it, and a reader compares it with the cache's config."""
+    return json.dumps({field: config.get(field) for field in (*ENCODER_IDENTITY_FIELDS, "dtype")}, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------ keys
@@ -182,8 +196,10 @@ class _ShardRecord(NamedTuple):
     offset: int  # byte offset of its (rows, D) "embeddings"
 
 
-def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None):
-    """Keys and record of a shard from its header alone; raise `CorruptShardError` naming `path`."""
+def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None,
+                       identity: str | None = None):
+    """Keys and record of a shard from its header alone; raise `CorruptShardError` naming `path` (`ForeignShardError`
+    when ``identity``, an `encoder_identity`, is not the one the shard records)."""
     try:
         stat = os.stat(path)
         metadata, tensors = _safetensors_layout(path)
@@ -201,6 +217,20 @@ def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, emb
             f"embedding shard {path}: expected format {SHARD_FORMAT!r} with one (n, {embed_dim or 'D'}) "
             f"{expected_dtype} 'embeddings' row per key, found format {metadata.get('format')!r}, "
             f"{tensor_dtype} shape {list(shape)}, {len(keys)} keys"
+        )
+    if identity is not None and metadata.get("encoder") != identity:
+        wanted = json.loads(identity)
+        try:
+            found = json.loads(metadata["encoder"])
+            diffs = "; ".join(f"{field}: shard {found.get(field)!r}, cache {value!r}"
+                              for field, value in wanted.items() if found.get(field) != value)
+            written_by = f"encoder {encoder_description(found)} ({diffs})"
+        except (KeyError, ValueError, TypeError, AttributeError):  # written before shards recorded their encoder
+            written_by = "an encoder it does not record"
+        raise ForeignShardError(
+            f"embedding shard {path} was written by {written_by}, not by this cache's encoder "
+            f"{encoder_description(wanted)}; refusing it: rerun the embedding-cache build to set it aside and "
+            "encode its keys with this cache's encoder"
         )
     return keys, _ShardRecord(kind, path.name, stat.st_size, stat.st_mtime_ns, shape[0], offset)
 
@@ -382,7 +412,8 @@ class EmbeddingCache:
         parts = {kind: [] for kind in KINDS}
         for kind, path, _, _ in on_disk:
             if (kind, path.name) not in recorded:
-                keys, record = _read_shard_header(path, kind, self.config.get("dtype"), self.width(kind))
+                keys, record = _read_shard_header(path, kind, self.config.get("dtype"), self.width(kind),
+                                                  encoder_identity(self.config))
                 parts[kind].append((len(self._records), _raw_keys(keys)))
                 self._records.append(record)
         self._tables = {
@@ -524,8 +555,7 @@ class EmbeddingCache:
         self._covers = list(dict.fromkeys([*self._covers, *covers]))
         metadata = {
             "format": INDEX_FORMAT,
-            "identity": json.dumps({field: self.config.get(field) for field in (*ENCODER_IDENTITY_FIELDS, "dtype")},
-                                   sort_keys=True),
+            "identity": encoder_identity(self.config),
             "shards": json.dumps([list(record) for record in self._records]),
             "covers": json.dumps(self._covers),
         }
@@ -590,7 +620,9 @@ __all__ = [
     "CorruptShardError",
     "EmbeddingCache",
     "EncoderMismatchError",
+    "ForeignShardError",
     "encoder_description",
+    "encoder_identity",
     "KINDS",
     "image_key",
     "text_key",

@@ -558,6 +558,42 @@ def test_foreign_shard_is_refused_with_its_name(tmp_path, encoder):
         EmbeddingCache(cache_dir)
 
 
+def test_shard_of_another_encoder_is_refused_and_never_recorded_verified(tmp_path, encoder):
+    """A shard copied from a cache of another encoder (same config, keys and width: only the weights differ) is
+    refused at open, set aside by a build (also by --verify) and its keys encoded again by this cache's encoder."""
+    from processing.embedding_cache import ForeignShardError
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    build(ours, encoder, texts=TEXTS[:2], shard_size=2)
+    build(theirs, tiny_encoder(seed=1), texts=TEXTS[2:4], shard_size=2)
+    expected = {text: EmbeddingCache(ours).get_text(text) for text in TEXTS[:2]}
+    copied = ours / "text" / "shard-r000-00050.safetensors"
+    shutil.copy2(shards(theirs)[0], copied)
+    with pytest.raises(ForeignShardError, match=rf"{copied} was written by encoder .*weights_sha256: shard "):
+        EmbeddingCache(ours)
+    index_before = (ours / INDEX_NAME).read_bytes()
+
+    spy = Spy(encoder)
+    cache = build(ours, spy, texts=TEXTS[:4], shard_size=2, verify=True)
+    assert cache.build_summary["set_aside"] == [str(copied)] and copied.with_name(copied.name + ".corrupt").exists()
+    assert spy.texts == TEXTS[2:4]  # encoded again, by this encoder
+    for text in TEXTS[2:4]:
+        assert torch.allclose(cache.get_text(text).float(), encoder.embed_texts([text])[0].float(), atol=1e-3)
+    for text, value in expected.items():
+        assert torch.equal(cache.get_text(text), value)
+    from safetensors import safe_open
+
+    with safe_open(str(ours / INDEX_NAME), framework="np") as f:
+        recorded = [record[1] for record in json.loads(f.metadata()["shards"])]
+    assert copied.name not in recorded and len(recorded) == 2 and (ours / INDEX_NAME).read_bytes() != index_before
+
+    # A recorded shard overwritten by a foreign one of the same size is read from its header again: refused.
+    victim = shards(ours)[0]
+    rewrite(victim, shards(theirs)[0].read_bytes())
+    with pytest.raises(ForeignShardError, match=str(victim)):
+        EmbeddingCache(ours)
+
+
 def test_a_killed_build_leaves_shards_the_next_open_reads_from_their_headers(tmp_path, encoder):
     """Shards written after the index (a build killed before updating it) are found from their headers and
     checksum-verified on first use; the next build records them."""

@@ -54,6 +54,7 @@ from processing.embedding_cache import (
     _shard_paths,
     _tensor_sha256,
     encoder_description,
+    encoder_identity,
     image_key,
     text_key,
 )
@@ -65,13 +66,15 @@ logger = logging.getLogger(__name__)
 
 
 class _ShardWriter:
-    """Buffers (key, embedding) rows of one kind and writes them as shards of ~`shard_size` rows."""
+    """Buffers (key, embedding) rows of one kind and writes them as shards of ~`shard_size` rows, each recording
+    ``identity`` (`encoder_identity` of the cache's config: the encoder that wrote it)."""
 
-    def __init__(self, kind_dir: Path, rank: int, dtype: torch.dtype, shard_size: int):
+    def __init__(self, kind_dir: Path, rank: int, dtype: torch.dtype, shard_size: int, identity: str):
         self.kind_dir = kind_dir
         self.rank = rank
         self.dtype = dtype
         self.shard_size = shard_size
+        self.identity = identity
         self.keys: list = []
         self.rows: list = []
         self.written: list = []
@@ -93,7 +96,8 @@ class _ShardWriter:
             return
         embeddings = torch.cat(self.rows).contiguous()
         path = self.kind_dir / f"shard-r{self.rank:03d}-{self.next_seq:05d}.safetensors"
-        metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": _tensor_sha256(embeddings)}
+        metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": _tensor_sha256(embeddings),
+                    "encoder": self.identity}
         atomic_write_bytes(path, safetensors_save({"embeddings": embeddings}, metadata=metadata))
         self.written.append(path)
         self.next_seq += 1
@@ -127,6 +131,7 @@ def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[lis
     recorded = _recorded_shards(cache_dir)  # sets a damaged index aside, also under ``verify``
     if verify:
         recorded = {}
+    identity = encoder_identity(json.loads((cache_dir / CONFIG_NAME).read_text(encoding="utf-8")))
     damaged, checked = [], 0
     for kind in KINDS:
         kind_dir = cache_dir / kind
@@ -140,7 +145,7 @@ def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[lis
                 continue
             checked += 1
             try:
-                _read_shard_header(path)
+                _read_shard_header(path, identity=identity)
                 _load_shard(path)
             except CorruptShardError as err:
                 logger.error("%s; setting it aside as %s.corrupt and recomputing its keys", err, path.name)
@@ -259,7 +264,7 @@ def _embed_kind(cache: EmbeddingCache, kind: str, items: Iterable[tuple], encode
     in memory, only the keys already met, as 32-byte digests) that the cache lacks."""
     from tqdm.auto import tqdm
 
-    writer = _ShardWriter(cache.cache_dir / kind, rank, dtype, shard_size)
+    writer = _ShardWriter(cache.cache_dir / kind, rank, dtype, shard_size, encoder_identity(cache.config))
     seen: set[bytes] = set()
     unique = assigned = cached = encoded = failed = 0
     batch: list = []
