@@ -47,7 +47,7 @@ from processing.design_space import (
     has_neighbor_slots,
     neighbor_mode,
 )
-from processing.image_source import clip_image_processor
+from processing.image_source import check_image_coverage, clip_image_processor
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
 from processing.token_cache import prepare_token_cache, table_fingerprint
@@ -138,6 +138,11 @@ class MMGLArguments:
         default=None, metadata={"help": "Frozen-encoder embedding cache; built (or resumed) when incomplete."}
     )
     image_dir: str | None = field(default=None, metadata={"help": "Folder of the page images (by URL file name)."})
+    allow_missing_images: bool = field(
+        default=False,
+        metadata={"help": "The images are absent on purpose: an --image_dir that resolves none of the image references "
+                  "of the checked examples is accepted (their slots are masked) instead of an error."},
+    )
 
 
 @dataclass
@@ -653,6 +658,9 @@ def main(argv=None):
                          max_examples=data_args.data_report_examples)
     for line in report_lines(report):
         logger.info(line)
+    checked = [split for name, split in report.items() if name != "design"]
+    check_image_coverage(sum(split["real_images"] for split in checked), sum(split["masked_images"] for split in checked),
+                         mmgl_args.image_dir, mmgl_args.allow_missing_images)
     if training_args.should_save:
         write_data_report(report, training_args.output_dir)
 

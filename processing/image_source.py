@@ -227,9 +227,18 @@ class ImageFolder:
 
     Args:
         root (`str` or `os.PathLike`, *optional*): the folder; `None` for no folder.
+
+    Raises:
+        `FileNotFoundError` / `NotADirectoryError` naming ``root`` when it is given but is not a folder (a mistyped
+        path would otherwise mask every image without a word).
     """
 
     def __init__(self, root: str | os.PathLike | None):
+        if root is not None and not os.path.isdir(root):
+            error = NotADirectoryError if os.path.exists(root) else FileNotFoundError
+            raise error(f"image folder {os.fspath(root)}: {'not a folder' if os.path.exists(root) else 'no such folder'}; "
+                        "expected the folder of page images (files named by URL basename, or the image fetcher's folder "
+                        "with manifest.jsonl)")
         self.root = None if root is None else os.path.realpath(os.fspath(root))
         manifest_path = None if self.root is None else os.path.join(self.root, MANIFEST_NAME)
         self.manifest = ManifestIndex(manifest_path) if manifest_path and os.path.isfile(manifest_path) else None
@@ -282,6 +291,38 @@ class ImageFolder:
         if record is None or record.get("status") != "ok":
             return None
         return record.get("sha256")
+
+
+class MissingImagesError(ValueError):
+    """An image folder that resolves none of the image references a command needs."""
+
+
+def check_image_coverage(resolved: int, missing: int, image_dir, allow_missing: bool = False,
+                         flag: str = "--allow_missing_images") -> None:
+    """The one rule for image references without a file, after a command counted them: a given folder that
+    resolves none of them is an error (`MissingImagesError`) unless ``allow_missing`` (the images are absent on
+    purpose); some unresolved, or no folder given at all, is a warning with the counts (those slots are masked).
+
+    Args:
+        resolved (`int`), missing (`int`): image references that resolve to a file, and those that do not.
+        image_dir: the folder given (or `None`).
+        allow_missing (`bool`, *optional*, defaults to `False`): accept a folder that resolves nothing.
+        flag (`str`, *optional*): the option that sets ``allow_missing``, named in the error.
+    """
+    total = resolved + missing
+    if not missing:
+        return
+    if image_dir is None:
+        logger.warning("no image folder given: the %d image reference(s) are masked", total)
+    elif not resolved and not allow_missing:
+        raise MissingImagesError(
+            f"image folder {os.fspath(image_dir)} resolves none of the {total} image reference(s) needed (expected files "
+            f"named by URL basename, paths relative to the folder, or the image fetcher's folder with manifest.jsonl); "
+            f"pass {flag} if the images are absent on purpose (their slots are then masked)"
+        )
+    else:
+        logger.warning("image folder %s resolves %d of %d image reference(s); the %d others have no file and are masked",
+                       os.fspath(image_dir), resolved, total, missing)
 
 
 # ------------------------------------------------------------------------------------ preprocessing
@@ -363,6 +404,9 @@ __all__ = [
     "ImageFolder",
     "ImageManifest",
     "ManifestIndex",
+    "MissingImagesError",
+    "check_image_coverage",
+    "file_inside",
     "clip_image_processor",
     "describe_image",
     "image_bytes",

@@ -259,11 +259,13 @@ def iter_neighbor_inputs(
 ) -> Iterator[tuple[list[str], list[tuple[str, str | None]]]]:
     """Per sample of ``samples`` (``(page, section_idx)`` pairs, or a `PageGraphIndex`), lazily: its neighbour texts
     (none in SA-TE: there they are raw tokens) and its image files as ``(path, sha256 or None)``, exactly what the
-    processor asks an embedding cache for under this configuration. Image references without a file and in-memory
-    images are counted in ``counts["missing_images"]`` / ``counts["in_memory_images"]``."""
+    processor asks an embedding cache for under this configuration. Image references with a file, without one and
+    in-memory images are counted in ``counts["resolved_images"]``, ``counts["missing_images"]`` and
+    ``counts["in_memory_images"]``."""
     folder = ImageFolder.coerce(image_folder)
     want_texts, want_images = has_text_slots(neighbor_encoding, context), has_image_slots(context)
     counts = {} if counts is None else counts
+    counts.setdefault("resolved_images", 0)
     counts.setdefault("missing_images", 0)
     counts.setdefault("in_memory_images", 0)
     for page, section_idx in samples:
@@ -278,6 +280,7 @@ def iter_neighbor_inputs(
             if path is None:
                 counts["missing_images"] += ref is not None
                 continue
+            counts["resolved_images"] += 1
             files.append((path, folder.sha256(ref)))
         yield (list(selection.texts) if want_texts else []), files
 

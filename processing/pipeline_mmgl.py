@@ -24,7 +24,8 @@ Neighbours: with ``embedding_cache`` (a path or an `EmbeddingCache`, or any obje
 ``get_text`` / ``get_image`` / ``embed_dim``) they are passed as precomputed embeddings; without it
 as raw open_clip ids and pixels, which the model encodes with its frozen ``neighbor_encoder`` (a
 model without one needs a cache: a clear error says so). Missing images (no file, no ``image_dir``)
-are masked, never replaced by blank pixels.
+are masked, never replaced by blank pixels, with a warning counting them; an ``image_dir`` that is not a
+folder is an error.
 
 Batching uses the processor's own collator (left padding), so ``batch_size=B`` gives exactly
 ``model.generate(**processor(pages, sections, for_generation=True))``. Generation parameters
@@ -39,6 +40,7 @@ model's are refused (`EmbeddingCache.check_encoder`), as is a processor that dis
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Mapping, Sized
@@ -51,6 +53,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .page_graph import PageGraph, is_page_graph
+
+logger = logging.getLogger(__name__)
 
 TASK = "mmgl-summarization"
 _GENERATION_KEYS = frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_"))
@@ -124,6 +128,7 @@ class MMGLSummarizationPipeline(Pipeline):
         if section is not None:
             preprocess_params["section"] = section
         if image_dir is not None:
+            self.processor.image_folder(image_dir)  # a missing folder or a file: an error now, whatever the page
             preprocess_params["image_dir"] = image_dir
         if embedding_cache is not None:
             preprocess_params["embedding_cache"] = self._open_embedding_cache(embedding_cache)
@@ -192,6 +197,12 @@ class MMGLSummarizationPipeline(Pipeline):
         batch = self.processor(
             graph, section, embedding_cache=embedding_cache, image_dir=image_dir, for_generation=True
         )
+        mask = batch.get("image_neighbor_mask")
+        if mask is not None and not bool(mask.all()):
+            masked, total = int((mask == 0).sum()), int(mask.numel())
+            where = f"image_dir {os.fspath(image_dir)}" if image_dir is not None else "no image_dir given"
+            logger.warning(f"page {graph.page_id!r}, section {section}: {masked} of {total} image neighbour(s) masked: "
+                           f"no file ({where}), undecodable, or not in the embedding cache")
         return dict(batch)
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], generate_kwargs: dict[str, Any] | None = None):

@@ -175,7 +175,8 @@ def test_manifest_index_reads_what_the_manifest_reads(tmp_path, caplog):
             manifest.append({"url": url, "status": "ok", "sha256": f"{i:064x}", "path": f"{i:02d}/{i}.jpg"})
     with open(path, "a", encoding="utf-8") as f:
         f.write("not json\n\n")
-        f.write('{"url": "https://upload.example.org/cut.jpg", "status": "ok", "path": "c/cut.jpg"}')  # no newline
+        f.write('{"url": "https://upload.example.org/cut.jpg", "status": "ok", "sha256": "%s", "path": "c/cut.jpg"}'
+                % ("c" * 64))  # no newline
     with caplog.at_level("WARNING"):
         index = ManifestIndex(path)
     assert any(f"{path}:" in r.getMessage() and "unreadable manifest line" in r.getMessage() for r in caplog.records)

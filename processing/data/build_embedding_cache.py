@@ -58,7 +58,14 @@ from processing.embedding_cache import (
     image_key,
     text_key,
 )
-from processing.image_source import ImageDecodeError, ImageFolder, clip_image_processor, load_rgb_image, pixel_values
+from processing.image_source import (
+    ImageDecodeError,
+    ImageFolder,
+    check_image_coverage,
+    clip_image_processor,
+    load_rgb_image,
+    pixel_values,
+)
 from processing.neighbor_selection import iter_neighbor_inputs
 from processing.text_neighbor_tokens import clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
 
@@ -500,6 +507,9 @@ def main(argv=None) -> int:
     parser.add_argument("cache_dir", help="embedding cache folder (created, or extended when it exists)")
     parser.add_argument("--image_dir", default=None, help="the image folder: files named by URL basename, or the "
                         "image fetcher's folder (with manifest.jsonl)")
+    parser.add_argument("--allow_missing_images", action="store_true",
+                        help="the images are absent on purpose: a --image_dir that resolves none of the image references "
+                        "is accepted (their slots are masked) instead of an error")
     parser.add_argument("--context", default="all", choices=CONTEXTS, help="context level, as run_summarization.py")
     parser.add_argument("--neighbor_encoding", default="sa_e", choices=NEIGHBOR_ENCODINGS,
                         help="neighbour encoding, as run_summarization.py (sa_te embeds images only)")
@@ -547,20 +557,23 @@ def main(argv=None) -> int:
         PageGraphIndex(pages), args.context, args.neighbor_encoding, args.max_text_neighbors,
         args.max_image_neighbors, ImageFolder(args.image_dir), counts,
     )])
+
+    def checked_images():  # iterated once every text (and so every image reference) was collected
+        check_image_coverage(counts["resolved_images"], counts["missing_images"], args.image_dir,
+                             args.allow_missing_images)
+        yield from images
+
     encoder = MMGLNeighborEncoder.from_settings(
         args.neighbor_encoder_name, pretrained, model_config, text_encoder=args.text_neighbor_encoder,
         text_pooling=args.text_neighbor_pooling, text_max_length=args.text_neighbor_max_length,
     )
     cache = build_embedding_cache(
-        args.cache_dir, texts=texts, image_paths=images, encoder=encoder,
+        args.cache_dir, texts=texts, image_paths=checked_images(), encoder=encoder,
         image_sha256=digests, batch_size=args.batch_size, device=args.device,
         shard_size=args.shard_size, dtype=args.dtype, progress=not args.no_progress, verify=args.verify,
         covers=[coverage_key(table_fingerprint(pages), "all", args.context, args.neighbor_encoding,
                              args.max_text_neighbors, args.max_image_neighbors, args.image_dir)],
     )
-    if counts["missing_images"]:
-        logger.warning("%d image references have no file in %s (masked in training)", counts["missing_images"],
-                       args.image_dir)
     if _process_state().is_main_process:  # one report, not one per process
         summary = {**cache.build_summary, "missing_image_files": counts["missing_images"],
                    "cache": {kind: cache.count(kind) for kind in KINDS}}

@@ -62,6 +62,7 @@ def cli_error_types() -> tuple:
         "processing.data.image_fetcher": ("InvalidURLError", "URLListError", "UnsafeCacheError"),
         "processing.page_graph": ("PageStructureError",),
         "processing.embedding_cache": ("CorruptShardError", "EncoderMismatchError"),
+        "processing.image_source": ("MissingImagesError",),
     }
     found = []
     for module, attrs in names.items():
