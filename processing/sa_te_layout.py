@@ -11,7 +11,7 @@ belongs to, so that the sequence keeps the page's structure::
 
 The groups (`sa_te_groups`): the target section first (the target text is the prompt itself), then the page
 description (it belongs to no section and has no image), then the other sections in neighbour order
-(`neighbor_selection.neighbor_order`: the parent, then the nearest). A group holds its selected texts, then its
+(`neighbor_selection.section_ranking`: the parent, then the nearest). A group holds its selected texts, then its
 selected images, each in slot order. A section whose images were selected but whose text was not (the text budget
 was spent, or its text is blank or was dropped as a duplicate) keeps its place in neighbour order with its images
 alone; with the text budget spent, that is after every text, in budget order.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .neighbor_selection import NeighborSelection, neighbor_order
+from .neighbor_selection import NeighborSelection
 from .page_graph import PageGraph
 
 
@@ -49,20 +49,26 @@ class SectionGroup(NamedTuple):
 def sa_te_groups(graph: PageGraph, section_idx: int, selection: NeighborSelection) -> list[SectionGroup]:
     """The SA-TE groups of ``selection`` (the neighbours of target ``section_idx``), in sequence order (module
     docstring): the target's group always first, then each group that holds a text or an image."""
-    orders = graph.memo.setdefault("sa_te_group_order", {})  # per target: (sections in order, position of each)
-    if section_idx not in orders:
-        order = (section_idx, None, *neighbor_order(graph, section_idx).ranking)
-        orders[section_idx] = order, {section: i for i, section in enumerate(order)}
-    order, where = orders[section_idx]
-    texts: dict[int, list[int]] = {}  # group position -> the group's texts (images), in slot order
-    images: dict[int, list[int]] = {}
+    parent = graph.section_parents[section_idx]
+
+    def position(section: int | None) -> tuple:
+        """Where a section's group goes: the target, the page description, the parent, then by ``(|s - t|, s)``
+        (the selection's ranking, computed for the sections at hand only)."""
+        if section == section_idx:
+            return (0,)
+        if section is None:  # the page node belongs to no section
+            return (1,)
+        return (2,) if section == parent else (3, abs(section - section_idx), section)
+
+    texts: dict[int | None, list[int]] = {}  # section -> the group's texts (images), in slot order
+    images: dict[int | None, list[int]] = {}
     nodes = graph.nodes
     for i, node in enumerate(selection.text_nodes):
-        texts.setdefault(where[nodes[node].section], []).append(i)  # the page node's section is None
+        texts.setdefault(nodes[node].section, []).append(i)
     for j, node in enumerate(selection.image_nodes):
-        images.setdefault(where[nodes[node].section], []).append(j)
-    groups = [SectionGroup(order[k], tuple(texts.get(k, ())), tuple(images.get(k, ())))
-              for k in sorted({0, *texts, *images})]  # 0: the target's group, always there
+        images.setdefault(nodes[node].section, []).append(j)
+    groups = [SectionGroup(section, tuple(texts.get(section, ())), tuple(images.get(section, ())))
+              for section in sorted({section_idx, *texts, *images}, key=position)]  # the target's group, always there
     placed = [j for group in groups for j in group.images]
     if placed != sorted(placed):  # the model fills placeholders in slot order: another order would mix images
         raise RuntimeError(

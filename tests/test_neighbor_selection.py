@@ -1,46 +1,141 @@
 """The one neighbour selection (`processing.neighbor_selection`): per-section candidate orders, the
 summary-leak check, and the collector of what an embedding cache must hold."""
+import random
+
 import pytest
 
 from processing.data.sample_data import make_page
-from processing.neighbor_selection import collect_neighbor_inputs, neighbor_order, select_neighbors, summary_free
-from processing.page_graph import PageGraph
+from processing.neighbor_selection import (
+    collect_neighbor_inputs,
+    image_candidates,
+    section_ranking,
+    select_neighbors,
+    summary_free,
+    target_input,
+    text_candidates,
+)
+from processing.page_graph import PageGraph, scrub_summary
 from tests.test_page_graph import plain_page
 
 
-def test_neighbor_order_is_the_documented_walk():
+def test_candidates_are_the_documented_walk():
     graph = PageGraph.from_wikiweb2m(make_page(3).row)
     for t in range(graph.num_sections):
-        order = neighbor_order(graph, t)
+        ranking = section_ranking(graph, t)
         parent = graph.section_parents[t]
         others = sorted((s for s in range(graph.num_sections) if s not in (t, parent)), key=lambda s: (abs(s - t), s))
-        assert list(order.ranking) == ([parent] if parent >= 0 else []) + others
+        assert ranking == ([parent] if parent >= 0 else []) + others
         usable = lambda node: bool(graph.nodes[node].text.strip())  # noqa: E731
         expected = [0] if usable(0) else []
         expected += [n for n in graph.image_nodes[t] if usable(n)]
-        for s in order.ranking:
+        for s in ranking:
             node = graph.section_nodes[s]
             expected += ([node] if usable(node) else []) + [n for n in graph.image_nodes[s] if usable(n)]
-        assert order.text_nodes == tuple(expected)
-        assert order.texts == tuple(graph.nodes[n].text for n in expected)
-        assert order.image_nodes == tuple(n for s in [t, *order.ranking] for n in graph.image_nodes[s])
-        assert order.image_refs == tuple(graph.nodes[n].image for n in order.image_nodes)
-        assert neighbor_order(graph, t) is order  # built once per section
+        assert list(text_candidates(graph, t)) == expected
+        assert list(image_candidates(graph, t)) == [n for s in [t, *ranking] for n in graph.image_nodes[s]]
     with pytest.raises(IndexError, match="section index 99"):
-        neighbor_order(graph, 99)
+        section_ranking(graph, 99)
+    with pytest.raises(IndexError, match="section index 99"):
+        select_neighbors(graph, 99, "all", 11, 5)
 
 
 def test_summary_free_prefixes():
     graph = PageGraph.from_dict(plain_page())
     summary = graph.summaries[1]  # "Four."
     graph.nodes[graph.section_nodes[2]].text = f"Six. {summary}"  # section 2 repeats section 1's summary
-    texts = neighbor_order(graph, 1).texts
+    texts = [graph.usable_texts[node] for node in text_candidates(graph, 1)]
     leak = next(i for i, text in enumerate(texts) if summary in text)
     assert summary_free(graph, 1, leak) and not summary_free(graph, 1, leak + 1)
     assert summary_free(graph, 1, 0) and not summary_free(graph, 1, 99)
     assert all(summary_free(graph, 0, n) for n in (1, 5, 99))
 
 
+def reference_selection(graph, t, context, budget, max_images):
+    """The selection as first written: every candidate of the whole page listed, then judged one by one."""
+    parent = graph.section_parents[t]
+    ranking = ([parent] if parent >= 0 else []) + sorted(
+        (s for s in range(graph.num_sections) if s not in (t, parent)), key=lambda s: (abs(s - t), s))
+    usable = graph.usable_texts
+    if context == "section_all":
+        candidates = list(graph.caption_blocks[t])
+        images = graph.image_nodes[t][:max_images]
+    else:
+        candidates = graph.page_block + graph.caption_blocks[t] + [n for s in ranking for n in graph.section_blocks[s]]
+        images = [n for s in [t, *ranking] for n in graph.image_nodes[s]][:max_images]
+    forbidden = (graph.summaries[t], graph.raw_summaries[t])
+    target = target_input(graph, t, include_title=False)
+    kept_nodes, kept, dropped = [], [], 0
+    for node in candidates:
+        if len(kept) == budget:
+            break
+        text = scrub_summary(usable[node], forbidden)
+        if not text:
+            continue
+        if text in target or any(text in other for other in kept):
+            dropped += 1
+            continue
+        inside = [i for i, other in enumerate(kept) if other in text]
+        for i in reversed(inside):
+            del kept[i], kept_nodes[i]
+        dropped += len(inside)
+        kept_nodes.append(node)
+        kept.append(text)
+    return kept_nodes, kept, images, dropped
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_deduplicated_walk_equals_judging_every_candidate(seed):
+    """Pages made of a few repeated texts (a summary-only text, one holding another, the description again, blank
+    sections, texts only at the far end), random parents and images: the selection, and the count dropped, equal
+    judging every candidate of the page one by one."""
+    rng = random.Random(seed)
+    pool = ["Alpha one. Alpha two.", "Bravo.", "Alpha one.", "The page.", "   ", "Charlie. Bravo. Delta.", "Sum one."]
+    n = rng.choice([7, 40, 150])
+    sections = []
+    for i in range(n):
+        text = rng.choice(pool) if rng.random() < 0.8 else f"Unique {i}. Text {i}."
+        if i > n - 3:
+            text = f"Far {i}. End."  # new texts only at the far end of the page
+        images = [{"path": f"{i}_{j}.png", "caption": rng.choice(pool + ["Cap."])} for j in range(rng.choice([0, 0, 1, 2]))]
+        sections.append({"title": rng.choice(["S", ""]), "text": text, "summary": "Sum one." if i % 3 else "Alpha one.",
+                         "rest": text, "images": images,
+                         "parent": rng.choice([-1, rng.randrange(i)]) if i and rng.random() < 0.5 else -1})
+    graph = PageGraph.from_dict({"title": "T", "description": "The page.", "sections": sections})
+    for t in range(n):
+        for context, budget, max_images in [("all", 11, 5), ("text_only", 3, 0), ("all", 40, 9), ("section_all", 2, 1)]:
+            selection = select_neighbors(graph, t, context, budget, max_images)
+            nodes, texts, images, dropped = reference_selection(graph, t, context, budget, max_images)
+            assert (selection.text_nodes, selection.texts) == (nodes, texts), (seed, t, context, budget)
+            assert selection.image_nodes == images and graph.memo["duplicates_dropped"].get((t, context, budget), 0) == dropped
+
+
+def test_a_page_of_repeated_sections_is_judged_in_a_few_steps_per_target(monkeypatch):
+    """20,000 copies of one section (and one new text at the far end): each target judges a handful of candidates,
+    not the whole page (counted, not timed)."""
+    from processing import neighbor_selection
+
+    n = 20_000
+    sections = [{"title": "Part", "text": "Same first. Same rest here.", "summary": "Same first.",
+                 "rest": "Same rest here.", "parent": 0 if i else -1,
+                 "images": [{"path": "same.png", "caption": "A caption."}] if i % 2 else []} for i in range(n)]
+    sections[-1] = {**sections[-1], "text": "A far text. Only here."}
+    graph = PageGraph.from_dict({"title": "T", "description": "The page.", "sections": sections})
+    visits = [0]
+    original = neighbor_selection._TextWalk.visit
+
+    def counted(self, node):
+        visits[0] += 1
+        return original(self, node)
+
+    monkeypatch.setattr(neighbor_selection._TextWalk, "visit", counted)
+    targets = range(1, n, 97)
+    for t in targets:
+        selection = select_neighbors(graph, t, "all", 11, 5)
+        assert selection.texts == ["The page.", "A caption.", "A far text. Only here."] or t == n - 1
+        assert len(selection.image_nodes) == 5
+    assert visits[0] <= 12 * len(targets), visits[0]
+    t = targets[3]
+    assert graph.memo["duplicates_dropped"][(t, "all", 11)] == reference_selection(graph, t, "all", 11, 5)[3]
 
 
 def test_collector_gives_exactly_what_each_design_asks_for(tmp_path):
