@@ -50,26 +50,24 @@ def neighbor_adjacency(
         `torch.FloatTensor` of shape `(N, N)`, symmetric 0/1, zero diagonal.
     """
     n = len(slot_nodes)
+    adjacency = np.zeros((n, n), dtype=np.float32)
     if not any(slot_mask):
-        return torch.from_numpy(np.zeros((n, n), dtype=np.float32))
+        return torch.from_numpy(adjacency)
     if images_stand_for_sections:
         slot_nodes = _section_nodes(graph, slot_nodes)
-    # Masked slots look at the padding node, adjacent to nothing, so their rows and columns come out
-    # empty without a masking pass.
-    dead = graph.num_nodes
-    if not all(slot_mask):
-        slot_nodes = [node if real else dead for node, real in zip(slot_nodes, slot_mask)]
-    nodes = np.array(slot_nodes, dtype=np.intp)
-    closed = graph.padded_closed_adjacency
-    # Rules 1 and 2 at once: the page graph's adjacency with self loops, so two slots of one node come
-    # out adjacent (`take` twice: several times faster than fancy indexing on small matrices).
-    adjacency = closed.take(nodes, 0).take(nodes, 1)
-    # Rule 3, the contracted target: its closed row is its neighbourhood (with images standing for
-    # sections, the target's own images stand for the target node: its self loop puts them there too).
-    around_target = closed[target_node].take(nodes)
-    adjacency |= around_target[:, None] & around_target
-    adjacency.flat[:: n + 1] = False  # no self loops
-    return torch.from_numpy(adjacency.astype(np.float32))
+    # Set lookups in the page graph's adjacency lists, for the few slots at hand: O(slots^2) whatever the page's
+    # size (a dense node x node matrix would cost O(nodes^2) for a page of thousands of sections).
+    neighbors = graph.neighbors
+    # Rule 3, the contracted target: its neighbourhood (with images standing for sections, the target's own images
+    # stand for the target node itself, so it counts as its own neighbour).
+    around = neighbors[target_node] | {target_node}
+    real = [(i, slot_nodes[i], slot_nodes[i] in around) for i in range(n) if slot_mask[i]]  # masked slots: isolated
+    for k, (i, a, near_a) in enumerate(real):
+        adjacent_to_a = neighbors[a]
+        for j, b, near_b in real[k + 1 :]:
+            if a == b or b in adjacent_to_a or (near_a and near_b):  # rules 1, 2 and 3; no self loops
+                adjacency[i, j] = adjacency[j, i] = 1.0
+    return torch.from_numpy(adjacency)
 
 
 def _section_nodes(graph: PageGraph, slot_nodes: Sequence[int]) -> list[int]:

@@ -631,34 +631,6 @@ class PageGraph:
         return [frozenset(a) for a in adjacency]
 
     @cached_property
-    def dense_adjacency(self):
-        """`numpy.ndarray` of shape `(num_nodes, num_nodes)`, bool: the undirected adjacency matrix."""
-        import numpy as np
-
-        matrix = np.zeros((len(self.nodes), len(self.nodes)), dtype=bool)
-        for node, others in enumerate(self.neighbors):
-            matrix[node, list(others)] = True
-        return matrix
-
-    @cached_property
-    def closed_adjacency(self):
-        """`dense_adjacency` with self loops (each node's closed neighbourhood)."""
-        import numpy as np
-
-        return self.dense_adjacency | np.eye(len(self.nodes), dtype=bool)
-
-    @cached_property
-    def padded_closed_adjacency(self):
-        """`closed_adjacency` with one more node (id ``num_nodes``) adjacent to nothing, itself included:
-        the stand-in for absent slots when slicing (their rows and columns come out all False)."""
-        import numpy as np
-
-        n = len(self.nodes)
-        matrix = np.zeros((n + 1, n + 1), dtype=bool)
-        matrix[:n, :n] = self.closed_adjacency
-        return matrix
-
-    @cached_property
     def usable_texts(self) -> list[str | None]:
         """Each node's text, or `None` when it is empty or blank (such nodes are never text neighbours)."""
         return [node.text if node.text and not node.text.isspace() else None for node in self.nodes]

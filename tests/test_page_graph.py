@@ -5,7 +5,6 @@ import io
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -44,15 +43,6 @@ def plain_page(images=None):
             {"title": "C", "text": "Six. Seven.", "parent": 0},
         ],
     }
-
-
-def test_padded_closed_adjacency():
-    graph = PageGraph.from_wikiweb2m(make_page(3).row)
-    padded = graph.padded_closed_adjacency
-    n = graph.num_nodes
-    assert padded.shape == (n + 1, n + 1)
-    assert np.array_equal(padded[:n, :n], graph.closed_adjacency)
-    assert not padded[n].any() and not padded[:, n].any()
 
 
 def test_coerce_accepts_a_graph_of_another_copy_of_the_file():
