@@ -48,6 +48,7 @@ from processing.design_space import (
     neighbor_mode,
 )
 from processing.image_source import check_image_coverage, clip_image_processor
+from processing.loading import check_checkpoint, read_json
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
 from processing.token_cache import prepare_token_cache, table_fingerprint
@@ -241,13 +242,10 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
             f"--resume_from_checkpoint {checkpoint} is incomplete (no trainer_state.json; was the run stopped while "
             "saving it?). Resume from the previous checkpoint, which a crash during this save leaves intact."
         )
-    if checkpoint is not None:
-        state_file = os.path.join(checkpoint, "trainer_state.json")
-        try:
-            json.loads(Path(state_file).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{state_file} is not valid JSON ({err.msg} at line {err.lineno}): the checkpoint is "
-                             "damaged; resume from another checkpoint.") from None
+    if checkpoint is not None:  # damaged files: one line naming the file, before any work
+        read_json(os.path.join(checkpoint, "trainer_state.json"), dict,
+                  "the Trainer's state (a JSON object); the checkpoint is damaged: resume from another one")
+        check_checkpoint(checkpoint, "the checkpoint to resume")
     if data_args.text_errors not in ("strict", "replace"):
         raise ValueError(f"--text_errors must be 'strict' or 'replace', got {data_args.text_errors!r}.")
     path = model_args.model_name_or_path
@@ -255,10 +253,33 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
     if path and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
         if not os.path.isdir(os.path.expanduser(path)):
             raise FileNotFoundError(f"--model_name_or_path {path}: no such directory.")
+    if path and os.path.isdir(os.path.expanduser(path)):
+        check_checkpoint(os.path.expanduser(path), f"--model_name_or_path {path}")
+    check_ranges(mmgl_args, data_args, training_args)
     if data_args.recipe not in (None, "paper"):
         raise ValueError(f"--recipe must be 'paper' or unset, got {data_args.recipe!r}.")
     if mmgl_args.embedding_cache_dir is None and has_slots and mmgl_args.neighbor_encoder_pretrained is None:
         logger.warning("No --embedding_cache_dir: neighbours are encoded at every step by the in-model encoder.")
+
+
+def check_ranges(mmgl_args, data_args, training_args) -> None:
+    """Counts, sizes and limits out of range are refused before any work, naming the flag."""
+    at_least = [
+        (data_args, "max_train_samples", 0), (data_args, "max_eval_samples", 0), (data_args, "max_predict_samples", 0),
+        (data_args, "preprocessing_num_workers", 1), (data_args, "graph_cache_size", 0),
+        (data_args, "data_report_examples", 0), (data_args, "max_source_length", 1), (data_args, "max_target_length", 1),
+        (data_args, "generation_max_new_tokens", 1), (data_args, "generation_num_beams", 1),
+        (mmgl_args, "max_text_neighbors", 0), (mmgl_args, "max_image_neighbors", 0),
+        (mmgl_args, "text_neighbor_num_tokens", 1), (mmgl_args, "image_neighbor_num_tokens", 1),
+        (mmgl_args, "cross_attention_interval", 1), (mmgl_args, "lpe_k", 1), (mmgl_args, "gnn_num_layers", 1),
+        (mmgl_args, "text_neighbor_max_length", 1),
+        (training_args, "per_device_train_batch_size", 1), (training_args, "per_device_eval_batch_size", 1),
+        (training_args, "gradient_accumulation_steps", 1),
+    ]
+    for args, name, low in at_least:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name} must be >= {low}, got {value}.")
 
 
 def parse_overrides(overrides: str) -> dict:
@@ -308,7 +329,7 @@ def encoder_settings(mmgl_args) -> tuple[str, str | None, dict | None]:
         path = Path(mmgl_args.neighbor_encoder_config)
         if not path.exists():
             raise FileNotFoundError(f"--neighbor_encoder_config {path} does not exist.")
-        config = json.loads(path.read_text())
+        config = read_json(path, dict, "a full open_clip model config (a JSON object)")
     try:
         open_clip_config(mmgl_args.neighbor_encoder_name, config)
     except ValueError as err:
@@ -522,12 +543,15 @@ def main(argv=None):
     indices = {}
     for name, split in splits.items():
         samples = summarization_samples(pages, split=split, use_study_split=data_args.use_study_split)
-        if limits[name] is not None:
-            samples = samples[: limits[name]]
         used = {"train": training_args.do_train, "eval": training_args.do_eval, "predict": training_args.do_predict}[name]
         if used and not samples:
             raise ValueError(f"the {split!r} split of --train_files {data_args.train_files} has no summarization "
                              f"sample (--do_{name} needs at least one); check the files and their split field.")
+        if used and limits[name] == 0:
+            raise ValueError(f"--max_{name}_samples 0 leaves none of the {len(samples)} summarization samples of the "
+                             f"{split!r} split (--do_{name} needs at least one).")
+        if limits[name] is not None:
+            samples = samples[: limits[name]]
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
     logger.info("samples: " + ", ".join(f"{name} {len(index)}" for name, index in indices.items()))

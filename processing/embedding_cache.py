@@ -61,6 +61,7 @@ import torch
 from safetensors import safe_open
 
 from .atomic_write import atomic_write_bytes
+from .loading import read_json, safetensors_layout
 
 logger = logging.getLogger(__name__)
 
@@ -161,28 +162,10 @@ def _raw_key(key: str) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------- file headers
-def _safetensors_layout(path: Path) -> tuple[dict, dict]:
-    """Metadata and tensors (name -> (dtype, shape, absolute byte offset)) of a safetensors file from its
-    header alone (8-byte little-endian header length, JSON header, tensor bytes), checking that the
-    header describes the file exactly. Raises `ValueError`."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < length <= size - 8:
-            raise ValueError(f"no safetensors header ({size} bytes)")
-        header = json.loads(handle.read(length).decode("utf-8"))
-    if not isinstance(header, dict):
-        raise ValueError("the safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    start, end, tensors = 8 + length, 0, {}
-    for name, spec in header.items():
-        begin, stop = (int(x) for x in spec["data_offsets"])
-        tensors[name] = (spec["dtype"], tuple(int(d) for d in spec["shape"]), start + begin)
-        end = max(end, stop)
-    if start + end != size:
-        raise ValueError(f"{size} bytes, the header describes {start + end}")
-    return metadata, tensors
+def read_cache_config(cache_dir: str | os.PathLike) -> dict:
+    """The ``cache_config.json`` of a cache (`InputFileError` naming it when missing, not JSON or not an object)."""
+    return read_json(Path(cache_dir) / CONFIG_NAME, dict, "an embedding cache's config (a JSON object), as "
+                     "python -m processing.data.build_embedding_cache writes it")
 
 
 class _ShardRecord(NamedTuple):
@@ -202,7 +185,7 @@ def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, emb
     when ``identity``, an `encoder_identity`, is not the one the shard records)."""
     try:
         stat = os.stat(path)
-        metadata, tensors = _safetensors_layout(path)
+        metadata, tensors = safetensors_layout(path)
         tensor_dtype, shape, offset = tensors["embeddings"]
         keys = json.loads(metadata["keys"])
     except Exception as err:  # OSError, KeyError, JSON and layout errors alike: the file is not usable
@@ -324,7 +307,7 @@ def _open_index(path: Path, config: dict) -> tuple[list, dict, list]:
     """Shard records, memory-mapped key tables and coverage records of an index file; raise
     `CorruptIndexError` naming it when it is damaged, foreign or of another encoder."""
     try:
-        metadata, tensors = _safetensors_layout(path)
+        metadata, tensors = safetensors_layout(path)
         if metadata.get("format") != INDEX_FORMAT:
             raise ValueError(f"format {metadata.get('format')!r}, expected {INDEX_FORMAT!r}: not an embedding-cache index")
         identity = json.loads(metadata["identity"])
@@ -386,7 +369,7 @@ class EmbeddingCache:
                 f"{config_path} not found: {self.cache_dir} is not an embedding cache; "
                 "build one with python -m processing.data.build_embedding_cache"
             )
-        self.config = json.loads(config_path.read_text(encoding="utf-8"))
+        self.config = read_cache_config(self.cache_dir)
         self.build_summary: dict | None = None  # set by build_embedding_cache
         self._maps: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._verified: set[int] = set()  # shards checksum-verified in this process (those the index lacks)
@@ -624,6 +607,7 @@ __all__ = [
     "encoder_description",
     "encoder_identity",
     "KINDS",
+    "read_cache_config",
     "image_key",
     "text_key",
 ]

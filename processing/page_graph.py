@@ -62,6 +62,8 @@ _WIKIWEB2M_REQUIRED = (
     "section_rest_sentence",
     "section_parent_index",
 )
+# NUL and the other C0 control characters, DEL, and a percent-encoded NUL (`has_control_characters`).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]|%00")
 # Naive first-sentence split for plain dicts that give no summary: end punctuation + whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -82,7 +84,7 @@ def has_control_characters(ref: str) -> bool:
     """Whether an image reference holds a NUL or another control character (U+0000-U+001F, U+007F), as is or
     percent-encoded as ``%00``: never a real file name or URL of a page, and a NUL makes every OS call on a path
     raise."""
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in ref) or "%00" in ref
+    return _CONTROL_CHARACTERS.search(ref) is not None
 
 
 def scrub_summary(text: str, sentences: Sequence[str]) -> str:

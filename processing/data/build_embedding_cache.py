@@ -34,6 +34,7 @@ from safetensors.torch import save as safetensors_save
 from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 from processing.atomic_write import atomic_write_bytes
+from processing.loading import read_json
 from processing.data.cli import add_debug_argument, run_command
 from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, check_text_neighbor_encoder
 from processing.embedding_cache import (
@@ -56,6 +57,7 @@ from processing.embedding_cache import (
     encoder_description,
     encoder_identity,
     image_key,
+    read_cache_config,
     text_key,
 )
 from processing.image_source import (
@@ -117,7 +119,7 @@ def _recorded_shards(cache_dir: Path) -> dict:
     path = cache_dir / INDEX_NAME
     if not path.is_file():
         return {}
-    config = json.loads((cache_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    config = read_cache_config(cache_dir)
     try:
         records, _, _ = _open_index(path, config)
     except CorruptIndexError as err:
@@ -138,7 +140,7 @@ def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[lis
     recorded = _recorded_shards(cache_dir)  # sets a damaged index aside, also under ``verify``
     if verify:
         recorded = {}
-    identity = encoder_identity(json.loads((cache_dir / CONFIG_NAME).read_text(encoding="utf-8")))
+    identity = encoder_identity(read_cache_config(cache_dir))
     damaged, checked = [], 0
     for kind in KINDS:
         kind_dir = cache_dir / kind
@@ -177,7 +179,7 @@ def _check_config(cache_dir: Path, identity: dict, dtype_name: str, write: bool)
             raise FileNotFoundError(f"{path} not found; the main process writes it before the others read it")
         atomic_write_bytes(path, (json.dumps(wanted, indent=2) + "\n").encode("utf-8"))
         return
-    existing = json.loads(path.read_text(encoding="utf-8"))
+    existing = read_cache_config(cache_dir)
     diffs = [f"{field}: cache has {existing.get(field)!r}, this build has {wanted[field]!r}"
              for field in (*ENCODER_IDENTITY_FIELDS, "dtype") if existing.get(field) != wanted[field]]
     if diffs:
@@ -536,6 +538,10 @@ def main(argv=None) -> int:
                         "earlier build verified (by default only new or changed shards are read)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    for name, low in (("max_text_neighbors", 0), ("max_image_neighbors", 0), ("text_neighbor_max_length", 1),
+                      ("batch_size", 1), ("shard_size", 1)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
 
     from processing.data.page_table import open_page_table
     from processing.page_graph import PageGraphIndex
@@ -549,7 +555,7 @@ def main(argv=None) -> int:
         logger.warning("--text_neighbor_encoder encodes nothing here: %s; the cache records it", err)
     model_config = None
     if args.neighbor_encoder_config:
-        model_config = json.loads(Path(args.neighbor_encoder_config).read_text(encoding="utf-8"))
+        model_config = read_json(args.neighbor_encoder_config, dict, "a full open_clip model config (a JSON object)")
     pretrained = None if args.neighbor_encoder_pretrained in (None, "", "none") else args.neighbor_encoder_pretrained
     pages = open_page_table(args.data)
     counts: dict = {}

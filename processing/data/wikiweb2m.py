@@ -955,6 +955,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "'replace' reads it with U+FFFD")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    if args.num_proc is not None and args.num_proc < 1:
+        parser.error(f"--num_proc must be >= 1, got {args.num_proc}")
 
     out = os.path.abspath(args.output_dir)
     parent = os.path.dirname(out)

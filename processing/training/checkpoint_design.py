@@ -9,11 +9,12 @@ Any other model type is refused (MMGL extends OPT).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from processing.loading import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,6 @@ class CheckpointDesign:
         return name, None if pretrained in ("", "none") else pretrained, config
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}).") from None
-
-
 def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign | None:
     """The design of the MMGL checkpoint in ``model_name_or_path``; `None` for a base model (OPT, MMGL without
     neighbour slots, from scratch, or a hub id not present locally). Raises `ValueError` for a non-OPT model."""
@@ -100,7 +94,7 @@ def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign |
     folder = Path(os.path.expanduser(model_name_or_path))
     config_file = folder / "config.json"
     if config_file.is_file():
-        config = _read_json(config_file)
+        config = read_json(config_file, dict, "the model's config (a JSON object)")
     elif folder.exists() or os.path.isabs(model_name_or_path) or model_name_or_path.startswith((".", "~")) \
             or model_name_or_path.count("/") > 1:
         return None  # a local path without config.json: the argument checks report it
@@ -121,12 +115,42 @@ def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign |
     if model_type == "opt" or config.get("neighbor_mode", "none") == "none":
         return None
     processor_file = folder / "processor_config.json"
-    processor = _read_json(processor_file) if processor_file.is_file() else None
+    processor = read_json(processor_file, dict, "the processor's config (a JSON object)") if processor_file.is_file() else None
+    if processor is not None:
+        problems = contradictions(config, processor)
+        if problems:
+            raise ValueError(
+                f"--model_name_or_path {folder}: processor_config.json and config.json contradict each other ("
+                + "; ".join(problems) + "): they come from different models; re-export the checkpoint or fix the files."
+            )
     values = {arg: config[key] for arg, key in CONFIG_FIELDS.items() if key in config}
     if processor is not None:
         # Lengths and slots of the processor win over the config: they decide the inputs actually built.
         values.update({arg: processor[key] for arg, key in PROCESSOR_FIELDS.items() if key in processor})
     return CheckpointDesign(str(folder), config, processor, values)
+
+
+def contradictions(config: dict, processor: dict) -> list[str]:
+    """Where a checkpoint's ``processor_config.json`` and ``config.json`` disagree on what they both decide: the
+    neighbour mode the processor's design needs, and (with neighbour slots) the budgets and, in self-attention, the
+    tokens per neighbour. Empty when they agree (the check `MMGLProcessor.check_model_config` makes on loaded
+    objects, here on the two files before any work)."""
+    from processing.design_space import check_design, neighbor_mode
+
+    try:
+        check_design(processor.get("context"), processor.get("neighbor_encoding"))
+        wanted = neighbor_mode(processor.get("neighbor_encoding"), processor.get("context"))
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"processor_config.json: {err}"]
+    mode = config.get("neighbor_mode", "none")
+    if mode != wanted:
+        return [f"the processor's neighbor_encoding {processor.get('neighbor_encoding')!r} with context "
+                f"{processor.get('context')!r} needs neighbor_mode {wanted!r}, config.json has {mode!r}"]
+    shared = ["max_text_neighbors", "max_image_neighbors"]
+    if mode == "self_attention":
+        shared += ["text_neighbor_num_tokens", "image_neighbor_num_tokens"]
+    return [f"{name}: processor_config.json {processor[name]!r}, config.json {config[name]!r}"
+            for name in shared if name in processor and name in config and processor[name] != config[name]]
 
 
 def given_on_command_line(argv: list[str] | None, name: str, args, default) -> bool:
@@ -176,7 +200,7 @@ def apply_checkpoint_design(design: CheckpointDesign, argv: list[str] | None, *a
                 conflicts.append(f"--neighbor_encoder_pretrained {args.neighbor_encoder_pretrained!r} contradicts the "
                                  f"checkpoint's {pretrained or 'none'!r}")
             if encoder_config_file and config is not None:
-                given = _read_json(Path(encoder_config_file))
+                given = read_json(encoder_config_file, dict, "a full open_clip model config (a JSON object)")
                 if given != config:
                     conflicts.append(f"--neighbor_encoder_config {encoder_config_file} differs from the checkpoint's "
                                      "neighbor_encoder_config")
@@ -196,5 +220,5 @@ def log_free_settings(argv: list[str] | None, *arg_groups) -> dict:
     return applied
 
 
-__all__ = ["CheckpointDesign", "apply_checkpoint_design", "given_on_command_line", "log_free_settings",
+__all__ = ["CheckpointDesign", "apply_checkpoint_design", "contradictions", "given_on_command_line", "log_free_settings",
            "read_checkpoint_design"]
