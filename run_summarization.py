@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
 from processing.token_cache import prepare_token_cache, table_fingerprint
 from processing.training.checkpoint_design import apply_checkpoint_design, log_free_settings, read_checkpoint_design
+from processing.training.checkpoint_space import checkpoint_disk_full
 from processing.training.data_report import data_report, report_lines, write_data_report
 from processing.training.design_checks import check_model_design, num_decoder_layers
 from processing.training.export import attach_neighbor_encoder, save_hub_folder
@@ -690,7 +692,14 @@ def main(argv=None):
 
     all_metrics = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        started = time.time()
+        try:
+            result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        except Exception as err:  # a checkpoint save on a full disk: one line naming it, not torch's enforce-fail
+            full = checkpoint_disk_full(err, training_args.output_dir, model, started)
+            if full is not None:
+                raise full from err
+            raise
         train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
         train_metrics["train_samples"] = len(datasets["train"])
         trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)

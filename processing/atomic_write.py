@@ -4,14 +4,17 @@ Every tool that replaces a file a user already has (token cache, embedding-cache
 converted data) writes through `atomic_file`: a hidden temporary sibling in the same folder (so the
 rename cannot cross file systems), flushed and fsynced, then `os.replace`d over the target and the
 folder fsynced. A crash or a kill at any point leaves the old complete file or the new complete one,
-never a partial file under the final name; the temporary file is removed when the write fails.
+never a partial file under the final name; the temporary file is removed when the write fails. A full disk
+(or quota) raises `DiskFullError` naming the file, the bytes needed and the bytes free.
 
 This file imports only the standard library (Hub-loadable).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -31,12 +34,64 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+#: The errno values of a full disk and of an exhausted quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the file system of ``path`` (its nearest existing folder), or `None`."""
+    path = os.path.abspath(os.fspath(path))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+class DiskFullError(OSError):
+    """No space left (or quota exhausted) while writing ``path``: one line naming it, the bytes needed and the bytes
+    free (measured when the message is shown, so after the failed writer removed its temporary files).
+
+    Args:
+        path: the file or folder being written.
+        needed (`int`, *optional*): bytes the write needs (``at_least``: a lower bound).
+        kept (`str`, *optional*): what is left as it was, e.g. "the previous data set is kept".
+    """
+
+    def __init__(self, path: str | os.PathLike, needed: int | None = None, kept: str = "", at_least: bool = False):
+        self.path, self.needed, self.kept, self.at_least = os.fspath(path), needed, kept, at_least
+        super().__init__(errno.ENOSPC, "no space left on device", self.path)
+
+    def __str__(self) -> str:
+        parts = [] if self.needed is None else [f"{'at least ' if self.at_least else ''}{self.needed:,} bytes needed"]
+        free = free_bytes(self.path)
+        parts += [] if free is None else [f"{free:,} bytes free on its file system"]
+        message = f"no space left on device writing {self.path}" + (f" ({', '.join(parts)})" if parts else "")
+        return message + (f"; {self.kept}" if self.kept else "")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.needed, self.kept, self.at_least)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an error it was raised from (``__cause__`` / ``__context__``) is a full disk or quota."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    return False
+
+
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "wb", size: int | None = None) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``.
 
     The parent folder is created when missing. Temporary names are ``.<name>.<random>.tmp``, which readers
-    that look for final names never match.
+    that look for final names never match. ``size``: the bytes to be written, when known, for the message of a
+    full disk (`DiskFullError`; else the bytes written until then are named as a lower bound).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -49,17 +104,21 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(handle.fileno())  # the data is on disk before the name points at it
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0  # what reached the disk: a lower bound
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(err):
+            kept = "the previous file is kept" if os.path.exists(path) else "nothing was written"
+            raise DiskFullError(path, size if size is not None else written + 1, kept, at_least=size is None) from err
         raise
     fsync_dir(directory)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through `atomic_file`."""
-    with atomic_file(path, "wb") as handle:
+    with atomic_file(path, "wb", size=len(data)) as handle:
         handle.write(data)
 
 
-__all__ = ["atomic_file", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["DiskFullError", "atomic_file", "atomic_write_bytes", "free_bytes", "fsync_dir", "is_disk_full"]

@@ -14,6 +14,8 @@ Rule for what is "bad input" (reported in one line, exit code `EXIT_BAD_INPUT`) 
   and field;
 * a missing, unreadable or clashing file (`FileNotFoundError`, `FileExistsError`,
   `PermissionError`, `IsADirectoryError`, `NotADirectoryError`): the message holds the path;
+* a full disk or quota (an `OSError` with ``ENOSPC`` / ``EDQUOT`` anywhere in the chain): reported as a
+  `DiskFullError` (the path, the bytes needed when the writer knew them, the bytes free);
 * a `ValueError`, `KeyError` or `TypeError` *raised by the project's own code*: the frame that
   raised it lies in a file of this project (``processing/``, ``modeling_mmgl/`` or a top-level
   script), i.e. it comes from our own validation, whose messages name what was expected. The same
@@ -102,10 +104,16 @@ def find_bad_input(exc: BaseException) -> BaseException | None:
     Returns:
         `BaseException` or `None`: the error to report in one line, or `None` for a bug.
     """
+    from processing.atomic_write import DISK_FULL_ERRNOS, DiskFullError
+
     own = cli_error_types()
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, DiskFullError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return DiskFullError(exc.filename or "a file")  # a writer that did not say more
         if isinstance(exc, own) or isinstance(exc, _FILE_ERRORS):
             return exc
         if isinstance(exc, _VALIDATION_ERRORS) and _raised_by_project(exc):

@@ -72,6 +72,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from tfrecord import example_pb2
 
+from processing.atomic_write import DiskFullError, is_disk_full
+
 from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
 
 # --------------------------------------------------------------------------------------------------
@@ -924,6 +926,16 @@ def _replace_output(new: str, out: str) -> None:
         os.rename(new, out)
 
 
+def _uncompressed_size(path: str) -> int:
+    """Bytes of a TFRecord file once decompressed (a gzip file's size field; other files as they are)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b" or size < 18:
+            return size
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little") or size  # modulo 2**32: files under 4 GiB
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]``.
 
@@ -971,8 +983,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(stats_dir)
         cache_dir = os.path.join(work, "cache")
         staged = os.path.join(work, "data")
-        ds = _build(args.input_glob, args.num_proc, False, cache_dir, args.skip_corrupt, args.errors, stats_dir)
-        ds.save_to_disk(staged)
+        try:
+            ds = _build(args.input_glob, args.num_proc, False, cache_dir, args.skip_corrupt, args.errors, stats_dir)
+            ds.save_to_disk(staged)
+        except Exception as err:
+            if not is_disk_full(err):
+                raise
+            # The Arrow cache and the saved copy each hold about the uncompressed input.
+            needed = 2 * sum(_uncompressed_size(path) for path in resolve_paths(args.input_glob))
+            kept = f"the previous data set {out} is kept" if os.path.exists(out) else "nothing was kept"
+            raise DiskFullError(parent, needed, f"{kept}; free space or give another OUTPUT_DIR") from err
         stats = ReadStats()
         for name in os.listdir(stats_dir):
             with open(os.path.join(stats_dir, name)) as f:
