@@ -155,6 +155,12 @@ class DataTrainingArguments:
         metadata={"help": "The pages: the Arrow data set folder written by `python -m processing.data.wikiweb2m` "
                   "(converted once), or WikiWeb2M TFRecord file(s) / glob."},
     )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "With TFRecord --train_files: keep their Arrow table in this folder (reused while the files "
+                  "are unchanged). By default they are read into memory and nothing is written outside --output_dir; "
+                  "a large corpus is better converted once with `python -m processing.data.wikiweb2m`."},
+    )
     use_study_split: bool = field(
         default=False, metadata={"help": "The original study's page split instead of the official `split` field."}
     )
@@ -538,7 +544,8 @@ def main(argv=None):
     set_seed(training_args.seed)
 
     # Data: one row per page (the converted Arrow data set, or TFRecords read now), O(1) sample index per split.
-    pages = open_page_table(data_args.train_files, skip_corrupt=data_args.skip_corrupt, errors=data_args.text_errors)
+    pages = open_page_table(data_args.train_files, cache_dir=data_args.data_cache_dir,
+                            skip_corrupt=data_args.skip_corrupt, errors=data_args.text_errors)
     splits = {"train": "train", "eval": "val", "predict": "test"}
     limits = {"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
               "predict": data_args.max_predict_samples}

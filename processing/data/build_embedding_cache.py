@@ -507,6 +507,9 @@ def main(argv=None) -> int:
     parser.add_argument("data", help="the Arrow data set written by `python -m processing.data.wikiweb2m` (a folder), "
                         "or WikiWeb2M TFRecord file(s) / glob")
     parser.add_argument("cache_dir", help="embedding cache folder (created, or extended when it exists)")
+    parser.add_argument("--data_cache_dir", default=None,
+                        help="with TFRecord DATA: keep their Arrow table in this folder (default: read into memory, "
+                        "nothing written elsewhere)")
     parser.add_argument("--image_dir", default=None, help="the image folder: files named by URL basename, or the "
                         "image fetcher's folder (with manifest.jsonl)")
     parser.add_argument("--allow_missing_images", action="store_true",
@@ -557,7 +560,7 @@ def main(argv=None) -> int:
     if args.neighbor_encoder_config:
         model_config = read_json(args.neighbor_encoder_config, dict, "a full open_clip model config (a JSON object)")
     pretrained = None if args.neighbor_encoder_pretrained in (None, "", "none") else args.neighbor_encoder_pretrained
-    pages = open_page_table(args.data)
+    pages = open_page_table(args.data, cache_dir=args.data_cache_dir)
     counts: dict = {}
     texts, images, digests = streamed_neighbor_inputs([iter_neighbor_inputs(
         PageGraphIndex(pages), args.context, args.neighbor_encoding, args.max_text_neighbors,

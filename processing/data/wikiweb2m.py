@@ -612,7 +612,7 @@ def _files_fingerprint(paths: Sequence[str]) -> str:
     return "|".join(parts)
 
 
-def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir):
+def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir, keep_in_memory=False):
     import datasets
 
     paths = resolve_paths(paths_or_glob)
@@ -636,6 +636,7 @@ def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, 
             gen_kwargs=gen_kwargs,
             num_proc=num_proc,
             cache_dir=cache_dir,
+            keep_in_memory=keep_in_memory,
         )
     except Exception as exc:
         # `datasets` refuses a generator that yields nothing with 'Instruction "train" corresponds
@@ -690,6 +691,7 @@ def load_pages(
     cache_dir: PathLike | None = None,
     skip_corrupt: bool = False,
     errors: str = "strict",
+    keep_in_memory: bool = False,
 ):
     """Read WikiWeb2M TFRecord files into a `datasets.Dataset` with one row per page.
 
@@ -703,6 +705,8 @@ def load_pages(
             `datasets` cache folder). The cache is keyed by the files' paths, sizes and mtimes.
         skip_corrupt (`bool`, *optional*, defaults to `False`): skip damaged records (`iter_pages`).
         errors (`str`, *optional*, defaults to `"strict"`): UTF-8 error handler.
+        keep_in_memory (`bool`, *optional*, defaults to `False`): load the table into memory (the files written
+            in ``cache_dir`` may then be removed).
 
     Returns:
         `datasets.Dataset` (or `datasets.IterableDataset` when ``streaming``) with the columns of
@@ -716,7 +720,8 @@ def load_pages(
             they arrive wrapped in ``DatasetGenerationError``; see `processing.data.cli`).
     """
     _check_errors(errors)
-    return _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir=None)
+    return _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir=None,
+                  keep_in_memory=keep_in_memory)
 
 
 # --------------------------------------------------------------------------------------------------
