@@ -54,14 +54,16 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 from .atomic_write import atomic_write_bytes
 from .loading import read_json, safetensors_layout
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made, so that a command reading a cache's files reports bad
+    import torch  # input before the ~10 s import of the model stack
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ CACHE_FORMAT = "mmgl-embedding-cache/1"
 SHARD_FORMAT = "mmgl-embedding-shard/1"
 INDEX_FORMAT = "mmgl-embedding-index/1"
 _SHARD_RE = re.compile(r"^shard-r(\d+)-(\d+)\.safetensors$")
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = ("float16", "bfloat16", "float32")  # storage dtypes, by name
 # How each storage dtype is named in a safetensors header, and the numpy type its rows are mapped as
 # (numpy has no bfloat16: its rows are mapped as uint16 and viewed as bfloat16 by torch).
 _SAFETENSORS_DTYPES = {"float16": ("F16", np.float16), "bfloat16": ("BF16", np.uint16), "float32": ("F32", np.float32)}
@@ -218,7 +220,16 @@ def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, emb
     return keys, _ShardRecord(kind, path.name, stat.st_size, stat.st_mtime_ns, shape[0], offset)
 
 
+def torch_dtype(name: str) -> "torch.dtype":
+    """The torch dtype of a storage dtype name (`DTYPES`)."""
+    import torch
+
+    return getattr(torch, name)
+
+
 def _tensor_sha256(tensor: torch.Tensor) -> str:
+    import torch
+
     raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     return hashlib.sha256(raw).hexdigest()
 
@@ -427,7 +438,7 @@ class EmbeddingCache:
     @property
     def dtype(self) -> torch.dtype:
         """Storage dtype of the embeddings (what `get` returns)."""
-        return _DTYPES[self.config["dtype"]]
+        return torch_dtype(self.config["dtype"])
 
     @property
     def shard_paths(self) -> list:
@@ -486,6 +497,8 @@ class EmbeddingCache:
             `tuple(torch.Tensor, torch.BoolTensor)`: embeddings (n, D) in the storage dtype, zero
             rows where a key is missing, and a mask (n,) that is True where the key was found.
         """
+        import torch
+
         table = self._table(kind)
         positions = table.find(_raw_keys(list(keys)))
         out = torch.zeros(len(positions), self.width(kind), dtype=self.dtype)
@@ -559,6 +572,8 @@ class EmbeddingCache:
                 f"embedding-cache index {self.cache_dir / INDEX_NAME}: row {row} of shard {shard_id} does not exist "
                 "(a damaged index); rerun the embedding-cache build to rebuild it"
             )
+        import torch
+
         value = torch.from_numpy(self._mapped(shard_id)[row].copy())
         return value.view(torch.bfloat16) if self.config["dtype"] == "bfloat16" else value
 
@@ -596,6 +611,7 @@ class EmbeddingCache:
 
 __all__ = [
     "CONFIG_NAME",
+    "DTYPES",
     "ENCODER_IDENTITY_FIELDS",
     "IMAGE_IDENTITY_FIELDS",
     "INDEX_NAME",
@@ -610,4 +626,5 @@ __all__ = [
     "read_cache_config",
     "image_key",
     "text_key",
+    "torch_dtype",
 ]

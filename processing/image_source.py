@@ -37,14 +37,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-import torch
-from transformers import CLIPImageProcessor
 
 from .page_graph import has_control_characters, is_in_memory_image
+
+if TYPE_CHECKING:  # imported where pixels are made: the image fetcher and the resolver need neither
+    import torch
+    from transformers import CLIPImageProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +338,8 @@ def clip_image_processor(model_name: str = "ViT-B-32", model_config: dict | None
         model_config (`dict`, *optional*): a custom open_clip config (``vision_cfg`` gives the size and
             statistics); takes precedence over ``model_name``.
     """
+    from transformers import CLIPImageProcessor
+
     if model_config is None:
         import open_clip
 

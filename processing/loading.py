@@ -76,8 +76,8 @@ def read_json(path: str | os.PathLike, expected: type | tuple[type, ...] = dict,
         raise InputFileError(path, f"{found}{_expecting(what)}") from None
     if not isinstance(value, expected):
         wanted = " or ".join(_JSON_TYPES.get(t, t.__name__) for t in (expected if isinstance(expected, tuple) else (expected,)))
-        raise InputFileError(path, f"holds a JSON {_JSON_TYPES.get(type(value), type(value).__name__)}, expected a JSON "
-                                   f"{wanted}{' (' + what + ')' if what else ''}")
+        found = _JSON_TYPES.get(type(value), type(value).__name__)
+        raise InputFileError(path, f"holds a JSON {found}, expected a JSON {wanted}{': ' + what if what else ''}")
     return value
 
 

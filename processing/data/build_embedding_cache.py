@@ -27,12 +27,8 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save as safetensors_save
-
-from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
-from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 from processing.atomic_write import atomic_write_bytes
 from processing.loading import read_json
 from processing.data.cli import add_debug_argument, run_command
@@ -44,7 +40,7 @@ from processing.embedding_cache import (
     INDEX_NAME,
     KINDS,
     SHARD_FORMAT,
-    _DTYPES,
+    DTYPES,
     CorruptIndexError,
     CorruptShardError,
     EmbeddingCache,
@@ -59,6 +55,7 @@ from processing.embedding_cache import (
     image_key,
     read_cache_config,
     text_key,
+    torch_dtype,
 )
 from processing.image_source import (
     ImageDecodeError,
@@ -69,7 +66,11 @@ from processing.image_source import (
     pixel_values,
 )
 from processing.neighbor_selection import iter_neighbor_inputs
-from processing.text_neighbor_tokens import clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
+
+if TYPE_CHECKING:  # the model stack (torch, transformers, open_clip: ~10-20 s to import) is imported where it is used,
+    import torch  # so that bad input is reported before it
+
+    from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.keys:
             return
+        import torch
+        from safetensors.torch import save as safetensors_save
+
         embeddings = torch.cat(self.rows).contiguous()
         path = self.kind_dir / f"shard-r{self.rank:03d}-{self.next_seq:05d}.safetensors"
         metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": _tensor_sha256(embeddings),
@@ -164,10 +168,10 @@ def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[lis
 
 
 def _dtype_name(dtype) -> str:
-    for name, value in _DTYPES.items():
-        if dtype in (name, value):
+    for name in DTYPES:
+        if dtype == name or (not isinstance(dtype, str) and dtype == torch_dtype(name)):
             return name
-    raise ValueError(f"unsupported storage dtype {dtype!r}; expected one of {list(_DTYPES)}")
+    raise ValueError(f"unsupported storage dtype {dtype!r}; expected one of {list(DTYPES)}")
 
 
 def _check_config(cache_dir: Path, identity: dict, dtype_name: str, write: bool) -> None:
@@ -192,6 +196,7 @@ def _check_config(cache_dir: Path, identity: dict, dtype_name: str, write: bool)
 
 def _process_state():
     """This process's `accelerate.PartialState`, refusing a launch it failed to recognise."""
+    import torch
     from accelerate import PartialState
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -246,6 +251,8 @@ def _image_batch(encoder: MMGLNeighborEncoder, image_processor, batch: list):
 def _text_batch_encoder(encoder: MMGLNeighborEncoder, tokenizer=None) -> Callable:
     """Embeds a batch of (key, text) exactly as the model does: open_clip's tokenizer and text tower, or the
     Hugging Face text encoder on `text_neighbor_ids` (its tokenizer loaded at the first batch unless given)."""
+    from processing.text_neighbor_tokens import clip_text_ids, load_text_neighbor_tokenizer, text_neighbor_ids
+
     if encoder.text_model is None:
         def tokenize(texts):  # as the processor does: the same ids as open_clip's call, less CPU
             return clip_text_ids(encoder.tokenizer, texts)
@@ -414,6 +421,8 @@ def build_embedding_cache(
     state = state if state is not None else _process_state()
     cache_dir = Path(cache_dir)
     if encoder is None:
+        from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+
         encoder = MMGLNeighborEncoder.from_settings(
             model_name, pretrained, model_config, text_encoder=text_encoder, text_pooling=text_pooling,
             text_max_length=text_max_length,
@@ -434,7 +443,7 @@ def build_embedding_cache(
     cache = EmbeddingCache(cache_dir)
 
     common = dict(rank=state.process_index, world=state.num_processes, batch_size=batch_size,
-                  shard_size=shard_size, dtype=_DTYPES[storage], progress=progress)
+                  shard_size=shard_size, dtype=torch_dtype(storage), progress=progress)
     text_items = _keyed(texts, text_key, "text", [0])
     summary = {"text": _embed_kind(cache, "text", text_items, _text_batch_encoder(encoder, text_tokenizer), **common)}
     known = image_sha256 or {}
@@ -528,13 +537,14 @@ def main(argv=None) -> int:
     parser.add_argument("--text_neighbor_encoder", default=None,
                         help="Hugging Face text model (hub id or folder) that encodes the texts instead of open_clip's "
                         "text tower, as run_summarization.py (ignored with a warning where no text neighbour is an embedding)")
-    parser.add_argument("--text_neighbor_pooling", default="mean", choices=TEXT_NEIGHBOR_POOLINGS,
-                        help="with --text_neighbor_encoder: first token (cls), mean of real tokens, or the model's pooler")
+    parser.add_argument("--text_neighbor_pooling", default="mean",
+                        help="with --text_neighbor_encoder: first token (cls), mean of real tokens (mean), or the model's "
+                        "pooler (pooler)")
     parser.add_argument("--text_neighbor_max_length", type=int, default=512,
                         help="with --text_neighbor_encoder: tokens read per text (longer texts are truncated)")
     parser.add_argument("--batch_size", type=int, default=64, help="inputs per encoder call")
     parser.add_argument("--shard_size", type=int, default=4096, help="rows per shard (a kill loses at most one shard)")
-    parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES), help="storage dtype of the vectors")
+    parser.add_argument("--dtype", default="float16", choices=DTYPES, help="storage dtype of the vectors")
     parser.add_argument("--device", default=None, help="torch device; default: this process's accelerate device")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--verify", action="store_true", help="check the checksum of every shard, also of those an "
@@ -544,27 +554,42 @@ def main(argv=None) -> int:
     for name, low in (("max_text_neighbors", 0), ("max_image_neighbors", 0), ("text_neighbor_max_length", 1),
                       ("batch_size", 1), ("shard_size", 1)):
         if getattr(args, name) < low:
-            parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+            raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
 
+    # Bad input first, before the model stack is imported: the image folder, the encoder config, a cache folder of
+    # another kind, the data.
+    image_folder = ImageFolder(args.image_dir)
+    model_config = None
+    if args.neighbor_encoder_config:
+        model_config = read_json(args.neighbor_encoder_config, dict, "a full open_clip model config (a JSON object)")
+    if os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        raise NotADirectoryError(f"{args.cache_dir}: not a folder; expected an embedding cache folder (new or built "
+                                 "by this command)")
+    if os.path.isfile(os.path.join(args.cache_dir, CONFIG_NAME)):
+        read_cache_config(args.cache_dir)
     from processing.data.page_table import open_page_table
+
+    pages = open_page_table(args.data, cache_dir=args.data_cache_dir)
+
+    from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
+    from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
     from processing.page_graph import PageGraphIndex
     from processing.token_cache import table_fingerprint
 
+    if args.text_neighbor_pooling not in TEXT_NEIGHBOR_POOLINGS:
+        raise ValueError(f"--text_neighbor_pooling must be one of {TEXT_NEIGHBOR_POOLINGS}, got "
+                         f"{args.text_neighbor_pooling!r}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_text_neighbor_encoder(args.neighbor_encoding, args.context, args.text_neighbor_encoder)
     except ValueError as err:  # as run_summarization.py: one flag for every design of a study
         # Nothing is encoded with it, but the cache records it, so designs that read text neighbours share the cache.
         logger.warning("--text_neighbor_encoder encodes nothing here: %s; the cache records it", err)
-    model_config = None
-    if args.neighbor_encoder_config:
-        model_config = read_json(args.neighbor_encoder_config, dict, "a full open_clip model config (a JSON object)")
     pretrained = None if args.neighbor_encoder_pretrained in (None, "", "none") else args.neighbor_encoder_pretrained
-    pages = open_page_table(args.data, cache_dir=args.data_cache_dir)
     counts: dict = {}
     texts, images, digests = streamed_neighbor_inputs([iter_neighbor_inputs(
         PageGraphIndex(pages), args.context, args.neighbor_encoding, args.max_text_neighbors,
-        args.max_image_neighbors, ImageFolder(args.image_dir), counts,
+        args.max_image_neighbors, image_folder, counts,
     )])
 
     def checked_images():  # iterated once every text (and so every image reference) was collected

@@ -756,10 +756,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     for name, low in (("max_workers", 1), ("retries", 0), ("max_bytes", 1), ("max_pixels", 1)):
         if getattr(args, name) < low:
-            parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+            raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
     for name in ("connect_timeout", "read_timeout", "download_timeout"):
         if not getattr(args, name) > 0:
-            parser.error(f"--{name} must be > 0 seconds, got {getattr(args, name)}")
+            raise ValueError(f"--{name} must be > 0 seconds, got {getattr(args, name)}")
 
     if args.from_dataset:
         if len(args.paths) != 1:

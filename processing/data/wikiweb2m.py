@@ -57,7 +57,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import glob as _glob
+import importlib.util
 import json
 import os
 import shutil
@@ -70,11 +72,26 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from tfrecord import example_pb2
 
 from processing.atomic_write import DiskFullError, is_disk_full
 
 from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
+
+@functools.cache
+def _example_pb2():
+    """TensorFlow's Example protos as the `tfrecord` package ships them (``tfrecord.example_pb2``), loaded without
+    running ``tfrecord/__init__.py``, which imports torch (seconds) for DataLoader helpers this reader never uses.
+    Registered under its own name, so a later ``import tfrecord`` reuses it instead of defining the protos twice."""
+    name = "tfrecord.example_pb2"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("tfrecord")  # locates the package without running it
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(package.submodule_search_locations[0], "example_pb2.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
 
 # --------------------------------------------------------------------------------------------------
 # Schema
@@ -295,7 +312,7 @@ def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors:
     """
     rc = _RecordContext(path, offset, _check_errors(errors))
     try:
-        example = example_pb2.SequenceExample.FromString(data)
+        example = _example_pb2().SequenceExample.FromString(data)
     except DecodeError as exc:
         raise RecordDecodeError(f"record is not a SequenceExample protobuf ({exc})", path, offset) from None
     context = example.context.feature
@@ -414,7 +431,7 @@ def page_to_example(row: dict[str, Any]) -> "example_pb2.SequenceExample":
     Returns:
         `tfrecord.example_pb2.SequenceExample`
     """
-    example = example_pb2.SequenceExample()
+    example = _example_pb2().SequenceExample()
     context = example.context.feature
     for name in CONTEXT_FEATURES:
         if name in row:
@@ -613,9 +630,9 @@ def _files_fingerprint(paths: Sequence[str]) -> str:
 
 
 def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir, keep_in_memory=False):
+    paths = resolve_paths(paths_or_glob)  # a missing file is reported before `datasets` is imported
     import datasets
 
-    paths = resolve_paths(paths_or_glob)
     gen_kwargs = {
         "paths": paths,
         "skip_corrupt": skip_corrupt,
@@ -973,7 +990,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.num_proc is not None and args.num_proc < 1:
-        parser.error(f"--num_proc must be >= 1, got {args.num_proc}")
+        raise ValueError(f"--num_proc must be >= 1, got {args.num_proc}")
 
     out = os.path.abspath(args.output_dir)
     parent = os.path.dirname(out)
