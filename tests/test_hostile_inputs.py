@@ -318,3 +318,17 @@ def test_an_image_folder_resolving_nothing_stops_training_unless_said(sample, tm
     code, _, err = run(args)
     one_error(code, err, f"image folder {empty} resolves none of the", "--allow_missing_images")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_cache_build_on_a_full_disk_names_the_shard_and_keeps_what_was_there(sample, tmp_path, tmpfs):
+    disk = tmpfs("16k")
+    cache = disk / "cache"
+    cache.mkdir()
+    (cache / "notes.txt").write_text("mine")
+    data = tmp_path / "data"
+    assert ww.main([str(sample / "wikiweb2m-sample.tfrecord.gz"), str(data)]) == 0
+    code, _, err = run(builder(data, cache, "--image_dir", sample / "images"))
+    line = one_error(code, err, f"no space left on device writing {cache / 'text'}", "bytes needed", "bytes free")
+    assert "nothing was written" in line
+    assert (cache / "notes.txt").read_text() == "mine"
+    assert [p.name for p in (cache / "text").iterdir()] == []  # no temporary shard left behind

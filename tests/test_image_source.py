@@ -189,3 +189,28 @@ def test_manifest_index_reads_what_the_manifest_reads(tmp_path, caplog):
     assert again.get(urls[1]) == reference.get(urls[1]) and again.get(urls[1])["status"] == "ok"
     (tmp_path / "empty.jsonl").touch()
     assert ManifestIndex(tmp_path / "empty.jsonl").get(urls[0]) is None and len(ManifestIndex(tmp_path / "empty.jsonl")) == 0
+
+
+def test_control_characters_in_image_references_are_masked_never_handed_to_the_os(tmp_path, caplog):
+    from processing.page_graph import PageGraph
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    folder = ImageFolder(tmp_path)
+    for ref in ("a\x00.png", "http://h/a%00.png", "http://h/a\x00.png", "a\n.png", "\x7f"):
+        assert folder.resolve(ref) is None, ref  # no "embedded null byte" from the OS
+    assert folder.resolve("http://h/a.png") == str(tmp_path / "a.png")
+    page = {"title": "T", "sections": [{"title": "A", "text": "One. Two.", "images": [
+        {"path": "a.png", "caption": "ok"}, {"path": "b\x00.png", "caption": "nul"}, {"url": "http://h/c%00.png"}]}]}
+    with caplog.at_level("WARNING", logger="processing.page_graph"):
+        graph = PageGraph.from_dict(page)
+    assert [graph.nodes[n].image for n in graph.image_nodes[0]] == ["a.png", None, None]
+    assert ("page 'T': 2 image reference(s) hold a NUL or another control character and are masked (expected a URL "
+            "or a file path): section 0, image 1: 'b\\x00.png'; section 0, image 2: 'http://h/c%00.png'") in caplog.text
+
+
+def test_a_missing_or_file_image_folder_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"image folder {tmp_path / 'missing'}: no such folder"):
+        ImageFolder(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=rf"image folder {tmp_path / 'file'}: not a folder"):
+        ImageFolder(tmp_path / "file")

@@ -342,6 +342,21 @@ def test_in_process_pipeline_and_missing_images(hub, local_pipe):
     assert local_pipe(bare, section=0) == {"summary_text": expected}
 
 
+def test_pipeline_image_folder_errors_and_masked_image_warning(local_pipe, tmp_path, caplog):
+    # A folder that is not there (or a file) is an error naming it, even for a page without images; images that have
+    # no file (or a NUL in their path) are masked with a warning counting them, not silently.
+    bare = {"title": "T", "sections": [{"title": "A", "text": "The cat sat on the mat."}, {"title": "B", "text": "Dogs."}]}
+    with pytest.raises(FileNotFoundError, match=rf"image folder {tmp_path / 'missing'}: no such folder"):
+        local_pipe(bare, section=0, image_dir=tmp_path / "missing")
+    page = second_page("absent.png")
+    page["sections"][1]["images"][1]["path"] = "nul\x00.png"
+    with caplog.at_level("WARNING"):
+        inputs = local_pipe.preprocess({"page": page, "section": 1}, image_dir=tmp_path)
+    assert inputs["image_neighbor_mask"].tolist() == [[0, 0]]
+    assert "page 'Dogs', section 1: 2 of 2 image neighbour(s) masked: no file (image_dir" in caplog.text
+    assert "section 1, image 1: 'nul\\x00.png'" in caplog.text
+
+
 def test_plain_dict_target_text_is_full_text(hub, local_pipe):
     tokenizer = hub["processor"].tokenizer
     page = plain_page(image_ref=hub["cat"])
