@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_CLIP_JSON = ROOT / "demo" / "tiny_clip.json"
 
 
-def run(args, timeout=240):
+def run(args, timeout=240, env=None):
     """``python ARGS`` from the worktree, offline, without the traceback switch; (exit status, stdout, stderr)."""
-    env = {k: v for k, v in os.environ.items() if k != "MMGL_DEBUG"}
+    env = {**{k: v for k, v in os.environ.items() if k != "MMGL_DEBUG"}, **(env or {})}
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -208,10 +208,16 @@ def test_cache_builder_refuses_missing_or_file_image_folders_and_damaged_configs
 
 
 def test_cache_builder_masks_control_characters_and_needs_images_to_resolve(pages_with_bad_urls, tmp_path):
-    data, images = pages_with_bad_urls / "data", pages_with_bad_urls / "images"
+    # TFRecords given straight to the builder: nothing is written to the datasets cache or the temporary folder
+    # (both pointed at empty folders here), whether the build succeeds or fails.
+    data, images = pages_with_bad_urls / "pages.tfrecord", pages_with_bad_urls / "images"
+    hf_home, tmp = tmp_path / "hf_home", tmp_path / "tmp"
+    hf_home.mkdir()
+    tmp.mkdir()
+    elsewhere = {"HF_HOME": str(hf_home), "HF_DATASETS_CACHE": str(hf_home / "datasets"), "TMPDIR": str(tmp)}
     # NUL, newline and %00 in three URLs of each page: masked with a warning naming page, section and image; of the
     # others, one resolves and one has no file (partial coverage: a warning with the counts, per sample).
-    code, out, err = run(builder(data, tmp_path / "cache", "--image_dir", images))
+    code, out, err = run(builder(data, tmp_path / "cache", "--image_dir", images), env=elsewhere)
     assert code == 0 and "Traceback" not in err, err[-3000:]
     assert "page 'https://x/page1': 3 image reference(s) hold a NUL or another control character" in err
     assert "section 1, image 0: 'https://upload.example.org/1/nul\\x001.png'" in err
@@ -224,8 +230,10 @@ def test_cache_builder_masks_control_characters_and_needs_images_to_resolve(page
     empty = tmp_path / "empty"
     empty.mkdir()
     before = tree_hashes(tmp_path / "cache")
-    code, _, err = run(builder(data, tmp_path / "cache", "--image_dir", empty))
+    code, _, err = run(builder(data, tmp_path / "cache", "--image_dir", empty), env=elsewhere)
     one_error(code, err, f"image folder {empty} resolves none of the", "--allow_missing_images")
+    # (torch itself makes a `torchinductor_<user>` folder in the temporary folder when imported: not ours.)
+    assert list(hf_home.rglob("*")) == [] and [p for p in tmp.iterdir() if not p.name.startswith("torchinductor")] == []
     assert {k: v for k, v in tree_hashes(tmp_path / "cache").items() if "shard" not in k} == {
         k: v for k, v in before.items() if "shard" not in k}
 
