@@ -4,7 +4,6 @@ exactly one ``error:`` line naming the file / field, no traceback, and every fil
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid

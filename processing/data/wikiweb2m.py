@@ -69,13 +69,16 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
 from processing.atomic_write import DiskFullError, is_disk_full
 
 from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
+
+if TYPE_CHECKING:  # loaded by `_example_pb2`, without the tfrecord package's torch import
+    from tfrecord import example_pb2
 
 @functools.cache
 def _example_pb2():
