@@ -2,6 +2,7 @@
 settings it hands the script (environment variables) build the plugin the Trainer will use: FSDP wraps every
 decoder layer of every MMGL design; DeepSpeed ZeRO-3 gathers the full weights for the export."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def test_every_config_is_documented_and_read_by_accelerate(monkeypatch):
         args, defaults, env = launch_environment(config, monkeypatch)
         assert args.num_processes >= 2 and env["ACCELERATE_MIXED_PRECISION"] in ("no", "bf16"), config.name
     args, defaults, env = launch_environment(LAUNCH / "multi_node.yaml", monkeypatch)
-    assert args.multi_gpu and args.num_machines == 2 and args.num_processes == 8 and env["MASTER_PORT"] == "29500"
+    assert args.multi_gpu and args.num_machines == 2 and args.num_processes == 8 and args.machine_rank == 0
+    assert (args.main_process_ip, args.main_process_port) == ("node0", 29500)
     args, defaults, env = launch_environment(LAUNCH / "ddp_cpu.yaml", monkeypatch)
     assert args.multi_gpu and args.num_processes == 2 and env["ACCELERATE_MIXED_PRECISION"] == "no"
 
@@ -97,3 +99,26 @@ def test_deepspeed_configs(stage, monkeypatch):
         del plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
         with pytest.raises(ValueError, match="ZeRO-3 without stage3_gather_16bit_weights_on_model_save"):
             check_export_gatherable(trainer)
+
+
+def test_gpu_checks_run_their_cpu_parts(tmp_path):
+    """`benchmarks/gpu_checks.py` on this machine (no GPU): the reference run, its export reloaded in two fresh
+    processes, and every check that needs a GPU reported as skipped with its reason (never as passed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_checks.py"), "--layouts", "single,fsdp,zero3", "--steps", "2",
+         "--num_pages", "30", "--output_dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_checks.json").read_text())
+    assert report["machine"]["gpus"] == 0 and report["model_size"] == "tiny"
+    single = report["layouts"]["single"]
+    assert single["reference"] and single["reload_deterministic"] is True
+    for layout in ("fsdp", "zero3"):
+        assert report["layouts"][layout] == {"skipped": f"{layout} needs a GPU (FSDP and DeepSpeed do not start on CPU)"}
+    assert report["throughput"] == {"skipped": "bf16 throughput needs a GPU"}
+    assert (tmp_path / "single" / "model.safetensors").exists() and "fsdp: skipped" in result.stdout

@@ -412,10 +412,10 @@ def test_push_to_hub_is_checked_before_any_work(sample_dir, tmp_path, monkeypatc
     assert capsys.readouterr().err.startswith("error: --push_to_hub needs a Hugging Face token")
 
 
-def test_debug_is_the_training_arguments_flag(sample_dir, tmp_path, monkeypatch, capsys):
+def test_training_arguments_debug_and_disable_tqdm_reach_their_owners(sample_dir, tmp_path, monkeypatch, capsys):
     """`--debug underflow_overflow` (a TrainingArguments flag) reaches the Trainer through the command wrapper, which
     used to take `--debug` for its own traceback switch (now `--traceback`) and leave `underflow_overflow` to the
-    argument parser."""
+    argument parser. `--disable_tqdm` hides the data preparation's bars too (the token store's was always shown)."""
     import transformers.trainer
     from transformers.debug_utils import DebugUnderflowOverflow
 
@@ -433,9 +433,13 @@ def test_debug_is_the_training_arguments_flag(sample_dir, tmp_path, monkeypatch,
     for flag in ("--do_eval", "--do_predict"):
         args.remove(flag)
     args[args.index("--max_steps") + 1] = "1"
-    assert run_command(lambda argv: (run_summarization.main(argv), 0)[1], args + ["--debug", "underflow_overflow"]) == 0
+    command = lambda argv: (run_summarization.main(argv), 0)[1]  # noqa: E731  (as the script's __main__)
+    assert run_command(command, args + ["--debug", "underflow_overflow", "--disable_tqdm", "true"]) == 0
     assert len(watched) == 1
-    capsys.readouterr()
+    captured = capsys.readouterr()
+    assert "token store" not in captured.err and "it/s" not in captured.err, captured.err[-2000:]
+    assert run_command(command, args) == 0  # the bars are back when not disabled
+    assert "token store" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # mmgl's own switch is documented
         run_summarization.main(["--help"])
     assert "--traceback" in capsys.readouterr().out
