@@ -221,6 +221,7 @@ def test_uneven_last_batch_is_warned_and_launch_of_one_process_refused(monkeypat
     with pytest.raises(ValueError, match="asked for several processes .* started this one alone"):
         check_launch(launched)
     check_launch({**launched, "WORLD_SIZE": "2", "RANK": "0"})  # a real data parallel process
+    check_launch({**launched, "OMPI_COMM_WORLD_SIZE": "2"})  # accelerate's multi-CPU launch through mpirun
     check_launch({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "False"})  # --num_processes 1
     check_launch({"MASTER_PORT": "29500"})  # not launched by accelerate
     for key, value in launched.items():

@@ -113,10 +113,12 @@ def check_launch(environ: dict[str, str] | None = None) -> None:
     `accelerate launch --num_processes N` without `--multi_gpu` (or with `--cpu`) on a machine where it cannot
     start them itself runs ONE process, which would then train on everything at 1/N of the global batch. Such a
     launch is visible: accelerate's launcher (it sets ``ACCELERATE_MIXED_PRECISION``) exported a rendezvous
-    address (``MASTER_PORT``, set only for several processes or machines) but no ``WORLD_SIZE``.
+    address (``MASTER_PORT``, set only for several processes or machines) but no world size (``WORLD_SIZE`` from
+    torchrun, or MPI's when accelerate starts CPU processes with mpirun).
     """
     env = os.environ if environ is None else environ
-    if "ACCELERATE_MIXED_PRECISION" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env:
+    world_size = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # as accelerate reads it
+    if "ACCELERATE_MIXED_PRECISION" in env and "MASTER_PORT" in env and not any(name in env for name in world_size):
         raise ValueError(
             "accelerate launch was asked for several processes (--num_processes / --num_machines) but started this "
             "one alone, which would train on everything at a fraction of the global batch. Add --multi_gpu (also "
