@@ -6,6 +6,9 @@
         --context all --neighbor_encoding sa_e --position_encoding laplacian --tuning lora \
         --embedding_cache_dir cache/clip --image_dir images --output_dir out --do_train --do_eval
 
+Several processes, GPUs or machines (DDP, FSDP, DeepSpeed): `accelerate launch --config_file launch/<config>.yaml
+run_summarization.py ...` (README: "More GPUs and machines"); the result equals one process's at the same global batch.
+
 The paper's recipe (OPT-125m, CLIP ViT-B/32 encoders, lr 1e-4, 10k steps, batch 125) is `--recipe paper`. Arguments
 may also come from one JSON file: `python run_summarization.py args.json`. Offline, `--config_overrides` builds a
 model from scratch and, without `--tokenizer_name`, a byte-level BPE tokenizer is trained on the training pages.
