@@ -40,8 +40,13 @@ def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
     return model
 
 
-def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None):
+def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None,
+                    state_dict: dict | None = None):
     """A complete Hub repository in ``output_dir``.
+
+    ``state_dict``: the model's full weights gathered across processes (`MMGLSummarizationTrainer.save_model`; under
+    FSDP / DeepSpeed ZeRO-3 ``model`` itself holds only shards): the folder is written from a fresh copy of the model
+    carrying them (`processing.training.distributed.model_with_state_dict`), and ``model`` is left as it is.
 
     peft adapters are also saved as adapters (``adapter/``); LoRA is merged into the exported weights; prefix /
     prompt adapters cannot be merged, so the exported weights are the base model and the adapter must be loaded
@@ -54,6 +59,10 @@ def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_en
     from processing.pipeline_mmgl import save_for_hub
     from processing.training.tuning import unwrap_modules_to_save
 
+    if state_dict is not None:
+        from processing.training.distributed import model_with_state_dict
+
+        model = model_with_state_dict(model, state_dict)
     if isinstance(model, PeftModel):
         model.save_pretrained(Path(output_dir) / "adapter")
         is_lora = model.peft_config[model.active_adapter].peft_type == "LORA"
