@@ -300,7 +300,7 @@ def check_ranges(mmgl_args, data_args, training_args) -> None:
         (training_args, "gradient_accumulation_steps", 1),
     ]
     for args, name, low in at_least:
-        value = getattr(args, name)
+        value = getattr(args, name, None)  # (plain TrainingArguments have no generation_num_beams)
         if value is not None and value < low:
             raise ValueError(f"--{name} must be >= {low}, got {value}.")
 
