@@ -81,6 +81,27 @@ def trained_model(model):
     return plain
 
 
+def save_adapter_base(model, processor, checkpoint_dir: str | os.PathLike, keep_existing: bool = False,
+                      should_save: bool = True) -> str:
+    """Saves ``model`` (the plain model a peft adapter is about to wrap) as ``<checkpoint_dir>/base_model``, a
+    complete Hub folder, and returns its absolute path: every ``checkpoint-N`` adapter records it as
+    ``base_model_name_or_path``, so `AutoPeftModelForCausalLM` and ``run_summarization.py --model_name_or_path
+    checkpoint-N`` rebuild the run's model from the adapter alone.
+
+    Written through a staging folder (a kill leaves no half-written base). ``keep_existing`` (a resumed run): the
+    base the earlier checkpoints were saved against is kept.
+    """
+    from processing.atomic_write import replace_folder, staging_folder
+    from processing.pipeline_mmgl import save_for_hub
+
+    folder = Path(checkpoint_dir).resolve() / "base_model"
+    if should_save and not (keep_existing and (folder / "config.json").is_file()):
+        staging = staging_folder(folder)
+        save_for_hub(model, processor, staging)
+        replace_folder(staging, folder)
+    return str(folder)
+
+
 def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None):
     """A complete Hub repository in ``output_dir``: the model ``model`` is (`trained_model`: LoRA merged, prefix /
     prompt virtual tokens inside), its processor, remote code and pipeline. No adapter is written: a peft adapter
@@ -95,4 +116,4 @@ def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_en
     return save_for_hub(model, processor, output_dir)
 
 
-__all__ = ["attach_neighbor_encoder", "save_hub_folder", "trained_model"]
+__all__ = ["attach_neighbor_encoder", "save_adapter_base", "save_hub_folder", "trained_model"]
