@@ -38,6 +38,7 @@ from transformers import (
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
 from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
+from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 from processing.data.page_table import open_page_table
 from processing.data.sample_data import is_generated_page
@@ -156,13 +157,16 @@ class MMGLArguments:
                   "open_clip. Used by sa_e / ca_e; ignored with a warning where no text neighbour is an embedding "
                   "(sa_te writes neighbour texts as LM tokens; section_only has none)."},
     )
-    text_neighbor_pooling: str = field(
-        default="mean",
+    text_neighbor_pooling: str | None = field(
+        default=None,
         metadata={"help": f"With --text_neighbor_encoder, one of {TEXT_NEIGHBOR_POOLINGS}: first token's state, mean "
-                  "over real tokens (sentence-transformers), or the model's pooler (BERT / RoBERTa); L2-normalised."},
+                  "over real tokens (sentence-transformers), or the model's pooler (BERT / RoBERTa); L2-normalised. "
+                  "Default: a sentence-transformers model's own Pooling module, else mean."},
     )
-    text_neighbor_max_length: int = field(
-        default=512, metadata={"help": "With --text_neighbor_encoder: tokens read per text neighbour (truncated)."}
+    text_neighbor_max_length: int | None = field(
+        default=None,
+        metadata={"help": "With --text_neighbor_encoder: tokens read per text neighbour (truncated). Default: a "
+                  "sentence-transformers model's max_seq_length (its sentence_bert_config.json), else 512."},
     )
     embedding_cache_dir: str | None = field(
         default=None, metadata={"help": "Frozen-encoder embedding cache; built (or resumed) when incomplete."}
@@ -568,6 +572,11 @@ def main(argv=None):
         if free:
             logger.info("set for this run (not part of the checkpoint's design): "
                         + ", ".join(f"{k}={v!r}" for k, v in free.items()))
+    # A sentence-transformers text encoder reads as many tokens and pools as its own config says (unless given).
+    mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length, notes = resolve_text_encoder_settings(
+        mmgl_args.text_neighbor_encoder, mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length)
+    for note in notes:
+        logger.warning(note)
     validate_arguments(model_args, mmgl_args, data_args, training_args)
     # --output_dir is the result (Hub folder + metrics), swapped in as a whole at the end; the Trainer works in
     # --checkpoint_dir (checkpoints, logs while training), never inside it.

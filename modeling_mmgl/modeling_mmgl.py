@@ -98,6 +98,15 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             # The model must never write a placeholder: the next step would hold one without a neighbour.
             self.generation_config.suppress_tokens = [config.neighbor_token_id]
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # Loading puts new parameters in place (trainable by default): the frozen encoder must stay frozen, or an
+        # optimizer and the parameter counts would take it for trainable.
+        if model.neighbor_encoder is not None:
+            model.neighbor_encoder.requires_grad_(False)
+        return model
+
     def load_neighbor_encoder_weights(self, pretrained: str | None = None):
         """Loads the frozen encoder's open_clip weights (`pretrained` tag or path, default the config's)."""
         if self.neighbor_encoder is None:

@@ -33,6 +33,7 @@ from safetensors.torch import save as safetensors_save
 
 from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
 from processing.atomic_write import atomic_write_bytes
 from processing.data.cli import add_debug_argument, run_command
 from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS, check_text_neighbor_encoder
@@ -508,10 +509,12 @@ def main(argv=None) -> int:
     parser.add_argument("--text_neighbor_encoder", default=None,
                         help="Hugging Face text model (hub id or folder) that encodes the texts instead of open_clip's "
                         "text tower, as run_summarization.py (ignored with a warning where no text neighbour is an embedding)")
-    parser.add_argument("--text_neighbor_pooling", default="mean", choices=TEXT_NEIGHBOR_POOLINGS,
-                        help="with --text_neighbor_encoder: first token (cls), mean of real tokens, or the model's pooler")
-    parser.add_argument("--text_neighbor_max_length", type=int, default=512,
-                        help="with --text_neighbor_encoder: tokens read per text (longer texts are truncated)")
+    parser.add_argument("--text_neighbor_pooling", default=None, choices=TEXT_NEIGHBOR_POOLINGS,
+                        help="with --text_neighbor_encoder: first token (cls), mean of real tokens, or the model's "
+                        "pooler; default: a sentence-transformers model's own pooling, else mean")
+    parser.add_argument("--text_neighbor_max_length", type=int, default=None,
+                        help="with --text_neighbor_encoder: tokens read per text (longer texts are truncated); default: "
+                        "a sentence-transformers model's max_seq_length, else 512")
     parser.add_argument("--batch_size", type=int, default=64, help="inputs per encoder call")
     parser.add_argument("--shard_size", type=int, default=4096, help="rows per shard (a kill loses at most one shard)")
     parser.add_argument("--dtype", default="float16", choices=sorted(_DTYPES), help="storage dtype of the vectors")
@@ -542,9 +545,13 @@ def main(argv=None) -> int:
         PageGraphIndex(pages), args.context, args.neighbor_encoding, args.max_text_neighbors,
         args.max_image_neighbors, ImageFolder(args.image_dir), counts,
     )])
+    text_pooling, text_max_length, notes = resolve_text_encoder_settings(
+        args.text_neighbor_encoder, args.text_neighbor_pooling, args.text_neighbor_max_length)
+    for note in notes:
+        logger.warning(note)
     encoder = MMGLNeighborEncoder.from_settings(
         args.neighbor_encoder_name, pretrained, model_config, text_encoder=args.text_neighbor_encoder,
-        text_pooling=args.text_neighbor_pooling, text_max_length=args.text_neighbor_max_length,
+        text_pooling=text_pooling, text_max_length=text_max_length,
     )
     cache = build_embedding_cache(
         args.cache_dir, texts=texts, image_paths=images, encoder=encoder,

@@ -305,6 +305,39 @@ def export_card_inputs(folder: str | os.PathLike, folder_name: str, source: str 
         metrics_implementation=metrics_implementation or {})
 
 
+def write_adapter_card(checkpoint: str | os.PathLike, record: dict | None, trainer_state: dict | None) -> ModelCard:
+    """Replaces peft's unfilled template in a ``checkpoint-N`` adapter folder by a card that says what the adapter
+    is, what it applies to and how to load it."""
+    checkpoint = Path(checkpoint)
+    adapter = json.loads((checkpoint / "adapter_config.json").read_text())
+    base = adapter.get("base_model_name_or_path")
+    peft_type = adapter.get("peft_type", "")
+    tuning = {"LORA": "lora", "PREFIX_TUNING": "prefix-tuning", "PROMPT_TUNING": "prompt-tuning"}.get(peft_type)
+    settings = {"LORA": f"rank `{adapter.get('r')}`, alpha `{adapter.get('lora_alpha')}`",
+                "PREFIX_TUNING": f"`{adapter.get('num_virtual_tokens')}` virtual tokens",
+                "PROMPT_TUNING": f"`{adapter.get('num_virtual_tokens')}` virtual tokens"}.get(peft_type, "")
+    card_data = ModelCardData(base_model=base, library_name="peft",
+                              tags=["mmgl", "peft", *([tuning] if tuning else [])], pipeline_tag="text-generation")
+    step = (trainer_state or {}).get("global_step")
+    body = [
+        f"# MMGL {peft_type.lower().replace('_', ' ')} adapter, step {step}", "",
+        f"A Trainer checkpoint of an MMGL run: the peft adapter ({settings}) and the trained MMGL modules (peft "
+        f"`modules_to_save`), to apply to the unmerged base model it was trained on: `{base}` (`base_model/` in the "
+        "checkpoint folder). Not merged: applying it to an export (which already holds the trained weights) would "
+        "apply it twice.", "",
+        "## Training", "", *training_lines(record, trainer_state, ((record or {}).get("arguments") or {})
+                                           .get("samples", {}).get("train")), "",
+        "## How to load", "", "```python", "from peft import AutoPeftModelForCausalLM", "",
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{checkpoint}")', "```", "",
+        f"or evaluate it with only the data: `python run_summarization.py --model_name_or_path {checkpoint} "
+        "--train_files ... --output_dir ... --do_predict`; `--export` writes the complete model (LoRA merged, "
+        "virtual tokens inside).", "",
+    ]
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(body))
+    atomic_write_bytes(checkpoint / "README.md", str(card).encode("utf-8"))
+    return card
+
+
 def write_model_card(output_dir: str | os.PathLike, inputs: CardInputs) -> ModelCard:
     """Writes ``<output_dir>/README.md`` (atomically); returns the card."""
     card = build_model_card(inputs)
@@ -313,4 +346,4 @@ def write_model_card(output_dir: str | os.PathLike, inputs: CardInputs) -> Model
 
 
 __all__ = ["CardInputs", "base_model_of", "build_model_card", "card_license", "design_lines", "encoder_description",
-           "export_card_inputs", "write_model_card"]
+           "export_card_inputs", "write_adapter_card", "write_model_card"]

@@ -70,6 +70,16 @@ class MMGLRunRecord(TrainerCallback, ExportableState):
             self.resumes = list(attributes.get("resumes", [])) + [
                 {"checkpoint": str(args.resume_from_checkpoint or ""), "step": state.global_step}]
 
+    def on_save(self, args, state, control, **kwargs):
+        # A peft checkpoint gets a filled card instead of peft's template.
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and (checkpoint / "adapter_config.json").is_file():
+            from processing.training.model_card import write_adapter_card
+
+            write_adapter_card(checkpoint, self.state()["attributes"], {"global_step": state.global_step,
+                                                                        "max_steps": state.max_steps,
+                                                                        "epoch": state.epoch})
+
     def finish(self, global_step: int, session_loss: float, session_steps: int) -> float:
         """Records the end of training; returns the mean training loss over every step of the run
         (``session_loss``: the Trainer's `train_loss`, a mean over this session's ``session_steps``)."""
