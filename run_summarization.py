@@ -68,7 +68,7 @@ from processing.training.metrics import METRICS_STYLES, metrics_implementation, 
 from processing.training.model_card import base_model_of, export_card_inputs, write_model_card
 from processing.training.run_record import MMGLRunRecord, run_arguments
 from processing.training.outputs import ResultsFolder, check_output_folders, default_checkpoint_dir, remove_if_empty
-from processing.training.recipe import explicit_fields, resolve_paper_recipe
+from processing.training.recipe import epoch_coverage_line, explicit_fields, resolve_paper_recipe
 from processing.training.tuning import (
     PEFT_TUNINGS,
     TUNINGS,
@@ -618,6 +618,10 @@ def main(argv=None):
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
     logger.info("samples: " + ", ".join(f"{name} {len(index)}" for name, index in indices.items()))
+    coverage = epoch_coverage_line(len(indices["train"]), training_args.per_device_train_batch_size,
+                                   training_args.gradient_accumulation_steps, training_args.world_size)
+    if training_args.do_train and coverage is not None:
+        print(("recipe paper: " if data_args.recipe == "paper" else "") + coverage)
 
     # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
     if design is not None and design.has_processor:
