@@ -825,7 +825,7 @@ def main(argv=None):
     if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
         trainer.save_model()  # the Hub folder
         trainer.create_model_card()
-    result_folder.copy_logs(checkpoint_dir)
+    result_folder.take_logs(checkpoint_dir)
     result_folder.finish()
     training_args.output_dir = output_dir
     if training_args.should_save:

@@ -146,3 +146,26 @@ def test_card_after_export_from_a_checkpoint_and_after_a_resume(sample_dir, tmp_
     card = ModelCard.load(resumed / "README.md")
     assert "resumed at step `2`" in card.text
     assert f"training loss over the whole run: `{metrics['train_loss']:.4f}`" in card.text
+
+
+def test_metrics_files_record_their_implementation_and_match_the_predictions(sample_dir, tmp_path):
+    """--metrics_style original: every metrics file and the card name the implementation; the recorded numbers are
+    that implementation's on the predictions the run wrote; the teacher-forced validation score is a separate metric."""
+    from huggingface_hub import ModelCard
+
+    from processing.training.metrics import original_metrics
+
+    out = tmp_path / "run"
+    args = base_args(sample_dir, out) + ["--context", "all", "--neighbor_encoding", "sa_e", "--metrics_style",
+                                         "original"]
+    metrics = run_summarization.main(args)
+    for name in ("eval_results.json", "predict_results.json", "all_results.json"):
+        assert json.loads((out / name).read_text())["metrics_implementation"]["style"] == "original", name
+    for split in ("eval", "predict"):
+        rows = [json.loads(line) for line in (out / f"{split}_predictions.jsonl").read_text().splitlines()]
+        recomputed = original_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows])
+        for key, value in recomputed.items():
+            assert metrics[f"{split}_{key}"] == pytest.approx(value, abs=1e-12), (split, key)
+    assert {f"eval_teacher_forced_{k}" for k in ("bleu4", "rougeL", "cider")} <= set(metrics)
+    card = ModelCard.load(out / "README.md")
+    assert {r.metric_config for r in card.data.eval_results} == {"original"} and "`original` style" in card.text

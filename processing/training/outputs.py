@@ -89,10 +89,15 @@ class ResultsFolder:
             # A run that stops with an error leaves the previous result as it was, and no staging folder.
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
 
-    def copy_logs(self, checkpoint_dir: str | os.PathLike) -> None:
-        """TensorBoard logs written in the checkpoint folder while training go with the result (``runs/``)."""
+    def take_logs(self, checkpoint_dir: str | os.PathLike) -> None:
+        """TensorBoard logs written in the checkpoint folder while training go with the result (``runs/``): moved
+        when the folder holds nothing else (no checkpoint to resume from), else copied (a resumed run adds to them)."""
         runs = Path(checkpoint_dir) / "runs"
-        if self.path is not None and runs.is_dir():
+        if self.path is None or not runs.is_dir():
+            return
+        if all(p.name in ("runs", "first_stage") for p in Path(checkpoint_dir).iterdir()):
+            shutil.move(str(runs), str(Path(self.path) / "runs"))
+        else:
             shutil.copytree(runs, Path(self.path) / "runs", dirs_exist_ok=True)
 
     def finish(self) -> None:
