@@ -243,6 +243,11 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
     check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
+    # A sentence-transformers text encoder reads as many tokens and pools as its own config says (unless given).
+    mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length, notes = resolve_text_encoder_settings(
+        mmgl_args.text_neighbor_encoder, mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length)
+    for note in notes:
+        logger.warning(note)
     if mmgl_args.text_neighbor_pooling not in TEXT_NEIGHBOR_POOLINGS:
         raise ValueError(f"--text_neighbor_pooling must be one of {TEXT_NEIGHBOR_POOLINGS}, got "
                          f"{mmgl_args.text_neighbor_pooling!r}.")
@@ -572,11 +577,6 @@ def main(argv=None):
         if free:
             logger.info("set for this run (not part of the checkpoint's design): "
                         + ", ".join(f"{k}={v!r}" for k, v in free.items()))
-    # A sentence-transformers text encoder reads as many tokens and pools as its own config says (unless given).
-    mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length, notes = resolve_text_encoder_settings(
-        mmgl_args.text_neighbor_encoder, mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length)
-    for note in notes:
-        logger.warning(note)
     validate_arguments(model_args, mmgl_args, data_args, training_args)
     # --output_dir is the result (Hub folder + metrics), swapped in as a whole at the end; the Trainer works in
     # --checkpoint_dir (checkpoints, logs while training), never inside it.

@@ -100,12 +100,13 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) when asked
         # Loading puts new parameters in place (trainable by default): the frozen encoder must stay frozen, or an
         # optimizer and the parameter counts would take it for trainable.
         if model.neighbor_encoder is not None:
             model.neighbor_encoder.requires_grad_(False)
-        return model
+        return loaded
 
     def load_neighbor_encoder_weights(self, pretrained: str | None = None):
         """Loads the frozen encoder's open_clip weights (`pretrained` tag or path, default the config's)."""

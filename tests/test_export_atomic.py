@@ -68,7 +68,7 @@ def kill_at(stage: str, monkeypatch, output_dir: Path):
     """Makes the run stop dead at ``stage``."""
     def after(function):
         def wrapper(*a, **k):
-            result = function(*a, **k)
+            function(*a, **k)
             raise Killed(stage)
         return wrapper
 
