@@ -73,3 +73,53 @@ def test_prefix_model_without_cache_generates_as_with_cache():
     with torch.no_grad():
         assert torch.equal(plain.generate(**batch, use_cache=True, **GENERATE),
                            plain.generate(**batch, use_cache=False, **GENERATE))
+
+
+def test_decoding_settings_model_then_file_then_flags(tmp_path):
+    """The run's decoding settings: the model's generation config, a --generation_config file (or folder) over it,
+    the flags over both; greedy with 64 new tokens when nobody says otherwise."""
+    from transformers import GenerationConfig
+
+    from processing.training.generation import resolve_generation_config
+
+    model_config = GenerationConfig(eos_token_id=2, suppress_tokens=[99])
+    default = resolve_generation_config(model_config, pad_token_id=1, eos_token_id=2)
+    assert (default.max_new_tokens, default.num_beams, default.do_sample, default.suppress_tokens) == (64, 1, False, [99])
+    GenerationConfig(num_beams=3, no_repeat_ngram_size=2, max_new_tokens=10).save_pretrained(tmp_path)
+    for given in (tmp_path, tmp_path / "generation_config.json"):
+        from_file = resolve_generation_config(model_config, str(given))
+        assert (from_file.num_beams, from_file.no_repeat_ngram_size, from_file.max_new_tokens) == (3, 2, 10)
+    flags = resolve_generation_config(model_config, str(tmp_path), max_new_tokens=5, num_beams=1,
+                                      no_repeat_ngram_size=4)
+    assert (flags.max_new_tokens, flags.num_beams, flags.no_repeat_ngram_size) == (5, 1, 4)
+    recorded = resolve_generation_config(flags)  # an exported model's own settings are the default next time
+    assert (recorded.max_new_tokens, recorded.no_repeat_ngram_size) == (5, 4)
+    assert model_config.max_new_tokens is None  # the model's own object is left alone
+    with pytest.raises(FileNotFoundError, match="--generation_config .*missing"):
+        resolve_generation_config(model_config, str(tmp_path / "missing"))
+
+
+def test_adapter_checkpoint_without_its_base_is_a_clear_error(tmp_path):
+    import json
+
+    from processing.training.checkpoint_design import read_checkpoint_design
+
+    checkpoint = tmp_path / "run-checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(FileNotFoundError, match=r"adapter_config.json: base_model_name_or_path .*gone.* is not a model "
+                                                r"folder here, and there is no .*base_model"):
+        read_checkpoint_design(str(checkpoint))
+
+
+def test_output_folders_that_would_lose_or_mix_things_are_refused(tmp_path):
+    from processing.training.outputs import check_output_folders
+
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match="must not contain each other"):
+        check_output_folders(out, str(tmp_path / "out" / "checkpoints"), None, True)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match="holds the model being evaluated"):
+        check_output_folders(out, out + "-checkpoints", out, writes_model=False)
+    check_output_folders(out, out + "-checkpoints", out, writes_model=True)  # --export rewrites it: fine

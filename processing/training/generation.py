@@ -50,8 +50,10 @@ def resolve_generation_config(model_config: GenerationConfig, generation_config:
     flags = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "no_repeat_ngram_size": no_repeat_ngram_size,
              "pad_token_id": pad_token_id, "eos_token_id": eos_token_id}
     settings.update({k: v for k, v in flags.items() if v is not None})
-    if settings.get("max_new_tokens") is None:
-        settings["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+    # Written out, so generation_config.json says how the reported metrics were decoded.
+    for name, default in (("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), ("num_beams", 1), ("do_sample", False)):
+        if settings.get(name) is None:
+            settings[name] = default
     settings.pop("transformers_version", None)
     settings.pop("_from_model_config", None)  # chosen for this run, not derived from the model config
     resolved = GenerationConfig.from_dict(settings)
