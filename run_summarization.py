@@ -762,7 +762,7 @@ def main(argv=None):
             reported_settings(trainer.model.generation_config),
             {"files": data_args.train_files, "study_split": data_args.use_study_split,
              "generated": record.arguments["generated_data"], "samples": sample_counts},
-            hub_model_id=training_args.hub_model_id if training_args.push_to_hub else None,
+            hub_model_id=training_args.hub_model_id,
             license=model_args.license, metrics_implementation=implementation))
 
     trainer = MMGLSummarizationTrainer(

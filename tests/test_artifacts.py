@@ -134,6 +134,7 @@ def test_card_after_export_from_a_checkpoint_and_after_a_resume(sample_dir, tmp_
     text = ModelCard.load(exported / "README.md").text
     assert "steps: `2` (of max_steps `4`)" in text and "learning rate `0.005`" in text and "seed `3`" in text
     assert "resumed" not in text
+    assert "no metrics are recorded for this model" in text  # none were measured for checkpoint-2: none invented
 
     # Resume from checkpoint-2 into a fresh result folder: same final loss over the whole run.
     resumed = tmp_path / "resumed"

@@ -289,10 +289,20 @@ def export_card_inputs(folder: str | os.PathLike, folder_name: str, source: str 
     metrics_source = "this run"
     if not any(k.startswith(("eval_", "predict_")) for k in measured) and source is not None:
         recorded = _read_json(Path(source) / "all_results.json")
+        logged = [entry for entry in (trainer_state or {}).get("log_history", []) if "eval_loss" in entry]
         if recorded:
             measured = {**{k: v for k, v in recorded.items() if isinstance(v, (int, float))}, **measured}
             metrics_source = f"the run that trained it (`{Path(source).name}/all_results.json`)"
             metrics_implementation = recorded.get("metrics_implementation", metrics_implementation)
+        elif logged:  # a Trainer checkpoint: the last evaluation logged up to its step
+            from processing.training.metrics import metrics_implementation as implementation_of
+
+            measured = {**{k: v for k, v in logged[-1].items() if k.startswith("eval_")}, **measured}
+            metrics_source = f"the evaluation logged at step {logged[-1].get('step')} (`trainer_state.json`)"
+            style = (((record or {}).get("arguments") or {}).get("data") or {}).get("metrics_style")
+            metrics_implementation = implementation_of(style) if style else metrics_implementation
+        else:
+            metrics_source = "nobody: no metrics are recorded for this model (evaluate it with --do_eval / --do_predict)"
     arguments = (record or {}).get("arguments") or {}
     if arguments.get("data"):
         data = {"files": arguments["data"].get("train_files"), "study_split": arguments["data"].get("use_study_split"),
