@@ -6,11 +6,15 @@
         --context all --neighbor_encoding sa_e --position_encoding laplacian --tuning lora \
         --embedding_cache_dir cache/clip --image_dir images --output_dir out --do_train --do_eval
 
+Several processes, GPUs or machines (DDP, FSDP, DeepSpeed): `accelerate launch --config_file launch/<config>.yaml
+run_summarization.py ...` (README: "More GPUs and machines"); the result equals one process's at the same global batch.
+
 The paper's recipe (OPT-125m, CLIP ViT-B/32 encoders, lr 1e-4, 10k steps, batch 125) is `--recipe paper`. Arguments
 may also come from one JSON file: `python run_summarization.py args.json`. Offline, `--config_overrides` builds a
 model from scratch and, without `--tokenizer_name`, a byte-level BPE tokenizer is trained on the training pages.
 """
 
+import copy
 import json
 import logging
 import math
@@ -18,18 +22,21 @@ import os
 import shutil
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # Before torch / open_clip are imported: their import-time deprecation notice is not this script's concern.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
-import torch  # noqa: E402
+import numpy as np  # noqa: E402
+import torch
 import transformers
 from transformers import (
     AutoTokenizer,
     HfArgumentParser,
     OPTConfig,
+    Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     Trainer,
     set_seed,
@@ -40,6 +47,7 @@ from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
+from processing.data.cli import add_debug_argument, run_command
 from processing.data.page_table import open_page_table
 from processing.data.sample_data import is_generated_page
 from processing.data.wikiweb2m import summarization_samples
@@ -62,8 +70,16 @@ from processing.training.checkpoint_design import (
 )
 from processing.training.data_report import data_report, report_lines, write_data_report
 from processing.training.design_checks import check_model_design, num_decoder_layers
+from processing.training.distributed import (
+    EXAMPLE_INDEX,
+    check_export_gatherable,
+    check_launch,
+    example_step_seeds,
+    gathered_state_dict,
+    prepare_on_each_node,
+)
 from processing.training.export import attach_neighbor_encoder, save_adapter_base, save_hub_folder
-from processing.training.generation import reported_settings, resolve_generation_config
+from processing.training.generation import generation_kwargs, reported_settings, resolve_generation_config
 from processing.training.metrics import METRICS_STYLES, metrics_implementation, score, teacher_forced_metrics
 from processing.training.model_card import base_model_of, export_card_inputs, write_model_card
 from processing.training.run_record import MMGLRunRecord, run_arguments
@@ -415,22 +431,33 @@ class SummarizationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         graph, section = self.index[i]
-        return self.processor.build_example(
+        example = self.processor.build_example(
             graph, section, embedding_cache=self.embedding_cache, image_dir=self.image_dir,
             for_generation=self.for_generation,
         )
+        if not self.for_generation:  # seeds the example's own randomness (see MMGLSummarizationTrainer)
+            example[EXAMPLE_INDEX] = torch.tensor(i)
+        return example
 
     def reference(self, i) -> str:
         graph, section = self.index[i]
         return graph.summaries[section]
 
 
-class MMGLSummarizationTrainer(Trainer):
-    """Trainer for a decoder-only summarizer: loss as usual, plus generation metrics on left-padded prompts.
+class MMGLSummarizationTrainer(Seq2SeqTrainer):
+    """`Seq2SeqTrainer` for a decoder-only summarizer: the loss as usual, plus generation metrics on left-padded
+    prompts, in any process layout (one process, DDP, FSDP, DeepSpeed).
 
-    The final save (`save_model()` without a folder, which `push_to_hub` also calls) writes the complete Hub folder
-    once (`save_hub_folder`), and `create_model_card` writes the MMGL card, so `--push_to_hub` uploads exactly the
-    export. Checkpoints save as usual."""
+    - Training: each example's `laplacian_sign_seeds` come from the example and the step
+      (`processing.training.distributed.example_step_seeds`), so data parallel training flips as one process does.
+    - Generation goes through the Trainer's prediction loop and `Seq2SeqTrainer.prediction_step`: every rank
+      generates its share of the batches (`synced_gpus` under FSDP / ZeRO-3), the results are gathered in input
+      order and the copies the distributed sampler adds to even out the last batch are dropped
+      (`accelerator.gather_for_metrics`); the Trainer's progress bar shows it on the main process.
+    - The final save (`save_model()` without a folder, which `push_to_hub` also calls) gathers the full state dict
+      as the Trainer's own save path does and writes the complete Hub folder once (`save_hub_folder`), from a fresh
+      copy of the model carrying those weights; `create_model_card` writes the MMGL card, so `--push_to_hub` uploads
+      exactly the export. Checkpoints save as usual."""
 
     def __init__(self, *args, generation_datasets=None, generation_collator=None, generation_kwargs=None,
                  export_neighbor_encoder=None, model_card=None, metrics_style="mmgl", **kwargs):
@@ -442,48 +469,92 @@ class MMGLSummarizationTrainer(Trainer):
         self.export_neighbor_encoder = export_neighbor_encoder
         self.model_card = model_card
         self.hub_folder_written = False
+        self.generating = False
+        check_export_gatherable(self)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        example_index = inputs.pop(EXAMPLE_INDEX, None)
+        if example_index is not None:
+            inputs["laplacian_sign_seeds"] = example_step_seeds(self.args.seed, self.state.global_step, example_index)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    # ---------------------------------------------------------------------------------------------- saving
 
     def save_model(self, output_dir=None, _internal_call=False):
         if output_dir is not None and Path(output_dir).resolve() != Path(self.args.output_dir).resolve():
             return super().save_model(output_dir, _internal_call)
-        # Written once: exporting merges LoRA into the weights, which cannot be done twice.
-        if self.args.should_save and not self.hub_folder_written:
-            save_hub_folder(self.model, self.processing_class, self.args.output_dir, self.export_neighbor_encoder)
-            torch.save(self.args, Path(self.args.output_dir) / "training_args.bin")
-        self.hub_folder_written = True
+        # Written once: a second export would repeat the gathering and the writing for nothing.
+        if not self.hub_folder_written:
+            state_dict = gathered_state_dict(self)  # every process: a collective under FSDP / ZeRO-3
+            if self.args.should_save:
+                save_hub_folder(self.accelerator.unwrap_model(self.model), self.processing_class, self.args.output_dir,
+                                self.export_neighbor_encoder, state_dict=state_dict)
+                torch.save(self.args, Path(self.args.output_dir) / "training_args.bin")
+            self.hub_folder_written = True
+        self.accelerator.wait_for_everyone()
 
     def create_model_card(self, *args, **kwargs):
         if self.args.should_save and self.model_card is not None:
             self.model_card()
 
-    def generate_summaries(self, dataset: SummarizationDataset) -> list[str]:
-        from accelerate.utils import gather_object
+    # ---------------------------------------------------------------------------------------------- evaluation
 
-        model = self.accelerator.unwrap_model(self.model).eval()
-        tokenizer = self.processing_class.tokenizer
-        # Each process takes every n-th example; gather_object restores the order below.
-        shard = list(range(self.args.process_index, len(dataset), self.args.world_size))
-        outputs = {}
-        batch_size = self.args.per_device_eval_batch_size
-        for start in range(0, len(shard), batch_size):
-            ids = shard[start : start + batch_size]
-            batch = self.generation_collator([dataset[i] for i in ids])
-            batch = {k: v.to(self.args.device) for k, v in batch.items()}
-            with torch.no_grad():
-                generated = model.generate(**batch, **self.generation_kwargs)
-            new_tokens = generated[:, batch["input_ids"].shape[1]:]  # strip the prompt
-            for i, text in zip(ids, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                outputs[i] = text.strip()
-        gathered = gather_object([outputs])
-        merged = {k: v for part in gathered for k, v in part.items()}
-        return [merged[i] for i in range(len(dataset))]
+    def get_eval_dataloader(self, eval_dataset=None):
+        with every_sample(self.args):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with every_sample(self.args):
+            return super().get_test_dataloader(test_dataset)
+
+    def evaluation_loop(self, *args, **kwargs):
+        # `Seq2SeqTrainer` gathers with `accelerator.gather`, which keeps the copies of the first samples that the
+        # distributed sampler adds to even out the last batch; `gather_for_metrics` drops them, so every sample
+        # counts once, in order.
+        self.gather_function = self.accelerator.gather_for_metrics
+        return super().evaluation_loop(*args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if not self.generating:  # the teacher-forced loss pass: the loss only, no (B, L, vocab) logits gathered,
+            # unless --metrics_style original scores them (reduced to their argmax by preprocess_logits_for_metrics)
+            return Trainer.prediction_step(self, model, inputs, self.compute_metrics is None, ignore_keys=ignore_keys)
+        prompt_length = inputs["input_ids"].shape[1]
+        # `Seq2SeqTrainer.prediction_step` fills the model's generation config with transformers' defaults after
+        # generating (max_length=20, ...): every later batch would warn that max_length and max_new_tokens are both
+        # set, and the export would record those defaults as the model's decoding settings. Put it back as it was.
+        generation_config = self.model.generation_config
+        settings = copy.deepcopy(vars(generation_config))
+        try:
+            _, tokens, _ = super().prediction_step(model, inputs, False, ignore_keys=ignore_keys, **gen_kwargs)
+        finally:
+            vars(generation_config).clear()
+            vars(generation_config).update(settings)
+        return None, tokens[:, prompt_length:], None  # `generate(input_ids=...)` returns prompt + new tokens
+
+    def generate_summaries(self, dataset: SummarizationDataset, split: str) -> list[str]:
+        """One summary per example of ``dataset``, in its order, generated on every rank (on all ranks)."""
+        collator, self.data_collator = self.data_collator, self.generation_collator
+        self.generating = True
+        try:
+            output = self.predict(dataset, metric_key_prefix=split, **self.generation_kwargs)
+        finally:
+            self.data_collator, self.generating = collator, False
+        tokens = output.predictions
+        if len(tokens) != len(dataset):
+            raise RuntimeError(f"generated {len(tokens)} summaries for the {len(dataset)} {split} samples")
+        tokens = np.where(tokens == -100, self.processing_class.pad_token_id, tokens)  # the loop's padding
+        texts = self.processing_class.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return [text.strip() for text in texts]
 
     def evaluate_generation(self, split: str) -> dict:
+        from accelerate.utils import broadcast_object_list
+
         dataset = self.generation_datasets[split]
-        predictions = self.generate_summaries(dataset)
+        predictions = self.generate_summaries(dataset, split)
         references = [dataset.reference(i) for i in range(len(dataset))]
-        metrics = {f"{split}_{k}": v for k, v in score(predictions, references, self.metrics_style).items()}
-        if self.is_world_process_zero():
+        metrics = [None]
+        if self.is_world_process_zero():  # scored once, the numbers shared
+            metrics = [{f"{split}_{k}": v for k, v in score(predictions, references, self.metrics_style).items()}]
             path = Path(self.args.output_dir) / f"{split}_predictions.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w") as handle:
@@ -494,20 +565,31 @@ class MMGLSummarizationTrainer(Trainer):
                     handle.write(json.dumps({"page": page, "section": section, "page_url": url,
                                              "page_title": graph.title, "section_title": graph.section_title(section),
                                              "prediction": prediction, "reference": reference}) + "\n")
-        return metrics
+        return broadcast_object_list(metrics)[0]
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
         """Loss metrics, plus the generation metrics of the eval split, logged (TensorBoard) at each evaluation."""
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        if eval_dataset is None and metric_key_prefix == "eval" and "eval" in self.generation_datasets:
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **gen_kwargs)
+        if (eval_dataset is None and metric_key_prefix == "eval" and "eval" in self.generation_datasets
+                and not self.args.prediction_loss_only):
             generation = self.evaluate_generation("eval")
             self.log(generation)
             metrics.update(generation)
         return metrics
 
 
+@contextmanager
+def every_sample(args):
+    """`--dataloader_drop_last` is for training (equal global batches); evaluation and prediction see every sample."""
+    drop_last, args.dataloader_drop_last = args.dataloader_drop_last, False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = drop_last
+
+
 def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state, pages=None,
-                          samples: str = "all"):
+                          samples: str = "all", progress: bool = True):
     """Runs the frozen encoder once over every neighbour of every split (resumes an interrupted run): exactly what
     the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper). When the
     cache records that it holds every input of this page table, its samples (``samples``, or all of them) and this
@@ -525,7 +607,7 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
     texts, images, digests = streamed_neighbor_inputs(
         processor.iter_neighbor_inputs(index, image_dir=mmgl_args.image_dir) for index in indices)
     return build(mmgl_args.embedding_cache_dir, texts=texts, image_paths=images, encoder=encoder,
-                 image_sha256=digests, state=state, covers=records[-1:])
+                 image_sha256=digests, state=state, covers=records[-1:], progress=progress)
 
 
 def pages_are_generated(indices: dict) -> bool:
@@ -542,18 +624,89 @@ def quiet_open_clip(record: logging.LogRecord) -> bool:
     return not (record.name == "root" and record.levelno < logging.WARNING and "open_clip" in record.pathname)
 
 
+def check_push_to_hub(training_args) -> None:
+    """`--push_to_hub` needs a repository, the Hub and a token: checked before any work (the Trainer would find out
+    only when it is built, after the preprocessing)."""
+    if not training_args.push_to_hub:
+        return
+    from huggingface_hub import get_token, is_offline_mode
+
+    if not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id: the Hub repository to create or update (e.g. "
+                         "your-name/mmgl-opt-125m).")
+    if is_offline_mode():
+        raise ValueError("--push_to_hub, but the Hub is offline here (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set): "
+                         "unset it or drop --push_to_hub (the export in --output_dir can be uploaded later).")
+    if not (training_args.hub_token or get_token()):
+        raise ValueError("--push_to_hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN or pass "
+                         "--hub_token.")
+
+
+def check_generation_arguments(training_args) -> None:
+    """Evaluation and prediction always generate (the metrics read text): `--predict_with_generate` is implied, and
+    `--prediction_loss_only` leaves `--do_predict` nothing to write."""
+    if training_args.prediction_loss_only and training_args.do_predict:
+        raise ValueError("--prediction_loss_only with --do_predict: prediction generates summaries; drop one of them.")
+    training_args.predict_with_generate = True
+
+
+def configure_logging(training_args) -> None:
+    """One log: INFO, the data report and progress bars on the main process (of each node with
+    `--log_on_each_node`, transformers' default), `--log_level_replica` (default warning) on the others;
+    `--disable_tqdm` hides every bar."""
+    import datasets
+
+    if training_args.should_log and training_args.log_level == "passive":
+        level = logging.INFO
+    else:
+        level = training_args.get_process_log_level()
+    for name in (logger.name, "processing", "modeling_mmgl"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("absl").setLevel(max(level, logging.WARNING))  # rouge_score: "Using default tokenizer." per call
+    transformers.utils.logging.set_verbosity(max(level, logging.WARNING))  # the Trainer's INFO lines stay quiet
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    if show_progress(training_args):
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+    else:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def show_progress(training_args) -> bool:
+    """Progress bars of the data preparation: on the main process, unless `--disable_tqdm`."""
+    return training_args.should_log and not training_args.disable_tqdm
+
+
+def warn_uneven_last_batch(num_samples: int, training_args) -> None:
+    """Data parallel: when the samples do not fill the last global batch of an epoch, accelerate evens it out (every
+    process takes a full batch, topped up with the epoch's first samples) where one process takes a short batch, so
+    that step differs from one process's. `--dataloader_drop_last` drops the remainder in both layouts."""
+    global_batch = training_args.per_device_train_batch_size * training_args.world_size
+    remainder = num_samples % global_batch
+    if training_args.world_size > 1 and not training_args.dataloader_drop_last and remainder:
+        logger.warning(
+            f"{num_samples} training samples leave {remainder} in the last global batch of {global_batch} "
+            f"({training_args.world_size} processes x {training_args.per_device_train_batch_size}): accelerate tops it "
+            f"up with {global_batch - remainder} samples from the start of the epoch, where one process would take a "
+            "short batch. --dataloader_drop_last drops the remainder instead (as one process then does)."
+        )
+
+
 def main(argv=None):
+    check_launch()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # On a CPU-only machine accelerate's state ignores the launcher unless told it runs on CPU: every process
         # would train alone on all the data. This gives real data parallelism over gloo (read when the
         # TrainingArguments set up their device, so it must be set before parsing).
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, MMGLArguments, DataTrainingArguments, Seq2SeqTrainingArguments))
+    add_debug_argument(parser)  # for --help only: `run_command` takes the flag out before parsing
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         model_args, mmgl_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
     else:
-        model_args, mmgl_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+        model_args, mmgl_args, data_args, training_args, *_ = parser.parse_args_into_dataclasses(argv)
     if data_args.recipe == "paper":
         recipe = resolve_paper_recipe(training_args.per_device_train_batch_size, training_args.world_size,
                                       mmgl_args.neighbor_encoding, explicit_fields(argv),
@@ -562,11 +715,13 @@ def main(argv=None):
             setattr(training_args, key, value)
         if recipe.max_source_length is not None:
             data_args.max_source_length = recipe.max_source_length
-        print("\n".join(recipe.lines))
+        if training_args.should_log:
+            print("\n".join(recipe.lines))
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(quiet_open_clip)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
                         handlers=[handler])
+    configure_logging(training_args)
     # An MMGL checkpoint carries its design: taken from it, a contradicting flag refused (before any work).
     design = read_checkpoint_design(model_args.model_name_or_path)
     if design is not None:
@@ -587,12 +742,13 @@ def main(argv=None):
     if design is not None and design.adapter is not None and training_args.do_train:
         raise ValueError(f"--model_name_or_path {design.path} is a {mmgl_args.tuning} adapter checkpoint: continue its "
                          f"training with --resume_from_checkpoint {design.path}, or train on its export.")
+    check_push_to_hub(training_args)
+    check_generation_arguments(training_args)
     check_sequence_fits(model_args, mmgl_args, data_args)
     check_model_design(mmgl_args, num_decoder_layers(
         design.model_path if design is not None else model_args.model_name_or_path,
         parse_overrides(model_args.config_overrides) if model_args.config_overrides else None,
     ), from_scratch=not model_args.model_name_or_path)
-    transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
     if training_args.push_to_hub and not training_args.hub_model_id:
         training_args.hub_model_id = Path(output_dir).name  # the Hub folder's name, not the checkpoint folder's
@@ -620,7 +776,7 @@ def main(argv=None):
     logger.info("samples: " + ", ".join(f"{name} {len(index)}" for name, index in indices.items()))
     coverage = epoch_coverage_line(len(indices["train"]), training_args.per_device_train_batch_size,
                                    training_args.gradient_accumulation_steps, training_args.world_size)
-    if training_args.do_train and coverage is not None:
+    if training_args.do_train and coverage is not None and training_args.should_log:
         print(("recipe paper: " if data_args.recipe == "paper" else "") + coverage)
 
     # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
@@ -656,14 +812,14 @@ def main(argv=None):
             text_neighbor_encoder=mmgl_args.text_neighbor_encoder,
             text_neighbor_max_length=mmgl_args.text_neighbor_max_length,
         )
-    with training_args.main_process_first(desc="token cache"):  # the others then read the file it wrote
-        # open_clip ids only for raw text neighbours (an embedding cache replaces them); nothing per page
-        # when the store already covers this table.
-        prepare_token_cache(
-            processor, pages, data_args.token_cache_file, save=training_args.should_save,
-            neighbor_input_ids=processor.has_text_slots and not mmgl_args.embedding_cache_dir,
-            num_proc=data_args.preprocessing_num_workers,
-        )
+    # Written by the main process, and by each node's local main process that cannot see it (no shared file
+    # system); the others read it. open_clip ids only for raw text neighbours (an embedding cache replaces them);
+    # nothing per page when the store already covers this table.
+    prepare_on_each_node(training_args, data_args.token_cache_file, lambda save: prepare_token_cache(
+        processor, pages, data_args.token_cache_file, save=save,
+        neighbor_input_ids=processor.has_text_slots and not mmgl_args.embedding_cache_dir,
+        num_proc=data_args.preprocessing_num_workers, show_progress=show_progress(training_args),
+    ))
 
     # The frozen encoder (the one wrapper): it fills the embedding cache and is the model's in-model encoder, so
     # cached and raw neighbours give the same embeddings.
@@ -682,7 +838,8 @@ def main(argv=None):
     if needs_encoder and mmgl_args.embedding_cache_dir:
         embedding_cache = build_embedding_cache(
             processor, indices.values(), mmgl_args, encoder, training_args.distributed_state, pages,
-            samples=f"study_split={data_args.use_study_split},limits={list(limits.values())}")
+            samples=f"study_split={data_args.use_study_split},limits={list(limits.values())}",
+            progress=show_progress(training_args))
         # Named in the config (not built): the Trainer's checkpoints then record which encoder filled the cache.
         switches["embedding_cache_encoder"] = {"name": encoder_name, "pretrained": encoder_pretrained,
                                                "config": encoder_config}
@@ -723,7 +880,8 @@ def main(argv=None):
     datasets = {name: SummarizationDataset(index, processor, embedding_cache, mmgl_args.image_dir)
                 for name, index in indices.items()}
     if training_args.do_train and mmgl_args.first_stage_steps and not training_args.resume_from_checkpoint:
-        run_first_stage(model, training_args, datasets["train"], processor.data_collator(), mmgl_args.first_stage_steps)
+        run_first_stage(model, training_args, datasets["train"], processor.data_collator(), mmgl_args.first_stage_steps,
+                        trainer_class=MMGLSummarizationTrainer)
 
     if design is not None and design.adapter is not None:
         model = load_adapter(model, design.path)  # a peft checkpoint-N: its adapter on its unmerged base
@@ -736,7 +894,10 @@ def main(argv=None):
                                              should_save=training_args.should_save)
         model = apply_tuning(model, mmgl_args, base_model_name_or_path=adapter_base)
     trainable, total = count_parameters(model)
-    print(f"trainable parameters: {trainable:,} / total: {total:,}")
+    if training_args.should_log:
+        print(f"trainable parameters: {trainable:,} / total: {total:,}")
+    if training_args.do_train:
+        warn_uneven_last_batch(len(datasets["train"]), training_args)
 
     generation_datasets = {
         "eval": SummarizationDataset(indices["eval"], processor, embedding_cache, mmgl_args.image_dir, True),
@@ -772,18 +933,21 @@ def main(argv=None):
         data_collator=processor.data_collator(for_generation=False),
         generation_datasets=generation_datasets,
         generation_collator=processor.data_collator(for_generation=True),
-        generation_kwargs=dict(generation_config=model.generation_config),
+        generation_kwargs=generation_kwargs(model.generation_config),
         export_neighbor_encoder=encoder if embedding_cache is not None else None,
         model_card=write_card, metrics_style=data_args.metrics_style, callbacks=[record],
         compute_metrics=compute_metrics, preprocess_logits_for_metrics=argmax_logits,
     )
     record.trainer = trainer
 
-    # What the model will see: truncation, input lengths, real vs masked images, duplicated neighbour texts.
-    report = data_report(indices, processor, embedding_cache, mmgl_args.image_dir,
-                         max_examples=data_args.data_report_examples)
-    for line in report_lines(report):
-        logger.info(line)
+    # What the model will see: truncation, input lengths, real vs masked images, duplicated neighbour texts
+    # (built where it is logged or saved, the same on every process).
+    report = {}
+    if training_args.should_log or training_args.should_save:
+        report = data_report(indices, processor, embedding_cache, mmgl_args.image_dir,
+                             max_examples=data_args.data_report_examples)
+        for line in report_lines(report):
+            logger.info(line)
     if result_folder.path is not None:
         write_data_report(report, result_folder.path)
 
@@ -836,7 +1000,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from processing.data.cli import run_command
-
-    # One line for bad input (file / field named); MMGL_DEBUG=1 for the traceback (--debug is TrainingArguments').
+    # One line for bad input (file / field named); --traceback or MMGL_DEBUG=1 for the traceback (--debug is
+    # TrainingArguments').
     sys.exit(run_command(lambda argv: (main(argv), 0)[1]))

@@ -3,6 +3,9 @@
 Each encoder maps the neighbour graph of a batch to one vector per node, which the model adds to every LM token
 of that neighbour before the language model sees it. The Laplacian eigenvectors themselves are computed once per
 example by the processor (`processing/laplacian_encoding.py`); here they are only sign-flipped and projected.
+The flips are randomness that belongs to an example: given a seed per example (the Trainer derives it from the
+example and the training step), they are the same in any process layout, so data parallel training equals one
+process.
 """
 
 import torch
@@ -26,8 +29,26 @@ class MMGLSequencePositionEncoding(nn.Module):
         super().__init__()
         self.embeddings = nn.Embedding(config.max_neighbors, dim)
 
-    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None):
+    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None,
+                laplacian_sign_seeds=None):
         return self.embeddings(node_positions)
+
+
+def random_sign_flips(batch_size: int, k: int, seeds: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """`(B, 1, k)` random signs (+1 / -1), one per example and eigenvector.
+
+    With `seeds` (`(B,)` integers), row `b` is drawn from a generator seeded with `seeds[b]`: an example gets the same
+    flips whichever process, batch or position in the batch it lands in. Without, from the global generator.
+    """
+    if seeds is None:
+        bits = torch.randint(0, 2, (batch_size, 1, k), device=device)
+    else:
+        if seeds.shape != (batch_size,):
+            raise ValueError(f"`laplacian_sign_seeds` has shape {tuple(seeds.shape)}; expected ({batch_size},).")
+        bits = torch.stack([
+            torch.randint(0, 2, (1, k), generator=torch.Generator().manual_seed(seed)) for seed in seeds.tolist()
+        ]).to(device)
+    return bits * 2 - 1
 
 
 class MMGLLaplacianPositionEncoding(nn.Module):
@@ -39,12 +60,13 @@ class MMGLLaplacianPositionEncoding(nn.Module):
         self.k = config.lpe_k
         self.projection = nn.Linear(config.lpe_k, dim)
 
-    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None):
+    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None,
+                laplacian_sign_seeds=None):
         eigenvectors = laplacian_eigenvectors.to(device=node_states.device, dtype=self.projection.weight.dtype)
         if self.training:
             # Eigenvectors are defined up to sign: flip at random so the model cannot rely on one.
-            flips = torch.randint(0, 2, (eigenvectors.shape[0], 1, self.k), device=eigenvectors.device) * 2 - 1
-            eigenvectors = eigenvectors * flips
+            flips = random_sign_flips(eigenvectors.shape[0], self.k, laplacian_sign_seeds, eigenvectors.device)
+            eigenvectors = eigenvectors * flips.to(eigenvectors.dtype)
         return self.projection(eigenvectors)
 
 
@@ -60,7 +82,8 @@ class MMGLGNNPositionEncoding(nn.Module):
         self.layers = nn.ModuleList(layer_class(dim, dim) for _ in range(config.gnn_num_layers))
         self.activation = nn.ReLU()
 
-    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None):
+    def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None,
+                laplacian_sign_seeds=None):
         batch_size, num_nodes, dim = node_states.shape
         real = node_mask.bool()
         # Padding slots are isolated and zeroed, so they neither send nor receive messages.
@@ -94,4 +117,5 @@ __all__ = [
     "MMGLSequencePositionEncoding",
     "adjacency_to_edge_index",
     "build_position_encoding",
+    "random_sign_flips",
 ]

@@ -94,6 +94,10 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         # The trained prefix / prompt of a prefix- or prompt-tuned model (exported without peft).
         self.virtual_tokens = MMGLVirtualTokens(config) if config.virtual_tokens != "none" else None
         self.post_init()
+        # The one decoder layer class this model holds. FSDP's transformer auto-wrap (accelerate) looks each name up
+        # by exact class name and refuses a name it does not find, so the class-level pair (and the `OPTDecoderLayer`
+        # post_init collects from OPTModel) would stop every FSDP launch.
+        self._no_split_modules = {"MMGLDecoderLayer" if config.neighbor_mode == "cross_attention" else "OPTDecoderLayer"}
         if config.neighbor_token_id is not None and config.neighbor_mode == "self_attention":
             # The model must never write a placeholder: the next step would hold one without a neighbour.
             self.generation_config.suppress_tokens = [config.neighbor_token_id]
@@ -177,6 +181,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         image_neighbor_mask=None,
         neighbor_adjacency=None,
         neighbor_laplacian_eigenvectors=None,
+        laplacian_sign_seeds=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Neighbour token vectors in node order: all text slots, then all image slots.
 
@@ -226,7 +231,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
                 [torch.arange(num_text, device=device), config.max_text_neighbors + torch.arange(num_image, device=device)]
             ).expand(batch_size, -1)
             encoding = self.position_encoding(
-                node_states, node_mask, node_positions, neighbor_adjacency, neighbor_laplacian_eigenvectors
+                node_states, node_mask, node_positions, neighbor_adjacency, neighbor_laplacian_eigenvectors,
+                laplacian_sign_seeds,
             )
             text_tokens = text_tokens + encoding[:, :num_text, None]
             image_tokens = image_tokens + encoding[:, num_text:, None]
@@ -301,6 +307,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         image_neighbor_mask: torch.Tensor | None = None,
         neighbor_adjacency: torch.Tensor | None = None,
         neighbor_laplacian_eigenvectors: torch.Tensor | None = None,
+        laplacian_sign_seeds: torch.LongTensor | None = None,
         neighbor_key_values: MMGLNeighborKeyValues | None = None,
         **kwargs,
     ) -> MMGLCausalLMOutputWithPast:
@@ -317,6 +324,9 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         neighbor_adjacency (`torch.FloatTensor` of shape `(B, Nt + Ni, Nt + Ni)`): graph over text then image slots.
         neighbor_laplacian_eigenvectors (`torch.FloatTensor` of shape `(B, Nt + Ni, lpe_k)`): that graph's Laplacian
             eigenvectors (position_encoding="laplacian"), computed once per example by the processor.
+        laplacian_sign_seeds (`torch.LongTensor` of shape `(B,)`, *optional*): training only: one seed per example for
+            the random sign flips of its eigenvectors (default: the global generator). The Trainer derives them from
+            the example and the step, so data parallel training flips exactly as one process does.
         neighbor_key_values ([`MMGLNeighborKeyValues`]): cross-attention state from an earlier step (generation).
         """
         neighbor_inputs = {
@@ -337,7 +347,9 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             raise ValueError("Neighbour inputs were given but this model has neighbor_mode='none'.")
         if has_neighbor_inputs and neighbor_key_values is None:
             batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-            tokens, token_mask = self.embed_neighbors(batch_size, **neighbor_inputs)
+            tokens, token_mask = self.embed_neighbors(
+                batch_size, **neighbor_inputs, laplacian_sign_seeds=laplacian_sign_seeds
+            )
             if mode == "self_attention":
                 if inputs_embeds is None:
                     inputs_embeds = self.get_input_embeddings()(input_ids)

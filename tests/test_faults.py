@@ -76,8 +76,8 @@ def test_reader_error_inside_datasets_is_one_line_naming_file_page_field(tmp_pat
     assert "field 'section_text'" in line and "section 1" in line and "--errors replace" in line
     assert not (tmp_path / "arrow").exists() and siblings(tmp_path / "arrow") == []
 
-    # --debug shows the whole chain, with the datasets wrapper around our error.
-    code, _, err = run_cli("processing.data.wikiweb2m", bad, tmp_path / "arrow", "--debug")
+    # --traceback shows the whole chain, with the datasets wrapper around our error.
+    code, _, err = run_cli("processing.data.wikiweb2m", bad, tmp_path / "arrow", "--traceback")
     assert code == 1 and "Traceback" in err and "WikiWeb2MFormatError" in err
 
     # And the suggested option reads the page.
@@ -118,9 +118,9 @@ def test_run_command_unwraps_chains_and_keeps_tracebacks_of_bugs(capsys, monkeyp
 
     with pytest.raises(json.JSONDecodeError):
         cli.run_command(bug, [])
-    # --debug (or MMGL_DEBUG=1) re-raises what main raised, the whole chain intact.
+    # --traceback (or MMGL_DEBUG=1) re-raises what main raised, the whole chain intact.
     with pytest.raises(RuntimeError, match="generating the dataset") as info:
-        cli.run_command(wrapped, ["--debug"])
+        cli.run_command(wrapped, ["--traceback"])
     assert info.value.__cause__ is reader_error
     monkeypatch.setenv("MMGL_DEBUG", "1")
     with pytest.raises(RuntimeError):
@@ -144,7 +144,7 @@ def test_every_flag_of_every_command_has_help(monkeypatch):
         parser = parsers[module] = info.value.args[0]
         undocumented = [a.option_strings or a.dest for a in parser._actions if not a.help]
         assert undocumented == [], f"{module.__name__}: {undocumented}"
-        assert "--debug" in parser._option_string_actions, module.__name__
+        assert "--traceback" in parser._option_string_actions, module.__name__
     assert "--download_timeout" in parsers[image_fetcher]._option_string_actions
 
 

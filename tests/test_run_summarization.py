@@ -96,7 +96,7 @@ def deterministic_args(sample_dir: Path, output_dir: Path) -> list[str]:
                    "--logging_steps", "1"]
 
 
-def run_script(args: list[str], launcher: list[str] = ()) -> None:
+def run_script(args: list[str], launcher: list[str] = ()) -> str:
     import os
     import subprocess
     import sys
@@ -106,6 +106,7 @@ def run_script(args: list[str], launcher: list[str] = ()) -> None:
         sys.executable, str(REPO / "run_summarization.py"), *args]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 def logged_losses(output_dir: Path) -> list[tuple[int, float, float]]:
@@ -140,28 +141,99 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_match_one_process(sample_dir, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): same losses as 1 process at the same global
-    batch. Without ACCELERATE_USE_CPU both processes would train alone on everything and the losses would differ."""
+def realwiki_args(realwiki_dir: Path, output_dir: Path, cache_dir: Path) -> list[str]:
+    """Real pages, SA-E with the Laplacian position encoding (random sign flips while training), an odd number of
+    training samples (9: with a global batch of 4, every epoch ends on a remainder) and of eval / predict samples
+    (7: the last batch of a 2-process prediction is topped up with copies). Dropout off; `init_std` large enough that
+    a barely trained model writes a different summary for each section (so the order of predictions shows)."""
+    return [
+        "--train_files", str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz"), "--image_dir", str(realwiki_dir / "images"),
+        "--config_overrides", "hidden_size=32,num_hidden_layers=2,ffn_dim=64,num_attention_heads=4,"
+        "max_position_embeddings=512,dropout=0.0,attention_dropout=0.0,init_std=0.5",
+        "--tokenizer_vocab_size", "400", "--neighbor_encoder_config", str(TINY_CLIP_JSON),
+        "--neighbor_encoder_pretrained", "none", "--embedding_cache_dir", str(cache_dir), "--output_dir", str(output_dir),
+        "--context", "all", "--neighbor_encoding", "sa_e", "--position_encoding", "laplacian",
+        "--do_train", "--do_eval", "--do_predict", "--max_steps", "5", "--max_train_samples", "9",
+        "--max_eval_samples", "7", "--max_predict_samples", "7", "--per_device_eval_batch_size", "2",
+        "--dataloader_drop_last", "--max_source_length", "128", "--max_target_length", "24",
+        "--generation_max_new_tokens", "4", "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no",
+        "--seed", "0",
+    ]
+
+
+def test_two_processes_match_one_process_on_real_pages(realwiki_dir, tmp_path):
+    """`accelerate launch --config_file launch/ddp_cpu.yaml` (2 processes, gloo) equals 1 process at the same global
+    batch, step for step, on real pages with LPE and random sampling, across epoch boundaries; its eval / predict
+    write each prediction once, in order, equal to 1 process's; its log holds each INFO line once.
+
+    Before: LPE sign flips came from each process's own generator (the losses differed from step 1), evaluation
+    generated on the unwrapped model shard by shard, and every process logged."""
     import shutil
     import sys
 
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    one, two = tmp_path / "one", tmp_path / "two"
-    args = deterministic_args(sample_dir, one)
-    args[args.index("--per_device_train_batch_size") + 1] = "4"
-    run_script(args + ["--train_sampling_strategy", "sequential"])
-    args = deterministic_args(sample_dir, two)
-    args[args.index("--per_device_train_batch_size") + 1] = "2"
-    run_script(args + ["--train_sampling_strategy", "sequential"], launcher=[
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+    one, two, cache = tmp_path / "one", tmp_path / "two", tmp_path / "cache"
+    run_script(realwiki_args(realwiki_dir, one, cache) + ["--per_device_train_batch_size", "4"])
+    log = run_script(realwiki_args(realwiki_dir, two, cache) + ["--per_device_train_batch_size", "2"], launcher=[
+        accelerate, "launch", "--config_file", str(REPO / "launch" / "ddp_cpu.yaml"),
+        "--main_process_port", str(free_port()),
     ])
     single, double = logged_losses(one), logged_losses(two)
-    assert [s for s, _, _ in single] == [s for s, _, _ in double] == [1, 2, 3, 4]
+    assert [s for s, _, _ in single] == [s for s, _, _ in double] == [1, 2, 3, 4, 5]
     for (_, loss_1, norm_1), (_, loss_2, norm_2) in zip(single, double):
         assert abs(loss_1 - loss_2) < 1e-4 and abs(norm_1 - norm_2) < 1e-4, (single, double)
-    assert_same_weights(final_weights(one), final_weights(two), atol=1e-5)
+    assert len({loss for _, loss, _ in single}) == 5  # the steps saw different batches
+    # Attention is invariant to the key bias: its true gradient is zero, and Adam turns the float noise left in it
+    # into steps of about the learning rate (2e-5 here). Every other weight agrees to float rounding.
+    weights = [{k: v for k, v in final_weights(out).items() if not k.endswith("k_proj.bias")} for out in (one, two)]
+    assert_same_weights(*weights, atol=1e-6)
+
+    for split in ("eval", "predict"):
+        rows = [[json.loads(line) for line in (out / f"{split}_predictions.jsonl").read_text().splitlines()]
+                for out in (one, two)]
+        keys = [(row["page"], row["section"]) for row in rows[1]]
+        assert len(keys) == len(set(keys)) == 7, keys  # each once: the padding copies dropped
+        assert rows[1] == rows[0]  # same samples, same order, same summaries
+        assert len({row["prediction"] for row in rows[0]}) > 3  # distinct summaries: the order is visible
+        results = [json.loads((out / f"{split}_results.json").read_text()) for out in (one, two)]
+        for key in (f"{split}_bleu4", f"{split}_rougeL", f"{split}_cider"):
+            assert results[0][key] == results[1][key], key
+
+    # One log: every INFO line once (not once per process), the parameter count and the data report too.
+    info = [line.split(" - INFO - ", 1)[1] for line in log.splitlines() if " - INFO - " in line]
+    assert info and len(info) == len(set(info)), info
+    assert sum("data train: 9 samples" in line for line in info) == 1
+    assert log.count("trainable parameters:") == 1 and log.count("***** predict metrics *****") == 1
+
+
+def test_uneven_last_batch_is_warned_and_launch_of_one_process_refused(monkeypatch, caplog):
+    """Data parallel without --dataloader_drop_last on a remainder: warned (that step cannot equal one process's).
+    `accelerate launch --num_processes 2` without --multi_gpu starts one process: refused before any work."""
+    import types
+
+    from processing.training.distributed import check_launch
+
+    args = types.SimpleNamespace(per_device_train_batch_size=2, world_size=2, dataloader_drop_last=False)
+    with caplog.at_level("WARNING", logger="run_summarization"):
+        run_summarization.warn_uneven_last_batch(9, args)
+        run_summarization.warn_uneven_last_batch(8, args)
+        args.dataloader_drop_last = True
+        run_summarization.warn_uneven_last_batch(9, args)
+    assert caplog.text.count("tops it up") == 1 and "9 training samples leave 1 in the last global batch of 4" in caplog.text
+
+    launched = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500"}  # what accelerate's simple launcher exports for --num_processes 2
+    with pytest.raises(ValueError, match="asked for several processes .* started this one alone"):
+        check_launch(launched)
+    check_launch({**launched, "WORLD_SIZE": "2", "RANK": "0"})  # a real data parallel process
+    check_launch({**launched, "OMPI_COMM_WORLD_SIZE": "2"})  # accelerate's multi-CPU launch through mpirun
+    check_launch({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "False"})  # --num_processes 1
+    check_launch({"MASTER_PORT": "29500"})  # not launched by accelerate
+    for key, value in launched.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="started this one alone"):
+        run_summarization.main(["--output_dir", "unused", "--config_overrides", "hidden_size=32"])
 
 
 def test_resume_from_checkpoint_continues_exactly(sample_dir, tmp_path):
@@ -293,6 +365,7 @@ def test_push_to_hub_uploads_the_complete_export(sample_dir, tmp_path, monkeypat
     Hub folder: merged LoRA weights, no stale root adapter files, remote code, the MMGL model card."""
     import types
 
+    import huggingface_hub
     import transformers.trainer
 
     uploads = []
@@ -308,10 +381,11 @@ def test_push_to_hub_uploads_the_complete_export(sample_dir, tmp_path, monkeypat
                             "card": (folder / "README.md").read_text()})
 
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests run offline; the API is fake
     output_dir = tmp_path / "out"
     run_summarization.main(base_args(sample_dir, output_dir) + [
         "--context", "all", "--neighbor_encoding", "sa_e", "--tuning", "lora", "--push_to_hub",
-        "--hub_model_id", "me/mmgl-test"])
+        "--hub_model_id", "me/mmgl-test", "--hub_token", "hf_fake"])
     assert len(uploads) == 1 and uploads[0]["repo_id"] == "me/mmgl-test"
     files, config = uploads[0]["files"], uploads[0]["config"]
     assert {"model.safetensors", "modeling_mmgl.py", "processing_mmgl.py", "tokenizer.json"} <= set(files)
@@ -322,6 +396,64 @@ def test_push_to_hub_uploads_the_complete_export(sample_dir, tmp_path, monkeypat
     card = uploads[0]["card"]
     assert "# me/mmgl-test" in card and "MMGL section summarizer" in card and "predict_rougeL" in card
     assert 'AutoModel.from_pretrained("me/mmgl-test"' in card
+
+
+def test_push_to_hub_is_checked_before_any_work(sample_dir, tmp_path, monkeypatch, capsys):
+    """No --hub_model_id, offline, or no token: one `error:` line at once, before the data is read (it used to fail
+    after the preprocessing, in the Trainer, with a 45-line traceback)."""
+    import huggingface_hub
+
+    from processing.data.cli import run_command
+
+    monkeypatch.setattr(run_summarization, "open_page_table", lambda *args, **kwargs: pytest.fail("work started"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    args = base_args(sample_dir, tmp_path / "out") + ["--push_to_hub"]
+    command = lambda argv: (run_summarization.main(argv), 0)[1]  # noqa: E731  (as the script's __main__)
+    cases = [
+        ([], "--push_to_hub needs --hub_model_id"),
+        (["--hub_model_id", "me/mmgl"], "--push_to_hub, but the Hub is offline here"),
+    ]
+    for extra, message in cases:
+        assert run_command(command, args + extra) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith(f"error: {message}") and len(err) == 2 and "Traceback" not in err[1], err
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert run_command(command, args + ["--hub_model_id", "me/mmgl"]) == 2
+    assert capsys.readouterr().err.startswith("error: --push_to_hub needs a Hugging Face token")
+
+
+def test_training_arguments_debug_and_disable_tqdm_reach_their_owners(sample_dir, tmp_path, monkeypatch, capsys):
+    """`--debug underflow_overflow` (a TrainingArguments flag) reaches the Trainer through the command wrapper, which
+    used to take `--debug` for its own traceback switch (now `--traceback`) and leave `underflow_overflow` to the
+    argument parser. `--disable_tqdm` hides the data preparation's bars too (the token store's was always shown)."""
+    import transformers.trainer
+    from transformers.debug_utils import DebugUnderflowOverflow
+
+    from processing.data.cli import run_command
+
+    watched = []
+
+    class Watching(DebugUnderflowOverflow):
+        def __init__(self, model, *args, **kwargs):
+            watched.append(model)
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.trainer, "DebugUnderflowOverflow", Watching)
+    args = base_args(sample_dir, tmp_path / "out")
+    for flag in ("--do_eval", "--do_predict"):
+        args.remove(flag)
+    args[args.index("--max_steps") + 1] = "1"
+    command = lambda argv: (run_summarization.main(argv), 0)[1]  # noqa: E731  (as the script's __main__)
+    assert run_command(command, args + ["--debug", "underflow_overflow", "--disable_tqdm", "true"]) == 0
+    assert len(watched) == 1
+    captured = capsys.readouterr()
+    assert "token store" not in captured.err and "it/s" not in captured.err, captured.err[-2000:]
+    assert run_command(command, args) == 0  # the bars are back when not disabled
+    assert "token store" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # mmgl's own switch is documented
+        run_summarization.main(["--help"])
+    assert "--traceback" in capsys.readouterr().out
 
 
 def test_token_cache_file_is_reused(sample_dir, tmp_path, monkeypatch):

@@ -24,9 +24,10 @@ Exceptions raised inside `datasets` generation arrive wrapped (``DatasetGenerati
 occurred while generating the dataset``): the chain (``__cause__``, then ``__context__``) is
 walked and the first bad-input error found is reported instead.
 
-``--debug`` anywhere on the command line, or ``MMGL_DEBUG=1`` in the environment, re-raises the
-error with its full traceback. Commands declare the flag with `add_debug_argument` so that
-``--help`` documents it; `run_command` removes it before ``main`` parses the rest.
+``--traceback`` anywhere on the command line, or ``MMGL_DEBUG=1`` in the environment, re-raises the
+error with its full traceback (not ``--debug``: that is a `TrainingArguments` flag of
+``run_summarization.py``). Commands declare the flag with `add_debug_argument` so that ``--help``
+documents it; `run_command` removes it before ``main`` parses the rest.
 """
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ from collections.abc import Callable, Sequence
 
 #: Exit code of a command stopped by bad input (argparse uses 2 for bad usage too).
 EXIT_BAD_INPUT = 2
-#: Environment variable that shows full tracebacks, like ``--debug``.
+#: Environment variable that shows full tracebacks, like ``--traceback``.
 DEBUG_ENV = "MMGL_DEBUG"
-DEBUG_FLAG = "--debug"
+DEBUG_FLAG = "--traceback"
 
 # Folders whose code raises "our own validation" errors (see the module docstring).
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -126,7 +127,7 @@ def error_message(exc: BaseException) -> str:
 
 
 def add_debug_argument(parser) -> None:
-    """Declare ``--debug`` on an `argparse.ArgumentParser`, so that ``--help`` documents it."""
+    """Declare ``--traceback`` on an `argparse.ArgumentParser`, so that ``--help`` documents it."""
     parser.add_argument(
         DEBUG_FLAG,
         action="store_true",

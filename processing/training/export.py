@@ -102,14 +102,23 @@ def save_adapter_base(model, processor, checkpoint_dir: str | os.PathLike, keep_
     return str(folder)
 
 
-def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None):
+def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None,
+                    state_dict: dict | None = None):
     """A complete Hub repository in ``output_dir``: the model ``model`` is (`trained_model`: LoRA merged, prefix /
     prompt virtual tokens inside), its processor, remote code and pipeline. No adapter is written: a peft adapter
     lives only beside its unmerged base (the Trainer checkpoints, `base_model/` in the checkpoint folder).
     ``neighbor_encoder``: trained from an embedding cache, the model is exported with that frozen encoder inside.
+
+    ``state_dict``: the model's full weights gathered across processes (`MMGLSummarizationTrainer.save_model`; under
+    FSDP / DeepSpeed ZeRO-3 ``model`` itself holds only shards): the folder is written from a fresh copy of the model
+    carrying them (`processing.training.distributed.model_with_state_dict`), and ``model`` is left as it is.
     """
     from processing.pipeline_mmgl import save_for_hub
 
+    if state_dict is not None:
+        from processing.training.distributed import model_with_state_dict
+
+        model = model_with_state_dict(model, state_dict)
     model = trained_model(model)
     if neighbor_encoder is not None and model.neighbor_encoder is None:
         model = attach_neighbor_encoder(model, neighbor_encoder)

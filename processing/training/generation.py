@@ -66,4 +66,13 @@ def reported_settings(config: GenerationConfig) -> dict:
     return {name: getattr(config, name, None) for name in REPORTED_SETTINGS}
 
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "load_generation_config", "reported_settings", "resolve_generation_config"]
+def generation_kwargs(config: GenerationConfig) -> dict:
+    """The settings as `generate()` / `Seq2SeqTrainer.predict()` keyword arguments (the ones set, with the pad and eos
+    ids), so every evaluation decodes as the model's generation config says."""
+    kwargs = {k: v for k, v in reported_settings(config).items() if v is not None}
+    kwargs.update({k: getattr(config, k) for k in ("pad_token_id", "eos_token_id") if getattr(config, k) is not None})
+    return kwargs
+
+
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "generation_kwargs", "load_generation_config", "reported_settings",
+           "resolve_generation_config"]

@@ -200,6 +200,8 @@ def teacher_forced_metrics(tokenizer):
     teacher-forced argmax texts against the label texts)."""
 
     def argmax_logits(logits, labels):
+        if labels is None:  # generated tokens (no labels): nothing to reduce
+            return logits
         logits = logits[0] if isinstance(logits, tuple) else logits
         # peft prompt tuning returns logits for its virtual tokens too: keep those aligned with the labels.
         return logits[:, -labels.shape[1]:].argmax(-1)

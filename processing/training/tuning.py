@@ -113,21 +113,24 @@ def first_stage_parameter(name: str) -> bool:
     return is_mmgl_parameter(name)
 
 
-def run_first_stage(model, training_args, train_dataset, data_collator, steps: int):
+def run_first_stage(model, training_args, train_dataset, data_collator, steps: int, trainer_class=None):
     """Trains only the MMGL modules (projectors, position encoding, gated cross-attention) for ``steps`` steps
-    (output in `<output_dir>/first_stage`), then restores which parameters train, ready for the main stage."""
+    (output in `<output_dir>/first_stage`), then restores which parameters train, ready for the main stage.
+    ``trainer_class`` (default `Trainer`): the main stage's, so both stages treat the inputs alike."""
     from transformers import Trainer
 
     was_trainable = {name: param.requires_grad for name, param in model.named_parameters()}
     for name, param in model.named_parameters():
         param.requires_grad_(first_stage_parameter(name))
     trainable, total = count_parameters(model)
-    print(f"first stage: {steps} steps, trainable parameters: {trainable:,} / total: {total:,}")
+    if training_args.should_log:
+        print(f"first stage: {steps} steps, trainable parameters: {trainable:,} / total: {total:,}")
     stage_args = dataclasses.replace(
         training_args, output_dir=str(Path(training_args.output_dir) / "first_stage"), max_steps=steps,
         save_strategy="no", push_to_hub=False, resume_from_checkpoint=None,
     )
-    Trainer(model=model, args=stage_args, train_dataset=train_dataset, data_collator=data_collator).train()
+    trainer_class = trainer_class or Trainer
+    trainer_class(model=model, args=stage_args, train_dataset=train_dataset, data_collator=data_collator).train()
     for name, param in model.named_parameters():
         param.requires_grad_(was_trainable[name])
 
