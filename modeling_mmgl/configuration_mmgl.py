@@ -7,6 +7,7 @@ NEIGHBOR_MODES = ("none", "self_attention", "cross_attention")
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 GNN_TYPES = ("gcn", "gat", "sage")
 TEXT_NEIGHBOR_POOLINGS = ("cls", "mean", "pooler")
+VIRTUAL_TOKENS = ("none", "prefix", "prompt")
 
 
 @strict
@@ -79,6 +80,13 @@ class MMGLConfig(OPTConfig):
         text_neighbor_encoder_config (`dict`, *optional*):
             The text model's Hugging Face config, recorded when the model carries the encoder, so that a saved
             model rebuilds it offline (its weights are in the MMGL checkpoint).
+        virtual_tokens (`str`, *optional*, defaults to `"none"`):
+            Trained virtual tokens the model applies itself (the export of a prefix / prompt tuned model, see
+            `virtual_tokens.py`): `"none"`, `"prompt"` (embeddings in front of the input) or `"prefix"` (keys and
+            values in front of every layer's self-attention), computed exactly as peft computes them.
+        num_virtual_tokens (`int`, *optional*, defaults to 20):
+            Number of virtual tokens when `virtual_tokens` is not `"none"`; they take positions in front of the input
+            (`max_position_embeddings` must leave room for them).
     """
 
     model_type = "mmgl"
@@ -107,6 +115,8 @@ class MMGLConfig(OPTConfig):
     text_neighbor_pooling: str = "mean"
     text_neighbor_max_length: int = 512
     text_neighbor_encoder_config: dict | None = None
+    virtual_tokens: str = "none"
+    num_virtual_tokens: int = 20
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -114,6 +124,7 @@ class MMGLConfig(OPTConfig):
         _check_choice("position_encoding", self.position_encoding, POSITION_ENCODINGS)
         _check_choice("gnn_type", self.gnn_type, GNN_TYPES)
         _check_choice("text_neighbor_pooling", self.text_neighbor_pooling, TEXT_NEIGHBOR_POOLINGS)
+        _check_choice("virtual_tokens", self.virtual_tokens, VIRTUAL_TOKENS)
         if self.neighbor_mode == "none" and self.position_encoding != "none":
             raise ValueError(
                 f"position_encoding={self.position_encoding!r} needs neighbours, but neighbor_mode='none'; "
@@ -124,7 +135,7 @@ class MMGLConfig(OPTConfig):
         if self.cross_attention_interval < 1:
             raise ValueError(f"cross_attention_interval must be >= 1, got {self.cross_attention_interval}.")
         for name in ("text_neighbor_num_tokens", "image_neighbor_num_tokens", "lpe_k", "gnn_num_layers",
-                     "text_neighbor_max_length"):
+                     "text_neighbor_max_length", "num_virtual_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 

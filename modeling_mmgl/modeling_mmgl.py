@@ -21,6 +21,7 @@ from .cross_attention import MMGLDecoderLayer, MMGLGatedCrossAttentionBlock, MMG
 from .graph_position_encoding import build_position_encoding
 from .neighbor_encoder import MMGLNeighborEncoder
 from .neighbor_projection import MMGLNeighborProjection
+from .virtual_tokens import MMGLVirtualTokens
 
 # Inputs that describe the neighbours; generation passes them at prefill only (see prepare_inputs_for_generation).
 NEIGHBOR_INPUT_NAMES = (
@@ -90,6 +91,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
                 )
             # Recorded so that a saved model rebuilds the text encoder offline (its weights are in the checkpoint).
             config.text_neighbor_encoder_config = text_model.config_dict()
+        # The trained prefix / prompt of a prefix- or prompt-tuned model (exported without peft).
+        self.virtual_tokens = MMGLVirtualTokens(config) if config.virtual_tokens != "none" else None
         self.post_init()
         # The one decoder layer class this model holds. FSDP's transformer auto-wrap (accelerate) looks each name up
         # by exact class name and refuses a name it does not find, so the class-level pair (and the `OPTDecoderLayer`
@@ -98,6 +101,16 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         if config.neighbor_token_id is not None and config.neighbor_mode == "self_attention":
             # The model must never write a placeholder: the next step would hold one without a neighbour.
             self.generation_config.suppress_tokens = [config.neighbor_token_id]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) when asked
+        # Loading puts new parameters in place (trainable by default): the frozen encoder must stay frozen, or an
+        # optimizer and the parameter counts would take it for trainable.
+        if model.neighbor_encoder is not None:
+            model.neighbor_encoder.requires_grad_(False)
+        return loaded
 
     def load_neighbor_encoder_weights(self, pretrained: str | None = None):
         """Loads the frozen encoder's open_clip weights (`pretrained` tag or path, default the config's)."""
@@ -353,6 +366,12 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
 
         if neighbor_key_values is not None:
             kwargs["neighbor_key_values"] = neighbor_key_values
+        prompt_length = 0
+        if self.virtual_tokens is not None:
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, labels, prompt_length = (
+                self.apply_virtual_tokens(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values,
+                                          labels)
+            )
         outputs = self.model.decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -367,6 +386,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if prompt_length and isinstance(logits_to_keep, int) and logits_to_keep == 0:
+            logits = logits[:, prompt_length:]  # aligned with the input again (the prompt is not the user's)
         return MMGLCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -375,6 +396,32 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             attentions=outputs.attentions,
             neighbor_key_values=neighbor_key_values if use_cache else None,
         )
+
+    def apply_virtual_tokens(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, labels):
+        """Applies the trained prefix / prompt as peft's `PeftModelForCausalLM` does (see `virtual_tokens.py`).
+
+        Returns the decoder inputs and labels, and the number of prompt positions put in front of the input (their
+        logits are dropped from the output; 0 for prefix tuning and for decoding steps after the first).
+        """
+        virtual = self.virtual_tokens
+        cache_is_empty = past_key_values is None or past_key_values.get_seq_length() == 0
+        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        attention_mask = virtual.extend_attention_mask(attention_mask)
+        if virtual.kind == "prefix":
+            if position_ids is not None:
+                position_ids = position_ids + virtual.num_virtual_tokens  # behind the prefix in the cache
+            if cache_is_empty:
+                past_key_values = virtual.prefix_cache(batch_size, self.dtype)
+            return input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, labels, 0
+        position_ids = None  # peft drops them: OPT counts positions on the mask, which now covers the prompt
+        if not cache_is_empty:
+            return input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, labels, 0
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        prompts = virtual.prompt_embeddings(batch_size, inputs_embeds.dtype)
+        inputs_embeds = torch.cat((prompts, inputs_embeds), dim=1)
+        labels = virtual.extend_labels(labels)
+        return None, inputs_embeds, attention_mask, position_ids, past_key_values, labels, virtual.num_virtual_tokens
 
     # ---------------------------------------------------------------------------------------------------------------
     # Generation: neighbours are read at prefill; later steps reuse the cache (and the cross-attention keys/values).

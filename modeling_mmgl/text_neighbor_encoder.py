@@ -17,6 +17,10 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_mmgl import TEXT_NEIGHBOR_POOLINGS as POOLINGS
 
+DEFAULT_MAX_LENGTH = 512
+# sentence-transformers' pooling modes (1_Pooling/config.json) -> text_neighbor_pooling.
+SENTENCE_TRANSFORMERS_POOLINGS = {"cls_token": "cls", "mean_tokens": "mean"}
+
 # What `MMGLTextNeighborEncoder.identity` returns (all `None` in an identity where open_clip encodes the texts).
 TEXT_IDENTITY_KEYS = (
     "text_encoder", "text_config_sha256", "text_weights_sha256", "text_pooling", "text_max_length", "text_embed_dim"
@@ -25,6 +29,61 @@ TEXT_IDENTITY_KEYS = (
 
 def _json_sha256(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read_model_json(name_or_path: str, filename: str, subfolder: str = "") -> dict | list | None:
+    """A JSON file of a model folder or hub repo (from the local cache when offline), `None` when it has none."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(name_or_path, filename, subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+    except OSError:
+        return None
+    return json.loads(open(path, encoding="utf-8").read()) if path else None
+
+
+def sentence_transformers_settings(name_or_path: str) -> dict:
+    """What a sentence-transformers model records about how it encodes: ``max_length`` (`sentence_bert_config.json`
+    ``max_seq_length``), ``pooling`` (its Pooling module's mode, `None` when it is one mmgl does not implement, with
+    ``pooling_modes`` naming it), ``normalize`` (a Normalize module follows) and ``lowercase`` (``do_lower_case``).
+    An empty dict for any other model."""
+    config = _read_model_json(name_or_path, "sentence_bert_config.json")
+    if config is None:
+        return {}
+    modules = _read_model_json(name_or_path, "modules.json") or []
+    pooling_dir = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling")), "1_Pooling")
+    pooling = _read_model_json(name_or_path, "config.json", subfolder=pooling_dir) or {}
+    modes = [k[len("pooling_mode_"):] for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
+    return {
+        "max_length": config.get("max_seq_length"),
+        "lowercase": bool(config.get("do_lower_case", False)),
+        "pooling": SENTENCE_TRANSFORMERS_POOLINGS.get(modes[0]) if len(modes) == 1 else None,
+        "pooling_modes": modes,
+        "normalize": any(str(m.get("type", "")).endswith(".Normalize") for m in modules),
+    }
+
+
+def resolve_text_encoder_settings(name_or_path: str | None, pooling: str | None = None,
+                                  max_length: int | None = None) -> tuple[str, int, list[str]]:
+    """(pooling, max_length, warnings) of a text neighbour encoder: the values given, else a sentence-transformers
+    model's own (so its vectors equal `SentenceTransformer.encode`), else mean pooling over 512 tokens."""
+    notes = []
+    settings = sentence_transformers_settings(name_or_path) if name_or_path else {}
+    if pooling is None:
+        pooling = settings.get("pooling") or "mean"
+        if settings and settings.get("pooling") is None:
+            notes.append(f"{name_or_path} pools with {settings.get('pooling_modes')}, which mmgl does not implement: "
+                         "using mean pooling (give --text_neighbor_pooling to choose)")
+    if max_length is None:
+        max_length = settings.get("max_length") or DEFAULT_MAX_LENGTH
+    if settings and not settings.get("normalize"):
+        notes.append(f"{name_or_path} has no Normalize module: sentence-transformers returns unnormalised vectors, "
+                     "mmgl L2-normalises them (same directions, unit length)")
+    if settings.get("lowercase"):
+        notes.append(f"{name_or_path} lower-cases its inputs (do_lower_case), mmgl does not: its tokenizer sees the "
+                     "text as written")
+    return pooling, int(max_length), notes
 
 
 def pool_token_states(last_hidden_state, attention_mask, pooler_output, pooling: str) -> torch.Tensor:
@@ -147,4 +206,5 @@ class MMGLTextNeighborEncoder(nn.Module):
         return out.view(*shape[:-1], -1)
 
 
-__all__ = ["MMGLTextNeighborEncoder", "POOLINGS", "TEXT_IDENTITY_KEYS", "pool_token_states"]
+__all__ = ["DEFAULT_MAX_LENGTH", "MMGLTextNeighborEncoder", "POOLINGS", "TEXT_IDENTITY_KEYS", "pool_token_states",
+           "resolve_text_encoder_settings", "sentence_transformers_settings"]

@@ -1,4 +1,4 @@
-"""Crash-safe writes: a file gets its final name only when it is complete.
+"""Crash-safe writes: a file or a folder gets its final name only when it is complete.
 
 Every tool that replaces a file a user already has (token cache, embedding-cache shards and config,
 converted data) writes through `atomic_file`: a hidden temporary sibling in the same folder (so the
@@ -6,6 +6,12 @@ rename cannot cross file systems), flushed and fsynced, then `os.replace`d over 
 folder fsynced. A crash or a kill at any point leaves the old complete file or the new complete one,
 never a partial file under the final name; the temporary file is removed when the write fails. A full disk
 (or quota) raises `DiskFullError` naming the file, the bytes needed and the bytes free.
+
+A whole folder (a converted data set, an exported model with its metrics) is replaced the same way:
+built in a staging sibling ``.NAME.tmp-<pid>-*`` (`staging_folder`), then swapped in by two renames
+(`replace_folder`: ``NAME`` -> ``.NAME.old-<pid>``, staging -> ``NAME``); `recover_folder`, run at the
+next start, finishes or undoes what a kill between them left. A kill at any point leaves the old
+folder or the new one, never a mix of both.
 
 This file imports only the standard library (Hub-loadable).
 """
@@ -16,8 +22,11 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
+
+STAGING_TAG = ".tmp-"
+OLD_TAG = ".old-"
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -121,4 +130,95 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
-__all__ = ["DiskFullError", "atomic_file", "atomic_write_bytes", "free_bytes", "fsync_dir", "is_disk_full"]
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sibling_pid(name: str, prefix: str) -> int | None:
+    """The pid in ``<prefix><pid>[-...]``, or None when ``name`` is not such a sibling."""
+    if not name.startswith(prefix):
+        return None
+    head = name[len(prefix):].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def staging_folder(out: str | os.PathLike) -> str:
+    """A new empty folder ``.NAME.tmp-<pid>-*`` beside ``out`` (same file system, so it can be renamed into place)."""
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}{STAGING_TAG}{os.getpid()}-", dir=os.path.dirname(out))
+
+
+def _carry_over(old: str, out: str, keep: Callable[[str], bool] | None) -> None:
+    """Moves the entries of ``old`` that ``keep`` names (and ``out`` lacks) into ``out``."""
+    if keep is None:
+        return
+    for entry in sorted(os.listdir(old)):
+        if keep(entry) and not os.path.lexists(os.path.join(out, entry)):
+            os.rename(os.path.join(old, entry), os.path.join(out, entry))
+
+
+def recover_folder(out: str | os.PathLike, keep: Callable[[str], bool] | None = None) -> None:
+    """Finish or undo what a killed `replace_folder` left beside ``out`` (run at every start).
+
+    A staging folder ``.NAME.tmp-<pid>-*`` of a process that is gone is removed. A retired previous folder
+    ``.NAME.old-<pid>`` is put back when ``out`` is missing (the kill fell between the two renames), else the entries
+    ``keep`` names are moved into ``out`` and the rest is removed (the new folder was already in place).
+    """
+    out = os.path.abspath(out)
+    parent, name = os.path.dirname(out), os.path.basename(out)
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        staging_pid = _sibling_pid(entry, f".{name}{STAGING_TAG}")
+        if staging_pid is not None:
+            if staging_pid == os.getpid() or not _pid_alive(staging_pid):
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        old_pid = _sibling_pid(entry, f".{name}{OLD_TAG}")
+        if old_pid is not None and (old_pid == os.getpid() or not _pid_alive(old_pid)):
+            if not os.path.lexists(out):
+                os.rename(path, out)
+            else:
+                _carry_over(path, out, keep)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_folder(new: str | os.PathLike, out: str | os.PathLike, keep: Callable[[str], bool] | None = None) -> None:
+    """Put the complete folder ``new`` at ``out``; the previous one is deleted only afterwards.
+
+    Both renames are within one folder, so each is atomic: a kill leaves ``out`` (old or new) or, between them,
+    ``.NAME.old-<pid>`` that `recover_folder` puts back. ``keep(name)``: entries of the previous folder that are
+    not part of what is replaced (e.g. a log another program writes there) and move into the new one afterwards.
+    """
+    new, out = os.fspath(new), os.path.abspath(out)
+    if os.path.lexists(out):
+        old = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}{OLD_TAG}{os.getpid()}")
+        os.rename(out, old)
+        os.rename(new, out)
+        fsync_dir(os.path.dirname(out))
+        _carry_over(old, out, keep)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, out)
+        fsync_dir(os.path.dirname(out))
+
+
+__all__ = [
+    "DiskFullError",
+    "atomic_file",
+    "atomic_write_bytes",
+    "free_bytes",
+    "fsync_dir",
+    "is_disk_full",
+    "recover_folder",
+    "replace_folder",
+    "staging_folder",
+]

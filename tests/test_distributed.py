@@ -95,10 +95,9 @@ def test_export_of_a_sharded_model_equals_the_single_process_export(processors, 
     for name in single:
         assert torch.equal(single[name], sharded[name]), name
     assert any(t.abs().sum() > 0 for name, t in sharded.items() if "neighbor_projection" in name)
-    if tuning in ("lora", "prefix", "prompt"):
-        adapters = [tensors(tmp_path / folder / "adapter", "adapter_model.safetensors") for folder in ("single", "sharded")]
-        assert adapters[0].keys() == adapters[1].keys() and adapters[0]
-        assert all(torch.equal(adapters[0][name], adapters[1][name]) for name in adapters[0])
+    if tuning in ("prefix", "prompt"):  # the trained virtual tokens are part of the exported model
+        assert "virtual_tokens.embedding.weight" in sharded
+    assert not (tmp_path / "sharded" / "adapter").exists()  # LoRA merged: no adapter beside the weights
     assert all(param.numel() == 0 for param in trainer.model.parameters())  # the live model kept as it was
     assert (tmp_path / "sharded" / "training_args.bin").exists()
 

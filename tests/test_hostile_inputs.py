@@ -312,9 +312,10 @@ def test_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_what_was_there(sam
     (out / "notes.txt").write_text("mine")
     code, _, err = run(training(sample, out, "--do_train", "--image_dir", sample / "images", "--embedding_cache_dir",
                                 tmp_path / "cache", "--save_strategy", "steps", "--save_steps", "1"))
-    one_error(code, err, f"no space left on device writing {out / 'checkpoint-1'}", "bytes needed",
+    checkpoints = disk / "out-checkpoints"  # the default --checkpoint_dir, beside the result folder
+    one_error(code, err, f"no space left on device writing {checkpoints / 'checkpoint-1'}", "bytes needed",
               "the incomplete checkpoint-1 was removed")
-    assert (out / "notes.txt").read_text() == "mine" and not (out / "checkpoint-1").exists()
+    assert (out / "notes.txt").read_text() == "mine" and not (checkpoints / "checkpoint-1").exists()
 
 
 def test_an_image_folder_resolving_nothing_stops_training_unless_said(sample, tmp_path):

@@ -88,3 +88,58 @@ def test_metric_keys_and_ranges():
 def test_validation(predictions, references, error, match):
     with pytest.raises(error, match=match):
         summarization_metrics(predictions, references)
+
+
+# ------------------------------------------------------------------ --metrics_style original
+
+ORIGINAL_PREDICTIONS = ["the cat sat on the mat. It purred loudly", "a dog runs in the park", "Oh. birds fly south"]
+ORIGINAL_REFERENCES = ["the cat sat on a mat", "a dog runs in a big park", "birds fly south in winter"]
+
+
+def test_original_style_cuts_at_the_first_full_stop_past_index_5():
+    from processing.training.metrics import first_sentence_cut
+
+    assert [first_sentence_cut(p) for p in ORIGINAL_PREDICTIONS] == [
+        "the cat sat on the mat", "a dog runs in the park", "Oh. birds fly south"]  # "Oh." ends at index 2: kept
+
+
+def test_original_style_bleu_and_rouge_by_hand():
+    from processing.training.metrics import original_metrics
+
+    scores = original_metrics(ORIGINAL_PREDICTIONS, ORIGINAL_REFERENCES)
+    # Whitespace tokens, case kept ("Oh." is one token), clipped n-gram matches summed over the corpus:
+    #   1-grams 5/6 + 5/6 + 3/4 -> 13/16; 2-grams 3/5 + 3/5 + 2/3 -> 8/13;
+    #   3-grams 2/4 + 2/4 + 1/2 -> 5/10;  4-grams 1/3 + 1/3 + 0/1 -> 2/7.
+    # Lengths: hypotheses 6 + 6 + 4 = 16, references 6 + 7 + 5 = 18: brevity penalty exp(1 - 18/16).
+    penalty = math.exp(1 - 18 / 16)
+    precisions = [13 / 16, 8 / 13, 5 / 10, 2 / 7]
+    for n in (1, 2, 3, 4):
+        expected = penalty * math.prod(precisions[:n]) ** (1 / n)
+        assert scores[f"bleu{n}"] == pytest.approx(expected, abs=1e-9), n
+    # ROUGE-L without stemming: LCS 5 of 6/6, 5 of 6/7, 3 of 4/5 ("oh birds fly south" vs "birds fly south in winter").
+    f3 = 2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5)
+    assert scores["rougeL"] == pytest.approx((5 / 6 + 10 / 13 + f3) / 3, abs=1e-12)
+    # The same predictions score differently under mmgl's conventions (no cut, 13a tokens, stemming).
+    assert summarization_metrics(ORIGINAL_PREDICTIONS, ORIGINAL_REFERENCES)["bleu4"] != pytest.approx(scores["bleu4"])
+
+
+def test_original_style_keeps_case_and_stems_nothing():
+    from processing.training.metrics import original_metrics
+
+    upper = ["THE CAT SAT ON A MAT", "A DOG RUNS IN A BIG PARK", "BIRDS FLY SOUTH IN WINTER"]
+    assert summarization_metrics(upper, ORIGINAL_REFERENCES)["cider"] == pytest.approx(10.0)  # lower-cased
+    assert original_metrics(upper, ORIGINAL_REFERENCES)["cider"] == 0.0  # raw tokens: nothing in common
+    assert original_metrics(["the dog running"], ["the dog runs"])["rougeL"] == pytest.approx(2 / 3)
+    assert rouge_l(["the dog running"], ["the dog runs"]) == pytest.approx(1.0)  # mmgl: Porter stemming
+
+
+def test_teacher_forced_predictions_take_the_argmax_before_each_summary_token():
+    from types import SimpleNamespace
+
+    from processing.training.metrics import teacher_forced_predictions
+
+    words = {1: "the", 2: "cat", 3: "sat", 4: "dog"}
+    tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: " ".join(words[i] for i in ids))
+    labels = [[-100, -100, 1, 2, 3]]  # the summary "the cat sat" at positions 2..4
+    argmax = [[9, 1, 1, 4, 9]]  # position t predicts token t + 1: "the dog" + the last position's (ignored)
+    assert teacher_forced_predictions(argmax, labels, tokenizer) == (["the the dog"], ["the cat sat"])

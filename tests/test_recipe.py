@@ -55,3 +55,26 @@ def test_explicit_fields_from_command_line_and_json(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"max_steps": 5, "output_dir": "o"}))
     assert explicit_fields([str(path)]) == {"max_steps", "output_dir"}
+
+
+def test_small_training_set_states_the_epochs_one_step_covers(tmp_path, capsys):
+    """8 training samples under the paper's global batch (4 x 32 accumulation = 128): the run says each step is
+    one epoch of 8 samples, and the Trainer's own epoch count agrees (2 steps = 2 epochs)."""
+    import run_summarization
+    from processing.data.sample_data import generate_sample
+    from processing.training.recipe import epoch_coverage_line
+    from tests.test_run_summarization import base_args
+
+    assert epoch_coverage_line(200, 4, 32, 1) is None
+    generate_sample(tmp_path / "sample", num_pages=30, seed=0)
+    args = base_args(tmp_path / "sample", tmp_path / "out")
+    for flag in ("--do_eval", "--do_predict"):
+        args.remove(flag)
+    run_summarization.main(args + ["--recipe", "paper", "--neighbor_encoding", "sa_e"])
+    printed = capsys.readouterr().out
+    assert "recipe paper: global batch 128" in printed
+    assert ("recipe paper: the training set (8 samples) is smaller than the global batch (128): every optimizer step "
+            "covers one whole epoch of 8 samples, not 128") in printed
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["epoch"] == pytest.approx(2.0)
+    assert "every optimizer step covers one epoch of 8 samples" in (tmp_path / "out" / "README.md").read_text()

@@ -114,6 +114,11 @@ def logged_losses(output_dir: Path) -> list[tuple[int, float, float]]:
     return [(h["step"], h["loss"], h["grad_norm"]) for h in state["log_history"] if "loss" in h]
 
 
+def checkpoints(output_dir: Path) -> Path:
+    """The Trainer's checkpoint folder of a run (beside its Hub folder)."""
+    return Path(f"{output_dir}-checkpoints")
+
+
 def final_weights(output_dir: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -244,10 +249,11 @@ def test_resume_from_checkpoint_continues_exactly(sample_dir, tmp_path):
     args.remove("--save_strategy"), args.remove("no")
     run_script(args + checkpointing)
     # Pretend the run was killed right after checkpoint-2: drop everything written later.
-    for path in resumed.iterdir():
+    shutil.rmtree(resumed)
+    for path in checkpoints(resumed).iterdir():
         if path.name != "checkpoint-2":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_script(args + checkpointing + ["--resume_from_checkpoint", str(resumed / "checkpoint-2")])
+    run_script(args + checkpointing + ["--resume_from_checkpoint", str(checkpoints(resumed) / "checkpoint-2")])
     assert logged_losses(resumed)[2:] == logged_losses(straight)[2:]
     assert len(logged_losses(straight)) == 4
     assert_same_weights(final_weights(straight), final_weights(resumed), atol=0)
@@ -300,10 +306,10 @@ def test_first_stage_trains_only_projectors_and_position_encoding(sample_dir, tm
         snapshots["before"] = {k: v.clone() for k, v in model.state_dict().items()}
         return original_first_stage(model, *args, **kwargs)
 
-    def apply_tuning(model, mmgl_args):
+    def apply_tuning(model, mmgl_args, **kwargs):
         snapshots["after"] = {k: v.clone() for k, v in model.state_dict().items()}
         snapshots["requires_grad"] = {n: p.requires_grad for n, p in model.named_parameters()}
-        return original_apply_tuning(model, mmgl_args)
+        return original_apply_tuning(model, mmgl_args, **kwargs)
 
     monkeypatch.setattr(run_summarization, "run_first_stage", first_stage)
     monkeypatch.setattr(run_summarization, "apply_tuning", apply_tuning)
@@ -345,11 +351,12 @@ def test_crash_while_saving_leaves_previous_checkpoint_usable(sample_dir, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run_summarization.main(args)
     monkeypatch.setattr(transformers.Trainer, "_save_rng_state", original)
-    assert (output_dir / "checkpoint-2" / "trainer_state.json").exists()
-    assert (output_dir / "checkpoint-4").exists() and not (output_dir / "checkpoint-4" / "trainer_state.json").exists()
+    saved = checkpoints(output_dir)
+    assert (saved / "checkpoint-2" / "trainer_state.json").exists()
+    assert (saved / "checkpoint-4").exists() and not (saved / "checkpoint-4" / "trainer_state.json").exists()
     with pytest.raises(FileNotFoundError, match="checkpoint-4 is incomplete"):
-        run_summarization.main(args + ["--resume_from_checkpoint", str(output_dir / "checkpoint-4")])
-    run_summarization.main(args + ["--resume_from_checkpoint", str(output_dir / "checkpoint-2")])
+        run_summarization.main(args + ["--resume_from_checkpoint", str(saved / "checkpoint-4")])
+    run_summarization.main(args + ["--resume_from_checkpoint", str(saved / "checkpoint-2")])
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 4
 
 
@@ -381,11 +388,14 @@ def test_push_to_hub_uploads_the_complete_export(sample_dir, tmp_path, monkeypat
         "--hub_model_id", "me/mmgl-test", "--hub_token", "hf_fake"])
     assert len(uploads) == 1 and uploads[0]["repo_id"] == "me/mmgl-test"
     files, config = uploads[0]["files"], uploads[0]["config"]
-    assert {"model.safetensors", "modeling_mmgl.py", "processing_mmgl.py", "tokenizer.json", "adapter"} <= set(files)
-    assert "adapter_config.json" not in files  # a root adapter config would make from_pretrained load it via peft
+    assert {"model.safetensors", "modeling_mmgl.py", "processing_mmgl.py", "tokenizer.json"} <= set(files)
+    # Merged LoRA and no adapter beside it (it would apply LoRA twice); no Trainer checkpoint in the Hub folder.
+    assert not {"adapter", "adapter_config.json"} & set(files) and not any(f.startswith("checkpoint-") for f in files)
     assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM"} <= set(config["auto_map"])
     assert "mmgl-summarization" in config["custom_pipelines"]
-    assert "# MMGL section summarizer" in uploads[0]["card"] and "predict_rougeL" in uploads[0]["card"]
+    card = uploads[0]["card"]
+    assert "# me/mmgl-test" in card and "MMGL section summarizer" in card and "predict_rougeL" in card
+    assert 'AutoModel.from_pretrained("me/mmgl-test"' in card
 
 
 def test_push_to_hub_is_checked_before_any_work(sample_dir, tmp_path, monkeypatch, capsys):
@@ -641,7 +651,7 @@ def test_trainer_checkpoint_of_a_cache_run_names_its_encoder(sample_dir, tmp_pat
     args = base_args(sample_dir, trained) + ["--context", "all", "--neighbor_encoding", "sa_e",
                                              "--save_strategy", "steps", "--save_steps", "2"]
     at_end_of_training = run_summarization.main(args)
-    checkpoint = trained / "checkpoint-2"
+    checkpoint = checkpoints(trained) / "checkpoint-2"
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["neighbor_encoder_name"] is None and config["neighbor_encoder_config"] is None  # not inside
     recorded = config["embedding_cache_encoder"]

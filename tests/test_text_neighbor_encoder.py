@@ -120,6 +120,32 @@ def test_related_texts_are_closer_than_unrelated_ones(minilm_dir, lm_tokenizer):
     assert (cls - embeds).abs().max() > 0.1
 
 
+def test_sentence_transformers_settings_are_read_from_the_model_so_cache_vectors_equal_encode(minilm_dir, tmp_path):
+    """all-MiniLM-L6-v2 reads 256 tokens (its sentence_bert_config.json) with mean pooling and normalisation (its
+    modules): on texts longer than 256 tokens the cache's vectors equal `SentenceTransformer.encode`; reading 512
+    tokens, as mmgl did before, gives other vectors."""
+    import sentence_transformers
+    from transformers import AutoTokenizer
+
+    from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
+
+    pooling, max_length, notes = resolve_text_encoder_settings(minilm_dir)
+    assert (pooling, max_length, notes) == ("mean", 256, [])
+    assert resolve_text_encoder_settings(minilm_dir, "cls", 128)[:2] == ("cls", 128)  # given values win
+    texts = [" ".join(CORPUS[i % len(CORPUS)] for i in range(start, start + 40)) for start in range(3)]
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(minilm_dir)(texts)["input_ids"]]
+    assert min(lengths) > 300, lengths
+    cache = builder.build_embedding_cache(tmp_path / "cache", texts, [], encoder=encoder_for(minilm_dir, pooling,
+                                                                                            max_length), progress=False)
+    cached = torch.stack([cache.get_text(t) for t in texts]).float()
+    reference = sentence_transformers.SentenceTransformer(minilm_dir, device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(cached, reference.cpu(), atol=2e-3, rtol=0)  # float16 storage
+    old = builder.build_embedding_cache(tmp_path / "old", texts, [], encoder=encoder_for(minilm_dir, "mean", 512),
+                                        progress=False)
+    old_vectors = torch.stack([old.get_text(t) for t in texts]).float()
+    assert torch.nn.functional.cosine_similarity(old_vectors, reference.cpu()).max() < 0.99
+
+
 def test_cached_text_embedding_equals_the_in_model_one(minilm_dir, lm_tokenizer, tmp_path):
     """One tokenisation and one pooling: the cache builder's vector of a text equals the model's of the processor's
     ids (float32 storage), and the model's logits agree from raw and cached neighbours."""

@@ -537,11 +537,12 @@ def main(argv=None) -> int:
     parser.add_argument("--text_neighbor_encoder", default=None,
                         help="Hugging Face text model (hub id or folder) that encodes the texts instead of open_clip's "
                         "text tower, as run_summarization.py (ignored with a warning where no text neighbour is an embedding)")
-    parser.add_argument("--text_neighbor_pooling", default="mean",
-                        help="with --text_neighbor_encoder: first token (cls), mean of real tokens (mean), or the model's "
-                        "pooler (pooler)")
-    parser.add_argument("--text_neighbor_max_length", type=int, default=512,
-                        help="with --text_neighbor_encoder: tokens read per text (longer texts are truncated)")
+    parser.add_argument("--text_neighbor_pooling", default=None,
+                        help="with --text_neighbor_encoder: first token (cls), mean of real tokens, or the model's "
+                        "pooler; default: a sentence-transformers model's own pooling, else mean")
+    parser.add_argument("--text_neighbor_max_length", type=int, default=None,
+                        help="with --text_neighbor_encoder: tokens read per text (longer texts are truncated); default: "
+                        "a sentence-transformers model's max_seq_length, else 512")
     parser.add_argument("--batch_size", type=int, default=64, help="inputs per encoder call")
     parser.add_argument("--shard_size", type=int, default=4096, help="rows per shard (a kill loses at most one shard)")
     parser.add_argument("--dtype", default="float16", choices=DTYPES, help="storage dtype of the vectors")
@@ -553,7 +554,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     for name, low in (("max_text_neighbors", 0), ("max_image_neighbors", 0), ("text_neighbor_max_length", 1),
                       ("batch_size", 1), ("shard_size", 1)):
-        if getattr(args, name) < low:
+        if getattr(args, name) is not None and getattr(args, name) < low:
             raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
 
     # Bad input first, before the model stack is imported: the image folder, the encoder config, a cache folder of
@@ -573,10 +574,11 @@ def main(argv=None) -> int:
 
     from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
     from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
+    from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
     from processing.page_graph import PageGraphIndex
     from processing.token_cache import table_fingerprint
 
-    if args.text_neighbor_pooling not in TEXT_NEIGHBOR_POOLINGS:
+    if args.text_neighbor_pooling not in (None, *TEXT_NEIGHBOR_POOLINGS):
         raise ValueError(f"--text_neighbor_pooling must be one of {TEXT_NEIGHBOR_POOLINGS}, got "
                          f"{args.text_neighbor_pooling!r}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -597,9 +599,13 @@ def main(argv=None) -> int:
                              args.allow_missing_images)
         yield from images
 
+    text_pooling, text_max_length, notes = resolve_text_encoder_settings(
+        args.text_neighbor_encoder, args.text_neighbor_pooling, args.text_neighbor_max_length)
+    for note in notes:
+        logger.warning(note)
     encoder = MMGLNeighborEncoder.from_settings(
         args.neighbor_encoder_name, pretrained, model_config, text_encoder=args.text_neighbor_encoder,
-        text_pooling=args.text_neighbor_pooling, text_max_length=args.text_neighbor_max_length,
+        text_pooling=text_pooling, text_max_length=text_max_length,
     )
     cache = build_embedding_cache(
         args.cache_dir, texts=texts, image_paths=checked_images(), encoder=encoder,

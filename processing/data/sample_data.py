@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import io
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ ECONOMY_ITEMS = ("Farming", "Fishing", "Crafts", "Boat building")
 SPLIT_PATTERN = ("train", "val", "test") + ("train",) * 7  # 80/10/10 over every ten pages
 
 OUTPUT_FILE = "wikiweb2m-sample.tfrecord.gz"
+# Generated page URLs end in "_(sample_N)" (this generator) or "_(controlled_N)" (controlled_data.py).
+GENERATED_URL_MARK = "_(sample_"
+_GENERATED_URL = re.compile(r"_\((sample|controlled)_\d+\)$")
 IMAGE_DIR = "images"
 
 
@@ -402,9 +406,15 @@ def make_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
         imgs = [(f"{fname}_gallery{j}.png", ("grey", 120 + 30 * j), c) for j, c in enumerate(caps)]
         b.add("Gallery", 1, lead, images=imgs)
 
-    url = f"https://en.wikipedia.org/wiki/{name}_(sample_{index})"
+    url = f"https://en.wikipedia.org/wiki/{name}{GENERATED_URL_MARK}{index})"
     row = b.row(SPLIT_PATTERN[index % len(SPLIT_PATTERN)], url, name, raw_desc, clean_desc)
     return SamplePage(row=row, facts=facts, images=b.images)
+
+
+def is_generated_page(url: str) -> bool:
+    """Whether a page URL is one the bundled generators made (``..._(sample_N)``, ``..._(controlled_N)``), not a real
+    Wikipedia page."""
+    return bool(_GENERATED_URL.search(url))
 
 
 def iter_sample_pages(
@@ -516,12 +526,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "COLOURS",
+    "GENERATED_URL_MARK",
     "OUTPUT_FILE",
     "SPLIT_PATTERN",
     "SamplePage",
     "SummaryFact",
     "generate_sample",
     "image_url",
+    "is_generated_page",
     "iter_sample_pages",
     "main",
     "make_page",

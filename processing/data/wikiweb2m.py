@@ -64,7 +64,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -74,6 +73,8 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import DecodeError
 
 from processing.atomic_write import DiskFullError, is_disk_full
+
+from processing.atomic_write import recover_folder, replace_folder, staging_folder
 
 from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
 
@@ -874,52 +875,9 @@ def split_counts(pages, use_study_split: bool = False) -> dict[str, dict[str, in
 # --------------------------------------------------------------------------------------------------
 
 
-_STAGING_TAG = ".tmp-"
-_OLD_TAG = ".old-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _sibling_pid(name: str, prefix: str) -> int | None:
-    """The pid in ``<prefix><pid>[-...]``, or None when ``name`` is not such a sibling."""
-    if not name.startswith(prefix):
-        return None
-    head = name[len(prefix):].split("-", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
 def recover_output(output_dir: PathLike) -> None:
-    """Finish or undo what a killed `main` left beside ``output_dir`` (run at every start).
-
-    A staging folder ``.NAME.tmp-<pid>-*`` of a process that is gone is removed. A retired
-    previous output ``.NAME.old-<pid>`` is put back when ``output_dir`` is missing (the kill fell
-    between the two renames of `_replace_output`), else removed (the new output was already in place).
-    """
-    out = os.path.abspath(output_dir)
-    parent, name = os.path.dirname(out), os.path.basename(out)
-    if not os.path.isdir(parent):
-        return
-    for entry in sorted(os.listdir(parent)):
-        path = os.path.join(parent, entry)
-        staging_pid = _sibling_pid(entry, f".{name}{_STAGING_TAG}")
-        if staging_pid is not None:
-            if staging_pid == os.getpid() or not _pid_alive(staging_pid):
-                shutil.rmtree(path, ignore_errors=True)
-            continue
-        old_pid = _sibling_pid(entry, f".{name}{_OLD_TAG}")
-        if old_pid is not None and (old_pid == os.getpid() or not _pid_alive(old_pid)):
-            if not os.path.lexists(out):
-                os.rename(path, out)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
+    """Finish or undo what a killed `main` left beside ``output_dir`` (run at every start; `recover_folder`)."""
+    recover_folder(output_dir)
 
 
 def _check_replaceable(out: str) -> None:
@@ -934,21 +892,6 @@ def _check_replaceable(out: str) -> None:
             f"{out}: output folder exists and is not a data set saved by this command (no dataset_info.json "
             f"or state.json); refusing to replace it: give a new or empty OUTPUT_DIR"
         )
-
-
-def _replace_output(new: str, out: str) -> None:
-    """Put the complete data set ``new`` at ``out``; the previous one is deleted only afterwards.
-
-    Both renames are within one folder, so each is atomic: a kill leaves ``out`` (old or new) or,
-    between them, ``.NAME.old-<pid>`` that `recover_output` puts back.
-    """
-    if os.path.lexists(out):
-        old = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}{_OLD_TAG}{os.getpid()}")
-        os.rename(out, old)
-        os.rename(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, out)
 
 
 def _uncompressed_size(path: str) -> int:
@@ -1002,7 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_replaceable(out)
     # The datasets cache, the read statistics and the new data set all live in the staging folder,
     # so nothing is left in ~/.cache or /tmp, and the generator always runs (its counts are real).
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}{_STAGING_TAG}{os.getpid()}-", dir=parent)
+    work = staging_folder(out)
     try:
         stats_dir = os.path.join(work, "stats")
         os.makedirs(stats_dir)
@@ -1023,7 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(os.path.join(stats_dir, name)) as f:
                 stats.update(ReadStats(**json.load(f)))
         counts = split_counts(ds)
-        _replace_output(staged, out)
+        replace_folder(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

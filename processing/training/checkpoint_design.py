@@ -5,6 +5,10 @@ A checkpoint whose ``model_type`` is ``"mmgl"`` with ``neighbor_mode != "none"``
 it, and a flag given on the command line that contradicts it is refused naming both values. A plain OPT checkpoint,
 or an MMGL one without neighbour slots (``neighbor_mode == "none"``), is a *base* model: the design flags apply.
 Any other model type is refused (MMGL extends OPT).
+
+A peft checkpoint (``checkpoint-N`` of a LoRA / prefix / prompt run: ``adapter_config.json``, no ``config.json``) is
+read through its base: the unmerged MMGL model its ``base_model_name_or_path`` names (``base_model/`` in the
+checkpoint folder), found beside the checkpoint when the folder has moved. Its tuning is fixed by the adapter.
 """
 from __future__ import annotations
 
@@ -46,8 +50,11 @@ PROCESSOR_FIELDS = {
     "max_target_length": "max_target_length",
 }
 # Settings that may legitimately differ from the run that trained the checkpoint: applied and logged.
-FREE_FIELDS = ("generation_max_new_tokens", "generation_num_beams", "max_train_samples", "max_eval_samples",
-               "max_predict_samples", "per_device_eval_batch_size")
+FREE_FIELDS = ("generation_max_new_tokens", "generation_num_beams", "no_repeat_ngram_size", "generation_config",
+               "metrics_style", "max_train_samples", "max_eval_samples", "max_predict_samples",
+               "per_device_eval_batch_size")
+# peft's type of a saved adapter -> --tuning.
+ADAPTER_TUNINGS = {"LORA": "lora", "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt"}
 
 
 @dataclass
@@ -59,12 +66,21 @@ class CheckpointDesign:
         config (`dict`): its ``config.json``.
         processor (`dict | None`): its ``processor_config.json``, or `None` when it has none.
         values (`dict`): command-line argument name -> the checkpoint's value.
+        adapter (`dict | None`): a peft checkpoint's ``adapter_config.json``, `None` for a complete model.
+        base_path (`str | None`): a peft checkpoint's base model folder (where ``config`` comes from).
     """
 
     path: str
     config: dict
     processor: dict | None
     values: dict = field(default_factory=dict)
+    adapter: dict | None = None
+    base_path: str | None = None
+
+    @property
+    def model_path(self) -> str:
+        """Where the model's ``config.json`` and weights are: the base of a peft checkpoint, else the checkpoint."""
+        return self.base_path or self.path
 
     @property
     def has_processor(self) -> bool:
@@ -86,6 +102,24 @@ class CheckpointDesign:
         return name, None if pretrained in ("", "none") else pretrained, config
 
 
+def adapter_base_path(folder: str | os.PathLike) -> str | None:
+    """The base model folder of the peft checkpoint ``folder``, or `None` when ``folder`` is not one (it has a
+    ``config.json`` or no ``adapter_config.json``). Raises `FileNotFoundError` naming the file when the base is gone."""
+    folder = Path(os.path.expanduser(os.fspath(folder)))
+    adapter_file = folder / "adapter_config.json"
+    if (folder / "config.json").is_file() or not adapter_file.is_file():
+        return None
+    recorded = read_json(adapter_file, dict, "a peft adapter config (a JSON object)").get("base_model_name_or_path")
+    beside = folder.parent / "base_model"  # the checkpoint folder moved as a whole
+    for candidate in (recorded, beside):
+        if candidate and (Path(os.path.expanduser(candidate)) / "config.json").is_file():
+            return str(Path(os.path.expanduser(candidate)))
+    raise FileNotFoundError(
+        f"{adapter_file}: base_model_name_or_path {recorded!r} is not a model folder here, and there is no "
+        f"{beside} with a config.json: the adapter needs the unmerged base model it was trained on (saved as "
+        "base_model/ in the checkpoint folder).")
+
+
 def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign | None:
     """The design of the MMGL checkpoint in ``model_name_or_path``; `None` for a base model (OPT, MMGL without
     neighbour slots, from scratch, or a hub id not present locally). Raises `ValueError` for a non-OPT model."""
@@ -93,7 +127,12 @@ def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign |
         return None
     folder = Path(os.path.expanduser(model_name_or_path))
     config_file = folder / "config.json"
-    if config_file.is_file():
+    base_path = adapter_base_path(folder)
+    adapter = None
+    if base_path is not None:
+        adapter = read_json(folder / "adapter_config.json", dict, "a peft adapter config (a JSON object)")
+        config = read_json(Path(base_path) / "config.json", dict, "the model's config (a JSON object)")
+    elif config_file.is_file():
         config = read_json(config_file, dict, "the model's config (a JSON object)")
     elif folder.exists() or os.path.isabs(model_name_or_path) or model_name_or_path.startswith((".", "~")) \
             or model_name_or_path.count("/") > 1:
@@ -112,7 +151,7 @@ def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign |
     model_type = config.get("model_type")
     if model_type not in ("opt", "mmgl"):
         raise ValueError(f"MMGL extends OPT; got model_type {model_type!r} in --model_name_or_path {model_name_or_path}.")
-    if model_type == "opt" or config.get("neighbor_mode", "none") == "none":
+    if (model_type == "opt" or config.get("neighbor_mode", "none") == "none") and adapter is None:
         return None
     processor_file = folder / "processor_config.json"
     processor = read_json(processor_file, dict, "the processor's config (a JSON object)") if processor_file.is_file() else None
@@ -127,7 +166,13 @@ def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign |
     if processor is not None:
         # Lengths and slots of the processor win over the config: they decide the inputs actually built.
         values.update({arg: processor[key] for arg, key in PROCESSOR_FIELDS.items() if key in processor})
-    return CheckpointDesign(str(folder), config, processor, values)
+    if adapter is not None:
+        peft_type = adapter.get("peft_type")
+        if peft_type not in ADAPTER_TUNINGS:
+            raise ValueError(f"{folder / 'adapter_config.json'}: peft_type {peft_type!r} is not one of the tunings "
+                             f"this script trains ({', '.join(ADAPTER_TUNINGS)})")
+        values["tuning"] = ADAPTER_TUNINGS[peft_type]
+    return CheckpointDesign(str(folder), config, processor, values, adapter=adapter, base_path=base_path)
 
 
 def contradictions(config: dict, processor: dict) -> list[str]:
@@ -220,5 +265,6 @@ def log_free_settings(argv: list[str] | None, *arg_groups) -> dict:
     return applied
 
 
-__all__ = ["CheckpointDesign", "apply_checkpoint_design", "contradictions", "given_on_command_line", "log_free_settings",
+__all__ = ["ADAPTER_TUNINGS", "CheckpointDesign", "adapter_base_path", "apply_checkpoint_design", "contradictions",
+           "given_on_command_line", "log_free_settings",
            "read_checkpoint_design"]

@@ -40,37 +40,89 @@ def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
     return model
 
 
+def trained_model(model):
+    """The plain `MMGLForConditionalGeneration` that computes what ``model`` (a peft model or a plain one) computes.
+
+    - LoRA: merged into the weights (`merge_and_unload`), so no adapter is left to apply twice.
+    - Prefix / prompt tuning: the trained virtual tokens become the model's own `virtual_tokens` module
+      (`MMGLConfig.virtual_tokens`), applied exactly as peft applies them, so `AutoModel`, the pipeline and
+      `run_summarization.py --model_name_or_path` need no peft step.
+    - The MMGL modules trained as peft `modules_to_save` (projectors, position encoding, gated cross-attention) keep
+      their trained weights.
+
+    A peft model is changed in place (merged / unwrapped): call this once, at the end.
+    """
+    from peft import PeftModel, PeftType
+
+    from modeling_mmgl.virtual_tokens import MMGLVirtualTokens
+    from processing.training.tuning import unwrap_modules_to_save
+
+    if not isinstance(model, PeftModel):
+        return model
+    adapter = model.active_adapter
+    peft_config = model.peft_config[adapter]
+    peft_type = PeftType(peft_config.peft_type)
+    if peft_type == PeftType.LORA:
+        return unwrap_modules_to_save(model.merge_and_unload())
+    if peft_type not in (PeftType.PREFIX_TUNING, PeftType.PROMPT_TUNING):
+        raise ValueError(f"a {peft_type.value} adapter cannot be exported as one model (LoRA, prefix and prompt "
+                         "tuning can)")
+    weight = model.get_prompt_embedding_to_save(adapter)  # (num_virtual_tokens, width), peft's flattened layout
+    plain = unwrap_modules_to_save(model.get_base_model())
+    plain.config.virtual_tokens = "prefix" if peft_type == PeftType.PREFIX_TUNING else "prompt"
+    plain.config.num_virtual_tokens = peft_config.num_virtual_tokens
+    virtual = MMGLVirtualTokens(plain.config)
+    if tuple(virtual.embedding.weight.shape) != tuple(weight.shape):
+        raise ValueError(f"the {peft_type.value} adapter holds virtual tokens of shape {tuple(weight.shape)}, but this model "
+                         f"takes {tuple(virtual.embedding.weight.shape)}")
+    device = next(plain.parameters()).device
+    virtual.embedding.weight.data.copy_(weight)
+    plain.virtual_tokens = virtual.to(device=device, dtype=plain.dtype)
+    return plain
+
+
+def save_adapter_base(model, processor, checkpoint_dir: str | os.PathLike, keep_existing: bool = False,
+                      should_save: bool = True) -> str:
+    """Saves ``model`` (the plain model a peft adapter is about to wrap) as ``<checkpoint_dir>/base_model``, a
+    complete Hub folder, and returns its absolute path: every ``checkpoint-N`` adapter records it as
+    ``base_model_name_or_path``, so `AutoPeftModelForCausalLM` and ``run_summarization.py --model_name_or_path
+    checkpoint-N`` rebuild the run's model from the adapter alone.
+
+    Written through a staging folder (a kill leaves no half-written base). ``keep_existing`` (a resumed run): the
+    base the earlier checkpoints were saved against is kept.
+    """
+    from processing.atomic_write import replace_folder, staging_folder
+    from processing.pipeline_mmgl import save_for_hub
+
+    folder = Path(checkpoint_dir).resolve() / "base_model"
+    if should_save and not (keep_existing and (folder / "config.json").is_file()):
+        staging = staging_folder(folder)
+        save_for_hub(model, processor, staging)
+        replace_folder(staging, folder)
+    return str(folder)
+
+
 def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None,
                     state_dict: dict | None = None):
-    """A complete Hub repository in ``output_dir``.
+    """A complete Hub repository in ``output_dir``: the model ``model`` is (`trained_model`: LoRA merged, prefix /
+    prompt virtual tokens inside), its processor, remote code and pipeline. No adapter is written: a peft adapter
+    lives only beside its unmerged base (the Trainer checkpoints, `base_model/` in the checkpoint folder).
+    ``neighbor_encoder``: trained from an embedding cache, the model is exported with that frozen encoder inside.
 
     ``state_dict``: the model's full weights gathered across processes (`MMGLSummarizationTrainer.save_model`; under
     FSDP / DeepSpeed ZeRO-3 ``model`` itself holds only shards): the folder is written from a fresh copy of the model
     carrying them (`processing.training.distributed.model_with_state_dict`), and ``model`` is left as it is.
-
-    peft adapters are also saved as adapters (``adapter/``); LoRA is merged into the exported weights; prefix /
-    prompt adapters cannot be merged, so the exported weights are the base model and the adapter must be loaded
-    with peft on top. Either way the MMGL modules trained as peft `modules_to_save` (projectors, position
-    encoding, gated cross-attention) are exported with their trained weights. ``neighbor_encoder``: trained from an embedding cache, the model is exported with that
-    frozen encoder inside.
     """
-    from peft import PeftModel
-
     from processing.pipeline_mmgl import save_for_hub
-    from processing.training.tuning import unwrap_modules_to_save
 
     if state_dict is not None:
         from processing.training.distributed import model_with_state_dict
 
         model = model_with_state_dict(model, state_dict)
-    if isinstance(model, PeftModel):
-        model.save_pretrained(Path(output_dir) / "adapter")
-        is_lora = model.peft_config[model.active_adapter].peft_type == "LORA"
-        model = model.merge_and_unload() if is_lora else model.get_base_model()
-        model = unwrap_modules_to_save(model)  # merge_and_unload does this for LoRA; the base model keeps wrappers
+    model = trained_model(model)
     if neighbor_encoder is not None and model.neighbor_encoder is None:
         model = attach_neighbor_encoder(model, neighbor_encoder)
     return save_for_hub(model, processor, output_dir)
 
 
-__all__ = ["attach_neighbor_encoder", "save_hub_folder"]
+__all__ = ["attach_neighbor_encoder", "save_adapter_base", "save_hub_folder", "trained_model"]

@@ -80,6 +80,17 @@ def resolve_paper_recipe(per_device_batch: int, world_size: int, encoding: str, 
     return recipe
 
 
+def epoch_coverage_line(num_samples: int, per_device_batch: int, accumulation: int, world_size: int) -> str | None:
+    """What one optimizer step covers when the training set is smaller than the global batch (the Trainer then
+    steps once per epoch, on every sample once), or `None` when it is not."""
+    global_batch = per_device_batch * accumulation * world_size
+    if num_samples <= 0 or num_samples >= global_batch:
+        return None
+    return (f"the training set ({num_samples} samples) is smaller than the global batch ({global_batch}): every "
+            f"optimizer step covers one whole epoch of {num_samples} samples, not {global_batch}; max_steps counts "
+            "epochs")
+
+
 def explicit_fields(argv: list[str]) -> set[str]:
     """Argument names given explicitly: `--name value` / `--name=value` on the command line, or the keys of a
     single JSON arguments file."""
@@ -89,4 +100,4 @@ def explicit_fields(argv: list[str]) -> set[str]:
     return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
 
 
-__all__ = ["PAPER_GLOBAL_BATCH", "ResolvedRecipe", "explicit_fields", "resolve_paper_recipe"]
+__all__ = ["PAPER_GLOBAL_BATCH", "ResolvedRecipe", "epoch_coverage_line", "explicit_fields", "resolve_paper_recipe"]

@@ -16,6 +16,7 @@ MMGL_MODULES = ("neighbor_projection", "position_encoding", "gated_cross_attenti
 # blocks (trained in full instead) and open_clip's attention `out_proj` inside the frozen neighbour encoder.
 LORA_TARGET_MODULES = r".*model\.decoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj"
 TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
+PEFT_TUNINGS = ("lora", "prefix", "prompt")
 
 
 def is_mmgl_parameter(name: str) -> bool:
@@ -46,13 +47,20 @@ def check_tuning(tuning: str, neighbor_encoding: str) -> None:
         )
 
 
-def apply_tuning(model, mmgl_args):
+def apply_tuning(model, mmgl_args, base_model_name_or_path: str | None = None):
     """Freezes / wraps ``model`` for ``mmgl_args.tuning``; returns the model to train.
 
     - `full`: the model as built (every parameter).
     - `flamingo` (`ca_e` only): the gated cross-attention blocks, projectors and position encoding; OPT frozen.
     - `lora` / `prefix` / `prompt`: the peft adapter, plus the MMGL modules as `modules_to_save`.
+      ``base_model_name_or_path``: where ``model`` itself is saved (recorded in every saved adapter's config, so
+      `AutoPeftModelForCausalLM` finds the unmerged base).
     """
+    virtual = getattr(model.config, "virtual_tokens", "none")
+    if mmgl_args.tuning in ("prefix", "prompt") and virtual != "none":
+        raise ValueError(f"--tuning {mmgl_args.tuning} would add virtual tokens to a model that already applies "
+                         f"{model.config.num_virtual_tokens} {virtual} tokens of its own (an exported {virtual}-tuned "
+                         "model); train it with --tuning full, lora or flamingo, or start from its base model.")
     if mmgl_args.tuning == "full":
         return model
     if mmgl_args.tuning == "flamingo":
@@ -73,7 +81,18 @@ def apply_tuning(model, mmgl_args):
     else:
         peft_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=mmgl_args.num_virtual_tokens,
                                          modules_to_save=modules_to_save)
-    return get_peft_model(model, peft_config)
+    model = get_peft_model(model, peft_config)
+    if base_model_name_or_path is not None:
+        model.peft_config[model.active_adapter].base_model_name_or_path = str(base_model_name_or_path)
+    return model
+
+
+def load_adapter(model, adapter_dir):
+    """``model`` (the unmerged base) with the peft adapter saved in ``adapter_dir`` (a Trainer ``checkpoint-N`` of
+    a lora / prefix / prompt run), for evaluation: it computes exactly what the run computed at that step."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir).eval()
 
 
 def unwrap_modules_to_save(model):
@@ -123,6 +142,7 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 __all__ = [
-    "LORA_TARGET_MODULES", "MMGL_MODULES", "TUNINGS", "apply_tuning", "check_tuning", "count_parameters",
-    "is_mmgl_parameter", "mmgl_modules_to_save", "run_first_stage", "unwrap_modules_to_save",
+    "LORA_TARGET_MODULES", "MMGL_MODULES", "PEFT_TUNINGS", "TUNINGS", "apply_tuning", "check_tuning",
+    "count_parameters", "is_mmgl_parameter", "load_adapter", "mmgl_modules_to_save", "run_first_stage",
+    "unwrap_modules_to_save",
 ]
