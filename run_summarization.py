@@ -357,6 +357,11 @@ def check_ranges(mmgl_args, data_args, training_args) -> None:
         value = getattr(args, name, None)  # (plain TrainingArguments have no generation_num_beams)
         if value is not None and value < low:
             raise ValueError(f"--{name} must be >= {low}, got {value}.")
+    if getattr(training_args, "generation_max_length", None) is not None:
+        # Seq2SeqTrainer would pass it as `max_length`, which for a decoder-only LM counts the prompt too, and the
+        # model's max_new_tokens would override it anyway: refused rather than silently ignored.
+        raise ValueError(f"--generation_max_length {training_args.generation_max_length} is not used by this "
+                         "decoder-only model (it would count the source tokens too); give --generation_max_new_tokens.")
 
 
 def parse_overrides(overrides: str) -> dict:

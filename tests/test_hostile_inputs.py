@@ -296,6 +296,8 @@ def test_damaged_checkpoints_and_ranges_are_one_line_before_any_work(sample, tmp
         (["--do_eval", "--max_eval_samples", "0"], ["--max_eval_samples 0 leaves none of the", "'val' split"]),
         (["--do_train", "--preprocessing_num_workers", "0"], ["--preprocessing_num_workers must be >= 1, got 0"]),
         (["--do_train", "--max_train_samples", "-1"], ["--max_train_samples must be >= 0, got -1"]),
+        (["--do_predict", "--generation_max_length", "40"],
+         ["--generation_max_length 40 is not used", "give --generation_max_new_tokens"]),
     ]
     before = tree_hashes(tmp_path)
     with ThreadPoolExecutor(2) as pool:
