@@ -59,6 +59,7 @@ from processing.design_space import (
     has_neighbor_slots,
     neighbor_mode,
 )
+from processing.atomic_write import DiskFullError, is_disk_full
 from processing.image_source import check_image_coverage, clip_image_processor
 from processing.loading import check_checkpoint, read_json
 from processing.page_graph import PageGraphIndex
@@ -70,7 +71,7 @@ from processing.training.checkpoint_design import (
     log_free_settings,
     read_checkpoint_design,
 )
-from processing.training.checkpoint_space import checkpoint_disk_full
+from processing.training.checkpoint_space import checkpoint_bytes, checkpoint_disk_full
 from processing.training.data_report import data_report, report_lines, write_data_report
 from processing.training.design_checks import check_model_design, num_decoder_layers
 from processing.training.distributed import (
@@ -1009,42 +1010,51 @@ def main(argv=None):
                 raise full from err
             raise
     # From here on the Trainer writes into the staging folder of the result (metrics, predictions, export).
-    training_args.output_dir = result_folder.path or output_dir
-    if training_args.do_train:
-        train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
-        train_metrics["train_samples"] = len(datasets["train"])
-        session_steps = trainer.state.global_step - record.steps_before
-        train_metrics["train_loss"] = record.finish(trainer.state.global_step, result.training_loss, session_steps)
-        if record.resumes:  # the Trainer's own figure covers the resumed steps only
-            train_metrics.update(train_loss_since_resume=result.training_loss,
-                                 train_resumed_at_step=record.resumes[-1]["step"])
-        trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)
-        all_metrics.update(train_metrics)
-        record.store(trainer.state)
-        trainer.save_state()
-    if training_args.do_eval:
-        metrics = trainer.evaluate()  # with the generation metrics
-        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
-        metrics["eval_samples"] = len(datasets["eval"])
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", {**metrics, "metrics_implementation": implementation})
-        all_metrics.update(metrics)
-    if training_args.do_predict:
-        metrics = trainer.evaluate_generation("predict")
-        metrics["predict_samples"] = len(datasets["predict"])
-        trainer.log_metrics("predict", metrics)
-        trainer.save_metrics("predict", {**metrics, "metrics_implementation": implementation})
-        all_metrics.update(metrics)
+    try:
+        training_args.output_dir = result_folder.path or output_dir
+        if training_args.do_train:
+            train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
+            train_metrics["train_samples"] = len(datasets["train"])
+            session_steps = trainer.state.global_step - record.steps_before
+            train_metrics["train_loss"] = record.finish(trainer.state.global_step, result.training_loss, session_steps)
+            if record.resumes:  # the Trainer's own figure covers the resumed steps only
+                train_metrics.update(train_loss_since_resume=result.training_loss,
+                                     train_resumed_at_step=record.resumes[-1]["step"])
+            trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)
+            all_metrics.update(train_metrics)
+            record.store(trainer.state)
+            trainer.save_state()
+        if training_args.do_eval:
+            metrics = trainer.evaluate()  # with the generation metrics
+            metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
+            metrics["eval_samples"] = len(datasets["eval"])
+            trainer.log_metrics("eval", metrics)
+            trainer.save_metrics("eval", {**metrics, "metrics_implementation": implementation})
+            all_metrics.update(metrics)
+        if training_args.do_predict:
+            metrics = trainer.evaluate_generation("predict")
+            metrics["predict_samples"] = len(datasets["predict"])
+            trainer.log_metrics("predict", metrics)
+            trainer.save_metrics("predict", {**metrics, "metrics_implementation": implementation})
+            all_metrics.update(metrics)
 
-    if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report
-        results = Path(training_args.output_dir) / "all_results.json"
-        combined = json.loads(results.read_text()) if results.exists() else {}
-        results.write_text(json.dumps({**combined, "data_report": report}, indent=4, sort_keys=True) + "\n")
-    if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
-        trainer.save_model()  # the Hub folder
-        trainer.create_model_card()
-    result_folder.take_logs(checkpoint_dir)
-    result_folder.finish()
+        if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report
+            results = Path(training_args.output_dir) / "all_results.json"
+            combined = json.loads(results.read_text()) if results.exists() else {}
+            results.write_text(json.dumps({**combined, "data_report": report}, indent=4, sort_keys=True) + "\n")
+        if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
+            trainer.save_model()  # the Hub folder
+            trainer.create_model_card()
+        result_folder.take_logs(checkpoint_dir)
+        result_folder.finish()
+    except Exception as err:  # e.g. safetensors' "os error 28": one line naming the folder, the old result kept
+        if not is_disk_full(err):
+            raise
+        if training_args.should_save:
+            remove_if_empty(checkpoint_dir)
+        raise DiskFullError(output_dir, checkpoint_bytes(model) if writes_model else None,
+                            f"the previous contents of {output_dir} are kept as they were",
+                            at_least=writes_model) from err
     training_args.output_dir = output_dir
     if training_args.should_save:
         remove_if_empty(checkpoint_dir)

@@ -83,12 +83,18 @@ class DiskFullError(OSError):
         return type(self), (self.path, self.needed, self.kept, self.at_least)
 
 
+# How Rust writers (safetensors, tokenizers) report ENOSPC / EDQUOT: not an `OSError`, only this text.
+_RUST_DISK_FULL = tuple(f"(os error {code})" for code in sorted(DISK_FULL_ERRNOS))
+
+
 def is_disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` or an error it was raised from (``__cause__`` / ``__context__``) is a full disk or quota."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if not isinstance(exc, OSError) and any(text in str(exc) for text in _RUST_DISK_FULL):
             return True
         exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
     return False

@@ -320,6 +320,20 @@ def test_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_what_was_there(sam
     assert (out / "notes.txt").read_text() == "mine" and not (checkpoints / "checkpoint-1").exists()
 
 
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_previous_result_folder(sample, tmp_path, tmpfs):
+    disk = tmpfs("256k")
+    out = disk / "out"
+    out.mkdir()
+    (out / "all_results.json").write_text('{"eval_rougeL": 0.5}')
+    before = tree_hashes(disk)
+    code, _, err = run(training(sample, out, "--do_train", "--image_dir", sample / "images", "--embedding_cache_dir",
+                                tmp_path / "cache", "--save_strategy", "no"))
+    one_error(code, err, f"no space left on device writing {out}", "bytes needed",
+              f"the previous contents of {out} are kept")
+    assert tree_hashes(disk) == before  # the old result folder as it was, no half-built one beside it
+    assert sorted(p.name for p in disk.iterdir()) == ["out"]
+
+
 def test_an_image_folder_resolving_nothing_stops_training_unless_said(sample, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

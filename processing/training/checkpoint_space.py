@@ -39,7 +39,7 @@ def checkpoint_disk_full(err: BaseException, output_dir: str | os.PathLike, mode
     needed = checkpoint_bytes(model)
     partial = incomplete_checkpoints(output_dir, since)
     free = free_bytes(output_dir)
-    full = is_disk_full(err) or "os error 28" in str(err) or (partial and free is not None and free < needed)
+    full = is_disk_full(err) or (partial and free is not None and free < needed)
     if not full:
         return None
     for path in partial:
