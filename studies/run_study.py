@@ -398,8 +398,12 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def collect_row(run: Run, metrics: Sequence[str]) -> dict:
-    """One ``results.csv`` row: design, seed, metrics and costs; a value no file gives is left empty."""
+def collect_row(run: Run, metrics: Sequence[str], fact_scoring: dict | None = None) -> dict:
+    """One ``results.csv`` row: design, seed, metrics and costs; a value no file gives is left empty.
+
+    With `fact_scoring` (the spec's ``{"seed", "sources"}``), the run's test generations are also scored on the
+    planted facts (`fact_scoring.score_run`: ``facts_right`` / ``facts_decoy`` / ``facts_neither``, per source,
+    and ``rougeL_name_masked``)."""
     run_dir = Path(run.args[run.args.index("--output_dir") + 1])
     status = _read_json(run_dir / STATUS_FILE) or {}
     results = _read_json(run_dir / "all_results.json") or {}
@@ -411,6 +415,12 @@ def collect_row(run: Run, metrics: Sequence[str]) -> dict:
     }
     for m in metrics:
         row[m] = results.get(m, "") if complete else ""
+    if fact_scoring is not None:
+        from fact_scoring import fact_columns, score_run
+
+        scores = score_run(run_dir, fact_scoring.get("seed", 0)) if complete else {}
+        for column in fact_columns(fact_scoring.get("sources", ())):
+            row[column] = scores.get(column, "")
     train = _read_json(run_dir / "train_results.json") or {}
     state = _read_json(run_dir / "trainer_state.json") or {}
     report = _read_json(run_dir / "data_report.json")
@@ -454,10 +464,10 @@ def _flag_value(args: list[str], flag: str, default: int) -> int:
         return default
 
 
-def write_csv(rows: list[dict], path: Path, metrics: Sequence[str]) -> None:
+def write_csv(rows: list[dict], path: Path, metrics: Sequence[str], extra: Sequence[str] = ()) -> None:
     columns = [c for c in CSV_COLUMNS if c != "metrics..."]
     at = columns.index("trainable_params")
-    columns[at:at] = list(metrics)
+    columns[at:at] = [*metrics, *extra]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -716,9 +726,15 @@ def aggregate(runs: list[Run], spec: dict, output_dir: Path) -> list[dict]:
     """Writes ``results.csv``, the plots and ``RESULTS.md`` in `output_dir`; returns the rows."""
     metrics = spec.get("metrics", list(DEFAULT_METRICS))
     primary = spec.get("primary_metric", metrics[0])
-    rows = [collect_row(run, metrics) for run in runs]
+    facts = spec.get("fact_scoring")
+    rows = [collect_row(run, metrics, facts) for run in runs]
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, output_dir / "results.csv", metrics)
+    extra = []
+    if facts is not None:
+        from fact_scoring import fact_columns
+
+        extra = fact_columns(facts.get("sources", ()))
+    write_csv(rows, output_dir / "results.csv", metrics, extra)
     plots = write_plots(rows, spec, output_dir, primary)
     write_results_md(rows, spec, output_dir / "RESULTS.md", metrics, primary, plots)
     return rows
