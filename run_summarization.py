@@ -44,7 +44,7 @@ from transformers import (
 )
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
-from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
+from modeling_mmgl.configuration_mmgl import ALPHA_INITIALIZERS, TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
@@ -83,6 +83,7 @@ from processing.training.distributed import (
     prepare_on_each_node,
 )
 from processing.training.export import attach_neighbor_encoder, save_adapter_base, save_hub_folder
+from processing.training.gates import gate_values, separate_gate_group
 from processing.training.generation import generation_kwargs, reported_settings, resolve_generation_config
 from processing.training.metrics import METRICS_STYLES, metrics_implementation, score, teacher_forced_metrics
 from processing.training.model_card import base_model_of, export_card_inputs, write_model_card
@@ -151,6 +152,19 @@ class MMGLArguments:
         default=True,
         metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
                   "CA-E, residuals added directly."},
+    )
+    alpha_initializer: str = field(
+        default="zeros",
+        metadata={"help": "ca_e: initial gate parameters, IDEFICS' option: zeros (closed, the model starts as OPT), "
+                  "ones (open: tanh(1) = 0.76) or normal (N(0, --alphas_initializer_range))."},
+    )
+    alphas_initializer_range: float = field(
+        default=0.0, metadata={"help": "ca_e: standard deviation of the gates' start with --alpha_initializer normal."}
+    )
+    gate_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "ca_e: learning rate of the cross-attention gates (their own optimizer group, no weight "
+                  "decay, same schedule). Default: --learning_rate."},
     )
     lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
     gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
@@ -298,6 +312,13 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         )
     if mmgl_args.first_stage_steps < 0:
         raise ValueError(f"--first_stage_steps must be >= 0, got {mmgl_args.first_stage_steps}.")
+    if mmgl_args.alpha_initializer not in ALPHA_INITIALIZERS:
+        raise ValueError(f"--alpha_initializer must be one of {ALPHA_INITIALIZERS}, got {mmgl_args.alpha_initializer!r}.")
+    if mmgl_args.alpha_initializer == "normal" and not mmgl_args.alphas_initializer_range > 0:
+        raise ValueError("--alpha_initializer normal needs --alphas_initializer_range > 0, got "
+                         f"{mmgl_args.alphas_initializer_range}.")
+    if mmgl_args.gate_learning_rate is not None and not mmgl_args.gate_learning_rate > 0:
+        raise ValueError(f"--gate_learning_rate must be > 0, got {mmgl_args.gate_learning_rate}.")
     if mmgl_args.first_stage_steps and not has_slots:
         raise ValueError(
             f"--first_stage_steps trains the neighbour projectors, but --context {mmgl_args.context} with "
@@ -398,6 +419,8 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text
         max_image_neighbors=mmgl_args.max_image_neighbors,
         cross_attention_interval=mmgl_args.cross_attention_interval,
         cross_attention_gating=mmgl_args.cross_attention_gating,
+        alpha_initializer=mmgl_args.alpha_initializer,
+        alphas_initializer_range=mmgl_args.alphas_initializer_range,
         lpe_k=mmgl_args.lpe_k,
         gnn_type=mmgl_args.gnn_type,
         gnn_num_layers=mmgl_args.gnn_num_layers,
@@ -500,8 +523,10 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
       exactly the export. Checkpoints save as usual."""
 
     def __init__(self, *args, generation_datasets=None, generation_collator=None, generation_kwargs=None,
-                 export_neighbor_encoder=None, model_card=None, metrics_style="mmgl", **kwargs):
+                 export_neighbor_encoder=None, model_card=None, metrics_style="mmgl", gate_learning_rate=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.gate_learning_rate = gate_learning_rate
         self.metrics_style = metrics_style
         self.generation_datasets = generation_datasets or {}
         self.generation_collator = generation_collator
@@ -517,6 +542,17 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
         if example_index is not None:
             inputs["laplacian_sign_seeds"] = example_step_seeds(self.args.seed, self.state.global_step, example_index)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.gate_learning_rate is not None:  # the Trainer's groups, the gates moved into one of their own
+            separate_gate_group(self.optimizer, self.model if model is None else model, self.gate_learning_rate)
+        return optimizer
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # training logs: how far each cross-attention block is open (TensorBoard)
+            logs.update(gate_values(self.model))
+        super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------------------- saving
 
@@ -980,6 +1016,7 @@ def main(argv=None):
         generation_kwargs=generation_kwargs(model.generation_config),
         export_neighbor_encoder=encoder if embedding_cache is not None else None,
         model_card=write_card, metrics_style=data_args.metrics_style, callbacks=[record],
+        gate_learning_rate=mmgl_args.gate_learning_rate,
         compute_metrics=compute_metrics, preprocess_logits_for_metrics=argmax_logits,
     )
     record.trainer = trainer
@@ -1015,6 +1052,7 @@ def main(argv=None):
         if training_args.do_train:
             train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
             train_metrics["train_samples"] = len(datasets["train"])
+            train_metrics.update({f"train_{k}": v for k, v in gate_values(trainer.model).items()})  # final gates
             session_steps = trainer.state.global_step - record.steps_before
             train_metrics["train_loss"] = record.finish(trainer.state.global_step, result.training_loss, session_steps)
             if record.resumes:  # the Trainer's own figure covers the resumed steps only

@@ -8,6 +8,7 @@ POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 GNN_TYPES = ("gcn", "gat", "sage")
 TEXT_NEIGHBOR_POOLINGS = ("cls", "mean", "pooler")
 VIRTUAL_TOKENS = ("none", "prefix", "prompt")
+ALPHA_INITIALIZERS = ("zeros", "ones", "normal")
 
 
 @strict
@@ -53,6 +54,13 @@ class MMGLConfig(OPTConfig):
             Whether each cross-attention block sits behind tanh gates initialised to zero (the block is the identity
             at initialisation, so the model starts as OPT). `False`: no gates, both residuals are added directly
             (the paper's ungated CA-E); the model then differs from OPT from the start.
+        alpha_initializer (`str`, *optional*, defaults to `"zeros"`):
+            Initial value of the gates' parameters (`alpha_cross_attn`, `alpha_dense`), IDEFICS' option: `"zeros"`
+            (closed: the model starts as OPT, bit for bit), `"ones"` (open, tanh(1) = 0.76: a closed tanh gate
+            sits at a saddle where its gradient is tiny, an open one starts learning at once) or `"normal"` (drawn
+            from N(0, `alphas_initializer_range`)). Only the initialisation: a checkpoint's gates load as saved.
+        alphas_initializer_range (`float`, *optional*, defaults to 0.0):
+            Standard deviation of the gates' initialisation when `alpha_initializer="normal"` (IDEFICS' name).
         neighbor_encoder_name (`str`, *optional*):
             open_clip model name (e.g. `"ViT-B-32"`) of a frozen encoder kept inside the model, so raw neighbour
             texts and images work end to end. `None`: only precomputed neighbour embeddings are accepted.
@@ -107,6 +115,8 @@ class MMGLConfig(OPTConfig):
     gnn_num_layers: int = 2
     cross_attention_interval: int = 4
     cross_attention_gating: bool = True
+    alpha_initializer: str = "zeros"
+    alphas_initializer_range: float = 0.0
     neighbor_encoder_name: str | None = None
     neighbor_encoder_pretrained: str | None = None
     neighbor_encoder_config: dict | None = None
@@ -125,6 +135,13 @@ class MMGLConfig(OPTConfig):
         _check_choice("gnn_type", self.gnn_type, GNN_TYPES)
         _check_choice("text_neighbor_pooling", self.text_neighbor_pooling, TEXT_NEIGHBOR_POOLINGS)
         _check_choice("virtual_tokens", self.virtual_tokens, VIRTUAL_TOKENS)
+        _check_choice("alpha_initializer", self.alpha_initializer, ALPHA_INITIALIZERS)
+        if self.alphas_initializer_range < 0 or (self.alpha_initializer == "normal"
+                                                 and not self.alphas_initializer_range > 0):
+            raise ValueError(
+                f"alphas_initializer_range must be > 0 with alpha_initializer='normal' (and never negative), got "
+                f"{self.alphas_initializer_range}."
+            )
         if self.neighbor_mode == "none" and self.position_encoding != "none":
             raise ValueError(
                 f"position_encoding={self.position_encoding!r} needs neighbours, but neighbor_mode='none'; "

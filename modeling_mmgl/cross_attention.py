@@ -72,8 +72,9 @@ class MMGLCrossAttention(nn.Module):
 
 
 class MMGLGatedCrossAttentionBlock(nn.Module):
-    """Cross-attention then a feed-forward layer, each behind a tanh gate initialised to zero (so the block is the
-    identity at initialisation and the model starts as OPT). Gate names follow IDEFICS. With
+    """Cross-attention then a feed-forward layer, each behind a tanh gate, by default initialised to zero (so the
+    block is the identity at initialisation and the model starts as OPT; `config.alpha_initializer` "ones" / "normal"
+    open them, set by `MMGLPreTrainedModel._init_weights`). Gate names follow IDEFICS. With
     `config.cross_attention_gating=False` there are no gates: both residuals are added directly (the paper's
     ungated CA-E), so the model differs from OPT from the start."""
 

@@ -51,10 +51,16 @@ class MMGLPreTrainedModel(OPTPreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        # Gates start closed, so a freshly initialised cross-attention model computes exactly what OPT computes.
+        # Gates start closed by default (IDEFICS' `alpha_initializer`), so a freshly initialised cross-attention model
+        # computes exactly what OPT computes; "ones" / "normal" open them from the start.
         if isinstance(module, MMGLGatedCrossAttentionBlock) and module.gated:
-            init.zeros_(module.alpha_cross_attn)
-            init.zeros_(module.alpha_dense)
+            for gate in (module.alpha_cross_attn, module.alpha_dense):
+                if self.config.alpha_initializer == "ones":
+                    init.ones_(gate)
+                elif self.config.alpha_initializer == "normal":
+                    init.normal_(gate, mean=0.0, std=self.config.alphas_initializer_range)
+                else:
+                    init.zeros_(gate)
         # open_clip's causal text mask is a non-persistent buffer: never in a checkpoint, so rebuild it on load.
         if getattr(module, "attn_mask", None) is not None and "attn_mask" in module._non_persistent_buffers_set:
             size = module.attn_mask.shape[-1]

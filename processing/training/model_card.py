@@ -121,7 +121,9 @@ def design_lines(config: dict, processor: dict | None) -> list[str]:
                   "gnn": f", `{config.get('gnn_type')}` x `{config.get('gnn_num_layers')}` layers"}.get(position, "")
         lines.append(f"- graph position encoding: `{position}`{detail}")
     if mode == "cross_attention":
-        gating = "tanh gates closed at init" if config.get("cross_attention_gating", True) else "ungated"
+        start = config.get("alpha_initializer", "zeros")
+        gating = ("ungated" if not config.get("cross_attention_gating", True)
+                  else "tanh gates closed at init" if start == "zeros" else f"tanh gates initialised with `{start}`")
         lines.append(f"- gated cross-attention: a block every `{config.get('cross_attention_interval')}` layers "
                      f"({gating})")
     if mode != "none":
