@@ -44,7 +44,7 @@ from transformers import (
 )
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
-from modeling_mmgl.configuration_mmgl import ALPHA_INITIALIZERS, TEXT_NEIGHBOR_POOLINGS
+from modeling_mmgl.configuration_mmgl import ALPHA_INITIALIZERS, GRAPH_TARGET_FEATURES, TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
@@ -167,6 +167,12 @@ class MMGLArguments:
                   "decay, same schedule). Default: --learning_rate."},
     )
     lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
+    graph_target_feature: str = field(
+        default="none",
+        metadata={"help": f"One of {GRAPH_TARGET_FEATURES}. distance: laplacian / gnn also get each neighbour's hops "
+                  "from the target section in the page's tree (the target is otherwise contracted out of the graph, "
+                  "so its child cannot be told from its other neighbours)."},
+    )
     gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
     gnn_num_layers: int = field(default=2, metadata={"help": "GNN position encoding: number of layers."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning lora)."})
@@ -312,6 +318,12 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         )
     if mmgl_args.first_stage_steps < 0:
         raise ValueError(f"--first_stage_steps must be >= 0, got {mmgl_args.first_stage_steps}.")
+    if mmgl_args.graph_target_feature not in GRAPH_TARGET_FEATURES:
+        raise ValueError(f"--graph_target_feature must be one of {GRAPH_TARGET_FEATURES}, got "
+                         f"{mmgl_args.graph_target_feature!r}.")
+    if mmgl_args.graph_target_feature != "none" and mmgl_args.position_encoding not in ("laplacian", "gnn"):
+        raise ValueError(f"--graph_target_feature {mmgl_args.graph_target_feature} feeds --position_encoding laplacian "
+                         f"or gnn, got --position_encoding {mmgl_args.position_encoding}.")
     if mmgl_args.alpha_initializer not in ALPHA_INITIALIZERS:
         raise ValueError(f"--alpha_initializer must be one of {ALPHA_INITIALIZERS}, got {mmgl_args.alpha_initializer!r}.")
     if mmgl_args.alpha_initializer == "normal" and not mmgl_args.alphas_initializer_range > 0:
@@ -422,6 +434,7 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text
         alpha_initializer=mmgl_args.alpha_initializer,
         alphas_initializer_range=mmgl_args.alphas_initializer_range,
         lpe_k=mmgl_args.lpe_k,
+        graph_target_feature=mmgl_args.graph_target_feature if mode != "none" else "none",
         gnn_type=mmgl_args.gnn_type,
         gnn_num_layers=mmgl_args.gnn_num_layers,
     )
@@ -889,6 +902,7 @@ def main(argv=None):
             neighbor_encoder_name=encoder_name,
             neighbor_context_length=encoder_model_config["text_cfg"].get("context_length"),
             lpe_k=mmgl_args.lpe_k if mmgl_args.position_encoding == "laplacian" else None,
+            graph_target_feature=mmgl_args.graph_target_feature,
             text_neighbor_encoder=mmgl_args.text_neighbor_encoder,
             text_neighbor_max_length=mmgl_args.text_neighbor_max_length,
         )

@@ -9,6 +9,7 @@ GNN_TYPES = ("gcn", "gat", "sage")
 TEXT_NEIGHBOR_POOLINGS = ("cls", "mean", "pooler")
 VIRTUAL_TOKENS = ("none", "prefix", "prompt")
 ALPHA_INITIALIZERS = ("zeros", "ones", "normal")
+GRAPH_TARGET_FEATURES = ("none", "distance")
 
 
 @strict
@@ -43,6 +44,12 @@ class MMGLConfig(OPTConfig):
             neighbour graph, projected) or `"gnn"` (a graph network over the neighbour embeddings).
         lpe_k (`int`, *optional*, defaults to 4):
             Number of Laplacian eigenvectors for `position_encoding="laplacian"`.
+        graph_target_feature (`str`, *optional*, defaults to `"none"`):
+            What the graph position encoding knows of the target section, which is contracted out of the neighbour
+            graph: `"none"`, or `"distance"`: each slot's hops from the target in the page's tree
+            (`neighbor_target_distances`, from the processor), embedded and added to the LPE projection or to the
+            GNN's input node states, so "the target's child" can be told from other nodes next to the target.
+            Needs `position_encoding` `"laplacian"` or `"gnn"`.
         gnn_type (`str`, *optional*, defaults to `"gcn"`):
             torch_geometric layer for `position_encoding="gnn"`: `"gcn"`, `"gat"` or `"sage"`.
         gnn_num_layers (`int`, *optional*, defaults to 2):
@@ -111,6 +118,7 @@ class MMGLConfig(OPTConfig):
     max_image_neighbors: int = 5
     position_encoding: str = "none"
     lpe_k: int = 4
+    graph_target_feature: str = "none"
     gnn_type: str = "gcn"
     gnn_num_layers: int = 2
     cross_attention_interval: int = 4
@@ -136,6 +144,12 @@ class MMGLConfig(OPTConfig):
         _check_choice("text_neighbor_pooling", self.text_neighbor_pooling, TEXT_NEIGHBOR_POOLINGS)
         _check_choice("virtual_tokens", self.virtual_tokens, VIRTUAL_TOKENS)
         _check_choice("alpha_initializer", self.alpha_initializer, ALPHA_INITIALIZERS)
+        _check_choice("graph_target_feature", self.graph_target_feature, GRAPH_TARGET_FEATURES)
+        if self.graph_target_feature != "none" and self.position_encoding not in ("laplacian", "gnn"):
+            raise ValueError(
+                f"graph_target_feature={self.graph_target_feature!r} feeds the 'laplacian' or 'gnn' position encoding, "
+                f"but position_encoding={self.position_encoding!r}."
+            )
         if self.alphas_initializer_range < 0 or (self.alpha_initializer == "normal"
                                                  and not self.alphas_initializer_range > 0):
             raise ValueError(

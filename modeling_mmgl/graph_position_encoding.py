@@ -14,6 +14,26 @@ from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 
 from .configuration_mmgl import MMGLConfig
 
+# Hops from the target, clamped: the processor's `graph_projection.TARGET_DISTANCE_CAP` (7: that many or more,
+# unreachable or masked) is the last row; larger values are clamped here too.
+TARGET_DISTANCE_BUCKETS = 8
+
+
+class MMGLTargetDistanceEmbedding(nn.Module):
+    """A learned vector per distance from the target (`config.graph_target_feature="distance"`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.embeddings = nn.Embedding(TARGET_DISTANCE_BUCKETS, dim)
+
+    def forward(self, target_distances: torch.Tensor) -> torch.Tensor:
+        """`(B, N)` integer distances -> `(B, N, dim)`."""
+        return self.embeddings(target_distances.long().clamp(0, TARGET_DISTANCE_BUCKETS - 1))
+
+
+def build_target_distance(config: MMGLConfig, dim: int) -> MMGLTargetDistanceEmbedding | None:
+    return MMGLTargetDistanceEmbedding(dim) if config.graph_target_feature == "distance" else None
+
 
 def adjacency_to_edge_index(adjacency: torch.Tensor) -> torch.Tensor:
     """Edges of a batched dense adjacency `(B, N, N)` as one disjoint graph over `B * N` nodes, shape `(2, E)`."""
@@ -30,7 +50,7 @@ class MMGLSequencePositionEncoding(nn.Module):
         self.embeddings = nn.Embedding(config.max_neighbors, dim)
 
     def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None,
-                laplacian_sign_seeds=None):
+                laplacian_sign_seeds=None, target_distances=None):
         return self.embeddings(node_positions)
 
 
@@ -53,39 +73,49 @@ def random_sign_flips(batch_size: int, k: int, seeds: torch.Tensor | None = None
 
 class MMGLLaplacianPositionEncoding(nn.Module):
     """The Laplacian eigenvectors of each example's neighbour graph (given, `(B, N, lpe_k)`), projected to the LM
-    width."""
+    width; with `graph_target_feature="distance"` plus an embedding of each node's distance to the target (the same
+    as one-hot distances concatenated to the eigenvectors before the projection)."""
 
     def __init__(self, config: MMGLConfig, dim: int):
         super().__init__()
         self.k = config.lpe_k
         self.projection = nn.Linear(config.lpe_k, dim)
+        self.target_distance = build_target_distance(config, dim)
 
     def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None,
-                laplacian_sign_seeds=None):
+                laplacian_sign_seeds=None, target_distances=None):
         eigenvectors = laplacian_eigenvectors.to(device=node_states.device, dtype=self.projection.weight.dtype)
         if self.training:
             # Eigenvectors are defined up to sign: flip at random so the model cannot rely on one.
             flips = random_sign_flips(eigenvectors.shape[0], self.k, laplacian_sign_seeds, eigenvectors.device)
             eigenvectors = eigenvectors * flips.to(eigenvectors.dtype)
-        return self.projection(eigenvectors)
+        encoding = self.projection(eigenvectors)
+        if self.target_distance is not None:
+            encoding = encoding + self.target_distance(target_distances.to(encoding.device))
+        return encoding
 
 
 GNN_LAYERS = {"gcn": GCNConv, "gat": GATConv, "sage": SAGEConv}
 
 
 class MMGLGNNPositionEncoding(nn.Module):
-    """A torch_geometric network over the neighbour embeddings and the page graph; its output is the encoding."""
+    """A torch_geometric network over the neighbour embeddings and the page graph; its output is the encoding. With
+    `graph_target_feature="distance"` an embedding of each node's distance to the target is added to its input
+    state, so messages carry which node is next to the target and how."""
 
     def __init__(self, config: MMGLConfig, dim: int):
         super().__init__()
         layer_class = GNN_LAYERS[config.gnn_type]
         self.layers = nn.ModuleList(layer_class(dim, dim) for _ in range(config.gnn_num_layers))
         self.activation = nn.ReLU()
+        self.target_distance = build_target_distance(config, dim)
 
     def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None,
-                laplacian_sign_seeds=None):
+                laplacian_sign_seeds=None, target_distances=None):
         batch_size, num_nodes, dim = node_states.shape
         real = node_mask.bool()
+        if self.target_distance is not None:
+            node_states = node_states + self.target_distance(target_distances.to(node_states.device))
         # Padding slots are isolated and zeroed, so they neither send nor receive messages.
         edges = adjacency.bool() & real[:, :, None] & real[:, None, :]
         edge_index = adjacency_to_edge_index(edges)
@@ -113,6 +143,7 @@ def build_position_encoding(config: MMGLConfig, dim: int) -> nn.Module | None:
 
 __all__ = [
     "MMGLGNNPositionEncoding",
+    "MMGLTargetDistanceEmbedding",
     "MMGLLaplacianPositionEncoding",
     "MMGLSequencePositionEncoding",
     "adjacency_to_edge_index",

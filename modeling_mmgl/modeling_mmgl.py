@@ -33,6 +33,7 @@ NEIGHBOR_INPUT_NAMES = (
     "image_neighbor_mask",
     "neighbor_adjacency",
     "neighbor_laplacian_eigenvectors",
+    "neighbor_target_distances",
 )
 
 
@@ -187,6 +188,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         image_neighbor_mask=None,
         neighbor_adjacency=None,
         neighbor_laplacian_eigenvectors=None,
+        neighbor_target_distances=None,
         laplacian_sign_seeds=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Neighbour token vectors in node order: all text slots, then all image slots.
@@ -231,6 +233,14 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
                     f"{got}: MMGLProcessor(lpe_k={config.lpe_k}) computes them once per example "
                     "(`processing.laplacian_encoding.slot_laplacian_eigenvectors`)."
                 )
+            if config.graph_target_feature == "distance" and (
+                neighbor_target_distances is None or tuple(neighbor_target_distances.shape) != (batch_size, num_nodes)
+            ):
+                got = None if neighbor_target_distances is None else tuple(neighbor_target_distances.shape)
+                raise ValueError(
+                    f"graph_target_feature='distance' needs `neighbor_target_distances` of shape ({batch_size}, "
+                    f"{num_nodes}), got {got}: MMGLProcessor(graph_target_feature='distance') writes them."
+                )
             node_states = torch.cat([text_tokens.mean(2), image_tokens.mean(2)], dim=1)
             node_mask = torch.cat([text_mask, image_mask], dim=1)
             node_positions = torch.cat(
@@ -238,7 +248,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             ).expand(batch_size, -1)
             encoding = self.position_encoding(
                 node_states, node_mask, node_positions, neighbor_adjacency, neighbor_laplacian_eigenvectors,
-                laplacian_sign_seeds,
+                laplacian_sign_seeds, neighbor_target_distances,
             )
             text_tokens = text_tokens + encoding[:, :num_text, None]
             image_tokens = image_tokens + encoding[:, num_text:, None]
@@ -313,6 +323,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         image_neighbor_mask: torch.Tensor | None = None,
         neighbor_adjacency: torch.Tensor | None = None,
         neighbor_laplacian_eigenvectors: torch.Tensor | None = None,
+        neighbor_target_distances: torch.LongTensor | None = None,
         laplacian_sign_seeds: torch.LongTensor | None = None,
         neighbor_key_values: MMGLNeighborKeyValues | None = None,
         **kwargs,
@@ -330,6 +341,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         neighbor_adjacency (`torch.FloatTensor` of shape `(B, Nt + Ni, Nt + Ni)`): graph over text then image slots.
         neighbor_laplacian_eigenvectors (`torch.FloatTensor` of shape `(B, Nt + Ni, lpe_k)`): that graph's Laplacian
             eigenvectors (position_encoding="laplacian"), computed once per example by the processor.
+        neighbor_target_distances (`torch.LongTensor` of shape `(B, Nt + Ni)`): each slot's hops from the target in
+            the page's tree (graph_target_feature="distance"), from the processor.
         laplacian_sign_seeds (`torch.LongTensor` of shape `(B,)`, *optional*): training only: one seed per example for
             the random sign flips of its eigenvectors (default: the global generator). The Trainer derives them from
             the example and the step, so data parallel training flips exactly as one process does.
@@ -344,6 +357,7 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             "image_neighbor_mask": image_neighbor_mask,
             "neighbor_adjacency": neighbor_adjacency,
             "neighbor_laplacian_eigenvectors": neighbor_laplacian_eigenvectors,
+            "neighbor_target_distances": neighbor_target_distances,
         }
         has_neighbor_inputs = any(value is not None for value in neighbor_inputs.values())
         mode = self.config.neighbor_mode

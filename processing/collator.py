@@ -9,7 +9,8 @@ The collator pads
 * ``neighbor_adjacency`` to ``Nt_max + Ni_max`` nodes keeping the two blocks contiguous: an
   example's text node ``i`` stays at ``i`` and its image node ``j`` moves to ``Nt_max + j``, so node
   ``k`` means the same kind of slot in every row of the batch. Padding nodes are isolated;
-* ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, k)` the same way, node by node (padding nodes zero).
+* ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, k)` the same way, node by node (padding nodes zero);
+* ``neighbor_target_distances`` `(Nt + Ni,)` (integers) the same way.
 
 Only `torch` is imported, so the file can sit in a flat Hub folder next to the processor.
 """
@@ -25,6 +26,7 @@ TEXT_SLOT_KEYS = ("text_neighbor_embeds", "text_neighbor_input_ids", "text_neigh
 IMAGE_SLOT_KEYS = ("image_neighbor_embeds", "image_neighbor_pixel_values", "image_neighbor_mask")
 ADJACENCY_KEY = "neighbor_adjacency"
 EIGENVECTORS_KEY = "neighbor_laplacian_eigenvectors"
+TARGET_DISTANCES_KEY = "neighbor_target_distances"
 
 
 def _pad_slots(tensors: Sequence[torch.Tensor], size: int) -> torch.Tensor:
@@ -79,10 +81,11 @@ class MMGLDataCollator:
         self._pad_tokens(examples, keys, batch)
         num_text = self._pad_modality(examples, keys, TEXT_SLOT_KEYS, "text_neighbor_mask", batch)
         num_image = self._pad_modality(examples, keys, IMAGE_SLOT_KEYS, "image_neighbor_mask", batch)
-        for key, node_dims in ((ADJACENCY_KEY, 2), (EIGENVECTORS_KEY, 1)):
+        for key, node_dims in ((ADJACENCY_KEY, 2), (EIGENVECTORS_KEY, 1), (TARGET_DISTANCES_KEY, 1)):
             if key in keys:
                 batch[key] = self._pad_nodes(examples, keys, key, node_dims, num_text, num_image)
-        handled = set(TOKEN_KEYS) | set(TEXT_SLOT_KEYS) | set(IMAGE_SLOT_KEYS) | {ADJACENCY_KEY, EIGENVECTORS_KEY}
+        handled = (set(TOKEN_KEYS) | set(TEXT_SLOT_KEYS) | set(IMAGE_SLOT_KEYS)
+                   | {ADJACENCY_KEY, EIGENVECTORS_KEY, TARGET_DISTANCES_KEY})
         for key in sorted(keys - handled):
             # Unknown keys are passed through when they stack (same shape in every example).
             try:
@@ -133,7 +136,9 @@ class MMGLDataCollator:
         node: 1) to ``num_text + num_image`` nodes, keeping the text and image blocks contiguous."""
         size = num_text + num_image
         rest = tuple(examples[0][key].shape[node_dims:])
-        out = torch.zeros((len(examples),) + (size,) * node_dims + rest, dtype=torch.float)
+        # Float (adjacency, eigenvectors) or integer (target distances) as the examples give them; padding nodes 0.
+        dtype = examples[0][key].dtype if not examples[0][key].is_floating_point() else torch.float
+        out = torch.zeros((len(examples),) + (size,) * node_dims + rest, dtype=dtype)
         for b, example in enumerate(examples):
             values = example[key]
             nt = int(example["text_neighbor_mask"].shape[0]) if "text_neighbor_mask" in keys else 0
@@ -150,4 +155,5 @@ class MMGLDataCollator:
         return out
 
 
-__all__ = ["MMGLDataCollator", "TOKEN_KEYS", "TEXT_SLOT_KEYS", "IMAGE_SLOT_KEYS", "ADJACENCY_KEY", "EIGENVECTORS_KEY"]
+__all__ = ["MMGLDataCollator", "TOKEN_KEYS", "TEXT_SLOT_KEYS", "IMAGE_SLOT_KEYS", "ADJACENCY_KEY", "EIGENVECTORS_KEY",
+           "TARGET_DISTANCES_KEY"]

@@ -9,6 +9,9 @@ CONTEXTS = ("section_only", "section_all", "text_only", "all")
 NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
 # How each encoding reaches the LM (`MMGLConfig.neighbor_mode`).
 NEIGHBOR_MODE_OF_ENCODING = {"sa_te": "self_attention", "sa_e": "self_attention", "ca_e": "cross_attention"}
+# What the neighbour graph says about the target (`MMGLConfig.graph_target_feature`): nothing (the target is
+# contracted) or each slot's distance to it in the page's tree (`graph_projection.target_distances`).
+GRAPH_TARGET_FEATURES = ("none", "distance")
 
 
 def check_design(context: str, neighbor_encoding: str) -> None:
@@ -55,6 +58,7 @@ def neighbor_mode(neighbor_encoding: str, context: str) -> str:
 
 
 __all__ = [
+    "GRAPH_TARGET_FEATURES",
     "CONTEXTS",
     "NEIGHBOR_ENCODINGS",
     "NEIGHBOR_MODE_OF_ENCODING",

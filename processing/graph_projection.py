@@ -17,6 +17,14 @@ slot's section, to the sections), or (3) both sections are the target or next to
 target). So an SA-TE image slot gets the edges that its section's text slot has among the sections in SA-E,
 plus the other images of its section.
 
+Target-aware graphs (`graph_target_feature="distance"`, issue 23). The contracted target is marked by no
+node, so "the child of the target section" cannot be told from any other node next to the target. With this
+option each slot also gets ``neighbor_target_distances``: the hops from the target to the slot's node in the
+page's tree (`target_distances`): parent-child edges, section-image edges, and the page node as the root above
+the top-level sections. The tree, not the whole page graph, because in the page graph the page node touches
+every section (every section would be two hops away) and section order is what the sequence encoding carries:
+in the tree the target's child is 1 hop away, its siblings 2, a child of another section at least 3.
+
 This file is Hub-loadable: it imports installed packages and same-folder files only.
 """
 from __future__ import annotations
@@ -70,6 +78,61 @@ def neighbor_adjacency(
     return torch.from_numpy(adjacency)
 
 
+# Distances are clamped: TARGET_DISTANCE_CAP means that many hops or more, or unreachable (and masked slots).
+# The model's embedding of them (`MMGLConfig.graph_target_feature`) has TARGET_DISTANCE_CAP + 1 rows.
+TARGET_DISTANCE_CAP = 7
+
+
+def target_distances(
+    graph: PageGraph,
+    target_node: int,
+    slot_nodes: Sequence[int],
+    slot_mask: Sequence[int],
+    images_stand_for_sections: bool = False,
+) -> torch.Tensor:
+    """Hops from the target to each slot's node in the page's tree (module docstring), clamped to
+    `TARGET_DISTANCE_CAP`; masked slots get the cap.
+
+    Args: as `neighbor_adjacency`.
+
+    Returns:
+        `torch.LongTensor` of shape `(N,)`.
+    """
+    if images_stand_for_sections:
+        slot_nodes = _section_nodes(graph, slot_nodes)
+    distance = {target_node: 0}
+    frontier = [target_node]
+    tree = _tree_neighbors(graph)
+    for hops in range(1, TARGET_DISTANCE_CAP):  # breadth first, no further than the cap
+        frontier = [v for u in frontier for v in tree[u] if v not in distance]
+        for v in frontier:
+            distance.setdefault(v, hops)
+        if not frontier:
+            break
+    return torch.tensor(
+        [distance.get(node, TARGET_DISTANCE_CAP) if real else TARGET_DISTANCE_CAP
+         for node, real in zip(slot_nodes, slot_mask)],
+        dtype=torch.long,
+    )
+
+
+def _tree_neighbors(graph: PageGraph) -> dict[int, list[int]]:
+    """The page's tree as adjacency lists (parent-child, section-image, page node above top-level sections);
+    memoised on the graph."""
+    tree = graph.memo.get("tree_neighbors")
+    if tree is None:
+        tree = {u: [] for u in range(graph.num_nodes)}
+        edges = list(graph.edges.get("parent_child", ())) + list(graph.edges.get("section_image", ()))
+        edges += [(graph.page_node, node) for node, parent in zip(graph.section_nodes, graph.section_parents)
+                  if parent < 0]
+        for u, v in edges:
+            if u != v:
+                tree[u].append(v)
+                tree[v].append(u)
+        graph.memo["tree_neighbors"] = tree
+    return tree
+
+
 def _section_nodes(graph: PageGraph, slot_nodes: Sequence[int]) -> list[int]:
     """The node of the section each slot's node belongs to (an image's section, a section itself)."""
     sections = [graph.nodes[node].section for node in slot_nodes]
@@ -81,4 +144,4 @@ def _section_nodes(graph: PageGraph, slot_nodes: Sequence[int]) -> list[int]:
     return [graph.section_nodes[section] for section in sections]
 
 
-__all__ = ["neighbor_adjacency"]
+__all__ = ["TARGET_DISTANCE_CAP", "neighbor_adjacency", "target_distances"]

@@ -72,8 +72,15 @@ from transformers import AddedToken, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .collator import MMGLDataCollator
-from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
-from .graph_projection import neighbor_adjacency
+from .design_space import (
+    GRAPH_TARGET_FEATURES,
+    check_design,
+    check_text_neighbor_encoder,
+    has_image_slots,
+    has_text_slots,
+    neighbor_mode,
+)
+from .graph_projection import neighbor_adjacency, target_distances
 from .laplacian_encoding import slot_laplacian_eigenvectors
 from .image_source import (
     ImageDecodeError,
@@ -193,6 +200,10 @@ class MMGLProcessor(ProcessorMixin):
         lpe_k (`int`, *optional*): for a model with ``position_encoding="laplacian"``: each example then holds
             ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, lpe_k)`, the slot graph's eigenvectors, computed once
             here (`laplacian_encoding`) rather than in every forward pass.
+        graph_target_feature (`str`, *optional*, defaults to `"none"`): for a model with the same
+            `MMGLConfig.graph_target_feature`: `"distance"` adds ``neighbor_target_distances`` `(Nt + Ni,)`, the
+            hops from the target to each slot's node in the page's tree (`graph_projection.target_distances`),
+            so LPE and GNN can tell which node is the target's child; `"none"` adds nothing.
         context_prompt / section_prompt / summary_prompt (`str`, *optional*): the fixed prompt words,
             ``"Context:"``, ``"Section:"`` and ``"Summary:"``.
     """
@@ -217,6 +228,7 @@ class MMGLProcessor(ProcessorMixin):
         text_neighbor_max_length: int = 512,
         include_section_title: bool = True,
         lpe_k: int | None = None,
+        graph_target_feature: str = "none",
         context_prompt: str = "Context:",
         section_prompt: str = "Section:",
         summary_prompt: str = "Summary:",
@@ -238,6 +250,8 @@ class MMGLProcessor(ProcessorMixin):
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if graph_target_feature not in GRAPH_TARGET_FEATURES:
+            raise ValueError(f"graph_target_feature must be one of {GRAPH_TARGET_FEATURES}, got {graph_target_feature!r}")
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token; the summary must end with one")
         if image_processor is None:
@@ -260,6 +274,7 @@ class MMGLProcessor(ProcessorMixin):
         self.text_neighbor_max_length = text_neighbor_max_length
         self.include_section_title = include_section_title
         self.lpe_k = lpe_k
+        self.graph_target_feature = graph_target_feature
         self.context_prompt = context_prompt
         self.section_prompt = section_prompt
         self.summary_prompt = summary_prompt
@@ -294,6 +309,8 @@ class MMGLProcessor(ProcessorMixin):
             names.append("neighbor_adjacency")
             if self.lpe_k:
                 names.append("neighbor_laplacian_eigenvectors")
+            if self.graph_target_feature == "distance":
+                names.append("neighbor_target_distances")
         return names
 
     @property
@@ -378,6 +395,9 @@ class MMGLProcessor(ProcessorMixin):
         if (self.lpe_k or None) != model_lpe_k:
             problems.append(f"lpe_k: processor {self.lpe_k!r}, model {model_lpe_k!r} "
                             f"(position_encoding={getattr(config, 'position_encoding', 'none')!r})")
+        model_target = getattr(config, "graph_target_feature", "none")
+        if self.graph_target_feature != model_target:
+            problems.append(f"graph_target_feature: processor {self.graph_target_feature!r}, model {model_target!r}")
         if problems:
             raise ValueError("the processor and the model disagree: " + "; ".join(problems))
 
@@ -765,6 +785,10 @@ class MMGLProcessor(ProcessorMixin):
             )
             if self.lpe_k:
                 example["neighbor_laplacian_eigenvectors"] = slot_laplacian_eigenvectors(adjacency, slot_mask, self.lpe_k)
+            if self.graph_target_feature == "distance":
+                example["neighbor_target_distances"] = target_distances(
+                    graph, selection.target_node, slot_nodes, slot_mask, images_stand_for_sections=not text_slots
+                )
 
         input_ids, source_length = self._token_layout(
             graph, section_idx, selection, num_placeholders, image_mask, for_generation

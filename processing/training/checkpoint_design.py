@@ -32,6 +32,7 @@ CONFIG_FIELDS = {
     "cross_attention_interval": "cross_attention_interval",
     "cross_attention_gating": "cross_attention_gating",
     "lpe_k": "lpe_k",
+    "graph_target_feature": "graph_target_feature",
     "gnn_type": "gnn_type",
     "gnn_num_layers": "gnn_num_layers",
     "text_neighbor_encoder": "text_neighbor_encoder",
@@ -48,6 +49,7 @@ PROCESSOR_FIELDS = {
     "max_image_neighbors": "max_image_neighbors",
     "max_source_length": "max_source_length",
     "max_target_length": "max_target_length",
+    "graph_target_feature": "graph_target_feature",
 }
 # Settings that may legitimately differ from the run that trained the checkpoint: applied and logged.
 FREE_FIELDS = ("generation_max_new_tokens", "generation_num_beams", "no_repeat_ngram_size", "generation_config",
@@ -194,6 +196,7 @@ def contradictions(config: dict, processor: dict) -> list[str]:
     shared = ["max_text_neighbors", "max_image_neighbors"]
     if mode == "self_attention":
         shared += ["text_neighbor_num_tokens", "image_neighbor_num_tokens"]
+    shared.append("graph_target_feature")
     return [f"{name}: processor_config.json {processor[name]!r}, config.json {config[name]!r}"
             for name in shared if name in processor and name in config and processor[name] != config[name]]
 
