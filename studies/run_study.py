@@ -53,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = Path(__file__).resolve().parent
@@ -62,12 +62,15 @@ DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "c
 DESIGN_DEFAULTS = dict(context="all", neighbor_encoding="sa_e", position_encoding="none", tuning="full",
                        cross_attention_gating="true")  # run_summarization.py's defaults
 DEFAULT_METRICS = ("predict_bleu4", "predict_rougeL", "predict_cider")
+# Keys of a listed cell that are not design choices: a flag it needs, its own tag (a variant such as the oracle,
+# with its own run folders) and arguments of its own (e.g. the oracle's data).
+CELL_META_KEYS = {"requires_flag", "tag", "args"}
 STATUS_FILE = "study_status.json"
 LOG_FILE = "run.log"
 ERROR_TAIL_LINES = 15
 PARAMS_LINE = re.compile(r"^trainable parameters: ([\d,]+) / total: ([\d,]+)", re.MULTILINE)
 CSV_COLUMNS = (
-    "run_id", "tables", "status", *DESIGN_KEYS, "tag", "seed", "metrics...", "trainable_params", "total_params",
+    "run_id", "tables", "status", *DESIGN_KEYS, "extra design...", "tag", "variant", "seed", "metrics...", "trainable_params", "total_params",
     "trainable_share", "mean_input_tokens", "train_step_time_s", "peak_memory_mb", "wall_s", "returncode",
     "error", "run_dir",
 )
@@ -90,9 +93,11 @@ class Run:
         run_id (`str`): folder name under ``<output_dir>/runs``; the same design, tag and seed give the same id.
         design (`dict`): every design choice (`DESIGN_KEYS`), defaults filled in.
         seed (`int`): training seed.
-        tag (`str`): the table's tag (``""`` when its runs use only the shared arguments).
+        tag (`str`): the table's tag, then the cell's (``""`` when its runs use only the shared arguments).
         args (`list[str]`): the arguments after the script name (``--output_dir`` included).
         tables (`list[str]`): the tables that show this run.
+        variant (`str`): the cell's own tag (e.g. ``"oracle"``), shown as a column; ``""`` for most cells.
+        extra (`dict`): design choices beyond `DESIGN_KEYS` (flags the script offers, e.g. ``neighbor_bridge``).
     """
 
     run_id: str
@@ -101,6 +106,8 @@ class Run:
     tag: str
     args: list[str]
     tables: list[str] = field(default_factory=list)
+    variant: str = ""
+    extra: dict = field(default_factory=dict)
 
 
 def load_spec(name: str) -> dict:
@@ -113,13 +120,13 @@ def load_spec(name: str) -> dict:
     if not isinstance(spec.get("tables"), dict) or not spec["tables"]:
         raise ValueError(f"study spec {path}: 'tables' must be a non-empty object of tables.")
     for table, body in spec["tables"].items():
-        unknown = set(body.get("fixed", {})) | set(body.get("grid", {}))
+        keys = set(body.get("fixed", {})) | set(body.get("grid", {}))
         for cell in body.get("cells", []):
-            unknown |= set(cell) - {"requires_flag"}
-        unknown -= set(DESIGN_KEYS)
-        if unknown:
-            raise ValueError(f"study spec {path}, table {table!r}: unknown design choices {sorted(unknown)} "
-                             f"(expected some of {DESIGN_KEYS}).")
+            keys |= set(cell) - CELL_META_KEYS
+        bad = sorted(k for k in keys if not re.fullmatch(r"[a-z][a-z0-9_]*", k))
+        if bad:
+            raise ValueError(f"study spec {path}, table {table!r}: {bad} are not design choices (script flags "
+                             f"without dashes, e.g. {DESIGN_KEYS}).")
     return spec
 
 
@@ -199,6 +206,9 @@ def _args_to_list(args: dict, variables: dict) -> list[str]:
 
 
 def _cells(table: dict, flags: set[str] | None) -> list[dict]:
+    """The table's cells: design choices plus the meta keys (`CELL_META_KEYS`) a listed cell carries. A cell whose
+    ``requires_flag`` or whose design choice beyond `DESIGN_KEYS` is not a flag of the script is left out, so a spec
+    can list cells (e.g. ``neighbor_bridge``) before the script offers them."""
     fixed = table.get("fixed", {})
     grid = table.get("grid", {})
     cells = []
@@ -207,11 +217,21 @@ def _cells(table: dict, flags: set[str] | None) -> list[dict]:
     for values in products:
         cells.append({**fixed, **dict(zip(keys, values))})
     for cell in table.get("cells", []):
-        needed = cell.get("requires_flag")
-        if needed and flags is not None and needed not in flags:
-            continue  # e.g. ungated CA-E before --cross_attention_gating exists
-        cells.append({**fixed, **{k: v for k, v in cell.items() if k != "requires_flag"}})
-    return cells
+        cells.append({**fixed, **cell})
+    if flags is None:
+        return [{k: v for k, v in c.items() if k != "requires_flag"} for c in cells]
+    kept = []
+    for cell in cells:
+        needed = [cell["requires_flag"]] if cell.get("requires_flag") else []
+        needed += [f"--{k}" for k in cell if k not in DESIGN_KEYS and k not in CELL_META_KEYS]
+        if all(flag in flags for flag in needed):  # e.g. ungated CA-E before --cross_attention_gating exists
+            kept.append({k: v for k, v in cell.items() if k != "requires_flag"})
+    return kept
+
+
+def _extra_design(cell: dict) -> dict:
+    """The cell's design choices beyond `DESIGN_KEYS` (sorted by name)."""
+    return {k: cell[k] for k in sorted(cell) if k not in DESIGN_KEYS and k not in CELL_META_KEYS}
 
 
 def _run_id(explicit: dict, tag: str, seed: int) -> str:
@@ -220,19 +240,20 @@ def _run_id(explicit: dict, tag: str, seed: int) -> str:
              f"tune-{design['tuning']}"]
     if str(design["cross_attention_gating"]).lower() == "false":
         parts.append("ungated")
+    parts += [f"{k}-{v}" for k, v in _extra_design(explicit).items()]
     if tag:
         parts.append(tag)
     return "_".join(parts + [f"seed{seed}"])
 
 
-def build_runs(spec: dict, variables: dict, seeds: int = 1, only: str | None = None,
+def build_runs(spec: dict, variables: dict, seeds: int = 3, only: str | None = None,
                flags: set[str] | None = None) -> list[Run]:
     """Every run of the selected tables, in table order, shared runs listed once.
 
     Args:
         spec (`dict`): a loaded spec (`load_spec`).
         variables (`dict`): placeholder values (``output_dir`` and ``python`` at least).
-        seeds (`int`, *optional*, defaults to 1): seeds ``0 .. seeds - 1`` per cell.
+        seeds (`int`, *optional*, defaults to 3): seeds ``0 .. seeds - 1`` per cell.
         only (`str`, *optional*): one table's name.
         flags (`set[str]`, *optional*): the flags of `run_summarization.py --help`; `None` keeps every
             ``requires_flag`` cell and conditional argument (used by nothing but tests).
@@ -250,22 +271,24 @@ def build_runs(spec: dict, variables: dict, seeds: int = 1, only: str | None = N
     for name, table in tables.items():
         if only is not None and name != only:
             continue
-        tag = table.get("tag", "")
-        table_args = {**shared, **table.get("args", {})}
         for cell in _cells(table, flags):
+            variant = cell.get("tag", "")
+            tag = "-".join(t for t in (table.get("tag", ""), variant) if t)
+            cell_args = {**shared, **table.get("args", {}), **cell.get("args", {})}
+            extra = _extra_design(cell)
+            design = {k: cell[k] for k in DESIGN_KEYS if k in cell}
             for seed in range(seeds):
-                run_id = _run_id(cell, tag, seed)
+                run_id = _run_id({**design, **extra}, tag, seed)
                 if run_id in runs:
                     if name not in runs[run_id].tables:
                         runs[run_id].tables.append(name)
                     continue
                 run_dir = Path(variables["output_dir"]) / "runs" / run_id
-                args = _args_to_list(table_args, variables)
-                for key in DESIGN_KEYS:
-                    if key in cell:
-                        args += [f"--{key}", str(cell[key])]
+                args = _args_to_list(cell_args, variables)
+                for key, value in {**design, **extra}.items():
+                    args += [f"--{key}", str(value)]
                 args += ["--seed", str(seed), "--output_dir", str(run_dir)]
-                runs[run_id] = Run(run_id, {**DESIGN_DEFAULTS, **cell}, seed, tag, args, [name])
+                runs[run_id] = Run(run_id, {**DESIGN_DEFAULTS, **design}, seed, tag, args, [name], variant, extra)
     return list(runs.values())
 
 
@@ -411,7 +434,8 @@ def collect_row(run: Run, metrics: Sequence[str], fact_scoring: dict | None = No
     row: dict[str, Any] = {
         "run_id": run.run_id, "tables": ";".join(run.tables),
         "status": "finished" if complete else status.get("status", "not run"),
-        **{k: run.design[k] for k in DESIGN_KEYS}, "tag": run.tag, "seed": run.seed,
+        **{k: run.design[k] for k in DESIGN_KEYS}, **run.extra, "extra_design": ";".join(run.extra),
+        "tag": run.tag, "variant": run.variant, "seed": run.seed,
     }
     for m in metrics:
         row[m] = results.get(m, "") if complete else ""
@@ -464,10 +488,13 @@ def _flag_value(args: list[str], flag: str, default: int) -> int:
         return default
 
 
-def write_csv(rows: list[dict], path: Path, metrics: Sequence[str], extra: Sequence[str] = ()) -> None:
-    columns = [c for c in CSV_COLUMNS if c != "metrics..."]
+def write_csv(rows: list[dict], path: Path, metrics: Sequence[str], extra: Sequence[str] = (),
+              extra_design: Sequence[str] = ()) -> None:
+    columns = [c for c in CSV_COLUMNS if c not in ("metrics...", "extra design...")]
     at = columns.index("trainable_params")
     columns[at:at] = [*metrics, *extra]
+    at = columns.index("tag")
+    columns[at:at] = list(extra_design)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -478,6 +505,12 @@ def write_csv(rows: list[dict], path: Path, metrics: Sequence[str], extra: Seque
 # Cells and findings (pure functions of result rows: tested on hand-made rows)
 # --------------------------------------------------------------------------------------------------
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1); beyond the table, the nearest smaller entry
+# (conservative), and 1.96 past 30.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         15: 2.131, 20: 2.086, 30: 2.042}
+HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, UNDETERMINED = "holds", "does not hold", "inconclusive", "undetermined"
+
 
 def _number(value) -> float | None:
     try:
@@ -487,175 +520,303 @@ def _number(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple, tuple[float, float, int]]:
-    """``{cell: (mean, spread, n)}`` of `column` over the finished rows, a cell being the values of `keys`;
-    the spread is the sample standard deviation over seeds (0 for one seed)."""
+class Interval(NamedTuple):
+    """Mean and 95% confidence interval of one cell over seeds: ``mean ± half``; ``half`` is infinite with one
+    seed (one run says nothing about the spread)."""
+
+    mean: float
+    half: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+
+def interval(values: Sequence[float]) -> Interval:
+    """The mean of `values` and the half-width of its two-sided 95% t-interval."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return Interval(mean, math.inf, n)
+    df = n - 1
+    t = 1.96 if df > 30 else T_975[max(k for k in T_975 if k <= df)]
+    return Interval(mean, t * statistics.stdev(values) / math.sqrt(n), n)
+
+
+def compare(a: Interval, b: Interval) -> str:
+    """``"above"`` when `a`'s interval lies wholly above `b`'s, ``"below"`` when wholly below, else ``"overlap"``."""
+    if a.low > b.high:
+        return "above"
+    if a.high < b.low:
+        return "below"
+    return "overlap"
+
+
+def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple, Interval]:
+    """``{cell: Interval}`` of `column` over the finished rows, a cell being the values of `keys` (a key a row lacks
+    reads as ``""``)."""
     values: dict[tuple, list[float]] = {}
     for row in rows:
         if row.get("status") != "finished":
             continue
         v = _number(row.get(column))
         if v is not None:
-            values.setdefault(tuple(row[k] for k in keys), []).append(v)
-    return {cell: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-            for cell, v in values.items()}
+            values.setdefault(tuple(row.get(k, "") for k in keys), []).append(v)
+    return {cell: interval(v) for cell, v in values.items()}
 
 
 @dataclass
 class Finding:
-    """A verdict on one of the paper's findings: ``holds``, ``partly holds``, ``does not hold`` or
-    ``undetermined`` (cells missing), with the numbers that decided it."""
+    """A verdict on one of the paper's findings from 95% intervals over seeds: ``holds`` (every comparison the
+    finding makes is separated in the paper's direction), ``does not hold`` (one is separated the other way),
+    ``inconclusive`` (intervals overlap, or one seed) or ``undetermined`` (cells missing), with the numbers."""
 
     verdict: str
     reason: str
 
 
-def _mean(stats: dict, cell: tuple) -> float | None:
-    return stats[cell][0] if cell in stats else None
+def _verdict(comparisons: Sequence[str]) -> str:
+    """Verdict from comparisons each made in the paper's direction ("above" = as the paper says)."""
+    if any(c == "below" for c in comparisons):
+        return DOES_NOT_HOLD
+    return HOLDS if comparisons and all(c == "above" for c in comparisons) else INCONCLUSIVE
+
+
+def _show(value: Interval) -> str:
+    return f"{value.mean:.3f}" + (f" ± {value.half:.3f}" if math.isfinite(value.half) else " (1 seed)")
+
+
+def _plain(rows: list[dict]) -> list[dict]:
+    """The rows of the plain cells: no variant (oracle) and no design choice beyond `DESIGN_KEYS`."""
+    return [r for r in rows if not r.get("variant") and not any(r.get(k) not in (None, "") for k in _extra_keys(rows))]
+
+
+def _extra_keys(rows: list[dict]) -> list[str]:
+    """Design choices beyond `DESIGN_KEYS` that the rows carry (each row names its own in ``extra_design``)."""
+    return sorted({k for r in rows for k in str(r.get("extra_design") or "").split(";") if k})
 
 
 def finding_context(rows: list[dict], metric: str) -> Finding:
-    """Finding 1: more multimodal context improves generation (Table 1, SA-TE): ``all`` beats ``section_only``
-    and is the best context (holds); beats ``section_only`` only (partly)."""
-    stats = cell_stats(rows, ("context",), metric)
-    contexts = ("section_only", "section_all", "text_only", "all")
-    missing = [c for c in contexts if (c,) not in stats]
+    """Finding 1: more multimodal context improves generation (Table 1, SA-TE): ``all`` above ``section_only``."""
+    stats = cell_stats(_plain(rows), ("context",), metric)
     if ("all",) not in stats or ("section_only",) not in stats:
-        return Finding("undetermined", f"missing contexts: {missing}")
-    scores = {c: _mean(stats, (c,)) for c in contexts if (c,) in stats}
-    best = max(scores, key=scores.get)
-    text = ", ".join(f"{c} {v:.4f}" for c, v in scores.items())
-    if scores["all"] > scores["section_only"] and best == "all":
-        return Finding("holds", f"`all` is the best context on {metric} ({text})")
-    if scores["all"] > scores["section_only"]:
-        return Finding("partly holds", f"`all` beats `section_only` but `{best}` is best on {metric} ({text})")
-    return Finding("does not hold", f"`all` does not beat `section_only` on {metric} ({text})")
+        return Finding(UNDETERMINED, f"have contexts {sorted(c for (c,) in stats)}; need `all` and `section_only`")
+    text = ", ".join(f"{c} {_show(v)}" for (c,), v in stats.items())
+    result = compare(stats[("all",)], stats[("section_only",)])
+    best = max(stats, key=lambda c: stats[c].mean)[0]
+    return Finding(_verdict([result]), f"`all` vs `section_only`: {result}; best mean `{best}` ({metric}: {text})")
 
 
 def finding_encoding(rows: list[dict], metric: str) -> Finding:
-    """Finding 2: SA-TE performs best but needs the longest inputs (Table 2). Compared on the contexts where
-    SA-TE, SA-E and CA-E (gated) all have results: mean metric and mean input tokens per encoding."""
-    rows = [r for r in rows if str(r.get("cross_attention_gating", "true")).lower() != "false"]
-    quality = cell_stats(rows, ("neighbor_encoding", "context"), metric)
-    length = cell_stats(rows, ("neighbor_encoding", "context"), "mean_input_tokens")
+    """Finding 2: SA-TE performs best but needs the longest inputs (Table 2). SA-TE above SA-E and above gated CA-E,
+    each encoding's score per seed averaged over the contexts all three have, ``section_only`` left out (there the
+    three encodings are the same model); ungated CA-E and other variants are shown but not judged."""
+    rows = [r for r in _plain(rows) if str(r.get("cross_attention_gating", "true")).lower() != "false"
+            and r.get("context") != "section_only"]
     encodings = ("sa_te", "sa_e", "ca_e")
-    contexts = sorted({c for _, c in quality})
-    shared = [c for c in contexts if all((e, c) in quality for e in encodings)]
+    quality = cell_stats(rows, ("neighbor_encoding", "context"), metric)
+    shared = sorted({c for _, c in quality if all((e, c) in quality for e in encodings)})
     if not shared:
-        return Finding("undetermined", "no context has results for all of SA-TE, SA-E and CA-E")
-    q = {e: statistics.fmean(quality[(e, c)][0] for c in shared) for e in encodings}
-    best = max(q, key=q.get)
-    text = ", ".join(f"{e} {v:.4f}" for e, v in q.items())
-    have_length = all((e, c) in length for e in encodings for c in shared)
-    if have_length:
-        n = {e: statistics.fmean(length[(e, c)][0] for c in shared) for e in encodings}
-        longest = max(n, key=n.get)
-        lengths = ", ".join(f"{e} {v:.0f}" for e, v in n.items())
-    where = f"mean {metric} over contexts {shared}: {text}"
-    if not have_length:
-        part = "SA-TE is best" if best == "sa_te" else f"`{best}` is best, not SA-TE"
-        return Finding("undetermined", f"{part} ({where}); input lengths missing, so the length half is open")
-    if best == "sa_te" and longest == "sa_te":
-        return Finding("holds", f"SA-TE is best and has the longest inputs ({where}; input tokens: {lengths})")
-    if best == "sa_te" or longest == "sa_te":
-        half = "best but not the longest" if best == "sa_te" else f"longest but `{best}` is best"
-        return Finding("partly holds", f"SA-TE is {half} ({where}; input tokens: {lengths})")
-    return Finding("does not hold", f"SA-TE is neither best nor longest ({where}; input tokens: {lengths})")
+        return Finding(UNDETERMINED, "no context beyond section_only has results for all of SA-TE, SA-E and CA-E")
+    per_seed: dict[str, dict[int, list[float]]] = {e: {} for e in encodings}
+    for r in rows:
+        v = _number(r.get(metric))
+        if r.get("status") == "finished" and v is not None and r.get("context") in shared:
+            per_seed[r["neighbor_encoding"]].setdefault(r.get("seed"), []).append(v)
+    score = {e: interval([statistics.fmean(v) for v in seeds.values() if len(v) == len(shared)] or [math.nan])
+             for e, seeds in per_seed.items()}
+    results = [compare(score["sa_te"], score[e]) for e in ("sa_e", "ca_e")]
+    length = cell_stats(rows, ("neighbor_encoding",), "mean_input_tokens")
+    lengths = ""
+    if all((e,) in length for e in encodings):
+        longest = max(encodings, key=lambda e: length[(e,)].mean)
+        lengths = (f"; input tokens: " + ", ".join(f"{e} {length[(e,)].mean:.0f}" for e in encodings)
+                   + f" (longest: `{longest}`)")
+    text = ", ".join(f"{e} {_show(v)}" for e, v in score.items())
+    return Finding(_verdict(results), f"SA-TE vs SA-E: {results[0]}, vs CA-E: {results[1]} ({metric} over contexts "
+                                      f"{shared}: {text}){lengths}")
+
+
+GRAPH_ENCODINGS = ("laplacian", "gnn")
 
 
 def finding_position(rows: list[dict], metric: str) -> Finding:
-    """Finding 3: GNN embeddings are the most effective graph position encoding (Table 3)."""
-    stats = cell_stats(rows, ("position_encoding",), metric)
-    if ("gnn",) not in stats or len(stats) < 2:
-        return Finding("undetermined", f"have only {sorted(c for (c,) in stats)}")
-    scores = {c: v[0] for (c,), v in stats.items()}
-    best = max(scores, key=scores.get)
-    text = ", ".join(f"{c} {v:.4f}" for c, v in scores.items())
-    if best == "gnn":
-        return Finding("holds", f"GNN is the best position encoding on {metric} ({text})")
-    return Finding("does not hold", f"`{best}` beats GNN on {metric} ({text})")
+    """Finding 3: graph position encodings (LPE or GNN, the best of them, target-aware or not) above ``none`` and
+    ``sequence`` (Table 3); whether GNN is above LPE, the paper's own ranking, is stated beside."""
+    keys = ("position_encoding", "graph_target_feature")
+    stats = cell_stats([r for r in rows if not r.get("variant")], keys, metric)
+    graph = {c: v for c, v in stats.items() if c[0] in GRAPH_ENCODINGS}
+    baselines = {c: v for c, v in stats.items() if c[0] in ("none", "sequence")}
+    if not graph or not baselines:
+        return Finding(UNDETERMINED, f"have {sorted('/'.join(filter(None, c)) for c in stats)}; need a graph "
+                                     "encoding (laplacian / gnn) and none or sequence")
+    best = max(graph, key=lambda c: graph[c].mean)
+    results = [compare(graph[best], v) for v in baselines.values()]
+    name = lambda c: "/".join(x for x in c if x and x != "none") or "none"  # noqa: E731
+    text = ", ".join(f"{name(c)} {_show(v)}" for c, v in stats.items())
+    against = ", ".join(f"vs {name(c)}: {r}" for c, r in zip(baselines, results))
+    gnn = [c for c in graph if c[0] == "gnn"]
+    lpe = [c for c in graph if c[0] == "laplacian"]
+    note = ""
+    if gnn and lpe:
+        g, l = max(gnn, key=lambda c: graph[c].mean), max(lpe, key=lambda c: graph[c].mean)
+        note = f"; GNN vs LPE (the paper ranks GNN first): {compare(graph[g], graph[l])}"
+    return Finding(_verdict(results), f"best graph encoding `{name(best)}` {against}{note} ({metric}: {text})")
 
 
 def finding_tuning(rows: list[dict], metric: str) -> Finding:
-    """Finding 4: LoRA (with SA-TE) and Flamingo (with CA-E) are the best parameter-efficient methods (Table 4).
-    Part A: LoRA is the best PEFT method with SA-TE. Part B: Flamingo with CA-E beats every prefix / prompt row."""
-    stats = cell_stats(rows, ("neighbor_encoding", "tuning"), metric)
-    sa_te = {t: v[0] for (e, t), v in stats.items() if e == "sa_te" and t in ("lora", "prefix", "prompt")}
-    others = {f"{e}/{t}": v[0] for (e, t), v in stats.items() if t in ("prefix", "prompt")}
-    flamingo = _mean(stats, ("ca_e", "flamingo"))
-    if "lora" not in sa_te or len(sa_te) < 2 or flamingo is None or not others:
-        return Finding("undetermined", f"cells present: {sorted('/'.join(c) for c in stats)}")
-    a = max(sa_te, key=sa_te.get) == "lora"
-    b = all(flamingo > v for v in others.values())
-    text = ("SA-TE PEFT: " + ", ".join(f"{t} {v:.4f}" for t, v in sa_te.items())
-            + f"; CA-E flamingo {flamingo:.4f} vs prefix/prompt " + ", ".join(f"{k} {v:.4f}" for k, v in others.items()))
-    verdict = "holds" if a and b else "partly holds" if a or b else "does not hold"
-    parts = [("LoRA is " if a else "LoRA is not ") + "the best PEFT with SA-TE",
-             ("Flamingo beats " if b else "Flamingo does not beat ") + "every prefix / prompt run"]
-    return Finding(verdict, f"{'; '.join(parts)} ({metric}: {text})")
+    """Finding 4: LoRA (with SA-TE) and Flamingo (with CA-E) are the best parameter-efficient methods (Table 4):
+    SA-TE LoRA above SA-TE prefix and prompt; CA-E Flamingo above the no-neighbour baseline (``section_only``)
+    and above every prefix / prompt cell. Each PEFT cell's comparison with the baseline is listed."""
+    stats = cell_stats([r for r in rows if not r.get("variant")], ("neighbor_encoding", "tuning", "context"), metric)
+    base = [c for c in stats if c[2] == "section_only"]
+    cells = {f"{e}/{t}": v for (e, t, c), v in stats.items() if c != "section_only"}
+    if "sa_te/lora" not in cells or "ca_e/flamingo" not in cells or not base:
+        return Finding(UNDETERMINED, f"cells present: {sorted('/'.join(c) for c in stats)}; need sa_te/lora, "
+                                     "ca_e/flamingo and a section_only baseline")
+    baseline = stats[base[0]]
+    weaker = {k: v for k, v in cells.items() if k.endswith(("/prefix", "/prompt"))}
+    a = [compare(cells["sa_te/lora"], v) for k, v in weaker.items() if k.startswith("sa_te/")]
+    b = [compare(cells["ca_e/flamingo"], baseline)] + [compare(cells["ca_e/flamingo"], v) for v in weaker.values()]
+    peft = ", ".join(f"{k} {_show(v)} ({compare(v, baseline)})" for k, v in cells.items()
+                     if k.split("/")[1] in ("lora", "prefix", "prompt", "flamingo"))
+    parts = [f"SA-TE LoRA vs SA-TE prefix / prompt: {', '.join(a) or 'missing'}",
+             f"CA-E Flamingo vs baseline and prefix / prompt: {', '.join(b)}"]
+    return Finding(_verdict(a + b), f"{'; '.join(parts)}; each PEFT cell vs the no-neighbour baseline "
+                                    f"{_show(baseline)}: {peft} ({metric})")
 
 
-FINDINGS = {
-    "table1": ("More multimodal context improves generation.", finding_context),
-    "table2": ("SA-TE performs best but needs the longest inputs.", finding_encoding),
-    "table3": ("GNN embeddings are the most effective graph position encoding.", finding_position),
-    "table4": ("LoRA (with SA-TE) and Flamingo (with CA-E) are the best parameter-efficient methods.", finding_tuning),
+FINDINGS = {  # table -> (the paper's finding, its direction, the check)
+    "table1": ("More multimodal context improves generation.", "all > section_only", finding_context),
+    "table2": ("SA-TE performs best but needs the longest inputs.", "SA-TE > SA-E and CA-E, SA-TE longest",
+               finding_encoding),
+    "table3": ("GNN embeddings are the most effective graph position encoding.",
+               "graph encodings (GNN first, then LPE) > sequence and none", finding_position),
+    "table4": ("LoRA (with SA-TE) and Flamingo (with CA-E) are the best parameter-efficient methods.",
+               "LoRA > prefix / prompt with SA-TE; Flamingo > prefix / prompt and > no neighbours", finding_tuning),
 }
 TABLE_COLUMNS = {  # design columns shown per table, then metrics, then the table's cost columns
     "table1": (("context",), ()),
     "table2": (("neighbor_encoding", "cross_attention_gating", "context"), ("mean_input_tokens", "train_step_time_s")),
     "table3": (("position_encoding",), ("mean_input_tokens", "train_step_time_s")),
-    "table4": (("neighbor_encoding", "tuning"), ("trainable_params", "trainable_share")),
+    "table4": (("neighbor_encoding", "tuning", "context"), ("trainable_params", "trainable_share")),
 }
 
 
-def _fmt(stats_entry, digits=4) -> str:
-    if stats_entry is None:
+def _has(rows: list[dict], column: str) -> bool:
+    return any(_number(r.get(column)) is not None for r in rows if r.get("status") == "finished")
+
+
+def table_metric(table: dict, rows: list[dict], primary: str) -> str:
+    """The metric a table is judged on: its spec's ``metric`` (a planted fact's column) when the rows have it,
+    else the spec's primary metric."""
+    wanted = table.get("metric")
+    return wanted if wanted and _has(rows, wanted) else primary
+
+
+def table_keys(name: str, rows: list[dict]) -> tuple[str, ...]:
+    """The columns that name a cell of a table: its design columns, any extra design choice its rows carry (e.g.
+    ``graph_target_feature``, ``neighbor_bridge``) and ``variant`` when a cell has one."""
+    keys = TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))[0]
+    extra = tuple(k for k in _extra_keys(rows) if any(r.get(k) not in (None, "") for r in rows))
+    variant = ("variant",) if any(r.get("variant") for r in rows) else ()
+    return (*keys, *extra, *variant)
+
+
+def _matching(stats: dict, keys: Sequence[str], wanted: dict | None) -> Interval | None:
+    if not wanted:
+        return None
+    for cell, value in stats.items():
+        if all(str(dict(zip(keys, cell)).get(k, "")) == str(v) for k, v in wanted.items()):
+            return value
+    return None
+
+
+def floor_and_ceiling(name: str, table: dict, rows: list[dict], metric: str) -> tuple[Interval | None, Interval | None]:
+    """The table's floor (its spec's ``floor`` cell, e.g. ``section_only``) and ceiling (``ceiling``, e.g. the oracle
+    cell whose target section states the fact) on `metric`."""
+    keys = table_keys(name, rows)
+    stats = cell_stats(rows, keys, metric)
+    return _matching(stats, keys, table.get("floor")), _matching(stats, keys, table.get("ceiling"))
+
+
+def _fmt(entry: Interval | None, digits=4) -> str:
+    if entry is None:
         return ""
-    mean, spread, n = stats_entry
-    if abs(mean) >= 1000:
-        text = f"{mean:,.0f}"
-    else:
-        text = f"{mean:.{digits}f}"
-    return text + (f" ± {spread:.{digits}f}" if n > 1 else "")
+    mean, half, n = entry
+    text = f"{mean:,.0f}" if abs(mean) >= 1000 else f"{mean:.{digits}f}"
+    return text + (f" ± {half:.{digits}f}" if n > 1 and math.isfinite(half) else "")
 
 
-def table_markdown(name: str, rows: list[dict], metrics: Sequence[str], primary: str, title: str = "") -> list[str]:
-    """One table of RESULTS.md: one line per cell (mean ± spread over seeds) and the computed verdict."""
-    keys, costs = TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))
+def _short(column: str) -> str:
+    return column.removeprefix("predict_")
+
+
+def table_markdown(name: str, rows: list[dict], metrics: Sequence[str], primary: str, table: dict | None = None) -> list[str]:
+    """One table of RESULTS.md: one line per cell (mean ± 95% interval over seeds), floor and ceiling, and the
+    computed verdict beside the paper's own direction."""
+    table = table or {}
     rows = [r for r in rows if name in str(r.get("tables", "")).split(";")]
+    keys = table_keys(name, rows)
+    costs = TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))[1]
+    metric = table_metric(table, rows, primary)
+    shown = [metric]
+    if metric.startswith("facts_right"):
+        shown.append(metric.replace("facts_right", "facts_decoy", 1))
+    if _has(rows, "rougeL_name_masked"):
+        shown.append("rougeL_name_masked")
+    shown += [m for m in metrics if m not in shown]
+    title = table.get("title", "")
     lines = [f"## {name}: {title}".rstrip(": "), ""]
-    header = [*keys, *(m.removeprefix("predict_") for m in metrics), *costs, "seeds"]
+    header = [*keys, *(_short(m) + (" (judged)" if m == metric else "") for m in shown), *costs, "seeds"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = []
     for row in rows:
-        cell = tuple(row[k] for k in keys)
+        cell = tuple(row.get(k, "") for k in keys)
         if cell not in cells:
             cells.append(cell)
-    columns = {c: cell_stats(rows, keys, c) for c in (*metrics, *costs)}
+    columns = {c: cell_stats(rows, keys, c) for c in (*shown, *costs)}
     for cell in cells:
-        n = max((columns[m].get(cell, (0, 0, 0))[2] for m in metrics), default=0)
-        failed = sum(1 for r in rows if tuple(r[k] for k in keys) == cell and r.get("status") != "finished")
-        values = [_fmt(columns[m].get(cell)) for m in metrics]
-        values += [_fmt(columns[c].get(cell), 1 if c == "mean_input_tokens" else 4 if c != "trainable_share" else 4)
-                   for c in costs]
+        n = max((columns[m].get(cell, Interval(0, 0, 0)).n for m in shown), default=0)
+        failed = sum(1 for r in rows if tuple(r.get(k, "") for k in keys) == cell and r.get("status") != "finished")
+        values = [_fmt(columns[m].get(cell)) for m in shown]
+        values += [_fmt(columns[c].get(cell), 1 if c == "mean_input_tokens" else 4) for c in costs]
         seeds = f"{n}" + (f" (+{failed} not finished)" if failed else "")
         lines.append("| " + " | ".join([*map(str, cell), *values, seeds]) + " |")
+    floor, ceiling = floor_and_ceiling(name, table, rows, metric)
+    if floor is not None or ceiling is not None:
+        lines += ["", f"Floor ({_describe(table.get('floor'))}): {_fmt(floor) or 'not run'}; ceiling "
+                      f"({_describe(table.get('ceiling'))}): {_fmt(ceiling) or 'not run'} ({_short(metric)})."]
     if name in FINDINGS:
-        claim, check = FINDINGS[name]
-        finding = check(rows, primary)
-        lines += ["", f"**Paper's finding:** {claim} **On this data: {finding.verdict}** — {finding.reason}."]
+        claim, direction, check = FINDINGS[name]
+        finding = check(rows, metric)
+        lines += ["", f"**Paper's finding:** {claim} Paper's direction: {direction}. **On this data "
+                      f"({_short(metric)}, 95% intervals over seeds): {finding.verdict}** — {finding.reason}."]
     return lines + [""]
+
+
+def _describe(cell: dict | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (cell or {}).items()) or "none given"
 
 
 def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence[str], primary: str,
                      plots: Sequence[str] = ()) -> None:
+    facts = " Fact columns: share of test generations stating the planted fact (`facts_right_*`) or a decoy of its " \
+            "kind (`facts_decoy_*`), the page name masked." if spec.get("fact_scoring") else ""
     lines = [f"# Study results: {spec.get('description', path.parent.name)}", "",
              f"Runs: {len(rows)} ({sum(r['status'] == 'finished' for r in rows)} finished). Metrics are the test "
-             f"split's (`all_results.json`), mean ± sample standard deviation over seeds; verdicts use "
-             f"`{primary}`. Input tokens: per training example.", ""]
+             f"split's, mean ± half-width of the 95% t-interval over seeds (one seed: no interval, every verdict "
+             f"inconclusive). Each table is judged on the metric marked \"judged\" (its spec's `metric`, else "
+             f"`{primary}`): a finding holds when every comparison it makes has intervals separated in the paper's "
+             f"direction, does not hold when one is separated the other way, and is inconclusive otherwise.{facts} "
+             "Input tokens: per training example.", ""]
     for name, table in spec["tables"].items():
-        lines += table_markdown(name, rows, metrics, primary, table.get("title", ""))
+        lines += table_markdown(name, rows, metrics, primary, table)
     failed = [r for r in rows if r["status"] != "finished"]
     if failed:
         lines += ["## Runs that did not finish", ""]
@@ -668,36 +829,72 @@ def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence
     path.write_text("\n".join(lines))
 
 
+def _label(keys: Sequence[str], cell: tuple) -> str:
+    """A cell's axis label: its values, defaults left out, one per line."""
+    parts = [str(v) for k, v in zip(keys, cell) if v not in ("", "true", None)
+             and not (k == "graph_target_feature" and v == "none")]
+    return "\n".join(parts) or "default"
+
+
 def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) -> list[str]:
-    """``tables.png`` (one panel per table: the primary metric per cell) and ``table2_tradeoff.png``
-    (input tokens vs the metric per encoding and context). Returns the written paths."""
+    """``tables.png``: one panel per table, each cell's judged metric as a horizontal bar with its 95% interval and
+    value, the axis zoomed to the data, floor and ceiling drawn; ``table2_tradeoff.png``: input tokens vs that
+    metric per encoding and context. Returns the written paths."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(spec["tables"])
-    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
-    for axis, name in zip(axes[0], names):
-        keys = TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))[0]
-        table_rows = [r for r in rows if name in r["tables"].split(";")]
-        stats = cell_stats(table_rows, keys, primary)
-        labels = ["/".join(str(v) for v in cell if v not in ("true",)) for cell in stats]
-        means = [v[0] for v in stats.values()]
-        spreads = [v[1] for v in stats.values()]
-        axis.bar(range(len(means)), means, yerr=spreads, color="tab:blue", alpha=0.8, capsize=3)
-        axis.set_xticks(range(len(means)), labels, rotation=60, ha="right", fontsize=7)
-        axis.set_title(f"{name}: {spec['tables'][name].get('title', '')}"[:48], fontsize=9)
-        axis.set_ylabel(primary, fontsize=8)
+    columns = 2 if len(names) > 1 else 1
+    grid_rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(7.5 * columns, 4.6 * grid_rows), squeeze=False)
+    for axis in axes.flat[len(names):]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, names):
+        table = spec["tables"][name]
+        table_rows = [r for r in rows if name in str(r.get("tables", "")).split(";")]
+        keys = table_keys(name, table_rows)
+        metric = table_metric(table, table_rows, primary)
+        stats = cell_stats(table_rows, keys, metric)
+        title = f"{name}: {table.get('title', '')}".rstrip(": ")
+        axis.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
+        axis.set_xlabel(_short(metric) + " (mean, 95% interval over seeds)", fontsize=9)
+        if not stats:
+            axis.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=axis.transAxes)
+            continue
+        cells = list(stats)
+        means = [stats[c].mean for c in cells]
+        halves = [stats[c].half if math.isfinite(stats[c].half) else 0.0 for c in cells]
+        y = list(range(len(cells)))[::-1]  # first cell on top
+        axis.barh(y, means, xerr=halves, color="tab:blue", alpha=0.75, capsize=3, height=0.6)
+        axis.set_yticks(y, [_label(keys, c) for c in cells], fontsize=8)
+        floor, ceiling = floor_and_ceiling(name, table, table_rows, metric)
+        lows = [m - h for m, h in zip(means, halves)] + [v.mean for v in (floor, ceiling) if v is not None]
+        highs = [m + h for m, h in zip(means, halves)] + [v.mean for v in (floor, ceiling) if v is not None]
+        low, high = min(lows), max(highs)
+        margin = max((high - low) * 0.15, 0.01)
+        axis.set_xlim(low - margin, high + margin * 2.5)  # zoomed to the data; room for the value labels
+        for yy, m, h in zip(y, means, halves):
+            axis.text(m + h + margin * 0.15, yy, f"{m:.3f}", va="center", fontsize=8)
+        for value, colour, label in ((floor, "tab:red", "floor"), (ceiling, "tab:green", "ceiling")):
+            if value is not None:
+                axis.axvline(value.mean, color=colour, linestyle="--", linewidth=1.2, label=f"{label} {value.mean:.3f}")
+        if floor is not None or ceiling is not None:
+            axis.legend(fontsize=8, loc="lower right")
+        axis.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     paths = [output_dir / "tables.png"]
     figure.savefig(paths[0], dpi=110)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(5.5, 4))
-    table2 = [r for r in rows if "table2" in r["tables"].split(";")]
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    table2 = [r for r in rows if "table2" in str(r.get("tables", "")).split(";")]
+    metric = table_metric(spec["tables"].get("table2", {}), table2, primary)
     keys = ("neighbor_encoding", "cross_attention_gating", "context")
-    quality, length = cell_stats(table2, keys, primary), cell_stats(table2, keys, "mean_input_tokens")
+    quality, length = cell_stats(table2, keys, metric), cell_stats(table2, keys, "mean_input_tokens")
     markers = {"sa_te": "o", "sa_e": "s", "ca_e": "^"}
     for encoding in markers:
         for gating in ("true", "false"):
@@ -705,16 +902,20 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
             if not cells:
                 continue
             label = encoding + (" (ungated)" if gating == "false" else "")
-            axis.scatter([length[c][0] for c in cells], [quality[c][0] for c in cells], marker=markers[encoding],
-                         label=label, facecolors="none" if gating == "false" else None)
+            halves = [quality[c].half if math.isfinite(quality[c].half) else 0.0 for c in cells]
+            axis.errorbar([length[c].mean for c in cells], [quality[c].mean for c in cells], yerr=halves,
+                          fmt=markers[encoding], label=label, capsize=3,
+                          markerfacecolor="none" if gating == "false" else None)
             for c in cells:
-                axis.annotate(c[2], (length[c][0], quality[c][0]), fontsize=7, xytext=(3, 3),
+                axis.annotate(c[2], (length[c].mean, quality[c].mean), fontsize=8, xytext=(4, 4),
                               textcoords="offset points")
     if not length:
         axis.text(0.5, 0.5, "no input lengths recorded", ha="center", transform=axis.transAxes)
-    axis.set(xlabel="mean input tokens per example", ylabel=primary, title="Table 2: input length vs quality")
+    axis.set(xlabel="mean input tokens per example", ylabel=_short(metric),
+             title="Table 2: input length vs " + _short(metric))
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
     figure.tight_layout()
     paths.append(output_dir / "table2_tradeoff.png")
     figure.savefig(paths[1], dpi=110)
@@ -734,7 +935,8 @@ def aggregate(runs: list[Run], spec: dict, output_dir: Path) -> list[dict]:
         from fact_scoring import fact_columns
 
         extra = fact_columns(facts.get("sources", ()))
-    write_csv(rows, output_dir / "results.csv", metrics, extra)
+    extra_design = sorted({k for run in runs for k in run.extra})
+    write_csv(rows, output_dir / "results.csv", metrics, extra, extra_design)
     plots = write_plots(rows, spec, output_dir, primary)
     write_results_md(rows, spec, output_dir / "RESULTS.md", metrics, primary, plots)
     return rows
@@ -751,7 +953,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train_files", help="WikiWeb2M TFRecord file(s) or glob ({train_files})")
     parser.add_argument("--image_dir", help="folder of the page images ({image_dir})")
     parser.add_argument("--output_dir", help="defaults to out/study/NAME")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per cell (0 .. N-1)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (0 .. N-1; default 3: verdicts need intervals)")
     parser.add_argument("--only", help="run one table (e.g. table2)")
     parser.add_argument("--dry_run", action="store_true", help="print every command, run nothing")
     parser.add_argument("--launcher", help='e.g. "accelerate launch --num_processes 4" (default: plain python)')

@@ -58,7 +58,7 @@ def study(tmp_path_factory):
     spec_path = base / "micro.json"
     spec_path.write_text(json.dumps(micro_spec(base / "data")))
     out = base / "out"
-    code = run_study.main([str(spec_path), "--output_dir", str(out)])
+    code = run_study.main([str(spec_path), "--output_dir", str(out), "--seeds", "1"])
     return spec_path, out, code
 
 
@@ -70,7 +70,7 @@ def _rows(out):
 def test_commands_and_dry_run(study, capsys):
     spec_path, out, _ = study
     capsys.readouterr()
-    assert run_study.main([str(spec_path), "--output_dir", str(out / "dry"), "--dry_run"]) == 0
+    assert run_study.main([str(spec_path), "--output_dir", str(out / "dry"), "--dry_run", "--seeds", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "run_summarization.py" in line]
     # 2 + 1 new + 1 new + 2 new: shared cells (sa_te/all, sa_e/all) run once; the flag-gated cell is left out
     assert len(lines) == 6
@@ -92,8 +92,8 @@ def test_commands_and_dry_run(study, capsys):
 def test_conditional_cells_follow_the_scripts_flags():
     spec = micro_spec(Path("d"))
     variables = {"output_dir": "o", "python": "p"}
-    with_flag = run_study.build_runs(spec, variables, flags={"--no_such_flag_anywhere"})
-    without = run_study.build_runs(spec, variables, flags=set())
+    with_flag = run_study.build_runs(spec, variables, seeds=1, flags={"--no_such_flag_anywhere"})
+    without = run_study.build_runs(spec, variables, seeds=1, flags=set())
     assert len(with_flag) == len(without) + 1
     ungated = [r for r in with_flag if "ungated" in r.run_id]
     assert len(ungated) == 1 and "--cross_attention_gating" in ungated[0].args
@@ -136,7 +136,7 @@ def test_resume_skips_finished_runs(study, capsys):
     spec_path, out, _ = study
     logs = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/run.log")}
     capsys.readouterr()
-    assert run_study.main([str(spec_path), "--output_dir", str(out), "--only", "table3"]) == 0
+    assert run_study.main([str(spec_path), "--output_dir", str(out), "--only", "table3", "--seeds", "1"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("finished earlier, skipped") == 2
     assert all(p.stat().st_mtime_ns == t for p, t in logs.items())
@@ -148,46 +148,153 @@ def _row(status="finished", **kw):
     return {**base, **kw}
 
 
-def test_finding_checks_on_hand_made_rows():
-    ctx = lambda scores: [_row(context=c, predict_rougeL=v) for c, v in scores.items()]  # noqa: E731
-    assert run_study.finding_context(ctx({"section_only": 0.1, "section_all": 0.2, "text_only": 0.3, "all": 0.4}),
-                                     "predict_rougeL").verdict == "holds"
-    assert run_study.finding_context(ctx({"section_only": 0.1, "section_all": 0.2, "text_only": 0.5, "all": 0.4}),
-                                     "predict_rougeL").verdict == "partly holds"
-    assert run_study.finding_context(ctx({"section_only": 0.5, "all": 0.4}), "predict_rougeL").verdict == "does not hold"
-    assert run_study.finding_context(ctx({"all": 0.4}), "predict_rougeL").verdict == "undetermined"
-    # seeds are averaged: all's mean 0.3 < section_only's 0.35, although one seed of all scores 0.5
-    rows = ctx({"section_only": 0.35}) + [_row(context="all", predict_rougeL=v) for v in (0.1, 0.5)]
-    assert run_study.finding_context(rows, "predict_rougeL").verdict == "does not hold"
-    rows = [_row(context="all", predict_rougeL=0.9, status="failed")] + ctx({"section_only": 0.35, "all": 0.1})
-    assert run_study.finding_context(rows, "predict_rougeL").verdict == "does not hold"  # failed rows ignored
+def _seeds(values, **kw):
+    """One finished row per seed with these metric values (`facts_right` and `predict_rougeL`)."""
+    return [_row(seed=s, facts_right=v, predict_rougeL=v, **kw) for s, v in enumerate(values)]
 
-    enc = lambda q, n: [_row(neighbor_encoding=e, predict_rougeL=q[e], mean_input_tokens=n.get(e, ""))  # noqa: E731
-                        for e in q]
-    q = {"sa_te": 0.5, "sa_e": 0.4, "ca_e": 0.3}
-    assert run_study.finding_encoding(enc(q, {"sa_te": 300, "sa_e": 100, "ca_e": 50}), "predict_rougeL").verdict == "holds"
-    assert run_study.finding_encoding(enc(q, {"sa_te": 30, "sa_e": 100, "ca_e": 50}),
-                                      "predict_rougeL").verdict == "partly holds"
-    assert run_study.finding_encoding(enc({"sa_te": 0.1, "sa_e": 0.4, "ca_e": 0.3}, {"sa_te": 30, "sa_e": 100, "ca_e": 50}),
-                                      "predict_rougeL").verdict == "does not hold"
-    assert run_study.finding_encoding(enc(q, {}), "predict_rougeL").verdict == "undetermined"
-    ungated = enc(q, {"sa_te": 300, "sa_e": 100, "ca_e": 50}) + [
-        _row(neighbor_encoding="ca_e", cross_attention_gating="false", predict_rougeL=0.99, mean_input_tokens=50)]
-    assert run_study.finding_encoding(ungated, "predict_rougeL").verdict == "holds"  # ungated is not CA-E's cell
 
-    pe = lambda s: [_row(neighbor_encoding="sa_e", position_encoding=p, predict_rougeL=v) for p, v in s.items()]  # noqa
-    assert run_study.finding_position(pe({"none": 0.1, "sequence": 0.2, "gnn": 0.3}), "predict_rougeL").verdict == "holds"
-    assert run_study.finding_position(pe({"none": 0.1, "laplacian": 0.4, "gnn": 0.3}),
-                                      "predict_rougeL").verdict == "does not hold"
+SEPARATED_HIGH, SEPARATED_LOW = (0.80, 0.82, 0.81), (0.30, 0.31, 0.29)
+OVERLAP_A, OVERLAP_B = (0.50, 0.60, 0.55), (0.52, 0.58, 0.50)
 
-    def tune(scores):
-        return [_row(neighbor_encoding=k.split("/")[0], tuning=k.split("/")[1], predict_rougeL=v) for k, v in scores.items()]
 
-    good = {"sa_te/lora": 0.5, "sa_te/prefix": 0.2, "sa_te/prompt": 0.1, "sa_e/prefix": 0.2, "ca_e/flamingo": 0.4}
-    assert run_study.finding_tuning(tune(good), "predict_rougeL").verdict == "holds"
-    assert run_study.finding_tuning(tune({**good, "sa_e/prompt": 0.45}), "predict_rougeL").verdict == "partly holds"
-    assert run_study.finding_tuning(tune({**good, "sa_te/lora": 0.15, "ca_e/flamingo": 0.1}),
-                                    "predict_rougeL").verdict == "does not hold"
+def test_interval_is_the_95_percent_t_interval():
+    values = (0.80, 0.82, 0.81)
+    got = run_study.interval(values)
+    # mean 0.81, sample sd 0.01, t(0.975, 2 df) = 4.303: half = 4.303 * 0.01 / sqrt(3)
+    assert got.mean == pytest.approx(0.81) and got.half == pytest.approx(4.303 * 0.01 / 3 ** 0.5) and got.n == 3
+    assert run_study.interval([0.5]).half == float("inf")  # one seed: no interval
+    assert run_study.interval([0.1] * 40).half == 0.0
+    assert run_study.compare(run_study.interval(SEPARATED_HIGH), run_study.interval(SEPARATED_LOW)) == "above"
+    assert run_study.compare(run_study.interval(SEPARATED_LOW), run_study.interval(SEPARATED_HIGH)) == "below"
+    assert run_study.compare(run_study.interval(OVERLAP_A), run_study.interval(OVERLAP_B)) == "overlap"
+    assert run_study.compare(run_study.interval([0.9]), run_study.interval([0.1])) == "overlap"
+
+
+def test_context_verdicts_from_intervals():
+    check = lambda high, low: run_study.finding_context(  # noqa: E731
+        _seeds(high, context="all") + _seeds(low, context="section_only") + _seeds(OVERLAP_A, context="text_only"),
+        "facts_right").verdict
+    assert check(SEPARATED_HIGH, SEPARATED_LOW) == "holds"
+    assert check(SEPARATED_LOW, SEPARATED_HIGH) == "does not hold"
+    assert check(OVERLAP_A, OVERLAP_B) == "inconclusive"
+    assert check((0.9,), (0.1,)) == "inconclusive"  # one seed: however far apart
+    assert run_study.finding_context(_seeds(SEPARATED_HIGH, context="all"), "facts_right").verdict == "undetermined"
+    # failed runs do not count; the oracle variant is not the `all` cell
+    rows = (_seeds(SEPARATED_LOW, context="all") + _seeds(SEPARATED_HIGH, context="section_only")
+            + [_row(context="all", facts_right=0.99, status="failed")]
+            + _seeds((0.99, 0.99, 0.98), context="all", variant="oracle"))
+    finding = run_study.finding_context(rows, "facts_right")
+    assert finding.verdict == "does not hold" and "0.300 ± 0.025" in finding.reason
+
+
+def test_encoding_verdict_leaves_out_section_only_and_variants():
+    def rows(sa_te, sa_e, ca_e, so=(0.9, 0.9, 0.9)):
+        out = []
+        for enc, values in (("sa_te", sa_te), ("sa_e", sa_e), ("ca_e", ca_e)):
+            out += _seeds(values, neighbor_encoding=enc, context="all", mean_input_tokens=300 if enc == "sa_te" else 90)
+            # section_only: the three encodings are one model; a high score there must not decide anything
+            out += _seeds(so if enc != "sa_te" else (0.0, 0.0, 0.0), neighbor_encoding=enc, context="section_only")
+        return out
+
+    assert run_study.finding_encoding(rows(SEPARATED_HIGH, SEPARATED_LOW, SEPARATED_LOW), "facts_right").verdict == "holds"
+    assert run_study.finding_encoding(rows(SEPARATED_HIGH, SEPARATED_LOW, SEPARATED_HIGH),
+                                      "facts_right").verdict == "inconclusive"
+    finding = run_study.finding_encoding(rows(SEPARATED_LOW, SEPARATED_HIGH, SEPARATED_LOW), "facts_right")
+    assert finding.verdict == "does not hold" and "longest: `sa_te`" in finding.reason
+    # an ungated CA-E cell and a bridge cell are shown, never judged
+    extra = (_seeds((0.99, 0.99, 0.99), neighbor_encoding="ca_e", context="all", cross_attention_gating="false")
+             + _seeds((0.99, 0.99, 0.99), neighbor_encoding="sa_e", context="all", neighbor_bridge="qformer",
+                      extra_design="neighbor_bridge"))
+    assert run_study.finding_encoding(rows(SEPARATED_HIGH, SEPARATED_LOW, SEPARATED_LOW) + extra,
+                                      "facts_right").verdict == "holds"
+
+
+def test_position_verdict_counts_lpe_and_gnn_as_graph_encodings():
+    def rows(**cells):
+        out = []
+        for name, values in cells.items():
+            encoding, _, target = name.partition("__")
+            out += _seeds(values, neighbor_encoding="sa_e", position_encoding=encoding,
+                          graph_target_feature=target or "")
+        return out
+
+    # LPE (target-aware) above none and sequence, GNN in between: holds (LPE counts), GNN vs LPE stated beside
+    finding = run_study.finding_position(rows(none=SEPARATED_LOW, sequence=SEPARATED_LOW, gnn=OVERLAP_A,
+                                              laplacian__distance=SEPARATED_HIGH), "facts_right")
+    assert finding.verdict == "holds" and "`laplacian/distance`" in finding.reason
+    assert "GNN vs LPE (the paper ranks GNN first): below" in finding.reason
+    assert run_study.finding_position(rows(none=SEPARATED_HIGH, sequence=SEPARATED_LOW, gnn=SEPARATED_LOW),
+                                      "facts_right").verdict == "does not hold"
+    assert run_study.finding_position(rows(none=OVERLAP_A, gnn=OVERLAP_B), "facts_right").verdict == "inconclusive"
+    assert run_study.finding_position(rows(gnn=OVERLAP_B), "facts_right").verdict == "undetermined"
+
+
+def test_tuning_verdict_compares_with_the_no_neighbour_baseline():
+    def rows(baseline, **cells):
+        out = _seeds(baseline, neighbor_encoding="sa_te", tuning="full", context="section_only")
+        for name, values in cells.items():
+            encoding, tuning = name.split("__")
+            out += _seeds(values, neighbor_encoding=encoding, tuning=tuning, context="all")
+        return out
+
+    good = dict(sa_te__lora=SEPARATED_HIGH, sa_te__prefix=SEPARATED_LOW, sa_te__prompt=SEPARATED_LOW,
+                ca_e__flamingo=SEPARATED_HIGH)
+    finding = run_study.finding_tuning(rows(SEPARATED_LOW, **good), "facts_right")
+    assert finding.verdict == "holds" and "sa_te/prefix 0.300 ± 0.025 (overlap)" in finding.reason
+    # Flamingo at the no-neighbour level cannot hold; below it, it does not hold
+    assert run_study.finding_tuning(rows(SEPARATED_HIGH, **good), "facts_right").verdict == "inconclusive"
+    assert run_study.finding_tuning(rows(SEPARATED_HIGH, **{**good, "ca_e__flamingo": OVERLAP_A}),
+                                    "facts_right").verdict == "does not hold"
+    assert run_study.finding_tuning(rows(OVERLAP_A, **{**good, "ca_e__flamingo": OVERLAP_B}),
+                                    "facts_right").verdict == "inconclusive"
+    assert run_study.finding_tuning(rows(SEPARATED_LOW, sa_te__lora=SEPARATED_HIGH), "facts_right").verdict \
+        == "undetermined"
+
+
+def test_table_markdown_judges_the_tables_metric_with_floor_and_ceiling():
+    rows = (_seeds(SEPARATED_LOW, context="section_only") + _seeds(SEPARATED_HIGH, context="all")
+            + _seeds((0.97, 0.98, 0.99), context="all", variant="oracle"))
+    for r in rows:
+        r.update(tables="table1", facts_decoy_image_pixels=0.1, facts_right_image_pixels=r["facts_right"])
+    table = {"title": "context (SA-TE)", "metric": "facts_right_image_pixels", "floor": {"context": "section_only"},
+             "ceiling": {"variant": "oracle"}}
+    md = "\n".join(run_study.table_markdown("table1", rows, ["predict_rougeL"], "predict_rougeL", table))
+    assert "| context | variant | facts_right_image_pixels (judged) | facts_decoy_image_pixels | rougeL |" in md
+    assert "| all | oracle | 0.9800 ± 0.0248 |" in md
+    assert "Floor (context section_only): 0.3000 ± 0.0248; ceiling (variant oracle): 0.9800 ± 0.0248" in md
+    assert "Paper's direction: all > section_only. **On this data (facts_right_image_pixels, 95% intervals over " \
+           "seeds): holds**" in md
+    # a metric the rows lack: the primary metric is judged
+    del table["metric"]
+    assert "rougeL (judged)" in "\n".join(run_study.table_markdown("table1", rows, ["predict_rougeL"],
+                                                                   "predict_rougeL", table))
+
+
+def test_bridge_cells_are_picked_up_once_the_script_offers_the_flag(tmp_path):
+    spec = {"tables": {"table2": {"fixed": {"context": "all"}, "grid": {"neighbor_encoding": ["sa_e"]},
+                                  "cells": [{"neighbor_encoding": "sa_e", "neighbor_bridge": "qformer"},
+                                            {"neighbor_encoding": "sa_e", "tag": "oracle",
+                                             "args": {"--train_files": "oracle.tfrecord"}}]}},
+            "shared_args": {"--train_files": "plain.tfrecord"}}
+    variables = {"output_dir": str(tmp_path)}
+    without = run_study.build_runs(spec, variables, seeds=1, flags={"--context"})
+    assert [r.run_id for r in without] == ["sa_e_all_pe-none_tune-full_seed0", "sa_e_all_pe-none_tune-full_oracle_seed0"]
+    runs = run_study.build_runs(spec, variables, seeds=2, flags={"--neighbor_bridge"})
+    ids = [r.run_id for r in runs]
+    assert "sa_e_all_pe-none_tune-full_neighbor_bridge-qformer_seed1" in ids and len(ids) == 6
+    bridge = next(r for r in runs if r.extra)
+    assert bridge.args[bridge.args.index("--neighbor_bridge") + 1] == "qformer"
+    oracle = next(r for r in runs if r.variant == "oracle")
+    assert oracle.args[oracle.args.index("--train_files") + 1] == "oracle.tfrecord"
+    assert runs[0].args[runs[0].args.index("--train_files") + 1] == "plain.tfrecord"
+    row = run_study.collect_row(bridge, ["predict_rougeL"])
+    assert row["neighbor_bridge"] == "qformer" and row["extra_design"] == "neighbor_bridge"
+    assert run_study.table_keys("table2", [row]) == ("neighbor_encoding", "cross_attention_gating", "context",
+                                                     "neighbor_bridge")
+    with pytest.raises(ValueError, match="are not design choices"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"tables": {"t": {"cells": [{"Neighbor-Bridge": "x"}]}}}))
+        run_study.load_spec(str(bad))
 
 
 def test_controlled_pages_plant_each_cause():
