@@ -24,18 +24,22 @@ def main(run_dirs, plot_path):
     print(f"{'run':<16}" + "".join(f"{m.split('_')[1]:>10}" for m in METRICS))
     for name, run in runs.items():
         print(f"{name:<16}" + "".join(f"{run['metrics'][m]:>10.4f}" for m in METRICS))
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    # One axis per metric: BLEU (~0.3) and CIDEr (~8) on one axis would flatten the smaller one.
+    figure, axes = plt.subplots(1, 1 + len(METRICS), figsize=(4.2 * (1 + len(METRICS)), 4))
+    loss_axis, metric_axes = axes[0], axes[1:]
     for name, run in runs.items():
         steps, losses = zip(*run["losses"])
         loss_axis.plot(steps, losses, label=name)
     loss_axis.set(xlabel="step", ylabel="training loss", title="Loss")
     loss_axis.legend()
-    width = 0.8 / len(runs)
-    for i, (name, run) in enumerate(runs.items()):
-        metric_axis.bar([j + i * width for j in range(len(METRICS))], [run["metrics"][m] for m in METRICS], width, label=name)
-    metric_axis.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(METRICS))], [m.split("_")[1] for m in METRICS])
-    metric_axis.set(title="Test metrics")
-    metric_axis.legend()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, metric in zip(metric_axes, METRICS):
+        values = [run["metrics"][metric] for run in runs.values()]
+        bars = axis.bar(range(len(runs)), values, color=colours[: len(runs)])
+        axis.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=9)
+        axis.set_xticks(range(len(runs)), list(runs), fontsize=9)
+        axis.set_ylim(0, max(values) * 1.15 or 1.0)  # room for the value labels
+        axis.set(title=f"test {metric.split('_')[1]}")
     figure.tight_layout()
     figure.savefig(plot_path, dpi=120)
     print(f"plot: {plot_path}")
