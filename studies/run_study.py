@@ -24,11 +24,20 @@ Spec keys (all optional but ``tables``):
 * ``shared_args``: ``{"--flag": value}`` for every run; ``true`` gives the bare flag, ``null`` removes it;
 * ``if_installed``: ``{"python_module": {"requires_flag": "--flag", "args": {...}}}``: the args are added when
   the module is importable and (if named) `run_summarization.py --help` lists the flag;
-* ``tables``: ``{"table1": {"title", "finding", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}],
-  "args": {...}, "tag": str}}``. Design choices are `run_summarization.py` flags without dashes
-  (``context``, ``neighbor_encoding``, ``position_encoding``, ``tuning``, ``cross_attention_gating``); a cell
-  may carry ``requires_flag`` (kept only when ``--help`` lists it). ``tag`` names runs whose table ``args``
-  differ from the shared ones (e.g. a pretrained base model), so they never share a folder with other tables.
+* ``tables``: ``{"table1": {"title", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}], "args": {...},
+  "tag": str, "metric": column, "floor": {...}, "ceiling": {...}}}``. Design choices are `run_summarization.py`
+  flags without dashes: the paper's axes (``context``, ``neighbor_encoding``, ``position_encoding``, ``tuning``,
+  ``cross_attention_gating``) and any other flag of the script (``graph_target_feature``, ``alpha_initializer``,
+  ``neighbor_bridge``, ...): a cell naming a flag the script does not offer yet is left out, as is one whose
+  ``requires_flag`` it does not list. A cell may also carry ``tag`` (a variant such as ``"oracle"``: own run
+  folders, shown in a ``variant`` column) and ``args`` (its own arguments, e.g. the oracle's data). A table's
+  ``tag`` names runs whose ``args`` differ from the shared ones, so they never share a folder with other tables.
+  ``metric`` is the column the table is judged on (e.g. a planted fact's ``facts_right_child_section``; default
+  ``primary_metric``); ``floor`` and ``ceiling`` pick cells by their values (e.g. ``{"context": "section_only"}``,
+  ``{"variant": "oracle"}``) drawn and printed with the table;
+* ``fact_scoring``: ``{"seed": generator seed, "sources": [...]}``: score each run's test generations on the
+  generated pages' planted facts (`fact_scoring.py`), adding ``facts_*`` and ``rougeL_name_masked`` columns;
+* ``jobs``: runs at a time (``--jobs`` overrides).
 
 Placeholders in strings: ``{python}``, ``{root}`` (the project), ``{output_dir}``, ``{data_dir}``
 (``<output_dir>/data``), ``{train_files}``, ``{image_dir}``, ``{package_dir:MODULE}`` and any ``variables``.
@@ -51,6 +60,7 @@ import string
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -960,9 +970,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--aggregate_only", action="store_true",
                         help="run nothing; write results.csv, RESULTS.md and the plots from the runs already there")
     parser.add_argument("--run_timeout_s", type=float, help="kill a run after this many seconds (recorded as failed)")
+    parser.add_argument("--jobs", type=int, help="runs at a time (default: the spec's 'jobs', else 1); give each "
+                        "run its share of the cores through the spec's env (e.g. OMP_NUM_THREADS=1)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     spec = load_spec(args.name)
     name = Path(args.name).stem
     output_dir = Path(args.output_dir or f"out/study/{name}").resolve()
@@ -993,15 +1007,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = spec.get("metrics", list(DEFAULT_METRICS))
     world_size = launcher_world_size(launcher)
     start = time.perf_counter()
-    for k, run in enumerate(runs, 1):
+    jobs = args.jobs or spec.get("jobs", 1)
+
+    def one(k: int, run: Run) -> None:
         run_dir = Path(run.args[run.args.index("--output_dir") + 1])
         if read_metrics(run_dir, metrics) is not None:
             print(f"[{k}/{len(runs)}] {run.run_id}: finished earlier, skipped", flush=True)
-            continue
+            return
         print(f"[{k}/{len(runs)}] {run.run_id} ...", flush=True)
         record = execute(run, run_command(run, launcher), env, metrics, world_size, args.run_timeout_s)
         note = "" if record["status"] == "finished" else f"  (log: {run_dir / LOG_FILE})"
         print(f"[{k}/{len(runs)}] {run.run_id}: {record['status']} in {record['wall_s']:.0f} s{note}", flush=True)
+
+    # Each run is its own process; `jobs` of them at a time (threads only wait for them).
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(one, k, run) for k, run in enumerate(runs, 1)]:
+            future.result()
     rows = aggregate(runs, spec, output_dir)
     done = sum(r["status"] == "finished" for r in rows)
     print(f"{done}/{len(rows)} runs finished in {time.perf_counter() - start:.0f} s; "

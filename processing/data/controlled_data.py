@@ -27,10 +27,14 @@ sections are shuffled (parent indices follow them), which puts the right ``Stall
 two distractor ``Stalls`` sections (children of the ``Harbour`` and ``Old town`` sections, of the same
 template) at random ranks. Only the graph (the right one is the target's child) tells them apart.
 
+The oracle variant (``--oracle``) is the same pages, facts and images with one more sentence in each sample's
+own input text stating its fact (``ORACLE_SENTENCE``): the ceiling of the study, where no neighbour is needed.
+
 Usage::
 
     python -m processing.data.controlled_data out/controlled --num_pages 600
     # -> out/controlled/wikiweb2m-sample.tfrecord.gz and out/controlled/images/*.png
+    python -m processing.data.controlled_data out/controlled/oracle --num_pages 600 --oracle
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ HISTORY_FILLER = (
 HISTORY_FILLER_SENTENCES = 6  # ~80 words of filler before the first fact
 STALLS_SENTENCE = "Most stalls there sell {product}."  # one template: the right one and the distractors
 STALLS_FILLER = ("The stalls are small and close together.", "Some stalls are open on Sundays.")
+ORACLE_SENTENCE = "Note the answer {value}."  # the oracle's fact, in the target's own input
 DISTRACTOR_PARENTS = (("Harbour", "Boats are tied up along the stone quay."),
                       ("Old town", "The old town has narrow lanes and small squares."))
 
@@ -94,13 +99,15 @@ def _permute_sections(b: _PageBuilder, facts: dict[int, SummaryFact], rng: rando
     return {new_of[old]: fact for old, fact in facts.items()}
 
 
-def make_controlled_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
+def make_controlled_page(index: int, seed: int = 0, image_size: int = 64, oracle: bool = False) -> SamplePage:
     """Generate page number ``index`` of the controlled sample (independent of how many pages are made).
 
     Args:
         index (`int`): page position; also fixes its split (`SPLIT_PATTERN`).
         seed (`int`, *optional*, defaults to 0): sample seed.
         image_size (`int`, *optional*, defaults to 64): declared image width and height.
+        oracle (`bool`, *optional*, defaults to `False`): each sample's own text also states its fact
+            (`ORACLE_SENTENCE`); everything else, random draws included, is the same page.
 
     Returns:
         `SamplePage`: ``facts`` gives, per sample section, the fact and its source (see the module table).
@@ -116,6 +123,8 @@ def make_controlled_page(index: int, seed: int = 0, image_size: int = 64) -> Sam
 
     def add_sample(title, depth, parent, summary, pool, fact, source, neighbour, images=()):
         rest = " ".join(rng.sample(pool, rng.randint(1, 2)))
+        if oracle:
+            rest = f"{ORACLE_SENTENCE.format(value=fact)} {rest}"
         i = b.add(title, depth, parent, summary, rest, images=images)
         facts[i] = SummaryFact(fact, source, neighbour)
         return i
@@ -160,10 +169,15 @@ def make_controlled_page(index: int, seed: int = 0, image_size: int = 64) -> Sam
     return SamplePage(row=row, facts=facts, images=b.images)
 
 
-def generate_controlled(output_dir, num_pages: int = 600, seed: int = 0, image_size: int = 64) -> dict[str, Any]:
-    """Write the controlled sample (`make_controlled_page`) with `processing.data.sample_data.generate_sample`'s
-    writer: ``<output_dir>/wikiweb2m-sample.tfrecord.gz`` and ``<output_dir>/images/``. Returns its summary dict."""
-    return generate_sample(output_dir, num_pages, seed, image_size, page_factory=make_controlled_page)
+def generate_controlled(output_dir, num_pages: int = 600, seed: int = 0, image_size: int = 64,
+                        oracle: bool = False) -> dict[str, Any]:
+    """Write the controlled sample (`make_controlled_page`, the oracle variant with `oracle`) with
+    `processing.data.sample_data.generate_sample`'s writer: ``<output_dir>/wikiweb2m-sample.tfrecord.gz`` and
+    ``<output_dir>/images/``. Returns its summary dict."""
+    def factory(index, seed, image_size):
+        return make_controlled_page(index, seed, image_size, oracle=oracle)
+
+    return generate_sample(output_dir, num_pages, seed, image_size, page_factory=factory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,14 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num_pages", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--oracle", action="store_true", help="each sample's own text also states its fact")
     args = parser.parse_args(argv)
-    info = generate_controlled(args.output_dir, args.num_pages, args.seed, args.image_size)
+    info = generate_controlled(args.output_dir, args.num_pages, args.seed, args.image_size, args.oracle)
     print(f"wrote {info['pages']} pages, {info['summarization_samples']} summarization samples, "
           f"{info['images']} images to {info['files'][0]}")
     return 0
 
 
-__all__ = ["generate_controlled", "main", "make_controlled_page"]
+__all__ = ["ORACLE_SENTENCE", "generate_controlled", "main", "make_controlled_page"]
 
 if __name__ == "__main__":
     sys.exit(main())
