@@ -811,7 +811,7 @@ def table_markdown(name: str, rows: list[dict], metrics: Sequence[str], primary:
 
 
 def _describe(cell: dict | None) -> str:
-    return ", ".join(f"{k} {v}" for k, v in (cell or {}).items()) or "none given"
+    return ", ".join(f"{k} {v}" for k, v in (cell or {}).items() if v != "") or "none given"
 
 
 def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence[str], primary: str,
@@ -879,7 +879,8 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
         means = [stats[c].mean for c in cells]
         halves = [stats[c].half if math.isfinite(stats[c].half) else 0.0 for c in cells]
         y = list(range(len(cells)))[::-1]  # first cell on top
-        axis.barh(y, means, xerr=halves, color="tab:blue", alpha=0.75, capsize=3, height=0.6)
+        # Points with their intervals, not bars: the axis is zoomed to the data, where bar lengths would mislead.
+        axis.errorbar(means, y, xerr=halves, fmt="o", color="tab:blue", ecolor="tab:blue", capsize=4, markersize=6)
         axis.set_yticks(y, [_label(keys, c) for c in cells], fontsize=8)
         floor, ceiling = floor_and_ceiling(name, table, table_rows, metric)
         lows = [m - h for m, h in zip(means, halves)] + [v.mean for v in (floor, ceiling) if v is not None]
@@ -887,8 +888,10 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
         low, high = min(lows), max(highs)
         margin = max((high - low) * 0.15, 0.01)
         axis.set_xlim(low - margin, high + margin * 2.5)  # zoomed to the data; room for the value labels
-        for yy, m, h in zip(y, means, halves):
-            axis.text(m + h + margin * 0.15, yy, f"{m:.3f}", va="center", fontsize=8)
+        for yy, m, h, c in zip(y, means, halves, cells):
+            seeds = "" if stats[c].n > 1 else " (1 seed)"
+            axis.text(m + h + margin * 0.15, yy, f"{m:.3f}{seeds}", va="center", fontsize=8)
+        axis.set_ylim(-0.6, len(cells) - 0.4)
         for value, colour, label in ((floor, "tab:red", "floor"), (ceiling, "tab:green", "ceiling")):
             if value is not None:
                 axis.axvline(value.mean, color=colour, linestyle="--", linewidth=1.2, label=f"{label} {value.mean:.3f}")
@@ -900,6 +903,8 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
     figure.savefig(paths[0], dpi=110)
     plt.close(figure)
 
+    if "table2" not in spec["tables"]:
+        return [str(p) for p in paths]
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     table2 = [r for r in rows if "table2" in str(r.get("tables", "")).split(";")]
     metric = table_metric(spec["tables"].get("table2", {}), table2, primary)
