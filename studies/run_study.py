@@ -81,7 +81,8 @@ ERROR_TAIL_LINES = 15
 PARAMS_LINE = re.compile(r"^trainable parameters: ([\d,]+) / total: ([\d,]+)", re.MULTILINE)
 CSV_COLUMNS = (
     "run_id", "tables", "status", *DESIGN_KEYS, "extra design...", "tag", "variant", "seed", "metrics...", "trainable_params", "total_params",
-    "trainable_share", "mean_input_tokens", "train_step_time_s", "peak_memory_mb", "wall_s", "returncode",
+    "trainable_share", "mean_input_tokens", "train_step_time_s", "gate_cross_attn", "gate_dense", "peak_memory_mb",
+    "wall_s", "returncode",
     "error", "run_dir",
 )
 
@@ -482,6 +483,9 @@ def collect_row(run: Run, metrics: Sequence[str], fact_scoring: dict | None = No
     final = next((e for e in reversed(history) if "train_runtime" in e), {})
     steps_per_s = train.get("train_steps_per_second") or final.get("train_steps_per_second")
     row["train_step_time_s"] = round(1.0 / float(steps_per_s), 4) if steps_per_s else ""
+    for kind in ("cross_attn", "dense"):  # gated CA-E: how far its blocks opened (tanh of the final alphas, mean)
+        gates = [v for k, v in train.items() if k.startswith("train_gate_") and k.endswith(f"_{kind}")]
+        row[f"gate_{kind}"] = round(statistics.fmean(gates), 4) if gates else ""
     gpu = _find_key(train, ("peak_memory_mb", "train_peak_memory_mb", "max_memory_allocated_mb"))
     row["peak_memory_mb"] = gpu if gpu is not None else status.get("peak_memory_mb", "")
     row["wall_s"] = status.get("wall_s", "")
@@ -712,7 +716,8 @@ FINDINGS = {  # table -> (the paper's finding, its direction, the check)
 }
 TABLE_COLUMNS = {  # design columns shown per table, then metrics, then the table's cost columns
     "table1": (("context",), ()),
-    "table2": (("neighbor_encoding", "cross_attention_gating", "context"), ("mean_input_tokens", "train_step_time_s")),
+    "table2": (("neighbor_encoding", "cross_attention_gating", "context"),
+               ("mean_input_tokens", "train_step_time_s", "gate_cross_attn", "gate_dense")),
     "table3": (("position_encoding",), ("mean_input_tokens", "train_step_time_s")),
     "table4": (("neighbor_encoding", "tuning", "context"), ("trainable_params", "trainable_share")),
 }
@@ -773,7 +778,7 @@ def table_markdown(name: str, rows: list[dict], metrics: Sequence[str], primary:
     table = table or {}
     rows = [r for r in rows if name in str(r.get("tables", "")).split(";")]
     keys = table_keys(name, rows)
-    costs = TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))[1]
+    costs = [c for c in TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))[1] if _has(rows, c)]  # e.g. gates: CA-E only
     metric = table_metric(table, rows, primary)
     shown = [metric]
     if metric.startswith("facts_right"):

@@ -701,3 +701,35 @@ def test_complete_covered_cache_collects_nothing_at_startup(sample_dir, tmp_path
     assert again_report["real_images"] == first_report["real_images"] > 0  # and every image found in the cache
     other, _ = start("other", "--max_image_neighbors", "2")
     assert other == [8, 4, 4]  # another design is not covered by the record
+
+
+def test_target_aware_graph_and_open_gates_end_to_end(sample_dir, tmp_path):
+    """--graph_target_feature, --alpha_initializer and --gate_learning_rate reach the model, the processor, the
+    export and the checkpoint design; the final gate values are in train_results.json."""
+    output_dir = tmp_path / "out"
+    run_summarization.main(base_args(sample_dir, output_dir) + [
+        "--context", "all", "--neighbor_encoding", "ca_e", "--position_encoding", "gnn",
+        "--graph_target_feature", "distance", "--alpha_initializer", "ones", "--gate_learning_rate", "0.05",
+        "--logging_steps", "1",
+    ])
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["graph_target_feature"] == "distance" and config["alpha_initializer"] == "ones"
+    assert json.loads((output_dir / "processor_config.json").read_text())["graph_target_feature"] == "distance"
+    train = json.loads((output_dir / "train_results.json").read_text())
+    gates = {k: v for k, v in train.items() if k.startswith("train_gate_")}
+    assert set(gates) == {"train_gate_1_cross_attn", "train_gate_1_dense", "train_gate_3_cross_attn", "train_gate_3_dense"}
+    assert all(-1 < v < 1 for v in gates.values()) and any(abs(v - 0.761594) > 1e-4 for v in gates.values())
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert any("gate_1_dense" in entry for entry in state["log_history"])  # logged with the loss (TensorBoard)
+    from processing.processing_mmgl import MMGLProcessor
+
+    assert MMGLProcessor.from_pretrained(output_dir).graph_target_feature == "distance"
+    with pytest.raises(ValueError, match=r"--graph_target_feature 'none' contradicts the checkpoint's 'distance'"):
+        again = base_args(sample_dir, tmp_path / "again")
+        for flag in ("--config_overrides", "--tokenizer_vocab_size"):
+            del again[again.index(flag):again.index(flag) + 2]
+        run_summarization.main(again + ["--model_name_or_path", str(output_dir), "--graph_target_feature", "none"])
+    with pytest.raises(ValueError, match=r"--graph_target_feature distance feeds --position_encoding laplacian or gnn"):
+        run_summarization.main(base_args(sample_dir, tmp_path / "bad") + ["--graph_target_feature", "distance"])
+    with pytest.raises(ValueError, match=r"--gate_learning_rate must be > 0"):
+        run_summarization.main(base_args(sample_dir, tmp_path / "bad") + ["--gate_learning_rate", "0"])

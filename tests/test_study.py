@@ -398,3 +398,18 @@ def test_tiny_study_oracle_beats_section_only_on_the_facts(tmp_path):
     assert "| section_only | oracle |" in md and "facts_right (judged)" in md
     assert f"ceiling (variant oracle): {ceiling:.4f}" in md
     assert (out / "tables.png").stat().st_size > 1000
+
+
+def test_rows_carry_the_gate_values_and_table2_shows_them(tmp_path):
+    run = run_study.Run("ca_e_all_seed0", {**run_study.DESIGN_DEFAULTS, "neighbor_encoding": "ca_e"}, 0, "",
+                        ["--output_dir", str(tmp_path)], ["table2"])
+    (tmp_path / "all_results.json").write_text(json.dumps({"predict_rougeL": 0.5}))
+    (tmp_path / "train_results.json").write_text(json.dumps(
+        {"train_gate_0_cross_attn": 0.2, "train_gate_1_cross_attn": 0.4, "train_gate_0_dense": -0.1,
+         "train_gate_1_dense": 0.3}))
+    row = run_study.collect_row(run, ["predict_rougeL"])
+    assert (row["gate_cross_attn"], row["gate_dense"]) == (0.3, 0.1)
+    md = "\n".join(run_study.table_markdown("table2", [row], ["predict_rougeL"], "predict_rougeL"))
+    assert "| gate_cross_attn | gate_dense |" in md and "| 0.3000 | 0.1000 |" in md
+    plain = dict(row, gate_cross_attn="", gate_dense="")
+    assert "gate_dense" not in "\n".join(run_study.table_markdown("table2", [plain], ["predict_rougeL"], "predict_rougeL"))
