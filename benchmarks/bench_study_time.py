@@ -70,6 +70,7 @@ def _with_steps(run: run_study.Run, steps: int, output_dir: Path) -> list[str]:
 def measure(run: run_study.Run, steps: int, output_dir: Path, env: dict) -> dict:
     command = [sys.executable, run_study.SCRIPT, *_with_steps(run, steps, output_dir)]
     start = time.perf_counter()
+    output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / f"{run.run_id}.log"
     with log.open("w") as handle:
         done = subprocess.run(command, cwd=ROOT, env=run_study._child_env(env), stdout=handle, stderr=subprocess.STDOUT)
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
     variables.update(python=sys.executable, root=str(ROOT), output_dir=str(output_dir),
                      data_dir=str(output_dir / "data"))
     env = spec.get("env", {})
-    timings = {}
+    timings_file = output_dir / "prepare_timings.json"  # kept: a second call skips the steps already done
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     for step in spec["prepare"]:  # timed once each (the pretraining on --steps steps, scaled below)
         command = [run_study._substitute(part, variables) for part in step["command"]]
         if step["name"] == "pretrained_lm":
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         subprocess.run(command, cwd=ROOT, env=run_study._child_env(env), check=True, stdout=subprocess.DEVNULL)
         timings[step["name"]] = time.perf_counter() - start
+        timings_file.write_text(json.dumps(timings))
     flags = run_study.script_flags(env=env)
     runs = run_study.build_runs(spec, variables, args.seeds, flags=flags)
     by_id = {r.run_id: r for r in runs}

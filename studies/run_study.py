@@ -607,7 +607,8 @@ def _show(value: Interval) -> str:
 
 def _plain(rows: list[dict]) -> list[dict]:
     """The rows of the plain cells: no variant (oracle) and no design choice beyond `DESIGN_KEYS`."""
-    return [r for r in rows if not r.get("variant") and not any(r.get(k) not in (None, "") for k in _extra_keys(rows))]
+    extra = _extra_keys(rows)
+    return [r for r in rows if not r.get("variant") and not any(r.get(k) not in (None, "") for k in extra)]
 
 
 def _extra_keys(rows: list[dict]) -> list[str]:
@@ -649,7 +650,7 @@ def finding_encoding(rows: list[dict], metric: str) -> Finding:
     lengths = ""
     if all((e,) in length for e in encodings):
         longest = max(encodings, key=lambda e: length[(e,)].mean)
-        lengths = (f"; input tokens: " + ", ".join(f"{e} {length[(e,)].mean:.0f}" for e in encodings)
+        lengths = ("; input tokens: " + ", ".join(f"{e} {length[(e,)].mean:.0f}" for e in encodings)
                    + f" (longest: `{longest}`)")
     text = ", ".join(f"{e} {_show(v)}" for e, v in score.items())
     return Finding(_verdict(results), f"SA-TE vs SA-E: {results[0]}, vs CA-E: {results[1]} ({metric} over contexts "
