@@ -119,6 +119,8 @@ def design_lines(config: dict, processor: dict | None) -> list[str]:
     if mode != "none":
         detail = {"laplacian": f", `{config.get('lpe_k')}` eigenvectors",
                   "gnn": f", `{config.get('gnn_type')}` x `{config.get('gnn_num_layers')}` layers"}.get(position, "")
+        if config.get("graph_target_feature", "none") != "none":
+            detail += f", target-aware (`{config['graph_target_feature']}` to the target section)"
         lines.append(f"- graph position encoding: `{position}`{detail}")
     if mode == "cross_attention":
         start = config.get("alpha_initializer", "zeros")
