@@ -413,3 +413,22 @@ def test_rows_carry_the_gate_values_and_table2_shows_them(tmp_path):
     assert "| gate_cross_attn | gate_dense |" in md and "| 0.3000 | 0.1000 |" in md
     plain = dict(row, gate_cross_attn="", gate_dense="")
     assert "gate_dense" not in "\n".join(run_study.table_markdown("table2", [plain], ["predict_rougeL"], "predict_rougeL"))
+
+
+def test_table3_budget_always_holds_the_targets_child():
+    """Table 3's 16 text neighbours cover every candidate of a controlled page, so the Market's child section (the
+    structure fact) is always a neighbour; the default 12 misses it on some pages."""
+    from processing.neighbor_selection import select_neighbors
+    from processing.page_graph import PageGraph
+
+    spec = run_study.load_spec("controlled")
+    budget = int(spec["tables"]["table3"]["args"]["--max_text_neighbors"])
+    missed_at_12 = 0
+    for index in range(40):
+        page = make_controlled_page(index)
+        graph = PageGraph.from_wikiweb2m(page.row)
+        market = next(i for i, f in page.facts.items() if f.source == "child_section")
+        child = graph.section_nodes[page.row["section_parent_index"].index(market)]
+        assert child in select_neighbors(graph, market, "all", budget, 5).text_nodes
+        missed_at_12 += child not in select_neighbors(graph, market, "all", 12, 5).text_nodes
+    assert missed_at_12 > 0
