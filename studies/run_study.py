@@ -80,10 +80,9 @@ LOG_FILE = "run.log"
 ERROR_TAIL_LINES = 15
 PARAMS_LINE = re.compile(r"^trainable parameters: ([\d,]+) / total: ([\d,]+)", re.MULTILINE)
 CSV_COLUMNS = (
-    "run_id", "tables", "status", *DESIGN_KEYS, "extra design...", "tag", "variant", "seed", "metrics...", "trainable_params", "total_params",
-    "trainable_share", "mean_input_tokens", "train_step_time_s", "gate_cross_attn", "gate_dense", "peak_memory_mb",
-    "wall_s", "returncode",
-    "error", "run_dir",
+    "run_id", "tables", "status", *DESIGN_KEYS, "extra design...", "tag", "variant", "seed", "metrics...",
+    "trainable_params", "total_params", "trainable_share", "mean_input_tokens", "train_step_time_s", "gate_cross_attn",
+    "gate_dense", "peak_memory_mb", "wall_s", "returncode", "error", "run_dir",
 )
 
 
@@ -519,10 +518,10 @@ def write_csv(rows: list[dict], path: Path, metrics: Sequence[str], extra: Seque
 # Cells and findings (pure functions of result rows: tested on hand-made rows)
 # --------------------------------------------------------------------------------------------------
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1); beyond the table, the nearest smaller entry
-# (conservative), and 1.96 past 30.
+# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1); between entries, the nearest smaller
+# degrees of freedom (a slightly wider interval: conservative).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         15: 2.131, 20: 2.086, 30: 2.042}
+         15: 2.131, 20: 2.086, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, UNDETERMINED = "holds", "does not hold", "inconclusive", "undetermined"
 
 
@@ -557,8 +556,7 @@ def interval(values: Sequence[float]) -> Interval:
     mean = statistics.fmean(values)
     if n < 2:
         return Interval(mean, math.inf, n)
-    df = n - 1
-    t = 1.96 if df > 30 else T_975[max(k for k in T_975 if k <= df)]
+    t = T_975[max(k for k in T_975 if k <= n - 1)]
     return Interval(mean, t * statistics.stdev(values) / math.sqrt(n), n)
 
 
