@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from .errors import MMGLInputError
+
 STAGING_TAG = ".tmp-"
 OLD_TAG = ".old-"
 
@@ -58,7 +60,7 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
-class DiskFullError(OSError):
+class DiskFullError(MMGLInputError, OSError):
     """No space left (or quota exhausted) while writing ``path``: one line naming it, the bytes needed and the bytes
     free (measured when the message is shown, so after the failed writer removed its temporary files).
 
@@ -70,7 +72,7 @@ class DiskFullError(OSError):
 
     def __init__(self, path: str | os.PathLike, needed: int | None = None, kept: str = "", at_least: bool = False):
         self.path, self.needed, self.kept, self.at_least = os.fspath(path), needed, kept, at_least
-        super().__init__(errno.ENOSPC, "no space left on device", self.path)
+        OSError.__init__(self, errno.ENOSPC, "no space left on device", self.path)  # errno and filename, as `open` sets them
 
     def __str__(self) -> str:
         parts = [] if self.needed is None else [f"{'at least ' if self.at_least else ''}{self.needed:,} bytes needed"]

@@ -60,6 +60,7 @@ import numpy as np
 from safetensors import safe_open
 
 from .atomic_write import atomic_write_bytes
+from .errors import MMGLInputError
 from .loading import read_json, safetensors_layout
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made, so that a command reading a cache's files reports bad
@@ -100,7 +101,7 @@ def encoder_description(identity: dict) -> str:
     return f"{identity.get('model_name')!r} (pretrained={identity.get('pretrained')!r}), texts by {text}"
 
 
-class CorruptShardError(RuntimeError):
+class CorruptShardError(MMGLInputError, RuntimeError):
     """A shard file under its final name cannot be read or fails its checksum."""
 
 
@@ -112,7 +113,7 @@ class ForeignShardError(CorruptShardError):
     """A shard written by another encoder (or storage dtype) than the one its cache records."""
 
 
-class EncoderMismatchError(ValueError):
+class EncoderMismatchError(MMGLInputError, ValueError):
     """A build asked to add embeddings from a different encoder (or dtype) to an existing cache."""
 
 

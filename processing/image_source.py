@@ -43,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from .page_graph import has_control_characters, is_in_memory_image
+from .errors import MMGLInputError
 
 if TYPE_CHECKING:  # imported where pixels are made: the image fetcher and the resolver need neither
     import torch
@@ -56,7 +57,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(MMGLInputError, ValueError):
     """An image file or in-memory image that cannot be decoded (corrupt, unsupported, too many pixels)."""
 
 
@@ -295,7 +296,7 @@ class ImageFolder:
         return record.get("sha256")
 
 
-class MissingImagesError(ValueError):
+class MissingImagesError(MMGLInputError, ValueError):
     """An image folder that resolves none of the image references a command needs."""
 
 

@@ -24,13 +24,15 @@ import json
 import os
 from typing import Any
 
+from .errors import MMGLInputError
+
 #: The weights files of a checkpoint folder, any one of which makes it loadable (transformers' and peft's names).
 WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 
 
-class InputFileError(ValueError):
+class InputFileError(MMGLInputError, ValueError):
     """A file that is missing, unreadable or not what it should be; the message starts with its path.
 
     Attributes:
@@ -39,7 +41,7 @@ class InputFileError(ValueError):
 
     def __init__(self, path: str | os.PathLike, message: str):
         self.path = os.fspath(path)
-        super().__init__(f"{self.path}: {message}")
+        super().__init__(message, file=self.path)
 
 
 def _expecting(what: str | None) -> str:

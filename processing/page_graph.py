@@ -50,6 +50,8 @@ from functools import cached_property
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from .errors import MMGLInputError, format_location
+
 logger = logging.getLogger(__name__)
 
 EDGE_TYPES = ("page", "section_order", "parent_child", "section_image")
@@ -95,7 +97,7 @@ def scrub_summary(text: str, sentences: Sequence[str]) -> str:
     return text
 
 
-class PageStructureError(ValueError):
+class PageStructureError(MMGLInputError, ValueError):
     """A page whose content is damaged: ragged per-section lists, a value that is not the field's
     type, text with lone surrogates, ...
 
@@ -112,8 +114,7 @@ class PageStructureError(ValueError):
 
     def __init__(self, message: str, page: Any = "", field: str | None = None,
                  section: int | None = None, image: int | None = None):
-        self.page, self.field, self.section, self.image, self.message = page, field, section, image, message
-        super().__init__(f"{_where(page, field, section, image)}: {message}")
+        super().__init__(message, page=page, section=section, image=image, field=field)
 
     def __reduce__(self):  # picklable across `datasets` / DataLoader worker processes
         return type(self), (self.message, self.page, self.field, self.section, self.image)
@@ -124,14 +125,7 @@ class PageFieldTypeError(PageStructureError, TypeError):
 
 
 def _where(page: Any, field: str | None = None, section: int | None = None, image: int | None = None) -> str:
-    parts = [f"page {page!r}"]
-    if section is not None:
-        parts.append(f"section {section}")
-    if image is not None:
-        parts.append(f"image {image}")
-    if field is not None:
-        parts.append(f"field {field!r}")
-    return ", ".join(parts)
+    return format_location(page=page, section=section, image=image, field=field)
 
 
 def _as_str(value: Any, page: Any = "", field: str | None = None, section: int | None = None,

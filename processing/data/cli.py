@@ -9,9 +9,9 @@ Every ``python -m processing...`` command (and ``run_summarization.py``) calls i
 Rule for what is "bad input" (reported in one line, exit code `EXIT_BAD_INPUT`) rather than a bug
 (full traceback, exit code 1):
 
-* an instance of one of the project's own error types, `cli_error_types` (reader, framing, page
-  structure, embedding-cache and URL errors); their messages name the file, record, page, section
-  and field;
+* a `processing.errors.MMGLInputError`, the base of every error class of the project (reader,
+  framing, page structure, embedding-cache, image and URL errors); its message names the file,
+  record, page, section and field;
 * a missing, unreadable or clashing file (`FileNotFoundError`, `FileExistsError`,
   `PermissionError`, `IsADirectoryError`, `NotADirectoryError`): the message holds the path;
 * a full disk or quota (an `OSError` with ``ENOSPC`` / ``EDQUOT`` anywhere in the chain): reported as a
@@ -50,39 +50,6 @@ _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirector
 _VALIDATION_ERRORS = (ValueError, KeyError, TypeError)
 
 
-def cli_error_types() -> tuple:
-    """The project's own error types, always reported as bad input (imported lazily, so that a
-    command pays only for the modules it uses; a module that cannot be imported is left out).
-
-    Returns:
-        `tuple[type, ...]`
-    """
-    import importlib
-
-    names = {
-        "processing.data.tfrecord_io": ("TFRecordCorruptError",),
-        "processing.data.wikiweb2m": ("WikiWeb2MFormatError", "EmptyInputError"),
-        "processing.data.image_fetcher": ("InvalidURLError", "URLListError", "UnsafeCacheError"),
-        "processing.page_graph": ("PageStructureError",),
-        "processing.embedding_cache": ("CorruptShardError", "EncoderMismatchError"),
-        "processing.image_source": ("MissingImagesError",),
-    }
-    found = []
-    for module, attrs in names.items():
-        # Only modules the command already imported: importing the others here would be slow
-        # (torch) and their errors cannot have been raised anyway.
-        mod = sys.modules.get(module)
-        if mod is None:
-            try:
-                mod = importlib.import_module(module) if module.startswith("processing.data.") else None
-            except Exception:  # a broken optional module must not hide the real error
-                mod = None
-        for attr in attrs:
-            if mod is not None and isinstance(getattr(mod, attr, None), type):
-                found.append(getattr(mod, attr))
-    return tuple(found)
-
-
 def _raised_by_project(exc: BaseException) -> bool:
     """Whether the innermost frame of ``exc``'s traceback is in a file of this project."""
     tb = exc.__traceback__
@@ -106,8 +73,7 @@ def find_bad_input(exc: BaseException) -> BaseException | None:
         `BaseException` or `None`: the error to report in one line, or `None` for a bug.
     """
     from processing.atomic_write import DISK_FULL_ERRNOS, DiskFullError
-
-    own = cli_error_types()
+    from processing.errors import MMGLInputError
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -115,7 +81,7 @@ def find_bad_input(exc: BaseException) -> BaseException | None:
             return exc
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             return DiskFullError(exc.filename or "a file")  # a writer that did not say more
-        if isinstance(exc, own) or isinstance(exc, _FILE_ERRORS):
+        if isinstance(exc, (MMGLInputError, *_FILE_ERRORS)):
             return exc
         if isinstance(exc, _VALIDATION_ERRORS) and _raised_by_project(exc):
             return exc
@@ -179,7 +145,6 @@ __all__ = [
     "DEBUG_FLAG",
     "EXIT_BAD_INPUT",
     "add_debug_argument",
-    "cli_error_types",
     "error_message",
     "find_bad_input",
     "run_command",

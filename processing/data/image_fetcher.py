@@ -60,6 +60,7 @@ from PIL import Image
 
 # The one manifest format and the one containment rule, shared with the resolver.
 from processing.image_source import MANIFEST_NAME, ImageManifest, file_inside
+from processing.errors import MMGLInputError
 
 if TYPE_CHECKING:  # annotations only: requests is imported where a download happens
     import requests
@@ -94,11 +95,11 @@ _CHUNK_SIZE = 64 * 1024
 EXIT_FAILED_URLS = 3
 
 
-class InvalidURLError(ValueError):
+class InvalidURLError(MMGLInputError, ValueError):
     """A URL the fetcher refuses to request (not http(s), no host, control characters)."""
 
 
-class UnsafeCacheError(ValueError):
+class UnsafeCacheError(MMGLInputError, ValueError):
     """A working folder or file of the cache that is a symbolic link or lies outside the cache."""
 
 
@@ -660,7 +661,7 @@ class ImageFetcher:
 
 
 # ------------------------------------------------------------------------------------ URL sources
-class URLListError(ValueError):
+class URLListError(MMGLInputError, ValueError):
     """A URL list file that is not UTF-8 text (e.g. a binary file given by mistake)."""
 
 

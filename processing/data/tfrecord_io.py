@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 
 import crc32c as _crc32c
 
+from processing.errors import MMGLInputError
+
 PathLike = str | os.PathLike
 
 _HEADER = struct.Struct("<QI")  # length, masked crc of the 8 length bytes
@@ -39,7 +41,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK_SIZE = 1 << 20
 
 
-class TFRecordCorruptError(ValueError):
+class TFRecordCorruptError(MMGLInputError, ValueError):
     """A TFRecord file is truncated or a record's length or data CRC does not match.
 
     Attributes:
@@ -54,7 +56,7 @@ class TFRecordCorruptError(ValueError):
         self.reason = reason
         self.compressed = compressed
         where = "uncompressed byte offset" if compressed else "byte offset"
-        super().__init__(f"{self.path}: corrupt TFRecord at {where} {self.offset}: {reason}")
+        super().__init__(f"corrupt TFRecord at {where} {self.offset}: {reason}", file=self.path)
 
     def __reduce__(self):
         # `datasets` worker processes pickle errors back to the parent: keep every attribute.

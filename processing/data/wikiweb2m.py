@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import DecodeError
 
 from processing.atomic_write import DiskFullError, is_disk_full
+from processing.errors import MMGLInputError
 
 from processing.atomic_write import recover_folder, replace_folder, staging_folder
 
@@ -195,7 +196,7 @@ _SECTION_DEFAULT = {
 }
 
 
-class WikiWeb2MFormatError(ValueError):
+class WikiWeb2MFormatError(MMGLInputError, ValueError):
     """A record is not a valid WikiWeb2M page.
 
     Attributes:
@@ -206,17 +207,11 @@ class WikiWeb2MFormatError(ValueError):
         section (`int` or `None`): the offending section's position, for per-section problems.
     """
 
+    field_holds_sections = True  # a feature list holds one value per section: "field 'section_text', section 2"
+
     def __init__(self, message: str, path: PathLike, offset: int, page=None, field=None, section=None):
-        self.path, self.offset, self.page, self.field, self.section = str(path), offset, page, field, section
-        where = [f"{self.path}: record at byte offset {offset}"]
-        if page is not None:
-            where.append(f"page {page!r}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        if section is not None:
-            where.append(f"section {section}")
-        self.message = message
-        super().__init__(f"{', '.join(where)}: {message}")
+        self.path, self.offset = str(path), offset
+        super().__init__(message, file=self.path, record=offset, page=page, section=section, field=field)
 
     def __reduce__(self):
         # `datasets` worker processes pickle errors back to the parent: keep every attribute.
@@ -227,7 +222,7 @@ class RecordDecodeError(WikiWeb2MFormatError):
     """A record passed its CRCs but is not a `SequenceExample` protobuf (skippable as corrupt)."""
 
 
-class EmptyInputError(ValueError):
+class EmptyInputError(MMGLInputError, ValueError):
     """The input files hold no page at all (empty files, or every record skipped as corrupt).
 
     Attributes:
