@@ -71,7 +71,7 @@ import torch
 from transformers import AddedToken, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .collator import MMGLDataCollator
+from .collator import ADJACENCY_KEY, EIGENVECTORS_KEY, IMAGE_SLOT_KEYS, TEXT_SLOT_KEYS, MMGLDataCollator
 from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
@@ -286,14 +286,15 @@ class MMGLProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         names = ["input_ids", "attention_mask", "labels"]
+        # The collator's key names: one spelling (tests/test_neighbor_keys.py checks the model's forward agrees).
         if self.has_text_slots:
-            names += ["text_neighbor_embeds", "text_neighbor_input_ids", "text_neighbor_mask"]
+            names += TEXT_SLOT_KEYS
         if self.has_image_slots:
-            names += ["image_neighbor_embeds", "image_neighbor_pixel_values", "image_neighbor_mask"]
+            names += IMAGE_SLOT_KEYS
         if self.has_text_slots or self.has_image_slots:
-            names.append("neighbor_adjacency")
+            names.append(ADJACENCY_KEY)
             if self.lpe_k:
-                names.append("neighbor_laplacian_eigenvectors")
+                names.append(EIGENVECTORS_KEY)
         return names
 
     @property
