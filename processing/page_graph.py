@@ -51,19 +51,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import MMGLInputError, format_location
+from .wikiweb2m_schema import PAGE_GRAPH_FEATURES
 
 logger = logging.getLogger(__name__)
 
 EDGE_TYPES = ("page", "section_order", "parent_child", "section_image")
 
-# WikiWeb2M fields the adapter needs; the others are optional.
-_WIKIWEB2M_REQUIRED = (
-    "section_title",
-    "section_text",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-    "section_parent_index",
-)
 # NUL and the other C0 control characters, DEL, and a percent-encoded NUL (`has_control_characters`).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]|%00")
 # Naive first-sentence split for plain dicts that give no summary: end punctuation + whitespace.
@@ -405,7 +398,7 @@ class PageGraph:
                 message names page, section and field. A caller may count such pages and skip them.
         """
         page_id = _as_str(row.get("page_url") or row.get("page_title"), "?", "page_url")
-        missing = [name for name in _WIKIWEB2M_REQUIRED if name not in row]
+        missing = [name for name in PAGE_GRAPH_FEATURES if name not in row]  # the others are optional
         if missing:
             raise KeyError(f"page {page_id!r}: WikiWeb2M row lacks field(s) {missing}")
         titles = _as_list(row["section_title"], page_id, "section_title")

@@ -240,6 +240,7 @@ def test_hub_folder_is_flat_and_complete(hub):
         "design_space.py", "neighbor_selection.py", "sa_te_layout.py", "graph_projection.py", "image_source.py",
         "token_cache.py", "atomic_write.py", "pipeline_mmgl.py", "embedding_cache.py", "laplacian_encoding.py",
         "text_neighbor_encoder.py", "text_neighbor_tokens.py", "loading.py", "virtual_tokens.py", "errors.py",
+        "wikiweb2m_schema.py",
     }
     assert {name for name in hub["files"] if name.endswith(".py")} == code
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json"} <= set(

@@ -3,38 +3,9 @@
 WikiWeb2M (google-research-datasets/wit, ``wikiweb2m.md``) stores one Wikipedia page per record as a
 `tf.train.SequenceExample`: page-level *context* features and per-section *feature lists* (one step
 per section, in page order). This module turns a record into ONE PAGE ROW, a plain `dict` whose keys
-are the feature names, kept verbatim:
-
-============================================  =====================  ==========================
-feature                                       row value              if the feature is missing
-============================================  =====================  ==========================
-``split``, ``page_url``, ``page_title``       `str`                  required (error)
-``raw_page_description``,                     `str`                  ``""``
-``clean_page_description``
-``page_contains_images``,                     `int`                  ``0``
-``page_content_sections_without_table_list``,
-``is_page_description_sample``
-``section_title``, ``section_text``,          `list[str]`, one per   required (error)
-``section_clean_1st_sentence``,               section
-``section_rest_sentence``
-``section_raw_1st_sentence``                  `list[str]`            ``""`` per section
-``section_parent_index``,                     `list[int]`            required (error)
-``is_section_summarization_sample``
-``section_index``                             `list[int]`            the section's position
-``section_depth``, ``section_heading_level``  `list[int]`            ``-1`` (unknown) per section
-``section_contains_table_or_list``,           `list[int]`            ``0`` per section
-``section_contains_images``
-``section_subsection_index``                  `list[list[int]]`      ``[]`` per section
-``section_image_url`` and the other           `list[list[str]]`      ``""`` per image of the
-``section_image_*`` text features                                    section (``[]`` without
-                                                                     images)
-``section_image_width``, ``_height``,         `list[list[int]]`      ``0`` per image (likewise)
-``_in_wit``, ``is_image_caption_sample``
-============================================  =====================  ==========================
-
-All image lists of a section are aligned (the j-th caption belongs to the j-th URL), so a missing
-image feature is filled with one empty value per image rather than an empty list, and a present one
-whose length differs from the others is an error. Text is decoded as UTF-8.
+are the feature names, kept verbatim;
+the columns, their types and the defaults of missing optional features are listed in
+`processing/wikiweb2m_schema.py`, which the page graph reads too.
 
 Errors name the file, the record's byte offset (in the uncompressed stream), the page and the
 field, so one bad page among two million can be found. Corrupt framing is handled by
@@ -74,6 +45,21 @@ from google.protobuf.message import DecodeError
 
 from processing.atomic_write import DiskFullError, is_disk_full
 from processing.errors import MMGLInputError
+from processing.wikiweb2m_schema import (
+    CONTEXT_BYTES_FEATURES,
+    CONTEXT_DEFAULTS,
+    CONTEXT_FEATURES,
+    CONTEXT_INT_FEATURES,
+    IMAGE_BYTES_FEATURES,
+    IMAGE_INT_FEATURES,
+    PAGE_COLUMNS,
+    REQUIRED_FEATURES,
+    SECTION_BYTES_FEATURES,
+    SECTION_DEFAULTS,
+    SECTION_INT_FEATURES,
+    SECTION_LIST_INT_FEATURES,
+    SEQUENCE_FEATURES,
+)
 
 from processing.atomic_write import recover_folder, replace_folder, staging_folder
 
@@ -98,84 +84,6 @@ def _example_pb2():
     return sys.modules[name]
 
 
-# --------------------------------------------------------------------------------------------------
-# Schema
-# --------------------------------------------------------------------------------------------------
-
-#: Page-level features holding one UTF-8 string.
-CONTEXT_BYTES_FEATURES = (
-    "split",
-    "page_url",
-    "page_title",
-    "raw_page_description",
-    "clean_page_description",
-)
-#: Page-level features holding one int64.
-CONTEXT_INT_FEATURES = (
-    "page_contains_images",
-    "page_content_sections_without_table_list",
-    "is_page_description_sample",
-)
-#: Per-section features holding one string per section.
-SECTION_BYTES_FEATURES = (
-    "section_title",
-    "section_text",
-    "section_raw_1st_sentence",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-)
-#: Per-section features holding one int64 per section.
-SECTION_INT_FEATURES = (
-    "section_index",
-    "section_depth",
-    "section_heading_level",
-    "section_parent_index",
-    "section_contains_table_or_list",
-    "section_contains_images",
-    "is_section_summarization_sample",
-)
-#: Per-section features holding a list of int64 per section (not aligned with the images).
-SECTION_LIST_INT_FEATURES = ("section_subsection_index",)
-#: Per-image string features: one list per section, one value per image of that section.
-IMAGE_BYTES_FEATURES = (
-    "section_image_url",
-    "section_image_mime_type",
-    "section_image_alt_text",
-    "section_image_raw_ref_desc",
-    "section_image_clean_ref_desc",
-    "section_image_raw_attr_desc",
-    "section_image_clean_attr_desc",
-    "section_image_captions",
-)
-#: Per-image int64 features, aligned with `IMAGE_BYTES_FEATURES`.
-IMAGE_INT_FEATURES = (
-    "section_image_width",
-    "section_image_height",
-    "section_image_in_wit",
-    "is_image_caption_sample",
-)
-CONTEXT_FEATURES = CONTEXT_BYTES_FEATURES + CONTEXT_INT_FEATURES
-SEQUENCE_FEATURES = (
-    SECTION_BYTES_FEATURES
-    + SECTION_INT_FEATURES
-    + SECTION_LIST_INT_FEATURES
-    + IMAGE_BYTES_FEATURES
-    + IMAGE_INT_FEATURES
-)
-#: Every column of a page row, in order.
-PAGE_COLUMNS = CONTEXT_FEATURES + SEQUENCE_FEATURES
-#: Features without which a page (with at least one section) cannot be used for summarization.
-REQUIRED_FEATURES = (
-    "page_title",
-    "page_url",
-    "split",
-    "section_title",
-    "section_text",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-    "section_parent_index",
-    "is_section_summarization_sample",
-)
 #: Values of the official ``split`` field.
 SPLITS = ("train", "val", "test")
 #: The MMGL study's page budget per split, taken in page order (see `study_split`).
@@ -184,16 +92,8 @@ STUDY_SPLIT_PAGES = {"train": 400_000, "val": 100_000, "test": 100_000}
 _BYTES_KINDS = dict.fromkeys(CONTEXT_BYTES_FEATURES + SECTION_BYTES_FEATURES + IMAGE_BYTES_FEATURES, "bytes_list")
 _KIND = {**dict.fromkeys(PAGE_COLUMNS, "int64_list"), **_BYTES_KINDS}
 _REQUIRED = frozenset(REQUIRED_FEATURES)
-_CONTEXT_DEFAULT = {"raw_page_description": "", "clean_page_description": "", **dict.fromkeys(CONTEXT_INT_FEATURES, 0)}
-# Per-section defaults for optional scalar features; `None` means "the section's position".
-_SECTION_DEFAULT = {
-    "section_raw_1st_sentence": "",
-    "section_index": None,
-    "section_depth": -1,
-    "section_heading_level": -1,
-    "section_contains_table_or_list": 0,
-    "section_contains_images": 0,
-}
+_CONTEXT_DEFAULT = CONTEXT_DEFAULTS
+_SECTION_DEFAULT = SECTION_DEFAULTS
 
 
 class WikiWeb2MFormatError(MMGLInputError, ValueError):
