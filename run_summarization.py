@@ -49,8 +49,11 @@ from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 from processing.data.cli import add_debug_argument, run_command
+from processing.data.neighbor_inputs import iter_processor_neighbor_inputs
 from processing.data.page_table import open_page_table
 from processing.data.sample_data import is_generated_page
+from processing.data.sample_index import PageGraphIndex
+from processing.data.token_store import prepare_token_cache, table_fingerprint
 from processing.data.wikiweb2m import summarization_samples
 from processing.design_space import (
     CONTEXTS,
@@ -61,9 +64,7 @@ from processing.design_space import (
 )
 from processing.image_source import check_image_coverage, clip_image_processor
 from processing.loading import check_checkpoint, read_json
-from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
-from processing.token_cache import prepare_token_cache, table_fingerprint
 from processing.training.checkpoint_design import (
     adapter_base_path,
     apply_checkpoint_design,
@@ -639,7 +640,7 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
     if cache is not None:
         return cache
     texts, images, digests = streamed_neighbor_inputs(
-        processor.iter_neighbor_inputs(index, image_dir=mmgl_args.image_dir) for index in indices)
+        iter_processor_neighbor_inputs(processor, index, image_dir=mmgl_args.image_dir) for index in indices)
     return build(mmgl_args.embedding_cache_dir, texts=texts, image_paths=images, encoder=encoder,
                  image_sha256=digests, state=state, covers=records[-1:], progress=progress)
 

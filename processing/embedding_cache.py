@@ -39,8 +39,11 @@ time (bit rot) is found only by an explicit check (`verify`, the build's ``--ver
 name only through an atomic rename after it is fully written, so a build killed at any point resumes
 where the last complete shard ended.
 
-Nothing outside this file depends on how entries are stored: callers use `get_text`, `get_image`,
-`get_many`, `count`, ``in``, `covers` and `embed_dim`.
+Readers use `get_text`, `get_image`, `get_many`, `count`, `in`, `covers` and `embed_dim`. The format itself (the
+names, the key and index layout, the shard header) is read and written through this file's public helpers
+(`read_cache_config`, `read_shard_header`, `load_shard`, `shard_files`, `open_index`, `tensor_sha256`, `text_key`,
+`image_key`, `encoder_identity`), which the builder uses too; the index is written by the builder
+(`processing.data.build_embedding_cache.save_index`) from `key_tables` and `shard_records`.
 
 This file is Hub-loadable: it imports installed packages and same-folder files only.
 """
@@ -59,7 +62,6 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from safetensors import safe_open
 
-from .atomic_write import atomic_write_bytes
 from .errors import MMGLInputError
 from .loading import read_json, safetensors_layout
 
@@ -182,7 +184,7 @@ class _ShardRecord(NamedTuple):
     offset: int  # byte offset of its (rows, D) "embeddings"
 
 
-def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None,
+def read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None,
                        identity: str | None = None):
     """Keys and record of a shard from its header alone; raise `CorruptShardError` naming `path` (`ForeignShardError`
     when ``identity``, an `encoder_identity`, is not the one the shard records)."""
@@ -228,14 +230,14 @@ def torch_dtype(name: str) -> "torch.dtype":
     return getattr(torch, name)
 
 
-def _tensor_sha256(tensor: torch.Tensor) -> str:
+def tensor_sha256(tensor: torch.Tensor) -> str:
     import torch
 
     raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     return hashlib.sha256(raw).hexdigest()
 
 
-def _load_shard(path: Path) -> torch.Tensor:
+def load_shard(path: Path) -> torch.Tensor:
     """The `embeddings` tensor of a shard, checked against the checksum stored with it."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -243,7 +245,7 @@ def _load_shard(path: Path) -> torch.Tensor:
             embeddings = f.get_tensor("embeddings")
     except Exception as err:
         raise CorruptShardError(f"embedding shard {path} cannot be read ({type(err).__name__}: {err})") from err
-    if _tensor_sha256(embeddings) != metadata.get("sha256"):
+    if tensor_sha256(embeddings) != metadata.get("sha256"):
         raise CorruptShardError(
             f"embedding shard {path}: checksum of 'embeddings' does not match the one stored in the "
             "file; the file is damaged. Rerun the embedding-cache build to set it aside and recompute it"
@@ -251,7 +253,7 @@ def _load_shard(path: Path) -> torch.Tensor:
     return embeddings
 
 
-def _shard_paths(kind_dir: Path) -> list:
+def shard_files(kind_dir: Path) -> list:
     """Complete shards (final names only) in (rank, sequence) order."""
     if not kind_dir.is_dir():
         return []
@@ -315,7 +317,7 @@ def _map(path: Path, dtype, offset: int, shape: tuple) -> np.ndarray:
     return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
 
 
-def _open_index(path: Path, config: dict) -> tuple[list, dict, list]:
+def open_index(path: Path, config: dict) -> tuple[list, dict, list]:
     """Shard records, memory-mapped key tables and coverage records of an index file; raise
     `CorruptIndexError` naming it when it is damaged, foreign or of another encoder."""
     try:
@@ -350,7 +352,7 @@ def _list_shards(cache_dir: Path) -> list:
     """``(kind, path, size, mtime_ns)`` of every complete shard, text first: one `stat` each, no read."""
     found = []
     for kind in KINDS:
-        for path in _shard_paths(cache_dir / kind):
+        for path in shard_files(cache_dir / kind):
             stat = path.stat()
             found.append((kind, path, stat.st_size, stat.st_mtime_ns))
     return found
@@ -391,7 +393,7 @@ class EmbeddingCache:
     def _open(self) -> None:
         on_disk = _list_shards(self.cache_dir)
         index_path = self.cache_dir / INDEX_NAME
-        records, tables, covers = _open_index(index_path, self.config) if index_path.is_file() else ([], None, [])
+        records, tables, covers = open_index(index_path, self.config) if index_path.is_file() else ([], None, [])
         stats = {(kind, path.name): (size, mtime) for kind, path, size, mtime in on_disk}
         changed = [r.name for r in records if stats.get((r.kind, r.name)) != (r.size, r.mtime_ns)]
         if changed:
@@ -407,7 +409,7 @@ class EmbeddingCache:
         parts = {kind: [] for kind in KINDS}
         for kind, path, _, _ in on_disk:
             if (kind, path.name) not in recorded:
-                keys, record = _read_shard_header(path, kind, self.config.get("dtype"), self.width(kind),
+                keys, record = read_shard_header(path, kind, self.config.get("dtype"), self.width(kind),
                                                   encoder_identity(self.config))
                 parts[kind].append((len(self._records), _raw_keys(keys)))
                 self._records.append(record)
@@ -445,6 +447,17 @@ class EmbeddingCache:
     def shard_paths(self) -> list:
         """Paths of all complete shards, text first."""
         return [self.cache_dir / r.kind / r.name for r in self._records]
+
+    @property
+    def key_tables(self) -> dict:
+        """Per kind, where each key's vector is: `keys` (sorted raw keys), `shards`, `rows` (what the index file
+        stores; `processing.data.build_embedding_cache.save_index` writes it)."""
+        return dict(self._tables)
+
+    @property
+    def shard_records(self) -> list:
+        """The shards this cache was opened on, as the index records them (kind, name, size, mtime, ...)."""
+        return list(self._records)
 
     @property
     def coverage(self) -> list[str]:
@@ -536,28 +549,8 @@ class EmbeddingCache:
     def verify(self) -> None:
         """Load every shard and check its checksum; raise `CorruptShardError` on the first bad one."""
         for shard_id, record in enumerate(self._records):
-            _load_shard(self.cache_dir / record.kind / record.name)
+            load_shard(self.cache_dir / record.kind / record.name)
             self._verified.add(shard_id)
-
-    def save_index(self, covers: Iterable[str] = ()) -> None:
-        """Write the index of the shards this cache was opened on, with its coverage records plus
-        ``covers``, atomically (the builder calls this once every shard it lists is verified)."""
-        from safetensors.numpy import save
-
-        tensors = {}
-        for kind, table in self._tables.items():
-            tensors[f"{kind}_keys"] = np.ascontiguousarray(table.keys).view(np.uint8).reshape(len(table), 32)
-            tensors[f"{kind}_shards"] = np.ascontiguousarray(table.shards, dtype=np.int32)
-            tensors[f"{kind}_rows"] = np.ascontiguousarray(table.rows, dtype=np.int32)
-        self._covers = list(dict.fromkeys([*self._covers, *covers]))
-        metadata = {
-            "format": INDEX_FORMAT,
-            "identity": encoder_identity(self.config),
-            "shards": json.dumps([list(record) for record in self._records]),
-            "covers": json.dumps(self._covers),
-        }
-        atomic_write_bytes(self.cache_dir / INDEX_NAME, save(tensors, metadata=metadata))
-        self._trusted, self.index_fresh = len(self._records), True
 
     # ------------------------------------------------------------------------------ internals
     def _table(self, kind: str) -> _KeyTable:
@@ -587,7 +580,7 @@ class EmbeddingCache:
         record = self._records[shard_id]
         path = self.cache_dir / record.kind / record.name
         if shard_id >= self._trusted and shard_id not in self._verified:
-            _load_shard(path)  # raises CorruptShardError before any row of a damaged shard is handed out
+            load_shard(path)  # raises CorruptShardError before any row of a damaged shard is handed out
             self._verified.add(shard_id)
         mapped = self._maps[shard_id] = _map(path, _SAFETENSORS_DTYPES[self.config["dtype"]][1], record.offset,
                                              (record.rows, self.width(record.kind)))
@@ -611,11 +604,15 @@ class EmbeddingCache:
 
 
 __all__ = [
+    "CACHE_FORMAT",
     "CONFIG_NAME",
     "DTYPES",
     "ENCODER_IDENTITY_FIELDS",
     "IMAGE_IDENTITY_FIELDS",
+    "INDEX_FORMAT",
     "INDEX_NAME",
+    "KINDS",
+    "SHARD_FORMAT",
     "CorruptIndexError",
     "CorruptShardError",
     "EmbeddingCache",
@@ -623,9 +620,13 @@ __all__ = [
     "ForeignShardError",
     "encoder_description",
     "encoder_identity",
-    "KINDS",
-    "read_cache_config",
     "image_key",
+    "load_shard",
+    "open_index",
+    "read_cache_config",
+    "read_shard_header",
+    "shard_files",
+    "tensor_sha256",
     "text_key",
     "torch_dtype",
 ]

@@ -1,6 +1,6 @@
-"""Which neighbours the model sees: the ONE neighbour selection and the ONE collector of what an
-embedding cache must hold. The processor, the training script and the embedding-cache command all
-call these functions, so what is cached is exactly what is asked for.
+"""Which neighbours the model sees: the ONE neighbour selection. The processor, the training script and the
+embedding-cache command all call it (the collector of what a cache must hold is
+`processing/data/neighbor_inputs.py`), so what is cached is exactly what is asked for.
 
 Ranking (`section_ranking`). Sections are ranked for target ``t`` as: its parent section first, then
 the other sections by ``(|s - t|, s)`` (nearest first, the earlier one on ties). Candidates, in order:
@@ -35,13 +35,11 @@ This file is Hub-loadable: it imports same-folder files only.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from .design_space import has_image_slots, has_text_slots
-from .image_source import ImageFolder, is_in_memory_image
 from .page_graph import PageGraph, scrub_summary
 
 
@@ -380,92 +378,9 @@ class _TextWalk:
                     self.visit(node)
 
 
-@dataclass
-class NeighborInputs:
-    """What the model will see of a set of samples, as an embedding cache must hold it.
-
-    Args:
-        texts (`list[str]`): unique text-neighbour texts, exactly as `select_neighbors` gives them.
-        image_files (`list[str]`): unique image files (resolved inside the image folder).
-        image_sha256 (`dict[str, str]`): the fetcher's content hash of each file it recorded one for.
-        missing_images (`int`): image references that resolve to no file (these slots are masked).
-        in_memory_images (`int`): images given in memory in page dicts (looked up by their bytes).
-    """
-
-    texts: list[str]
-    image_files: list[str]
-    image_sha256: dict[str, str]
-    missing_images: int = 0
-    in_memory_images: int = 0
-
-
-def iter_neighbor_inputs(
-    samples: Iterable[tuple[Any, int]],
-    context: str,
-    neighbor_encoding: str,
-    max_text_neighbors: int,
-    max_image_neighbors: int,
-    image_folder: ImageFolder | str | None = None,
-    counts: dict | None = None,
-) -> Iterator[tuple[list[str], list[tuple[str, str | None]]]]:
-    """Per sample of ``samples`` (``(page, section_idx)`` pairs, or a `PageGraphIndex`), lazily: its neighbour texts
-    (none in SA-TE: there they are raw tokens) and its image files as ``(path, sha256 or None)``, exactly what the
-    processor asks an embedding cache for under this configuration. Image references with a file, without one and
-    in-memory images are counted in ``counts["resolved_images"]``, ``counts["missing_images"]`` and
-    ``counts["in_memory_images"]``."""
-    folder = ImageFolder.coerce(image_folder)
-    want_texts, want_images = has_text_slots(neighbor_encoding, context), has_image_slots(context)
-    counts = {} if counts is None else counts
-    counts.setdefault("resolved_images", 0)
-    counts.setdefault("missing_images", 0)
-    counts.setdefault("in_memory_images", 0)
-    for page, section_idx in samples:
-        graph = PageGraph.coerce(page)
-        selection = select_neighbors(graph, section_idx, context, max_text_neighbors, max_image_neighbors)
-        files = []
-        for ref in selection.image_refs if want_images else ():
-            if ref is not None and is_in_memory_image(ref):
-                counts["in_memory_images"] += 1
-                continue
-            path = folder.resolve(ref)
-            if path is None:
-                counts["missing_images"] += ref is not None
-                continue
-            counts["resolved_images"] += 1
-            files.append((path, folder.sha256(ref)))
-        yield (list(selection.texts) if want_texts else []), files
-
-
-def collect_neighbor_inputs(
-    samples: Iterable[tuple[Any, int]],
-    context: str,
-    neighbor_encoding: str,
-    max_text_neighbors: int,
-    max_image_neighbors: int,
-    image_folder: ImageFolder | str | None = None,
-) -> NeighborInputs:
-    """The unique neighbour texts and image files of ``samples`` (`iter_neighbor_inputs`), in memory."""
-    counts: dict = {}
-    texts: dict[str, None] = {}
-    files: dict[str, None] = {}
-    digests: dict[str, str] = {}
-    inputs = iter_neighbor_inputs(samples, context, neighbor_encoding, max_text_neighbors, max_image_neighbors,
-                                  image_folder, counts)
-    for sample_texts, sample_files in inputs:
-        texts.update(dict.fromkeys(sample_texts))
-        for path, sha in sample_files:
-            files[path] = None
-            if sha is not None:
-                digests[path] = sha
-    return NeighborInputs(list(texts), list(files), digests, counts["missing_images"], counts["in_memory_images"])
-
-
 __all__ = [
-    "NeighborInputs",
     "NeighborSelection",
-    "collect_neighbor_inputs",
     "image_candidates",
-    "iter_neighbor_inputs",
     "section_ranking",
     "select_neighbors",
     "summary_free",

@@ -29,9 +29,8 @@ sentence, the summarization target) and the rest of the text (the input of the t
 which is all section summarization needs.
 
 `PageGraph.from_wikiweb2m` is the one adapter for WikiWeb2M page rows; `PageGraph.from_dict` takes a
-plain dict so other data plugs in. `PageGraphIndex` maps sample ``i`` to ``(page_idx, section_idx)``
-and back in O(1) over a `datasets.Dataset` (Arrow) or a list of pages, never scanning the table per
-item.
+plain dict so other data plugs in. The index of a data set's samples (`processing.data.sample_index.PageGraphIndex`)
+is build-time and lives with the data tools.
 
 This file imports only the standard library, so it can sit in a flat Hub folder next to the
 processor. It may be loaded twice in one process (the installed package and a Hub folder's copy):
@@ -44,10 +43,9 @@ import logging
 import operator
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import MMGLInputError, format_location
@@ -672,129 +670,11 @@ class PageGraph:
         return [i for i, flag in enumerate(self.is_sample) if flag]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Sample index
-# ---------------------------------------------------------------------------------------------------
-
-
-def _is_arrow_table(pages: Any) -> bool:
-    return hasattr(pages, "select_columns") and hasattr(pages, "iter") and hasattr(pages, "__getitem__")
-
-
-class PageGraphIndex:
-    """Section summarization samples over a table of pages, with O(1) lookups both ways.
-
-    ``index[i]`` gives ``(graph, section_idx)`` for sample ``i``: a constant-time row fetch from
-    the table (a `datasets.Dataset` reads one Arrow row; a list indexes) and a memoised graph
-    build, never a scan. ``index.position(page_idx, section_idx)`` is the reverse dict lookup.
-
-    Args:
-        pages (`datasets.Dataset`, or a list of WikiWeb2M rows, page dicts or `PageGraph`s).
-        samples (`list[tuple[int, int]]`, *optional*): ``(page_idx, section_idx)`` pairs; by default
-            every section flagged as a summarization sample (``is_section_summarization_sample``),
-            read column-wise from Arrow tables.
-        split (`str`, *optional*): with the default samples, keep only pages of this split.
-        graph_cache_size (`int`, *optional*, defaults to 1024): how many page graphs to keep (LRU); `None`
-            keeps all, 0 keeps none. Small by default: a miss rebuilds a graph from its row in ~1 ms, and a
-            shuffled epoch over millions of pages rarely meets one twice.
-    """
-
-    def __init__(
-        self,
-        pages: Any,
-        samples: Iterable[tuple[int, int]] | None = None,
-        split: str | None = None,
-        graph_cache_size: int | None = 1024,
-    ):
-        self.pages = pages
-        self.graph_cache_size = graph_cache_size
-        self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
-        if samples is None:
-            samples = self._default_samples(split)
-        self.samples: list[tuple[int, int]] = [(int(p), int(s)) for p, s in samples]
-        self._position: dict[tuple[int, int], int] = {}
-        for i, key in enumerate(self.samples):
-            if key in self._position:
-                raise ValueError(f"sample (page {key[0]}, section {key[1]}) listed twice (positions {self._position[key]}, {i})")
-            self._position[key] = i
-
-    def _default_samples(self, split: str | None) -> list[tuple[int, int]]:
-        samples = []
-        if _is_arrow_table(self.pages):
-            columns = ["split", "is_section_summarization_sample"]
-            batches = self.pages.select_columns(columns).iter(batch_size=1024)
-            rows: Iterator[tuple[Any, Any]] = (pair for b in batches for pair in zip(b[columns[0]], b[columns[1]]))
-        else:
-            rows = (self._flags_of(i, page) for i, page in enumerate(self.pages))
-        for page_idx, (page_split, flags) in enumerate(rows):
-            if split is not None and page_split != split:
-                continue
-            samples.extend((page_idx, s) for s, flag in enumerate(flags) if flag)
-        return samples
-
-    def _flags_of(self, page_idx: int, page: Any) -> tuple[str | None, Sequence[Any]]:
-        if isinstance(page, Mapping) and "is_section_summarization_sample" in page:
-            return page.get("split"), page["is_section_summarization_sample"]
-        graph = self._remember(page_idx, PageGraph.coerce(page))
-        return graph.split, graph.is_sample
-
-    def _remember(self, page_idx: int, graph: PageGraph) -> PageGraph:
-        if self.graph_cache_size != 0:
-            self._graphs[page_idx] = graph
-            self._graphs.move_to_end(page_idx)
-            if self.graph_cache_size is not None and len(self._graphs) > self.graph_cache_size:
-                self._graphs.popitem(last=False)
-        return graph
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[PageGraph, int]:
-        page_idx, section_idx = self.samples[i]
-        return self.graph(page_idx), section_idx
-
-    def __iter__(self) -> Iterator[tuple[PageGraph, int]]:
-        for i in range(len(self.samples)):
-            yield self[i]
-
-    def sample(self, i: int) -> tuple[int, int]:
-        """``(page_idx, section_idx)`` of sample ``i``."""
-        return self.samples[i]
-
-    def position(self, page_idx: int, section_idx: int) -> int:
-        """Sample number of ``(page_idx, section_idx)``; `KeyError` if it is not a sample."""
-        try:
-            return self._position[(page_idx, section_idx)]
-        except KeyError:
-            raise KeyError(f"(page {page_idx}, section {section_idx}) is not a sample of this index") from None
-
-    def __contains__(self, key: tuple[int, int]) -> bool:
-        return key in self._position
-
-    def graph(self, page_idx: int) -> PageGraph:
-        """The page graph of row ``page_idx`` (one O(1) row fetch, then memoised)."""
-        graph = self._graphs.get(page_idx)
-        if graph is not None:
-            self._graphs.move_to_end(page_idx)
-            return graph
-        return self._remember(page_idx, PageGraph.coerce(self.pages[page_idx]))
-
-    def page_indices(self) -> list[int]:
-        """The distinct pages that hold samples, in order."""
-        return sorted({p for p, _ in self.samples})
-
-    def graphs(self) -> Iterator[PageGraph]:
-        """The graphs of `page_indices` (e.g. to build a token cache over exactly these pages)."""
-        for page_idx in self.page_indices():
-            yield self.graph(page_idx)
-
-
 __all__ = [
     "EDGE_TYPES",
     "GraphNode",
     "PageFieldTypeError",
     "PageGraph",
-    "PageGraphIndex",
     "PageStructureError",
     "is_in_memory_image",
     "is_page_graph",

@@ -1,6 +1,6 @@
 """`mmgl-summarization`: a transformers pipeline that writes the summary (first sentence) of a section.
 
-Usage, from a folder written by `save_for_hub` (works offline, in a process that cannot import this
+Usage, from a folder written by `processing.training.export.save_for_hub` (works offline, in a process that cannot import this
 package)::
 
     from transformers import pipeline
@@ -32,9 +32,9 @@ Batching uses the processor's own collator (left padding), so ``batch_size=B`` g
 (``max_new_tokens``, ``num_beams``, ``do_sample``, ... or ``generate_kwargs={...}``) go to
 ``generate``; ``max_new_tokens`` defaults to the processor's ``max_target_length``.
 
-`save_for_hub` writes a flat, self-contained Hub folder: weights, tokenizer, processor config, the
-modeling files, the processing files (this one included) and ``custom_pipelines`` in config.json.
-This file imports installed packages and same-folder files only (``page_graph.py``, and
+`processing.training.export.save_for_hub` writes a flat, self-contained Hub folder: weights, tokenizer, processor
+config, `custom_pipelines` in config.json, and the code: the files the entry points (the modeling files, the
+processor and this file) import, following their relative imports; nothing else. This file imports installed packages and same-folder files only (``page_graph.py``, and
 ``embedding_cache.py`` when a cache is given by path), never modeling code. Encoders of a cache that is not the
 model's are refused (`EmbeddingCache.check_encoder`), as is a processor that disagrees with the model.
 """
@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sized
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -303,74 +301,4 @@ def register_pipeline() -> None:
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=MMGLSummarizationPipeline, pt_model=AutoModelForCausalLM)
 
 
-_PROJECT_PACKAGES = ("processing", "modeling_mmgl")
-
-
-def check_flat_folder(folder: str | os.PathLike) -> None:
-    """Raise if a ``.py`` file of ``folder`` imports relatively something that is not a file of ``folder``
-    (found the way transformers finds them, by regex, so even an indented or lazy import counts), or imports
-    this project's packages (``processing``, ``modeling_mmgl``) by absolute name."""
-    import ast
-
-    from transformers.dynamic_module_utils import get_relative_imports
-
-    folder = Path(folder)
-    local = {path.stem for path in folder.glob("*.py")}
-    problems = []
-    for path in sorted(folder.glob("*.py")):
-        for module in sorted(get_relative_imports(path)):
-            if module not in local:
-                problems.append(f"{path.name}: 'from .{module} import' is not a file of the folder")
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level > 1:
-                problems.append(f"{path.name}: 'from {'.' * node.level}{node.module or ''} import' leaves the folder")
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            for name in names:
-                if name.split(".")[0] in _PROJECT_PACKAGES:
-                    problems.append(f"{path.name}: imports the package {name!r}, which a Hub folder does not have")
-    if problems:
-        raise RuntimeError(f"{folder} is not a flat Hub folder:\n  " + "\n  ".join(problems))
-
-
-def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
-    """Write ``model`` and ``processor`` to ``output_dir`` as a flat Hub folder that loads with
-    ``pipeline("mmgl-summarization", model=output_dir, trust_remote_code=True)`` (and `AutoModel`,
-    `AutoModelForCausalLM`, `AutoProcessor`, `AutoTokenizer` with ``trust_remote_code=True``) in a process
-    without this package.
-
-    Writes: config.json (``auto_map`` for AutoConfig / AutoModel / AutoModelForCausalLM and
-    ``custom_pipelines``), generation_config.json, model.safetensors, the tokenizer files
-    (tokenizer_config.json with ``auto_map.AutoProcessor``), processor_config.json (``auto_map.AutoProcessor``)
-    and preprocessor_config.json, and the code: the modeling files, ``processing_mmgl.py`` and the files it imports
-    (design space, neighbour selection, SA-TE layout, graph projection, page graph, token cache, image source,
-    collator, atomic writes), ``pipeline_mmgl.py`` and the embedding-cache reader; no data tool.
-
-    Args:
-        model (`MMGLForConditionalGeneration`): the model (merge peft adapters first).
-        processor (`MMGLProcessor`): its processor.
-        output_dir (`str` or `os.PathLike`): the folder (created if needed).
-
-    Returns:
-        `list[str]`: the file names in ``output_dir``.
-    """
-    if hasattr(model, "merge_and_unload") or hasattr(model, "get_base_model"):
-        raise TypeError("save_for_hub needs a plain model: merge peft adapters first (model = model.merge_and_unload())")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    register_pipeline()
-    # Processor code and `auto_map.AutoProcessor` in processor_config.json / tokenizer_config.json.
-    type(processor).register_for_auto_class("AutoProcessor")
-    pipe = MMGLSummarizationPipeline(model=model, processor=processor, task=TASK, device=-1)
-    # Through the pipeline object: config.json gets `custom_pipelines` and pipeline_mmgl.py (+ the files it
-    # imports relatively) is copied; then the model (+ modeling files), tokenizer and image processor.
-    pipe.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    # Python caches copied along with nothing else: keep the folder to its files.
-    shutil.rmtree(output_dir / "__pycache__", ignore_errors=True)
-    check_flat_folder(output_dir)
-    return sorted(p.name for p in output_dir.iterdir())
-
-
-__all__ = ["TASK", "MMGLSummarizationPipeline", "check_flat_folder", "register_pipeline", "save_for_hub"]
+__all__ = ["TASK", "MMGLSummarizationPipeline", "register_pipeline"]

@@ -5,13 +5,13 @@ prompt with ``<neighbor>`` placeholders and labels on the summary only, the neig
 cached embeddings) with masks, and the graph between the neighbours. It holds the options, the token
 layout and the payload assembly; the rules it applies live in their own files:
 
-* which neighbours: `neighbor_selection` (ranking, budgets, leakage, and the collector of what an
-  embedding cache must hold);
+* which neighbours: `neighbor_selection` (ranking, budgets, leakage);
 * which slots and which model mode an (encoding, context) pair has: `design_space`;
 * which image file and which pixels: `image_source` (the one resolver and the one preprocessing);
 * where SA-TE puts each neighbour in the sequence: `sa_te_layout`;
 * the graph over the slots: `graph_projection`;
-* token ids of every text, on disk: `token_cache`.
+* token ids of every text, on disk: `token_cache` (read here; built by `processing/data/token_store.py`
+  through `encode_texts`).
 
 Example layout (one example, training; ``|`` separates token segments). SA-E and CA-E::
 
@@ -34,7 +34,7 @@ paper; the groups and their order are `sa_te_layout.sa_te_groups`)::
 
 for generation the example stops after " Summary:". Every text segment is tokenised on its own as
 ``" " + text`` (no special tokens, special-token strings inside text are split as plain text), so
-an example is a concatenation of per-text id arrays: the token cache (`build_token_cache`) stores
+an example is a concatenation of per-text id arrays: the token store (`processing.data.token_store`) stores
 each unique text's ids once and building an example is slicing and concatenating. Truncation
 (``max_source_length``) cuts texts only, from their end, never placeholders or prompts: the target
 text keeps what the SA-TE neighbour texts leave free and at least half of the text budget, the
@@ -49,7 +49,7 @@ all gets a zero-stride zero view for ``image_neighbor_pixel_values`` (no 3 MB me
 224 px; treat it as read-only).
 
 An embedding cache is asked for exactly these keys: each text neighbour's text (as in
-`NeighborSelection.texts`, see `collect_neighbor_inputs`) and each image's resolved file path (or,
+`NeighborSelection.texts`, see `processing.data.neighbor_inputs`) and each image's resolved file path (or,
 for an in-memory image, its bytes).
 
 Options are plain attributes saved in ``processor_config.json``; prompt ids are tokenised at first
@@ -60,10 +60,9 @@ modeling code.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,15 +82,8 @@ from .image_source import (
     load_rgb_image,
     pixel_values,
 )
-from .neighbor_selection import (
-    NeighborInputs,
-    NeighborSelection,
-    collect_neighbor_inputs,
-    iter_neighbor_inputs,
-    select_neighbors,
-    target_input,
-)
-from .page_graph import PageGraph, PageGraphIndex, is_page_graph
+from .neighbor_selection import NeighborSelection, select_neighbors, target_input
+from .page_graph import PageGraph, is_page_graph
 from .sa_te_layout import sa_te_groups
 from .text_neighbor_tokens import (
     TEXT_NEIGHBOR_TOKENIZER_DIR,
@@ -127,32 +119,6 @@ class _RuntimeState:
 
     def __deepcopy__(self, memo):
         return self
-
-
-_FORK_ENCODERS = None  # kind -> the encoder a forked tokenisation worker calls (set just before the fork)
-
-
-def _encode_in_worker(task):
-    kind, chunk = task
-    return [np.asarray(ids) for ids in _FORK_ENCODERS[kind](chunk)]
-
-
-@contextlib.contextmanager
-def _chunk_mapper(encoders: Mapping[str, Any], num_proc: int | None):
-    """A function ``(kind, chunks) -> each chunk's ids, in order``: in this process, or in ``num_proc`` forked
-    processes started once for the whole build (the tokenizers are inherited, not pickled)."""
-    global _FORK_ENCODERS
-    import multiprocessing
-
-    if not num_proc or num_proc <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        yield lambda kind, chunks: map(encoders[kind], chunks)
-        return
-    _FORK_ENCODERS = encoders
-    try:
-        with multiprocessing.get_context("fork").Pool(num_proc) as pool:
-            yield lambda kind, chunks: pool.imap(_encode_in_worker, [(kind, chunk) for chunk in chunks])
-    finally:
-        _FORK_ENCODERS = None
 
 
 class MMGLProcessor(ProcessorMixin):
@@ -401,7 +367,7 @@ class MMGLProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ tokenisation (cached or not)
 
-    def _tokenizer_identity(self) -> dict[str, str]:
+    def tokenizer_identity(self) -> dict[str, str]:
         """What token cache ids depend on: the OPT tokenizer's fingerprint and the text neighbour tokenizer (open_clip's
         name and context length, or the Hugging Face tokenizer's fingerprint and max length)."""
         if self._state.identity is None:
@@ -432,6 +398,16 @@ class MMGLProcessor(ProcessorMixin):
         if self.text_neighbor_encoder is not None:
             return list(text_neighbor_ids(self.text_neighbor_tokenizer, texts, self.text_neighbor_max_length))
         return list(clip_text_ids(self.clip_tokenizer, texts))
+
+    def encode_texts(self, kind: str, texts: Sequence[str]) -> list:
+        """Token ids of each text, tokenised now (no token store): `"lm"`, the language model's ids of `" " + text`
+        (`np.ndarray`); `"clip"`, the text neighbour encoder's ids (`torch.Tensor`). What a token store holds
+        (`processing.data.token_store.build_token_cache` calls this)."""
+        if kind == "lm":
+            return self._encode_lm(texts)
+        if kind == "clip":
+            return self._encode_clip(texts)
+        raise ValueError(f"unknown token kind {kind!r}: expected 'lm' or 'clip'")
 
     def _lm_ids_many(self, texts: Sequence[str]) -> list[np.ndarray]:
         """OPT ids of several texts (each as ``" " + text``)."""
@@ -479,112 +455,19 @@ class MMGLProcessor(ProcessorMixin):
 
     def set_token_cache(self, cache: MMGLTokenCache | None) -> None:
         """Use ``cache`` (or none); refuses a cache built with other tokenizers."""
-        if cache is not None and cache.identity != self._tokenizer_identity():
+        if cache is not None and cache.identity != self.tokenizer_identity():
             source = f" ({cache.path!r})" if cache.path else ""
             raise ValueError(
                 f"token cache{source} was built with tokenizers {cache.identity}, this processor uses "
-                f"{self._tokenizer_identity()}"
+                f"{self.tokenizer_identity()}"
             )
         self._state.token_cache = cache
 
     def load_token_cache(self, path: str | os.PathLike) -> MMGLTokenCache:
         """Load a token cache file (`MMGLTokenCache.save`) and use it; a file of other tokenizers, or a
         damaged one, raises `ValueError` naming the file. Save one with ``processor.token_cache.save(path)``."""
-        cache = MMGLTokenCache.load(path, identity=self._tokenizer_identity())
+        cache = MMGLTokenCache.load(path, identity=self.tokenizer_identity())
         self._state.token_cache = cache
-        return cache
-
-    def build_token_cache(
-        self,
-        pages: Any,
-        neighbor_input_ids: bool | None = None,
-        batch_size: int = 2048,
-        show_progress: bool = True,
-        fingerprint: str | None = None,
-        num_proc: int | None = None,
-        block_pages: int = 4096,
-    ) -> MMGLTokenCache:
-        """Tokenise every unique text of ``pages`` once (batched) and use the ids from now on.
-
-        Collects, per page: the target text and summary of every section with a summary, and (for
-        SA-TE) every node text that can be a neighbour; with ``neighbor_input_ids`` also the open_clip
-        ids of the node texts. Texts met later (e.g. summary-scrubbed ones) are added on first use.
-
-        Args:
-            pages: a `PageGraphIndex` (its pages with samples), or an iterable of page graphs, WikiWeb2M
-                rows or page dicts.
-            neighbor_input_ids (`bool`, *optional*): also cache open_clip ids for raw text neighbours;
-                defaults to whether this configuration has text slots and no embedding cache is used (pass
-                `False` when an embedding cache will provide text embeddings: they are then never read).
-            batch_size (`int`, *optional*, defaults to 2048): texts per tokenizer call.
-            show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
-            fingerprint (`str`, *optional*): a fingerprint of the page table (e.g. the Arrow data set's
-                ``_fingerprint``); when the store already covers it for this configuration, nothing is
-                collected (a restart does no work per page), and after building it is recorded as covered.
-            num_proc (`int`, *optional*): tokenise in this many processes (fork); default one.
-            block_pages (`int`, *optional*, defaults to 4096): pages whose texts are collected and tokenised at a
-                time (memory holds one block's texts; `prepare_token_cache` spills the ids to disk).
-
-        Returns:
-            `MMGLTokenCache`, also installed on the processor (it extends the current one if any: after
-            `load_token_cache`, only texts the file lacks are tokenised; keep them with
-            ``processor.token_cache.save(path)``).
-        """
-        from tqdm.auto import tqdm
-
-        if neighbor_input_ids is None:
-            neighbor_input_ids = self.has_text_slots
-        cache = self._state.token_cache
-        if cache is None:
-            cache = MMGLTokenCache(self._tokenizer_identity())
-        self._state.token_cache = cache
-        raw_neighbor_texts = self.neighbor_encoding == "sa_te" and self.context != "section_only"
-        covered = None
-        if fingerprint is not None:
-            covered = (
-                f"{fingerprint}|{self.context}|{self.neighbor_encoding}|{self.context_prompt}|"
-                f"{self.section_prompt}|{self.summary_prompt}|clip={bool(neighbor_input_ids)}"
-            )
-            if covered in cache.covers:
-                return cache
-        graphs: Iterable[PageGraph]
-        if isinstance(pages, PageGraphIndex):
-            graphs = pages.graphs()
-        else:
-            graphs = (PageGraph.coerce(page) for page in pages)
-        # Block by block of pages: the texts of one block are in memory at a time, and their ids go to the store
-        # (to its spill files on disk when `spill_to` was called), so memory does not grow with the table.
-        wanted: dict[str, dict[str, None]] = {"lm": {}, "clip": {}}
-
-        def tokenize_block(map_chunks) -> None:
-            for kind, texts in wanted.items():
-                texts = cache.missing(kind, texts)  # texts already stored are not tokenised again
-                chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
-                for chunk, ids in zip(chunks, map_chunks(kind, chunks)):
-                    cache.add(kind, chunk, ids)
-                wanted[kind] = {}
-
-        encoders = {"lm": self._encode_lm, "clip": self._encode_clip}
-        with _chunk_mapper(encoders, num_proc) as map_chunks:
-            in_block = 0
-            for graph in tqdm(graphs, desc="token store", unit="page", disable=not show_progress):
-                for s in range(graph.num_sections):
-                    if graph.summaries[s]:
-                        wanted["lm"][self.target_text(graph, s)] = None
-                        wanted["lm"][graph.summaries[s]] = None
-                for node in graph.nodes:
-                    if node.text:
-                        if raw_neighbor_texts:
-                            wanted["lm"][node.text] = None
-                        if neighbor_input_ids:
-                            wanted["clip"][node.text] = None
-                in_block += 1
-                if in_block == block_pages:
-                    tokenize_block(map_chunks)
-                    in_block = 0
-            tokenize_block(map_chunks)
-        if covered is not None:
-            cache.mark_covered(covered)
         return cache
 
     # ------------------------------------------------------------------ neighbour payloads
@@ -882,28 +765,6 @@ class MMGLProcessor(ProcessorMixin):
             for page, s in zip(pages, section_indices)
         ]
         return BatchFeature(self.data_collator(for_generation)(examples))
-
-    def collect_neighbor_inputs(
-        self, samples: Iterable[tuple[Any, int]], image_dir: ImageFolder | str | os.PathLike | None = None
-    ) -> NeighborInputs:
-        """The unique neighbour texts and image files of ``samples`` (``(page, section_idx)`` pairs, or a
-        `PageGraphIndex`) under this processor's configuration: exactly the keys `build_example` asks an
-        embedding cache for (`neighbor_selection.collect_neighbor_inputs`)."""
-        return collect_neighbor_inputs(
-            samples, self.context, self.neighbor_encoding, self.max_text_neighbors, self.max_image_neighbors,
-            self.image_folder(image_dir),
-        )
-
-    def iter_neighbor_inputs(
-        self, samples: Iterable[tuple[Any, int]], image_dir: ImageFolder | str | os.PathLike | None = None,
-        counts: dict | None = None,
-    ):
-        """`collect_neighbor_inputs` lazily, sample by sample (`neighbor_selection.iter_neighbor_inputs`): for
-        an embedding-cache build over a whole data set without holding its texts in memory."""
-        return iter_neighbor_inputs(
-            samples, self.context, self.neighbor_encoding, self.max_text_neighbors, self.max_image_neighbors,
-            self.image_folder(image_dir), counts,
-        )
 
 
 __all__ = ["NEIGHBOR_TOKEN", "MMGLProcessor"]

@@ -12,6 +12,7 @@ from PIL import Image
 
 from processing import page_graph
 from processing.page_graph import PageGraph, is_page_graph
+from processing.data.sample_index import PageGraphIndex
 from processing.image_source import clip_image_processor
 from processing.processing_mmgl import MMGLProcessor
 from tests.modeling_helpers import TINY_CLIP
@@ -62,7 +63,7 @@ def test_coerce_accepts_a_graph_of_another_copy_of_the_file():
         assert copy.PageGraph.coerce(PageGraph.from_wikiweb2m(row)).page_id == theirs.page_id
         assert not is_page_graph(row) and not is_page_graph(None)
         # An index of this copy serves graphs of the other.
-        index = page_graph.PageGraphIndex([theirs])
+        index = PageGraphIndex([theirs])
         assert index.graph(0) is theirs and len(index) == len(theirs.sample_sections())
     finally:
         del sys.modules["hub_copy_page_graph"]

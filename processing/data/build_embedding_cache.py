@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from processing.atomic_write import atomic_write_bytes
 from processing.loading import read_json
 from processing.data.cli import add_debug_argument, run_command
@@ -37,6 +39,7 @@ from processing.embedding_cache import (
     CACHE_FORMAT,
     CONFIG_NAME,
     ENCODER_IDENTITY_FIELDS,
+    INDEX_FORMAT,
     INDEX_NAME,
     KINDS,
     SHARD_FORMAT,
@@ -45,11 +48,11 @@ from processing.embedding_cache import (
     CorruptShardError,
     EmbeddingCache,
     EncoderMismatchError,
-    _load_shard,
-    _open_index,
-    _read_shard_header,
-    _shard_paths,
-    _tensor_sha256,
+    load_shard,
+    open_index,
+    read_shard_header,
+    shard_files,
+    tensor_sha256,
     encoder_description,
     encoder_identity,
     image_key,
@@ -65,7 +68,7 @@ from processing.image_source import (
     load_rgb_image,
     pixel_values,
 )
-from processing.neighbor_selection import iter_neighbor_inputs
+from processing.data.neighbor_inputs import iter_neighbor_inputs
 
 if TYPE_CHECKING:  # the model stack (torch, transformers, open_clip: ~10-20 s to import) is imported where it is used,
     import torch  # so that bad input is reported before it
@@ -109,7 +112,7 @@ class _ShardWriter:
 
         embeddings = torch.cat(self.rows).contiguous()
         path = self.kind_dir / f"shard-r{self.rank:03d}-{self.next_seq:05d}.safetensors"
-        metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": _tensor_sha256(embeddings),
+        metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": tensor_sha256(embeddings),
                     "encoder": self.identity}
         atomic_write_bytes(path, safetensors_save({"embeddings": embeddings}, metadata=metadata))
         self.written.append(path)
@@ -125,7 +128,7 @@ def _recorded_shards(cache_dir: Path) -> dict:
         return {}
     config = read_cache_config(cache_dir)
     try:
-        records, _, _ = _open_index(path, config)
+        records, _, _ = open_index(path, config)
     except CorruptIndexError as err:
         logger.error("%s; setting it aside as %s.corrupt", err, path.name)
         os.replace(path, path.with_name(path.name + ".corrupt"))
@@ -152,14 +155,14 @@ def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[lis
         for tmp in kind_dir.glob(".*.tmp"):
             logger.info("removing %s left by an interrupted build", tmp)
             tmp.unlink(missing_ok=True)
-        for path in _shard_paths(kind_dir):
+        for path in shard_files(kind_dir):
             stat = path.stat()
             if recorded.get((kind, path.name)) == (stat.st_size, stat.st_mtime_ns):
                 continue
             checked += 1
             try:
-                _read_shard_header(path, identity=identity)
-                _load_shard(path)
+                read_shard_header(path, identity=identity)
+                load_shard(path)
             except CorruptShardError as err:
                 logger.error("%s; setting it aside as %s.corrupt and recomputing its keys", err, path.name)
                 os.replace(path, path.with_name(path.name + ".corrupt"))
@@ -322,6 +325,27 @@ def _embed_kind(cache: EmbeddingCache, kind: str, items: Iterable[tuple], encode
             "shards_written": len(writer.written)}
 
 
+def save_index(cache: EmbeddingCache, covers: Iterable[str] = ()) -> EmbeddingCache:
+    """Write the index of the shards `cache` was opened on (`EmbeddingCache.key_tables`, `shard_records`), with its
+    coverage records plus `covers`, atomically (the build calls this once every shard it lists is verified), and
+    return the cache reopened on it."""
+    from safetensors.numpy import save
+
+    tensors = {}
+    for kind, table in cache.key_tables.items():
+        tensors[f"{kind}_keys"] = np.ascontiguousarray(table.keys).view(np.uint8).reshape(len(table), 32)
+        tensors[f"{kind}_shards"] = np.ascontiguousarray(table.shards, dtype=np.int32)
+        tensors[f"{kind}_rows"] = np.ascontiguousarray(table.rows, dtype=np.int32)
+    metadata = {
+        "format": INDEX_FORMAT,
+        "identity": encoder_identity(cache.config),
+        "shards": json.dumps([list(record) for record in cache.shard_records]),
+        "covers": json.dumps(list(dict.fromkeys([*cache.coverage, *covers]))),
+    }
+    atomic_write_bytes(cache.cache_dir / INDEX_NAME, save(tensors, metadata=metadata))
+    return EmbeddingCache(cache.cache_dir)
+
+
 def streamed_neighbor_inputs(per_sample: Iterable[Iterable[tuple[list, list]]]):
     """``(texts, image_paths, image_sha256)`` for `build_embedding_cache` from `iter_neighbor_inputs` streams
     (one per split), in one pass: ``texts`` is a generator (the data set's texts are never all in memory) that
@@ -463,7 +487,7 @@ def build_embedding_cache(
         # (their checksums were computed from the tensors written). One process records them in the index.
         cache = EmbeddingCache(cache_dir)
         if not cache.index_fresh or any(not cache.covers(record) for record in covers):
-            cache.save_index(covers)
+            cache = save_index(cache, covers)
     state.wait_for_everyone()
     if not state.is_main_process:
         cache = EmbeddingCache(cache_dir)  # the index the main process wrote: every process's shards
@@ -474,7 +498,7 @@ def build_embedding_cache(
 def coverage_key(table_fingerprint: str | None, samples: str, context: str, neighbor_encoding: str,
                  max_text_neighbors: int, max_image_neighbors: int, image_dir=None) -> str | None:
     """What a set of collected neighbour inputs depends on, as one string: the page table (its fingerprint,
-    `processing.token_cache.table_fingerprint`), which samples of it (e.g. ``"all"``), the design that selects
+    `processing.data.token_store.table_fingerprint`), which samples of it (e.g. ``"all"``), the design that selects
     the neighbours, and the image folder's state (its path, its modification time and that of its manifest:
     files added or fetched change which references resolve). `None` when the table has no fingerprint (then
     nothing is skipped). An image file replaced in place under the same name in a plain folder is not seen."""
@@ -575,8 +599,8 @@ def main(argv=None) -> int:
     from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
     from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
     from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
-    from processing.page_graph import PageGraphIndex
-    from processing.token_cache import table_fingerprint
+    from processing.data.sample_index import PageGraphIndex
+    from processing.data.token_store import table_fingerprint
 
     if args.text_neighbor_pooling not in (None, *TEXT_NEIGHBOR_POOLINGS):
         raise ValueError(f"--text_neighbor_pooling must be one of {TEXT_NEIGHBOR_POOLINGS}, got "
@@ -621,7 +645,7 @@ def main(argv=None) -> int:
     return 0
 
 
-__all__ = ["build_embedding_cache", "coverage_key", "main", "open_covered_cache", "streamed_neighbor_inputs"]
+__all__ = ["build_embedding_cache", "coverage_key", "main", "open_covered_cache", "save_index", "streamed_neighbor_inputs"]
 
 
 if __name__ == "__main__":

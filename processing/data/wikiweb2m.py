@@ -38,7 +38,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
@@ -49,7 +49,6 @@ from processing.wikiweb2m_schema import (
     CONTEXT_BYTES_FEATURES,
     CONTEXT_DEFAULTS,
     CONTEXT_FEATURES,
-    CONTEXT_INT_FEATURES,
     IMAGE_BYTES_FEATURES,
     IMAGE_INT_FEATURES,
     PAGE_COLUMNS,
@@ -659,6 +658,22 @@ def _iter_columns(pages, columns: Sequence[str]) -> Iterator[tuple]:
             yield tuple(row[c] for c in columns)
 
 
+def _sample_flags(pages) -> Iterator[tuple]:
+    """`(split, is_section_summarization_sample)` per page: columns of a `datasets` table or of page rows; pages of
+    another kind (page dicts, `PageGraph`s) through their page graph."""
+    from processing.page_graph import PageGraph
+
+    if hasattr(pages, "select_columns") and hasattr(pages, "iter"):
+        yield from _iter_columns(pages, ("split", "is_section_summarization_sample"))
+        return
+    for page in pages:
+        if isinstance(page, Mapping) and "is_section_summarization_sample" in page:
+            yield page.get("split"), page["is_section_summarization_sample"]
+        else:
+            graph = PageGraph.coerce(page)
+            yield graph.split, graph.is_sample
+
+
 def study_split(num_pages: int) -> dict[str, range]:
     """The MMGL study's page split: page positions (in file order) of train, val and test.
 
@@ -691,10 +706,11 @@ def study_split(num_pages: int) -> dict[str, range]:
 def summarization_samples(pages, split: str | None = None, use_study_split: bool = False) -> list[tuple[int, int]]:
     """Section summarization samples as ``(page row index, section index)`` pairs, in page order.
 
-    A section is a sample when its ``is_section_summarization_sample`` flag is 1.
+    A section is a sample when its ``is_section_summarization_sample`` flag is 1. The one selection rule: the
+    sample index (`processing.data.sample_index.PageGraphIndex`) takes its default samples from here.
 
     Args:
-        pages (`datasets.Dataset`, `datasets.IterableDataset` or a list of page rows).
+        pages (`datasets.Dataset`, `datasets.IterableDataset`, or a list of page rows, page dicts or `PageGraph`s).
         split (`str`, *optional*): keep only pages of this split (``train``, ``val`` or ``test``);
             `None` keeps all.
         use_study_split (`bool`, *optional*, defaults to `False`): assign splits by page position
@@ -716,7 +732,7 @@ def summarization_samples(pages, split: str | None = None, use_study_split: bool
             ) from None
         wanted = study_split(num_pages)[split]
     samples = []
-    for page, (page_split, flags) in enumerate(_iter_columns(pages, ("split", "is_section_summarization_sample"))):
+    for page, (page_split, flags) in enumerate(_sample_flags(pages)):
         if split is not None:
             if wanted is not None:
                 if page not in wanted:

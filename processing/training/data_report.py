@@ -12,7 +12,7 @@ import copy
 import json
 import os
 
-from processing.page_graph import PageGraphIndex
+from processing.data.sample_index import PageGraphIndex
 
 
 def _unbounded(processor):
