@@ -84,7 +84,7 @@ from .image_source import (
 )
 from .neighbor_selection import NeighborSelection, select_neighbors, target_input
 from .page_graph import PageGraph, is_page_graph
-from .sa_te_layout import sa_te_groups
+from .token_layout import sa_te_groups
 from .text_neighbor_tokens import (
     TEXT_NEIGHBOR_TOKENIZER_DIR,
     clip_text_ids,
