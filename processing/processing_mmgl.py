@@ -84,7 +84,7 @@ from .image_source import (
 )
 from .neighbor_selection import NeighborSelection, select_neighbors, target_input
 from .page_graph import PageGraph, is_page_graph
-from .token_layout import sa_te_groups
+from .token_layout import layout_ids, sa_te_groups
 from .text_neighbor_tokens import (
     TEXT_NEIGHBOR_TOKENIZER_DIR,
     clip_text_ids,
@@ -665,58 +665,22 @@ class MMGLProcessor(ProcessorMixin):
         self, graph: PageGraph, section_idx: int, selection: NeighborSelection, num_placeholders: int,
         image_mask: Sequence[int], for_generation: bool,
     ) -> tuple[np.ndarray, int]:
-        """``input_ids`` as an int64 array, and the source length (tokens before the summary);
-        truncation keeps placeholders and prompts. ``image_mask``: the image slots that get placeholders."""
-        prompts = self._prompt_ids()
-        raw_texts = selection.texts if self.neighbor_encoding == "sa_te" else ()
-        groups = sa_te_groups(graph, section_idx, selection) if self.neighbor_encoding == "sa_te" else None
-        # SA-TE: " Context:" opens whatever follows the target's own group (texts or real images).
-        has_context = groups is not None and any(
-            group.texts or any(image_mask[j] for j in group.images) for group in groups[1:]
-        )
-        fixed = prompts["fixed_length"] + num_placeholders + (len(prompts["context"]) if has_context else 0)
-        budget = self.max_source_length - fixed
-        if budget < 0:
-            raise ValueError(
-                f"page {graph.page_id!r}, section {section_idx}: max_source_length={self.max_source_length} cannot "
-                f"hold the prompt and {num_placeholders} neighbour placeholders ({fixed} tokens); raise "
-                "max_source_length or lower the neighbour budgets"
-            )
-        summary = graph.summaries[section_idx]
+        """`input_ids` and the source length (`token_layout.layout_ids`), from this processor's ids."""
+        sa_te = self.neighbor_encoding == "sa_te"
+        raw_texts = selection.texts if sa_te else ()
         target_text = self.target_text(graph, section_idx)
         if for_generation:  # no summary: the naive (uncached) path must not tokenise it for nothing
             ids = self._lm_ids_many([target_text, *raw_texts])
-            target, summary_ids, neighbor_ids = ids[0], None, ids[1:]
+            target, summary, neighbor_texts = ids[0], None, ids[1:]
         else:
-            ids = self._lm_ids_many([target_text, summary, *raw_texts])
-            target, summary_ids, neighbor_ids = ids[0], ids[1], ids[2:]
-        # Split the text budget: the target keeps everything the neighbour texts leave free, and at
-        # least half when both are long; neighbour texts then fill the rest in slot order.
-        neighbor_length = sum(map(len, neighbor_ids))
-        if len(target) + neighbor_length > budget:
-            target = target[: max(budget // 2, budget - neighbor_length)]
-            budget -= len(target)
-            kept = []
-            for text_ids in neighbor_ids:
-                kept.append(text_ids[:budget])  # empty once the budget is spent
-                budget -= len(kept[-1])
-            neighbor_ids = kept
-        if groups is None:
-            body = [prompts["section"], target, self._placeholders(num_placeholders)]
-        else:
-            # Each group's texts, then the placeholders of its real images (`sa_te_layout`).
-            body = [prompts["section"], target]
-            for k, group in enumerate(groups):
-                if k == 1 and has_context:
-                    body.append(prompts["context"])
-                body += [neighbor_ids[i] for i in group.texts]
-                real_images = sum(image_mask[j] for j in group.images)
-                body.append(self._placeholders(self.image_neighbor_num_tokens * real_images))
-        if for_generation:
-            return np.concatenate([prompts["bos"], *body, prompts["summary"]]), -1
-        summary_ids = summary_ids[: self.max_target_length - 1]
-        input_ids = np.concatenate([prompts["bos"], *body, prompts["summary"], summary_ids, prompts["eos"]])
-        return input_ids, len(input_ids) - len(summary_ids) - 1
+            ids = self._lm_ids_many([target_text, graph.summaries[section_idx], *raw_texts])
+            target, summary, neighbor_texts = ids[0], ids[1], ids[2:]
+        return layout_ids(
+            self._prompt_ids(), target, summary, neighbor_texts, num_placeholders, self._placeholders,
+            self.max_source_length, self.max_target_length,
+            groups=sa_te_groups(graph, section_idx, selection) if sa_te else None, image_mask=image_mask,
+            image_tokens=self.image_neighbor_num_tokens, where=f"page {graph.page_id!r}, section {section_idx}",
+        )
 
     def _placeholders(self, count: int) -> np.ndarray:
         """``count`` placeholder ids: one read-only array per count, reused by every example."""
