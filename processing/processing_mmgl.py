@@ -1,67 +1,38 @@
 """Processor for Multimodal Graph Learning (MMGL) section summarization.
 
-`MMGLProcessor` turns (page, target section) into the model inputs of docs/INTERFACE.md: an OPT
-prompt with ``<neighbor>`` placeholders and labels on the summary only, the neighbours (raw or as
-cached embeddings) with masks, and the graph between the neighbours. It holds the options, the token
-layout and the payload assembly; the rules it applies live in their own files:
+`MMGLProcessor` turns (page, target section) into the model inputs of docs/INTERFACE.md: an OPT prompt with
+`<neighbor>` placeholders and labels on the summary only, the neighbours (raw or as cached embeddings) with masks,
+and the graph between the neighbours. It holds the options and the tokenizers, tokenises one example's texts and
+saves / loads itself; the rules it applies live in their own files:
 
 * which neighbours: `neighbor_selection` (ranking, budgets, leakage);
 * which slots and which model mode an (encoding, context) pair has: `design_space`;
+* where each piece goes in the sequence, truncation, and SA-TE's groups: `token_layout` (from ids);
+* the neighbour tensors (cached embeddings or pixels) and their masks: `neighbor_payload`;
 * which image file and which pixels: `image_source` (the one resolver and the one preprocessing);
-* where SA-TE puts each neighbour in the sequence: `sa_te_layout`;
 * the graph over the slots: `graph_projection`;
-* token ids of every text, on disk: `token_cache` (read here; built by `processing/data/token_store.py`
-  through `encode_texts`).
+* token ids of every text, on disk: `token_cache` (read here; built by `processing/data/token_store.py` through
+  `encode_texts`).
 
-Example layout (one example, training; ``|`` separates token segments). SA-E and CA-E::
+Every text segment is tokenised on its own as `" " + text` (no special tokens, special-token strings inside text
+are split as plain text), so an example is a concatenation of per-text id arrays: a token store holds each unique
+text's ids once and building an example is slicing and concatenating.
 
-    </s> | " Section:" | " <section title>: <section text after its first sentence>"
-         | <neighbor> x text_neighbor_num_tokens per text slot        (SA-E only)
-         | <neighbor> x image_neighbor_num_tokens per real image slot (SA-E only)
-         | " Summary:" | " <summary>" </s>
+Images: an image whose file is not in the image folder (or, with an embedding cache, not in it), or cannot be
+decoded, keeps its slot with mask 0 and gets no placeholders. Page dicts may hold the image itself (a PIL image or
+the file's bytes): it is preprocessed like a file, and an embedding cache is asked for its bytes (a PIL image's
+PNG). An embedding cache is asked for exactly these keys: each text neighbour's text (as in
+`NeighborSelection.texts`, see `processing.data.neighbor_inputs`) and each image's resolved file path (or, for an
+in-memory image, its bytes).
 
-SA-TE (neighbour texts as tokens; each image's placeholders right after its own section's text, as in the
-paper; the groups and their order are `sa_te_layout.sa_te_groups`)::
+Options are plain attributes saved in `processor_config.json`; prompt ids are tokenised at first use, so build a
+new processor (or `from_pretrained`) rather than editing the prompts afterwards.
 
-    </s> | " Section:" | " <section title>: <section text after its first sentence>"
-         | " <caption of a target image>" ... | <neighbor> x image_neighbor_num_tokens per real target image
-         | [when anything follows] " Context:" | [when selected] " <page description>"
-         | per other section, in neighbour order: [when selected] " <its text>" | " <its images' captions>" ...
-         |                                        | <neighbor> x image_neighbor_num_tokens per real image of it
-         | " Summary:" | " <summary>" </s>
-
-    labels: -100 everywhere except " <summary>" </s>
-
-for generation the example stops after " Summary:". Every text segment is tokenised on its own as
-``" " + text`` (no special tokens, special-token strings inside text are split as plain text), so
-an example is a concatenation of per-text id arrays: the token store (`processing.data.token_store`) stores
-each unique text's ids once and building an example is slicing and concatenating. Truncation
-(``max_source_length``) cuts texts only, from their end, never placeholders or prompts: the target
-text keeps what the SA-TE neighbour texts leave free and at least half of the text budget, the
-neighbour texts share the rest in slot order (`NeighborSelection.texts`); an image's placeholders stay
-whole even when its section's text is cut to nothing. The summary (``max_target_length`` with eos) is last.
-
-Images: an image whose file is not in the image folder (or, with an embedding cache, not in it), or
-cannot be decoded, keeps its slot with mask 0 and gets no placeholders. Page dicts may hold the
-image itself (a PIL image or the file's bytes): it is preprocessed like a file, and an embedding
-cache is asked for its bytes (a PIL image's PNG). With raw pixels, an example with no image file at
-all gets a zero-stride zero view for ``image_neighbor_pixel_values`` (no 3 MB memset per example at
-224 px; treat it as read-only).
-
-An embedding cache is asked for exactly these keys: each text neighbour's text (as in
-`NeighborSelection.texts`, see `processing.data.neighbor_inputs`) and each image's resolved file path (or,
-for an in-memory image, its bytes).
-
-Options are plain attributes saved in ``processor_config.json``; prompt ids are tokenised at first
-use, so build a new processor (or `from_pretrained`) rather than editing the prompts afterwards.
-
-This file is Hub-loadable: it imports installed packages and same-folder files only, and never
-modeling code.
+This file is Hub-loadable: it imports installed packages and same-folder files only, and never modeling code.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,14 +45,8 @@ from .collator import ADJACENCY_KEY, EIGENVECTORS_KEY, IMAGE_SLOT_KEYS, TEXT_SLO
 from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
-from .image_source import (
-    ImageDecodeError,
-    ImageFolder,
-    clip_image_processor,
-    image_bytes,
-    load_rgb_image,
-    pixel_values,
-)
+from .image_source import ImageFolder, clip_image_processor
+from .neighbor_payload import image_embeddings, image_pixels, image_sources, pixel_size, text_embeddings
 from .neighbor_selection import NeighborSelection, select_neighbors, target_input
 from .page_graph import PageGraph, is_page_graph
 from .token_layout import layout_ids, sa_te_groups
@@ -94,15 +59,6 @@ from .text_neighbor_tokens import (
 from .token_cache import MMGLTokenCache, tokenizer_fingerprint
 
 NEIGHBOR_TOKEN = "<neighbor>"
-# Shared zero scalar behind the broadcast pixel block of examples without any image file.
-_ZERO = torch.zeros(())
-
-
-def _long_tensor(values: list[int]) -> torch.Tensor:
-    # Through numpy: about twice as fast as torch.tensor(list) for the few values of a mask.
-    return torch.from_numpy(np.array(values, dtype=np.int64))
-
-
 class _RuntimeState:
     """Caches that must not be serialised nor deep-copied with the processor config (`to_dict`)."""
 
@@ -472,52 +428,15 @@ class MMGLProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ neighbour payloads
 
-    def _pixel_size(self) -> tuple[int, int]:
-        ip = self.image_processor
-        if self._state.pixel_size is not None and self._state.pixel_size[0] is ip:
-            return self._state.pixel_size[1]
-        self._state.pixel_size = (ip, self._compute_pixel_size(ip))
-        return self._state.pixel_size[1]
-
-    @staticmethod
-    def _compute_pixel_size(ip) -> tuple[int, int]:
-        crop = getattr(ip, "crop_size", None)
-        if getattr(ip, "do_center_crop", False) and crop is not None:
-            return int(crop["height"]), int(crop["width"])
-        size = ip.size
-        if size.get("height") is not None:
-            return int(size["height"]), int(size["width"])
-        return int(size["shortest_edge"]), int(size["shortest_edge"])
-
     def _text_payload(self, graph: PageGraph, section_idx: int, selection: NeighborSelection, embedding_cache) -> dict[str, torch.Tensor]:
-        num = len(selection.texts)
         if embedding_cache is not None:
-            get_text = embedding_cache.get_text
-            embeds = [get_text(text) for text in selection.texts]
-            for text, embed in zip(selection.texts, embeds):
-                if embed is None:
-                    raise KeyError(
-                        f"page {graph.page_id!r}, section {section_idx}: the embedding cache has no entry for text "
-                        f"neighbour {text[:60]!r}...; precompute embeddings for the texts of `select_neighbors`"
-                    )
-            if embeds:
-                try:  # the cache returns tensors: one stack
-                    values = torch.stack(embeds)
-                except TypeError:
-                    values = torch.stack([torch.as_tensor(embed) for embed in embeds])
-                values = values.reshape(num, -1).to(torch.float32)
-            else:  # a cache of a Hugging Face text encoder has its own text width
-                width = getattr(embedding_cache, "text_embed_dim", None) or embedding_cache.embed_dim
-                values = torch.zeros((0, int(width)))
-            key = "text_neighbor_embeds"
-        else:
-            ids = self._clip_ids_many(selection.texts)
-            values = torch.stack(ids) if ids else torch.zeros((0, self.neighbor_context_size), dtype=torch.long)
-            key = "text_neighbor_input_ids"
-        return {key: values, "text_neighbor_mask": torch.from_numpy(np.ones(num, dtype=np.int64))}
+            return text_embeddings(selection.texts, embedding_cache, f"page {graph.page_id!r}, section {section_idx}")
+        ids = self._clip_ids_many(selection.texts)
+        values = torch.stack(ids) if ids else torch.zeros((0, self.neighbor_context_size), dtype=torch.long)
+        return {"text_neighbor_input_ids": values, "text_neighbor_mask": torch.from_numpy(np.ones(len(ids), dtype=np.int64))}
 
     def image_folder(self, image_dir: ImageFolder | str | os.PathLike | None) -> ImageFolder:
-        """The `ImageFolder` of ``image_dir`` (its manifest read once per folder and kept)."""
+        """The `ImageFolder` of `image_dir` (its manifest read once per folder and kept)."""
         if isinstance(image_dir, ImageFolder):
             return image_dir
         key = None if image_dir is None else os.fspath(image_dir)
@@ -529,63 +448,14 @@ class MMGLProcessor(ProcessorMixin):
     def _image_payload(
         self, selection: NeighborSelection, embedding_cache, image_dir
     ) -> tuple[dict[str, torch.Tensor], list[int]]:
-        """Image slot tensors and the mask as a list. Only files the image folder resolves count, and
-        in-memory images of page dicts (PIL images or encoded bytes); the others are masked, as are
-        images that cannot be decoded (one warning naming the file)."""
-        num = len(selection.image_refs)
-        mask = [0] * num
-        folder = self.image_folder(image_dir)
-        sources = []  # (slot, path or in-memory image, the fetcher's sha256 or None)
-        for j, ref in enumerate(selection.image_refs):
-            if ref is None:
-                continue
-            if isinstance(ref, (str, os.PathLike)):
-                path = folder.resolve(ref)
-                if path is not None:
-                    sources.append((j, path, folder.sha256(ref)))
-            else:
-                sources.append((j, ref, None))
+        """Image slot tensors and the mask as a list (`neighbor_payload`)."""
+        sources = image_sources(selection.image_refs, self.image_folder(image_dir))
         if embedding_cache is not None:
-            found = {}
-            for j, source, sha256 in sources:
-                try:
-                    # The cache keys images by their file bytes: a PIL image by its PNG bytes (lossless); a
-                    # fetched file by the hash its manifest recorded (no need to read it again).
-                    if sha256 is not None:
-                        embed = embedding_cache.get_image(source, sha256=sha256)
-                    else:
-                        embed = embedding_cache.get_image(source if isinstance(source, str) else image_bytes(source))
-                except OSError:
-                    embed = None
-                if embed is not None:
-                    found[j] = torch.as_tensor(embed, dtype=torch.float32).reshape(-1)
-            dim = next(iter(found.values())).shape[0] if found else int(embedding_cache.embed_dim)
-            values = torch.zeros((num, dim))
-            for j, embed in found.items():
-                values[j] = embed
-                mask[j] = 1
-            return {"image_neighbor_embeds": values, "image_neighbor_mask": _long_tensor(mask)}, mask
-        height, width = self._pixel_size()
-        loaded = []
-        for j, source, _ in sources:
-            try:
-                loaded.append((j, load_rgb_image(source)))
-            except ImageDecodeError as err:  # masked like a missing file, as the cache builder skips it
-                warnings.warn(f"{err}; masking it")
-        if loaded:
-            values = torch.zeros((num, 3, height, width))
-            pixels = pixel_values(self.image_processor, [image for _, image in loaded])
-            for (j, _), pixel in zip(loaded, pixels):
-                values[j] = pixel
-                mask[j] = 1
-        else:
-            # Most sections have no image file: a zero-stride zero view instead of a fresh
-            # (Ni, 3, H, W) buffer (3 MB of memset per example at 224 px). Writes to it fail (all its
-            # elements share one memory location), so one view per shape serves every example.
-            values = self._state.zero_pixels.get((num, height, width))
-            if values is None:
-                values = self._state.zero_pixels[(num, height, width)] = _ZERO.expand(num, 3, height, width)
-        return {"image_neighbor_pixel_values": values, "image_neighbor_mask": _long_tensor(mask)}, mask
+            return image_embeddings(sources, len(selection.image_refs), embedding_cache)
+        if self._state.pixel_size is None or self._state.pixel_size[0] is not self.image_processor:
+            self._state.pixel_size = (self.image_processor, pixel_size(self.image_processor))
+        return image_pixels(sources, len(selection.image_refs), self.image_processor, self._state.pixel_size[1],
+                            self._state.zero_pixels)
 
     # ------------------------------------------------------------------ examples
 
@@ -605,7 +475,7 @@ class MMGLProcessor(ProcessorMixin):
             embedding_cache (*optional*): an object with ``get_text(text)``, ``get_image(path)`` and
                 ``embed_dim`` (`processing.embedding_cache.EmbeddingCache`); when given, neighbours are
                 passed as embeddings, otherwise as raw CLIP ids / pixels.
-            image_dir (`str`, *optional*): folder of the image files (see `resolve_image`).
+            image_dir (`str`, *optional*): folder of the image files (`image_source.ImageFolder`).
             for_generation (`bool`, *optional*, defaults to `False`): stop after the prompt; no labels.
 
         Returns:
