@@ -57,7 +57,11 @@ from processing.data.token_store import prepare_token_cache, table_fingerprint
 from processing.data.wikiweb2m import summarization_samples
 from processing.design_space import (
     CONTEXTS,
+    DESIGN_DEFAULTS,
     NEIGHBOR_ENCODINGS,
+    PEFT_TUNINGS,
+    POSITION_ENCODINGS,
+    TUNINGS,
     check_text_neighbor_encoder,
     has_neighbor_slots,
     neighbor_mode,
@@ -90,8 +94,6 @@ from processing.training.run_record import MMGLRunRecord, run_arguments
 from processing.training.outputs import ResultsFolder, check_output_folders, default_checkpoint_dir, remove_if_empty
 from processing.training.recipe import epoch_coverage_line, explicit_fields, resolve_paper_recipe
 from processing.training.tuning import (
-    PEFT_TUNINGS,
-    TUNINGS,
     apply_tuning,
     check_tuning,
     count_parameters,
@@ -100,8 +102,6 @@ from processing.training.tuning import (
 )
 
 logger = logging.getLogger(__name__)
-
-POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 
 
 @dataclass
@@ -138,23 +138,23 @@ class ModelArguments:
 
 @dataclass
 class MMGLArguments:
-    context: str = field(default="all", metadata={"help": f"One of {CONTEXTS}."})
-    neighbor_encoding: str = field(default="sa_e", metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
-    position_encoding: str = field(default="none", metadata={"help": f"One of {POSITION_ENCODINGS}."})
-    tuning: str = field(default="full", metadata={"help": f"One of {TUNINGS}."})
-    text_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
-    image_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per image neighbour."})
-    max_text_neighbors: int = field(default=11, metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
-    max_image_neighbors: int = field(default=5, metadata={"help": "Budget of image neighbours per example."})
-    cross_attention_interval: int = field(default=4, metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
+    context: str = field(default=DESIGN_DEFAULTS["context"], metadata={"help": f"One of {CONTEXTS}."})
+    neighbor_encoding: str = field(default=DESIGN_DEFAULTS["neighbor_encoding"], metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
+    position_encoding: str = field(default=DESIGN_DEFAULTS["position_encoding"], metadata={"help": f"One of {POSITION_ENCODINGS}."})
+    tuning: str = field(default=DESIGN_DEFAULTS["tuning"], metadata={"help": f"One of {TUNINGS}."})
+    text_neighbor_num_tokens: int = field(default=DESIGN_DEFAULTS["text_neighbor_num_tokens"], metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
+    image_neighbor_num_tokens: int = field(default=DESIGN_DEFAULTS["image_neighbor_num_tokens"], metadata={"help": "Soft tokens per image neighbour."})
+    max_text_neighbors: int = field(default=DESIGN_DEFAULTS["max_text_neighbors"], metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
+    max_image_neighbors: int = field(default=DESIGN_DEFAULTS["max_image_neighbors"], metadata={"help": "Budget of image neighbours per example."})
+    cross_attention_interval: int = field(default=DESIGN_DEFAULTS["cross_attention_interval"], metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
     cross_attention_gating: bool = field(
-        default=True,
+        default=DESIGN_DEFAULTS["cross_attention_gating"],
         metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
                   "CA-E, residuals added directly."},
     )
-    lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
-    gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
-    gnn_num_layers: int = field(default=2, metadata={"help": "GNN position encoding: number of layers."})
+    lpe_k: int = field(default=DESIGN_DEFAULTS["lpe_k"], metadata={"help": "Laplacian position encoding: number of eigenvectors."})
+    gnn_type: str = field(default=DESIGN_DEFAULTS["gnn_type"], metadata={"help": "GNN position encoding: layer type."})
+    gnn_num_layers: int = field(default=DESIGN_DEFAULTS["gnn_num_layers"], metadata={"help": "GNN position encoding: number of layers."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning lora)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (--tuning lora)."})
     num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens of --tuning prefix / prompt."})
@@ -1032,10 +1032,11 @@ def main(argv=None):
         trainer.save_metrics("predict", {**metrics, "metrics_implementation": implementation})
         all_metrics.update(metrics)
 
-    if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report
+    if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report and the sizes
         results = Path(training_args.output_dir) / "all_results.json"
         combined = json.loads(results.read_text()) if results.exists() else {}
-        results.write_text(json.dumps({**combined, "data_report": report}, indent=4, sort_keys=True) + "\n")
+        combined.update(data_report=report, trainable_parameters=trainable, total_parameters=total)
+        results.write_text(json.dumps(combined, indent=4, sort_keys=True) + "\n")
     if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
         trainer.save_model()  # the Hub folder
         trainer.create_model_card()

@@ -42,7 +42,14 @@ from transformers import AddedToken, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .collator import ADJACENCY_KEY, EIGENVECTORS_KEY, IMAGE_SLOT_KEYS, TEXT_SLOT_KEYS, MMGLDataCollator
-from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
+from .design_space import (
+    DESIGN_DEFAULTS,
+    check_design,
+    check_text_neighbor_encoder,
+    has_image_slots,
+    has_text_slots,
+    neighbor_mode,
+)
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
 from .image_source import ImageFolder, clip_image_processor
@@ -125,12 +132,12 @@ class MMGLProcessor(ProcessorMixin):
         self,
         image_processor=None,
         tokenizer=None,
-        context: str = "all",
-        neighbor_encoding: str = "sa_e",
-        text_neighbor_num_tokens: int = 4,
-        image_neighbor_num_tokens: int = 4,
-        max_text_neighbors: int = 11,
-        max_image_neighbors: int = 5,
+        context: str = DESIGN_DEFAULTS["context"],
+        neighbor_encoding: str = DESIGN_DEFAULTS["neighbor_encoding"],
+        text_neighbor_num_tokens: int = DESIGN_DEFAULTS["text_neighbor_num_tokens"],
+        image_neighbor_num_tokens: int = DESIGN_DEFAULTS["image_neighbor_num_tokens"],
+        max_text_neighbors: int = DESIGN_DEFAULTS["max_text_neighbors"],
+        max_image_neighbors: int = DESIGN_DEFAULTS["max_image_neighbors"],
         max_source_length: int = 512,
         max_target_length: int = 128,
         neighbor_encoder_name: str = "ViT-B-32",

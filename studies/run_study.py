@@ -53,19 +53,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
+
+from processing.design_space import DESIGN_DEFAULTS as DESIGN
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = Path(__file__).resolve().parent
 SCRIPT = "run_summarization.py"
 DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "cross_attention_gating")
-DESIGN_DEFAULTS = dict(context="all", neighbor_encoding="sa_e", position_encoding="none", tuning="full",
-                       cross_attention_gating="true")  # run_summarization.py's defaults
+# run_summarization.py's defaults, as the command-line values a cell compares with (booleans as "true" / "false").
+DESIGN_DEFAULTS = {key: str(value).lower() if isinstance(value, bool) else value
+                   for key, value in DESIGN.items() if key in DESIGN_KEYS}
 DEFAULT_METRICS = ("predict_bleu4", "predict_rougeL", "predict_cider")
 STATUS_FILE = "study_status.json"
 LOG_FILE = "run.log"
 ERROR_TAIL_LINES = 15
-PARAMS_LINE = re.compile(r"^trainable parameters: ([\d,]+) / total: ([\d,]+)", re.MULTILINE)
 CSV_COLUMNS = (
     "run_id", "tables", "status", *DESIGN_KEYS, "tag", "seed", "metrics...", "trainable_params", "total_params",
     "trainable_share", "mean_input_tokens", "train_step_time_s", "peak_memory_mb", "wall_s", "returncode",
@@ -414,14 +417,8 @@ def collect_row(run: Run, metrics: Sequence[str]) -> dict:
     train = _read_json(run_dir / "train_results.json") or {}
     state = _read_json(run_dir / "trainer_state.json") or {}
     report = _read_json(run_dir / "data_report.json")
-    log_text = (run_dir / LOG_FILE).read_text(errors="replace") if (run_dir / LOG_FILE).is_file() else ""
-    trainable = total = None
-    for source in (train, results, report or {}):
-        trainable = trainable or _find_key(source, ("trainable_parameters", "trainable_params"))
-        total = total or _find_key(source, ("total_parameters", "total_params"))
-    found = PARAMS_LINE.findall(log_text)
-    if (trainable is None or total is None) and found:
-        trainable, total = (int(x.replace(",", "")) for x in found[-1])  # the last: after tuning wrapped it
+    # The script records the sizes of the model it trained (after tuning wrapped it) in all_results.json.
+    trainable, total = results.get("trainable_parameters"), results.get("total_parameters")
     row["trainable_params"] = trainable if trainable is not None else ""
     row["total_params"] = total if total is not None else ""
     row["trainable_share"] = round(trainable / total, 6) if trainable and total else ""

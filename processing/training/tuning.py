@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from processing.design_space import PEFT_TUNINGS, TUNINGS
+
 # peft matches `modules_to_save` by suffix of the full module name: these match exactly the MMGL modules.
 MMGL_MODULES = ("neighbor_projection", "position_encoding", "gated_cross_attention")
 # OPT decoder self-attention only: a bare ["q_proj", ..., "out_proj"] list would also wrap the cross-attention
 # blocks (trained in full instead) and open_clip's attention `out_proj` inside the frozen neighbour encoder.
 LORA_TARGET_MODULES = r".*model\.decoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj"
-TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
-PEFT_TUNINGS = ("lora", "prefix", "prompt")
 
 
 def is_mmgl_parameter(name: str) -> bool:
