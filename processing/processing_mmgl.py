@@ -338,7 +338,7 @@ class MMGLProcessor(ProcessorMixin):
                 clip = f"hf:{tokenizer_fingerprint(self.text_neighbor_tokenizer)}:{self.text_neighbor_max_length}"
             else:
                 clip = f"{self.neighbor_encoder_name}:{self.neighbor_context_length}"
-            self._state.identity = {"lm": tokenizer_fingerprint(self.tokenizer), "clip": clip}
+            self._state.identity = {"lm": tokenizer_fingerprint(self.tokenizer), "neighbor_text": clip}
         return self._state.identity
 
     def _encode_lm(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -364,13 +364,14 @@ class MMGLProcessor(ProcessorMixin):
 
     def encode_texts(self, kind: str, texts: Sequence[str]) -> list:
         """Token ids of each text, tokenised now (no token store): `"lm"`, the language model's ids of `" " + text`
-        (`np.ndarray`); `"clip"`, the text neighbour encoder's ids (`torch.Tensor`). What a token store holds
+        (`np.ndarray`); `"neighbor_text"` (formerly `"clip"`), the text neighbour encoder's ids (`torch.Tensor`). What a
+        token store holds
         (`processing.data.token_store.build_token_cache` calls this)."""
         if kind == "lm":
             return self._encode_lm(texts)
-        if kind == "clip":
+        if kind in ("neighbor_text", "clip"):
             return self._encode_clip(texts)
-        raise ValueError(f"unknown token kind {kind!r}: expected 'lm' or 'clip'")
+        raise ValueError(f"unknown token kind {kind!r}: expected 'lm' or 'neighbor_text'")
 
     def _lm_ids_many(self, texts: Sequence[str]) -> list[np.ndarray]:
         """OPT ids of several texts (each as ``" " + text``)."""
@@ -378,7 +379,7 @@ class MMGLProcessor(ProcessorMixin):
 
     def _clip_ids_many(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """open_clip ids of several texts."""
-        return self._ids_many("clip", self._encode_clip, texts)
+        return self._ids_many("neighbor_text", self._encode_clip, texts)
 
     def _ids_many(self, kind: str, encode, texts: Sequence[str]) -> list:
         """Ids of several texts: one hash and binary search each in the token store when there is one, one

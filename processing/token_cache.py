@@ -240,7 +240,9 @@ def _open_store(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 class MMGLTokenCache:
     """Token ids of every unique text of a data set, tokenised once, kept in a memory-mapped file.
 
-    Per kind (``"lm"``: OPT ids of ``" " + text``; ``"clip"``: open_clip ids of a neighbour text) the ids
+    Per kind (`"lm"`: OPT ids of `" " + text`; `"neighbor_text"`: the text neighbour encoder's ids of a neighbour
+    text, open_clip's or a Hugging Face text model's; stores written before the rename call it `"clip"`, which is
+    still read and accepted as a name) the ids
     of all texts are one flat int32 array with offsets, addressed by the sorted 128-bit BLAKE2b digests of
     the texts: a lookup hashes the text and binary-searches the digests (`np.searchsorted`), so the store
     holds no Python object per text and opening it costs O(1) memory; DataLoader workers share its pages
@@ -260,7 +262,7 @@ class MMGLTokenCache:
 
     FORMAT = "mmgl-token-cache"
     VERSION = 2
-    KINDS = ("lm", "clip")
+    KINDS = ("lm", "neighbor_text")
 
     def __init__(self, identity: Mapping[str, str], path: str | None = None, max_pending: int = 200_000):
         self.identity = dict(identity)
@@ -282,6 +284,7 @@ class MMGLTokenCache:
         return (_reopen, (self.path, self.identity, self.max_pending, self._pending, self.covers))
 
     def count(self, kind: str) -> int:
+        kind = _kind(kind)
         spill = self._spills.get(kind)
         return len(self._stored[kind]) + len(self._pending[kind]) + (len(spill) if spill is not None else 0)
 
@@ -303,7 +306,8 @@ class MMGLTokenCache:
         self._spills = {}
 
     def lookup(self, kind: str, texts: Sequence[str]) -> list:
-        """Ids of each text (``"lm"``: int64 array; ``"clip"``: long tensor), `None` where absent."""
+        """Ids of each text (`"lm"`: int64 array; `"neighbor_text"`: long tensor), `None` where absent."""
+        kind = _kind(kind)
         if not len(texts):
             return []
         keys = _text_digests(texts)
@@ -315,7 +319,7 @@ class MMGLTokenCache:
             if row >= 0 and ids is None:
                 raise ValueError(f"token cache {self.path!r}: the {kind!r} offsets are out of range (a damaged file)")
             out.append(ids)
-        if kind == "clip":
+        if kind == "neighbor_text":
             out = [None if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64)) for ids in out]
         return out
 
@@ -325,6 +329,7 @@ class MMGLTokenCache:
 
     def missing(self, kind: str, texts: Iterable[str]) -> list[str]:
         """The texts (unique, in order) with no ids yet."""
+        kind = _kind(kind)
         unique = list(dict.fromkeys(texts))
         if not unique:
             return []
@@ -335,6 +340,7 @@ class MMGLTokenCache:
 
     def add(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
         """Remember freshly tokenised ``texts`` (saved by the next `save`); texts already present are kept."""
+        kind = _kind(kind)
         pending = self._pending[kind]
         keys = _text_digests(texts)
         new = self._stored[kind].find(keys) < 0
@@ -412,7 +418,7 @@ class MMGLTokenCache:
         path = os.fspath(path)
         names = [f"{kind}_{part}" for kind in cls.KINDS for part in ("keys", "offsets", "ids")]
         try:
-            header, arrays = _open_store(path)
+            header, arrays = _renamed_kinds(*_open_store(path))
             arrays = {name: arrays[name] for name in names}
         except FileNotFoundError:
             raise
@@ -445,6 +451,25 @@ class MMGLTokenCache:
                 raise ValueError(f"token cache {path!r}: the {kind!r} tables are inconsistent (a damaged file)")
             cache._stored[kind] = _IdTable(keys, offsets, ids)
         return cache
+
+
+#: Kind names of stores written before the rename -> today's (`"clip"` held every text neighbour encoder's ids).
+_OLD_KINDS = {"clip": "neighbor_text"}
+
+
+def _kind(kind: str) -> str:
+    return _OLD_KINDS.get(kind, kind)
+
+
+def _renamed_kinds(header: dict, arrays: dict) -> tuple[dict, dict]:
+    """A store's header and arrays with today's kind names (an older store says `"clip"`)."""
+    rename = lambda name: next(  # noqa: E731
+        (new + name[len(old):] for old, new in _OLD_KINDS.items() if name == old or name.startswith(old + "_")), name)
+    header = dict(header)
+    for field in ("identity", "counts"):
+        if isinstance(header.get(field), dict):
+            header[field] = {rename(key): value for key, value in header[field].items()}
+    return header, {rename(name): array for name, array in arrays.items()}
 
 
 def _reopen(path, identity, max_pending, pending, covers) -> "MMGLTokenCache":

@@ -93,6 +93,8 @@ def build_token_cache(
     raw_neighbor_texts = processor.neighbor_encoding == "sa_te" and processor.context != "section_only"
     covered = None
     if fingerprint is not None:
+        # "clip=": the record's spelling from before the kind was named "neighbor_text" (stores already written
+        # stay covered).
         covered = (
             f"{fingerprint}|{processor.context}|{processor.neighbor_encoding}|{processor.context_prompt}|"
             f"{processor.section_prompt}|{processor.summary_prompt}|clip={bool(neighbor_input_ids)}"
@@ -106,7 +108,7 @@ def build_token_cache(
         graphs = (PageGraph.coerce(page) for page in pages)
     # Block by block of pages: the texts of one block are in memory at a time, and their ids go to the store
     # (to its spill files on disk when `spill_to` was called), so memory does not grow with the table.
-    wanted: dict[str, dict[str, None]] = {"lm": {}, "clip": {}}
+    wanted: dict[str, dict[str, None]] = {"lm": {}, "neighbor_text": {}}
 
     def tokenize_block(map_chunks) -> None:
         for kind, texts in wanted.items():
@@ -116,7 +118,7 @@ def build_token_cache(
                 cache.add(kind, chunk, ids)
             wanted[kind] = {}
 
-    encoders = {kind: functools.partial(processor.encode_texts, kind) for kind in ("lm", "clip")}
+    encoders = {kind: functools.partial(processor.encode_texts, kind) for kind in ("lm", "neighbor_text")}
     with _chunk_mapper(encoders, num_proc) as map_chunks:
         in_block = 0
         for graph in tqdm(graphs, desc="token store", unit="page", disable=not show_progress):
@@ -129,7 +131,7 @@ def build_token_cache(
                     if raw_neighbor_texts:
                         wanted["lm"][node.text] = None
                     if neighbor_input_ids:
-                        wanted["clip"][node.text] = None
+                        wanted["neighbor_text"][node.text] = None
             in_block += 1
             if in_block == block_pages:
                 tokenize_block(map_chunks)
