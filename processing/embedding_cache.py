@@ -64,6 +64,7 @@ from safetensors import safe_open
 
 from .errors import MMGLInputError
 from .loading import read_json, safetensors_layout
+from .sorted_digests import find_one, find_sorted, unique_order
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made, so that a command reading a cache's files reports bad
     import torch  # input before the ~10 s import of the model stack
@@ -290,23 +291,16 @@ class _KeyTable:
         if not keys:
             return cls(np.zeros(0, dtype="V32"), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
         keys, shards, rows = np.concatenate(keys), np.concatenate(shards), np.concatenate(rows)
-        order = np.argsort(keys, kind="stable")
-        keys, shards, rows = keys[order], shards[order], rows[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        return cls(keys[first], shards[first], rows[first])
+        order = unique_order(keys, keep="first")
+        return cls(keys[order], shards[order], rows[order])
 
     def position(self, raw: np.ndarray) -> int:
         """Position of one raw key (a 1-element array), -1 where absent."""
-        i = int(self.keys.searchsorted(raw)[0]) if len(self.keys) else 0
-        return i if i < len(self.keys) and self.keys[i] == raw[0] else -1
+        return find_one(self.keys, raw[0])
 
     def find(self, raw: np.ndarray) -> np.ndarray:
         """Position of each raw key, -1 where absent (a binary search: ~log2(n) pages of a mapped file)."""
-        if not len(self.keys) or not len(raw):
-            return np.full(len(raw), -1, dtype=np.int64)
-        positions = np.minimum(np.searchsorted(self.keys, raw), len(self.keys) - 1)
-        return np.where(self.keys[positions] == raw, positions, -1)
+        return find_sorted(self.keys, raw)
 
 
 def _map(path: Path, dtype, offset: int, shape: tuple) -> np.ndarray:

@@ -44,6 +44,7 @@ import numpy as np
 
 from .page_graph import has_control_characters, is_in_memory_image
 from .errors import MMGLInputError
+from .sorted_digests import find_one, unique_order
 
 if TYPE_CHECKING:  # imported where pixels are made: the image fetcher and the resolver need neither
     import torch
@@ -138,11 +139,8 @@ class ManifestIndex:
             digests += _url_digest(url)
             offsets.append(start)
         keys = np.frombuffer(bytes(digests), dtype="V16")
-        order = np.argsort(keys, kind="stable")  # equal URLs stay in file order: the last one is kept
-        keys = keys[order]
-        last = np.ones(len(keys), dtype=bool)
-        last[:-1] = keys[:-1] != keys[1:]
-        self._keys, self._offsets = keys[last], np.asarray(offsets, dtype=np.int64)[order][last]
+        order = unique_order(keys, keep="last")  # a URL recorded twice: its last record wins
+        self._keys, self._offsets = keys[order], np.asarray(offsets, dtype=np.int64)[order]
         # The latest records looked up (a sample's images are resolved, then their hashes read): bounded.
         self._recent: OrderedDict[str, dict | None] = OrderedDict()
 
@@ -160,9 +158,9 @@ class ManifestIndex:
             self._recent.move_to_end(url)
             return self._recent[url]
         key = np.frombuffer(_url_digest(url), dtype="V16")[0]
-        row = int(np.searchsorted(self._keys, key))
+        row = find_one(self._keys, key)
         record = None
-        if row < len(self._keys) and self._keys[row] == key:
+        if row >= 0:
             start = int(self._offsets[row])
             end = self._map.find(b"\n", start)
             record = json.loads(self._map[start : end if end >= 0 else len(self._map)])

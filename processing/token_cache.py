@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .atomic_write import atomic_file
+from .sorted_digests import find_sorted, unique_order
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -61,10 +62,7 @@ class _IdTable:
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where absent (a binary search: touches ~log2(n) pages of a mapped file)."""
-        if not len(self.keys):
-            return np.full(len(keys), -1, dtype=np.int64)
-        rows = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[rows] == keys, rows, -1)
+        return find_sorted(self.keys, keys)
 
     def row(self, i: int) -> np.ndarray | None:
         """Ids of row ``i`` as int64, `None` when its offsets are out of range (a damaged file: offsets
@@ -177,13 +175,9 @@ def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[s
     starts = np.concatenate([np.asarray(base.offsets[:-1]), new.offsets[:-1]])
     lengths = np.concatenate([np.diff(np.asarray(base.offsets)), np.diff(new.offsets)])
     from_new = np.concatenate([np.zeros(len(base), dtype=bool), np.ones(len(new), dtype=bool)])
-    order = np.argsort(keys, kind="stable")
-    keys = keys[order]
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    order, keys = order[first], keys[first]
-    starts, lengths, from_new = starts[order], lengths[order], from_new[order]
-    del order, first
+    order = unique_order(keys, keep="first")
+    keys, starts, lengths, from_new = keys[order], starts[order], lengths[order], from_new[order]
+    del order
     offsets = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     # The narrowest type for every id: the stored table's type bounds its ids; the new ids are read once, in chunks.
