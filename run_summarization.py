@@ -375,7 +375,7 @@ def parse_overrides(overrides: str) -> dict:
 
 
 def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text_dim: int | None = None) -> dict:
-    """The MMGL switches of the model; ``text_dim``: the text embeddings' width when it is not ``encoder_dim``
+    """The MMGL switches of the model; `text_dim`: the text embeddings' width when it is not `encoder_dim`
     (a Hugging Face text neighbour encoder's hidden size)."""
     mode = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context)  # "none": plain OPT
     return dict(
@@ -416,7 +416,7 @@ def encoder_settings(mmgl_args) -> tuple[str, str | None, dict | None]:
 
 
 def model_position_limit(model_args) -> int:
-    """``max_position_embeddings`` of the model to be trained, read before any work (only config.json; a peft
+    """`max_position_embeddings` of the model to be trained, read before any work (only config.json; a peft
     checkpoint's from its base model)."""
     if model_args.model_name_or_path:
         from transformers import AutoConfig
@@ -439,7 +439,7 @@ def model_virtual_tokens(model_args) -> int:
 
 
 def check_sequence_fits(model_args, mmgl_args, data_args) -> None:
-    """``max_source_length + max_target_length`` (+ virtual tokens of prefix / prompt tuning) must fit the model's
+    """`max_source_length + max_target_length` (+ virtual tokens of prefix / prompt tuning) must fit the model's
     positions, else training would fail mid-way with an index error."""
     limit = model_position_limit(model_args)
     virtual = mmgl_args.num_virtual_tokens if mmgl_args.tuning in ("prefix", "prompt") else 0
@@ -567,7 +567,7 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
         return None, tokens[:, prompt_length:], None  # `generate(input_ids=...)` returns prompt + new tokens
 
     def generate_summaries(self, dataset: SummarizationDataset, split: str) -> list[str]:
-        """One summary per example of ``dataset``, in its order, generated on every rank (on all ranks)."""
+        """One summary per example of `dataset`, in its order, generated on every rank (on all ranks)."""
         collator, self.data_collator = self.data_collator, self.generation_collator
         self.generating = True
         try:
@@ -626,8 +626,8 @@ def every_sample(args):
 def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state, pages=None,
                           samples: str = "all", progress: bool = True):
     """Runs the frozen encoder once over every neighbour of every split (resumes an interrupted run): exactly what
-    the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper). When the
-    cache records that it holds every input of this page table, its samples (``samples``, or all of them) and this
+    the processor will ask for (the one neighbour collector), encoded by `encoder` (the one wrapper). When the
+    cache records that it holds every input of this page table, its samples (`samples`, or all of them) and this
     design (`coverage_key`), nothing is collected: no page graph is built at startup."""
     from processing.data.build_embedding_cache import build_embedding_cache as build
     from processing.data.build_embedding_cache import coverage_key, open_covered_cache, streamed_neighbor_inputs

@@ -46,13 +46,13 @@ def check_design(context: str, neighbor_encoding: str) -> None:
 
 
 def has_text_slots(neighbor_encoding: str, context: str) -> bool:
-    """Text neighbours are slots (embeddings or encoder ids): SA-E and CA-E beyond ``section_only``.
+    """Text neighbours are slots (embeddings or encoder ids): SA-E and CA-E beyond `section_only`.
     In SA-TE they are raw tokens of the prompt instead."""
     return neighbor_encoding != "sa_te" and context != "section_only"
 
 
 def has_image_slots(context: str) -> bool:
-    """Image neighbours exist for ``section_all`` (the target's images) and ``all`` (the page's)."""
+    """Image neighbours exist for `section_all` (the target's images) and `all` (the page's)."""
     return context in ("section_all", "all")
 
 
@@ -74,7 +74,7 @@ def check_text_neighbor_encoder(neighbor_encoding: str, context: str, text_neigh
 
 
 def neighbor_mode(neighbor_encoding: str, context: str) -> str:
-    """`MMGLConfig.neighbor_mode` for a design point: ``"none"`` when no neighbour is an embedding (plain OPT)."""
+    """`MMGLConfig.neighbor_mode` for a design point: `"none"` when no neighbour is an embedding (plain OPT)."""
     if not has_neighbor_slots(neighbor_encoding, context):
         return "none"
     return NEIGHBOR_MODE_OF_ENCODING[neighbor_encoding]

@@ -19,8 +19,8 @@ Layout of a cache directory::
 Keys: a text's key is the sha256 of its UTF-8 bytes (`text_key`); an image's key is the sha256 of its
 file bytes (`image_key`), the same hash the image fetcher names its files by and records in its manifest.
 
-The key index holds, per kind, three arrays sorted by key: ``<kind>_keys`` (n, 32) uint8 (the raw
-sha256), ``<kind>_shards`` and ``<kind>_rows`` (n,) int32 (where the vector is). Its metadata lists the
+The key index holds, per kind, three arrays sorted by key: `<kind>_keys` (n, 32) uint8 (the raw
+sha256), `<kind>_shards` and `<kind>_rows` (n,) int32 (where the vector is). Its metadata lists the
 shards it was built from, each with the size and modification time it had when a build verified it
 (header read, checksum checked), and the coverage records (`covers`: the page tables and designs the cache
 holds every input of). Opening a cache memory-maps the three arrays (a lookup is one `np.searchsorted`: no
@@ -34,7 +34,7 @@ damaged after its build is never read silently: reading it raises `CorruptShardE
 the next build sets it aside and encodes its keys again. A shard whose recorded encoder is not the cache's (copied
 from a cache of another encoder, even with the same keys and width) is refused the same way (`ForeignShardError`),
 and never recorded as verified. Damage that keeps a file's size and modification
-time (bit rot) is found only by an explicit check (`verify`, the build's ``--verify``). A damaged or foreign index raises
+time (bit rot) is found only by an explicit check (`verify`, the build's `--verify`). A damaged or foreign index raises
 `CorruptIndexError` naming it; the next build sets it aside and writes a new one. A shard gets its final
 name only through an atomic rename after it is fully written, so a build killed at any point resumes
 where the last complete shard ended.
@@ -98,8 +98,8 @@ _IMAGE_KEY_MEMO = 4096  # image files whose key (path, size, mtime -> sha256) a 
 
 
 def encoder_description(identity: dict) -> str:
-    """``'ViT-B-32' (pretrained='openai'), texts by its open_clip text tower`` (or by ``'<Hugging Face text
-    encoder>'``): how messages name an encoder."""
+    """`'ViT-B-32' (pretrained='openai'), texts by its open_clip text tower` (or by `'<Hugging Face text
+    encoder>'`): how messages name an encoder."""
     text = repr(identity["text_encoder"]) if identity.get("text_encoder") else "its open_clip text tower"
     return f"{identity.get('model_name')!r} (pretrained={identity.get('pretrained')!r}), texts by {text}"
 
@@ -169,7 +169,7 @@ def _raw_key(key: str) -> np.ndarray:
 
 # -------------------------------------------------------------------------------- file headers
 def read_cache_config(cache_dir: str | os.PathLike) -> dict:
-    """The ``cache_config.json`` of a cache (`InputFileError` naming it when missing, not JSON or not an object)."""
+    """The `cache_config.json` of a cache (`InputFileError` naming it when missing, not JSON or not an object)."""
     return read_json(Path(cache_dir) / CONFIG_NAME, dict, "an embedding cache's config (a JSON object), as "
                      "python -m processing.data.build_embedding_cache writes it")
 
@@ -188,7 +188,7 @@ class _ShardRecord(NamedTuple):
 def read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None,
                        identity: str | None = None):
     """Keys and record of a shard from its header alone; raise `CorruptShardError` naming `path` (`ForeignShardError`
-    when ``identity``, an `encoder_identity`, is not the one the shard records)."""
+    when `identity`, an `encoder_identity`, is not the one the shard records)."""
     try:
         stat = os.stat(path)
         metadata, tensors = safetensors_layout(path)
@@ -224,7 +224,7 @@ def read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embe
     return keys, _ShardRecord(kind, path.name, stat.st_size, stat.st_mtime_ns, shape[0], offset)
 
 
-def torch_dtype(name: str) -> "torch.dtype":
+def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a storage dtype name (`DTYPES`)."""
     import torch
 
@@ -268,8 +268,8 @@ def shard_files(kind_dir: Path) -> list:
 
 # ------------------------------------------------------------------------------------ key index
 class _KeyTable:
-    """Where the vectors of one kind are: key ``keys[i]`` (sorted) is row ``rows[i]`` of shard
-    ``shards[i]``. No Python object per key; the arrays may be memory-mapped."""
+    """Where the vectors of one kind are: key `keys[i]` (sorted) is row `rows[i]` of shard
+    `shards[i]`. No Python object per key; the arrays may be memory-mapped."""
 
     def __init__(self, keys: np.ndarray, shards: np.ndarray, rows: np.ndarray):
         self.keys, self.shards, self.rows = keys, shards, rows
@@ -278,9 +278,9 @@ class _KeyTable:
         return len(self.keys)
 
     @classmethod
-    def merge(cls, base: "_KeyTable | None", parts: list) -> "_KeyTable":
-        """``base``'s entries plus each part ``(shard_id, raw keys)``, sorted; a key met twice keeps its
-        first place (``base``'s, then the earlier shard's), so extending a cache never moves a row."""
+    def merge(cls, base: _KeyTable | None, parts: list) -> _KeyTable:
+        """`base`'s entries plus each part `(shard_id, raw keys)`, sorted; a key met twice keeps its
+        first place (`base`'s, then the earlier shard's), so extending a cache never moves a row."""
         keys = [np.asarray(base.keys)] if base is not None else []
         shards = [np.asarray(base.shards)] if base is not None else []
         rows = [np.asarray(base.rows)] if base is not None else []
@@ -304,7 +304,7 @@ class _KeyTable:
 
 
 def _map(path: Path, dtype, offset: int, shape: tuple) -> np.ndarray:
-    """A read-only memory map of ``shape`` at ``offset`` (an empty array for no elements), as a plain array
+    """A read-only memory map of `shape` at `offset` (an empty array for no elements), as a plain array
     view: indexing an `np.memmap` costs several times more per lookup."""
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype=dtype)
@@ -343,7 +343,7 @@ def open_index(path: Path, config: dict) -> tuple[list, dict, list]:
 
 
 def _list_shards(cache_dir: Path) -> list:
-    """``(kind, path, size, mtime_ns)`` of every complete shard, text first: one `stat` each, no read."""
+    """`(kind, path, size, mtime_ns)` of every complete shard, text first: one `stat` each, no read."""
     found = []
     for kind in KINDS:
         for path in shard_files(cache_dir / kind):
@@ -356,7 +356,7 @@ def _list_shards(cache_dir: Path) -> list:
 class EmbeddingCache:
     """Read access to a built embedding cache (see the module docstring for the layout).
 
-    Opening reads ``cache_config.json`` and the index's header, memory-maps the index, and `stat`s the
+    Opening reads `cache_config.json` and the index's header, memory-maps the index, and `stat`s the
     shards; it reads no shard when the index is up to date. A lookup binary-searches the mapped keys and
     copies one row out of a memory-mapped shard.
 
@@ -364,7 +364,7 @@ class EmbeddingCache:
         cache_dir (`str` or `Path`): a directory written by `build_embedding_cache`.
 
     Raises:
-        `FileNotFoundError` if `cache_dir` has no ``cache_config.json``;
+        `FileNotFoundError` if `cache_dir` has no `cache_config.json`;
         `CorruptIndexError` (naming the file) if the index is damaged, foreign or of another encoder;
         `CorruptShardError` (naming the file) if a shard the index does not record is damaged.
     """
@@ -379,9 +379,9 @@ class EmbeddingCache:
             )
         self.config = read_cache_config(self.cache_dir)
         self.build_summary: dict | None = None  # set by build_embedding_cache
-        self._maps: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
         self._verified: set[int] = set()  # shards checksum-verified in this process (those the index lacks)
-        self._image_keys: "OrderedDict[tuple, str]" = OrderedDict()
+        self._image_keys: OrderedDict[tuple, str] = OrderedDict()
         self._open()
 
     def _open(self) -> None:
@@ -429,7 +429,7 @@ class EmbeddingCache:
         return int(self.config.get("text_embed_dim") or self.config["embed_dim"])
 
     def width(self, kind: str) -> int:
-        """Width of the embeddings of ``kind`` (``"text"`` or ``"image"``)."""
+        """Width of the embeddings of `kind` (`"text"` or `"image"`)."""
         return self.text_embed_dim if kind == "text" else self.embed_dim
 
     @property
@@ -459,7 +459,7 @@ class EmbeddingCache:
         return list(self._covers)
 
     def covers(self, record: str | None) -> bool:
-        """Whether a build recorded that this cache holds every input described by ``record`` (e.g. a page
+        """Whether a build recorded that this cache holds every input described by `record` (e.g. a page
         table's fingerprint with the design that selects its neighbours); dropped when a shard it counted on
         was removed or changed."""
         return record is not None and record in self._covers
@@ -480,7 +480,7 @@ class EmbeddingCache:
     def get_image(self, path_or_bytes, sha256: str | None = None) -> torch.Tensor | None:
         """Embedding of the image file (path or bytes), or None.
 
-        ``sha256`` is the file's content hash when the caller already knows it (the image fetcher's
+        `sha256` is the file's content hash when the caller already knows it (the image fetcher's
         manifest records it): then the file is not read at all. Otherwise a path's key is remembered per
         (path, size, mtime) for the last few thousand files (a bounded memo): a training loop meeting
         the same file again pays one `stat`, not a read and a hash.
@@ -524,7 +524,7 @@ class EmbeddingCache:
         return [bytes(key).hex() for key in np.asarray(self._table(kind).keys)]
 
     def __contains__(self, item) -> bool:
-        """``(kind, key) in cache``."""
+        """`(kind, key) in cache`."""
         kind, key = item
         return self._table(kind).position(_raw_key(key)) >= 0
 
@@ -583,8 +583,8 @@ class EmbeddingCache:
         return mapped
 
     def check_encoder(self, identity: dict, owner: str = "this model", texts: bool = True) -> None:
-        """Refuse embeddings of another encoder: raise `EncoderMismatchError` naming both when ``identity``
-        (`MMGLNeighborEncoder.identity`) differs from the cache's in config, weights or width. ``texts=False``: the
+        """Refuse embeddings of another encoder: raise `EncoderMismatchError` naming both when `identity`
+        (`MMGLNeighborEncoder.identity`) differs from the cache's in config, weights or width. `texts=False`: the
         reader uses only image embeddings (a design without text neighbours), so only the open_clip encoder's
         fields must agree, not those of a Hugging Face text encoder."""
         fields = ENCODER_IDENTITY_FIELDS if texts else IMAGE_IDENTITY_FIELDS

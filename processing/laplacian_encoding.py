@@ -1,7 +1,7 @@
 """Laplacian eigenvector position encodings (LPE) of an example's neighbour slots, computed once per example.
 
 PyG computes LPE once per graph as a transform (`AddLaplacianEigenvectorPE`); so does MMGL: the processor stores
-``neighbor_laplacian_eigenvectors`` `(Nt + Ni, k)` in each example, the collator pads it like the adjacency, and the
+`neighbor_laplacian_eigenvectors` `(Nt + Ni, k)` in each example, the collator pads it like the adjacency, and the
 model only projects it (and flips signs at random while training). Nothing is decomposed in the forward pass, so
 there is no per-batch host copy or float64 eigendecomposition on the accelerator's critical path.
 
@@ -44,7 +44,7 @@ def _dense_eigenvectors(adjacency: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def slot_laplacian_eigenvectors(adjacency: torch.Tensor, slot_mask: Sequence[int], k: int) -> torch.Tensor:
-    """LPE of one example's neighbour slots: ``(N, k)`` for the slot graph ``adjacency`` ``(N, N)``.
+    """LPE of one example's neighbour slots: `(N, k)` for the slot graph `adjacency` `(N, N)`.
 
     Masked (missing image) slots are dropped before the decomposition and get zero rows: as isolated nodes they
     would add spurious zero eigenvalues and shift which eigenvectors count as the first `k`.

@@ -2,8 +2,8 @@
 embedding-cache command all call it (the collector of what a cache must hold is
 `processing/data/neighbor_inputs.py`), so what is cached is exactly what is asked for.
 
-Ranking (`section_ranking`). Sections are ranked for target ``t`` as: its parent section first, then
-the other sections by ``(|s - t|, s)`` (nearest first, the earlier one on ties). Candidates, in order:
+Ranking (`section_ranking`). Sections are ranked for target `t` as: its parent section first, then
+the other sections by `(|s - t|, s)` (nearest first, the earlier one on ties). Candidates, in order:
 
 * text (`text_candidates`): the page description, the captions of the target's images, then for each
   ranked section its text followed by its images' captions; blank texts are never candidates;
@@ -11,12 +11,12 @@ the other sections by ``(|s - t|, s)`` (nearest first, the earlier one on ties).
 
 Selection (`select_neighbors`) takes a prefix of the candidates under the budgets:
 
-* ``section_only``: nothing. ``section_all``: the captions of the target's images and its images.
-* ``text_only``: the text candidates. ``all``: the text and the image candidates.
+* `section_only`: nothing. `section_all`: the captions of the target's images and its images.
+* `text_only`: the text candidates. `all`: the text and the image candidates.
 
 Leakage: the target's summary (clean and raw first sentence) never enters any input. A neighbour text
 that contains it verbatim has it cut out; a text left empty gives its slot to the next candidate. The
-target's own input is ``"<title>: <rest>"`` with the summary cut out likewise (`target_input`).
+target's own input is `"<title>: <rest>"` with the summary cut out likewise (`target_input`).
 Duplicates: a text that repeats, or lies inside another selected text or the target input, is dropped
 and its slot goes to the next candidate.
 
@@ -28,7 +28,7 @@ bisection, so a selection costs its budgets, not the page. Cleaning duplicates w
 content first: each distinct text is judged once per target, and a run of sections holding only texts
 already judged is jumped over in one step (`_TextGroups`), so a page of thousands of repeated sections costs
 O(log sections) per target, not a walk of the whole page per target. Everything is memoised per graph
-(``PageGraph.memo``).
+(`PageGraph.memo`).
 
 This file is Hub-loadable: it imports same-folder files only.
 """
@@ -64,7 +64,7 @@ class NeighborSelection:
 
 
 def _sections_with(graph: PageGraph, what: str) -> list[int]:
-    """The sections (sorted) that have a text candidate (``"text"``) or an image (``"image"``); memoised."""
+    """The sections (sorted) that have a text candidate (`"text"`) or an image (`"image"`); memoised."""
     found = graph.memo.setdefault("sections_with", {})
     if what not in found:
         blocks = graph.section_blocks if what == "text" else graph.image_nodes
@@ -73,8 +73,8 @@ def _sections_with(graph: PageGraph, what: str) -> list[int]:
 
 
 def _ranked(graph: PageGraph, t: int, sections: list[int]) -> Iterator[int]:
-    """The sections of ``sections`` (sorted) other than ``t`` in neighbour order, lazily: the parent, then by
-    ``(|s - t|, s)``; two pointers found by bisection, so sections left out of ``sections`` cost nothing."""
+    """The sections of `sections` (sorted) other than `t` in neighbour order, lazily: the parent, then by
+    `(|s - t|, s)`; two pointers found by bisection, so sections left out of `sections` cost nothing."""
     parent = graph.section_parents[t]
     i = bisect_left(sections, parent)
     if parent >= 0 and i < len(sections) and sections[i] == parent:
@@ -90,14 +90,14 @@ def _ranked(graph: PageGraph, t: int, sections: list[int]) -> Iterator[int]:
 
 
 def section_ranking(graph: PageGraph, section_idx: int) -> list[int]:
-    """Other sections in neighbour order: the parent, then ``t-1, t+1, t-2, t+2, ...`` (O(sections): for reports
+    """Other sections in neighbour order: the parent, then `t-1, t+1, t-2, t+2, ...` (O(sections): for reports
     and tests; the selection takes the prefixes it needs lazily)."""
     graph.check_section(section_idx)
     return list(_ranked(graph, section_idx, range(graph.num_sections)))
 
 
 def text_candidates(graph: PageGraph, section_idx: int) -> Iterator[int]:
-    """The text-candidate nodes of ``section_idx`` in order (module docstring), lazily."""
+    """The text-candidate nodes of `section_idx` in order (module docstring), lazily."""
     yield from graph.page_block
     yield from graph.caption_blocks[section_idx]
     for s in _ranked(graph, section_idx, _sections_with(graph, "text")):
@@ -105,14 +105,14 @@ def text_candidates(graph: PageGraph, section_idx: int) -> Iterator[int]:
 
 
 def image_candidates(graph: PageGraph, section_idx: int) -> Iterator[int]:
-    """The image-candidate nodes of ``section_idx`` in order (module docstring), lazily."""
+    """The image-candidate nodes of `section_idx` in order (module docstring), lazily."""
     yield from graph.image_nodes[section_idx]
     for s in _ranked(graph, section_idx, _sections_with(graph, "image")):
         yield from graph.image_nodes[s]
 
 
 def _text_prefix(graph: PageGraph, section_idx: int, count: int) -> list[int]:
-    """The first ``count`` text candidates (memoised per section, extended when a larger budget asks)."""
+    """The first `count` text candidates (memoised per section, extended when a larger budget asks)."""
     prefixes = graph.memo.setdefault("text_prefix", {})
     prefix = prefixes.get(section_idx)
     if prefix is None or (len(prefix[1]) < count and not prefix[0]):
@@ -122,7 +122,7 @@ def _text_prefix(graph: PageGraph, section_idx: int, count: int) -> list[int]:
 
 
 def target_input(graph: PageGraph, section_idx: int, include_title: bool = True) -> str:
-    """The input text of target section ``section_idx``: ``"<title>: <rest>"`` (or whichever is not empty),
+    """The input text of target section `section_idx`: `"<title>: <rest>"` (or whichever is not empty),
     with the section's summary cut out wherever it still occurs. One string object per section, so its
     hash (a token cache key) is computed once."""
     inputs = graph.memo.setdefault("target_input", {})
@@ -138,9 +138,9 @@ def target_input(graph: PageGraph, section_idx: int, include_title: bool = True)
 
 
 def summary_free(graph: PageGraph, section_idx: int, count: int) -> bool:
-    """Whether none of the first ``count`` text candidates of ``section_idx`` contains its summary (clean or
-    raw first sentence), i.e. whether they can be inputs as they are. Memoised per section as ``(texts
-    checked, first text with the summary or -1)``."""
+    """Whether none of the first `count` text candidates of `section_idx` contains its summary (clean or
+    raw first sentence), i.e. whether they can be inputs as they are. Memoised per section as `(texts
+    checked, first text with the summary or -1)`."""
     checks = graph.memo.setdefault("summary_free", {})
     checked, first = checks.get(section_idx, (0, -1))
     if first < 0 and checked < count:
@@ -159,7 +159,7 @@ def summary_free(graph: PageGraph, section_idx: int, count: int) -> bool:
 def select_neighbors(
     graph: PageGraph, section_idx: int, context: str, max_text_neighbors: int, max_image_neighbors: int
 ) -> NeighborSelection:
-    """Choose the text and image neighbours of ``section_idx`` under the budgets (module docstring)."""
+    """Choose the text and image neighbours of `section_idx` under the budgets (module docstring)."""
     graph.check_section(section_idx)
     target_node = graph.section_nodes[section_idx]
     if context == "section_only":
@@ -194,9 +194,9 @@ def _has_duplicate(texts: list[str], target: str) -> bool:
 
 def _clean_texts(graph: PageGraph, section_idx: int, context: str, budget: int, text_nodes, texts, clean: bool):
     """The text neighbours without the target's summary and without duplicates, memoised per section (only pages
-    that repeat the summary or a text take `_TextWalk`). ``text_nodes`` / ``texts``: the first ``budget``
-    candidates; ``clean``: none of them holds the summary. The count dropped is kept in
-    ``graph.memo["duplicates_dropped"]`` (data report)."""
+    that repeat the summary or a text take `_TextWalk`). `text_nodes` / `texts`: the first `budget`
+    candidates; `clean`: none of them holds the summary. The count dropped is kept in
+    `graph.memo["duplicates_dropped"]` (data report)."""
     memo = graph.memo.setdefault("clean_texts", {})
     key = (section_idx, context, budget)
     if key in memo:
@@ -220,11 +220,11 @@ def _clean_texts(graph: PageGraph, section_idx: int, context: str, budget: int, 
 
 class _TextGroups:
     """The page's text candidates deduplicated by content, for `_TextWalk`: a group id per usable text node, the
-    sections each group occurs in, and two range-extremum tables over the sections: ``after[s]``, the furthest next
-    occurrence (section > s) of any group of section ``s``'s block, and ``before[s]``, the earliest previous one.
-    A walk that has judged every group of sections ``l..r`` can then find the nearest section left of ``l`` (right of
-    ``r``) holding a group with no occurrence in ``l..r`` in O(log sections): it is the last ``s < l`` with
-    ``after[s] > r`` (the first ``s > r`` with ``before[s] < l``). Built once per graph, O(sections log sections)."""
+    sections each group occurs in, and two range-extremum tables over the sections: `after[s]`, the furthest next
+    occurrence (section > s) of any group of section `s`'s block, and `before[s]`, the earliest previous one.
+    A walk that has judged every group of sections `l..r` can then find the nearest section left of `l` (right of
+    `r`) holding a group with no occurrence in `l..r` in O(log sections): it is the last `s < l` with
+    `after[s] > r` (the first `s > r` with `before[s] < l`). Built once per graph, O(sections log sections)."""
 
     def __init__(self, graph: PageGraph):
         usable, n = graph.usable_texts, graph.num_sections
@@ -252,7 +252,7 @@ class _TextGroups:
 
     @staticmethod
     def _table(values: list[int], pick) -> list[list[int]]:
-        """Sparse table: ``table[k][i]`` is ``pick`` over ``values[i : i + 2**k]``."""
+        """Sparse table: `table[k][i]` is `pick` over `values[i : i + 2**k]`."""
         table = [values]
         while 2 ** len(table) <= len(values):
             half, prev = 2 ** (len(table) - 1), table[-1]
@@ -260,7 +260,7 @@ class _TextGroups:
         return table
 
     def new_left(self, low: int, high: int) -> int:
-        """The last section ``s < low`` holding a group with no occurrence in ``low..high`` (-1 if none)."""
+        """The last section `s < low` holding a group with no occurrence in `low..high` (-1 if none)."""
         pos = low
         for k in range(len(self.after) - 1, -1, -1):
             if pos - 2**k >= 0 and self.after[k][pos - 2**k] <= high:
@@ -268,7 +268,7 @@ class _TextGroups:
         return pos - 1
 
     def new_right(self, low: int, high: int) -> int:
-        """The first section ``s > high`` holding a group with no occurrence in ``low..high`` (sections if none)."""
+        """The first section `s > high` holding a group with no occurrence in `low..high` (sections if none)."""
         pos, n = high + 1, len(self.before[0])
         for k in range(len(self.before) - 1, -1, -1):
             if pos + 2**k <= n and self.before[k][pos] >= low:
@@ -276,7 +276,7 @@ class _TextGroups:
         return pos
 
     def count(self, group: int, low: int, high: int) -> int:
-        """Nodes of ``group`` in sections ``low..high``."""
+        """Nodes of `group` in sections `low..high`."""
         where = self.where[group]
         return bisect_right(where, high) - bisect_left(where, low)
 
@@ -329,7 +329,7 @@ class _TextWalk:
         self.kept.append(text)
 
     def repeats(self, low: int, high: int) -> int:
-        """Candidates in sections ``low..high`` (all repeats of judged groups, the parent's block aside) that judging
+        """Candidates in sections `low..high` (all repeats of judged groups, the parent's block aside) that judging
         them one by one would count as dropped."""
         if low > high:
             return 0

@@ -3,27 +3,27 @@
 A page is a small graph of typed nodes:
 
 ========  =================================================  ============================
-kind      ``text``                                           ``image``
+kind      `text`                                           `image`
 ========  =================================================  ============================
 page      the page description                               `None`
 section   the section's full text (first sentence included)  `None`
 image     the image's caption                                path or URL of the file
 ========  =================================================  ============================
 
-and typed, undirected edges (stored as ``(u, v)`` node-id pairs, ``u`` the "from" side):
+and typed, undirected edges (stored as `(u, v)` node-id pairs, `u` the "from" side):
 
-* ``page``: the page node to every section node;
-* ``section_order``: each section to the next one in page order;
-* ``parent_child``: a section's parent (``section_parent_index``) to the section;
-* ``section_image``: a section to each of its images.
+* `page`: the page node to every section node;
+* `section_order`: each section to the next one in page order;
+* `parent_child`: a section's parent (`section_parent_index`) to the section;
+* `section_image`: a section to each of its images.
 
-Captions are kept as the image node's ``text`` rather than as separate caption nodes: an image
+Captions are kept as the image node's `text` rather than as separate caption nodes: an image
 and its caption are one node (one thing on the page, seen in two modalities), so the graph has no
-``image_caption`` edges. A consumer that wants the caption as a text neighbour uses the image
+`image_caption` edges. A consumer that wants the caption as a text neighbour uses the image
 node's text (the processor does, and then gives the caption slot and the image slot the same
 graph node).
 
-Node ids are fixed: the page node is 0, section ``i`` is node ``1 + i``, then the images, section by
+Node ids are fixed: the page node is 0, section `i` is node `1 + i`, then the images, section by
 section in page order. Besides the graph, a `PageGraph` keeps per section the summary (first
 sentence, the summarization target) and the rest of the text (the input of the target section),
 which is all section summarization needs.
@@ -62,7 +62,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def is_page_graph(obj: Any) -> bool:
-    """Whether ``obj`` is a `PageGraph` of this file or of another copy of it (same layout version)."""
+    """Whether `obj` is a `PageGraph` of this file or of another copy of it (same layout version)."""
     return getattr(obj, "mmgl_page_graph_version", None) == PageGraph.mmgl_page_graph_version
 
 
@@ -75,13 +75,13 @@ def is_in_memory_image(value: Any) -> bool:
 
 def has_control_characters(ref: str) -> bool:
     """Whether an image reference holds a NUL or another control character (U+0000-U+001F, U+007F), as is or
-    percent-encoded as ``%00``: never a real file name or URL of a page, and a NUL makes every OS call on a path
+    percent-encoded as `%00`: never a real file name or URL of a page, and a NUL makes every OS call on a path
     raise."""
     return _CONTROL_CHARACTERS.search(ref) is not None
 
 
 def scrub_summary(text: str, sentences: Sequence[str]) -> str:
-    """Cut every occurrence of each non-empty sentence out of ``text`` (the object is kept when clean)."""
+    """Cut every occurrence of each non-empty sentence out of `text` (the object is kept when clean)."""
     for sentence in sentences:
         if sentence and sentence in text:
             text = " ".join(text.replace(sentence, " ").split())
@@ -121,10 +121,10 @@ def _where(page: Any, field: str | None = None, section: int | None = None, imag
 
 def _as_str(value: Any, page: Any = "", field: str | None = None, section: int | None = None,
             image: int | None = None) -> str:
-    """A text field as `str`: `str` as is, `bytes` decoded as UTF-8, `None` as ``""``.
+    """A text field as `str`: `str` as is, `bytes` decoded as UTF-8, `None` as `""`.
 
     Anything else (a list, a dict, a number) raises `PageFieldTypeError` instead of becoming its
-    `str()`, and text with a lone surrogate (``"\\ud800"``, which no tokenizer can encode) raises
+    `str()`, and text with a lone surrogate (`"\\ud800"`, which no tokenizer can encode) raises
     `PageStructureError`; both name the page, section, image and field.
     """
     if value.__class__ is str and value.isascii():  # the common case, first: graphs are built per page
@@ -156,8 +156,8 @@ def _as_str(value: Any, page: Any = "", field: str | None = None, section: int |
 
 
 def _as_int(value: Any, page: Any, field: str, section: int | None = None, default: int = -1) -> int:
-    """An integer field: Python or numpy integers, integral floats and integer strings (``"3"``);
-    `None` gives ``default``. Anything else raises `PageStructureError` naming page, section, field."""
+    """An integer field: Python or numpy integers, integral floats and integer strings (`"3"`);
+    `None` gives `default`. Anything else raises `PageStructureError` naming page, section, field."""
     if value.__class__ is int:
         return value
     if value is None:
@@ -178,7 +178,7 @@ def _as_int(value: Any, page: Any, field: str, section: int | None = None, defau
 
 
 def _as_flag(value: Any, page: Any, field: str, section: int | None = None) -> bool:
-    """A yes/no field: `bool`, numpy bools, or the integers 0 and 1 (a string such as ``"false"``
+    """A yes/no field: `bool`, numpy bools, or the integers 0 and 1 (a string such as `"false"`
     is refused: `bool("false")` would silently be `True`)."""
     if value is None:
         return False
@@ -194,7 +194,7 @@ def _as_flag(value: Any, page: Any, field: str, section: int | None = None) -> b
 
 
 def _as_list(value: Any, page: Any, field: str, section: int | None = None) -> Sequence[Any]:
-    """A list field (list, tuple or another non-text sequence such as a numpy array); `None` is ``[]``."""
+    """A list field (list, tuple or another non-text sequence such as a numpy array); `None` is `[]`."""
     if value.__class__ is list or value.__class__ is tuple:  # the common case, first
         return value
     if value is None:
@@ -246,14 +246,14 @@ class GraphNode:
     """One node of a `PageGraph`.
 
     Args:
-        kind (`str`): ``"page"``, ``"section"`` or ``"image"``.
-        text (`str`, *optional*, defaults to ``""``): the page description, the section text or the
+        kind (`str`): `"page"`, `"section"` or `"image"`.
+        text (`str`, *optional*, defaults to `""`): the page description, the section text or the
             image caption.
         image (`str`, `PIL.Image.Image` or `bytes`, *optional*): for image nodes, the file's path or URL
             (resolved against an image folder by the processor), or, from `PageGraph.from_dict`, the
             image itself (a PIL image or the encoded file's bytes).
         section (`int`, *optional*): the owning section index (for section and image nodes).
-        title (`str`, *optional*, defaults to ``""``): the page or section title.
+        title (`str`, *optional*, defaults to `""`): the page or section title.
     """
 
     kind: str
@@ -272,7 +272,7 @@ class PageGraph:
 
     Args:
         title (`str`): the page title.
-        nodes (`list[GraphNode]`): node 0 is the page, node ``1 + i`` is section ``i``, then images.
+        nodes (`list[GraphNode]`): node 0 is the page, node `1 + i` is section `i`, then images.
         edges (`dict[str, list[tuple[int, int]]]`): typed edges, keys from `EDGE_TYPES`.
         section_nodes (`list[int]`): node id of each section.
         image_nodes (`list[list[int]]`): node ids of each section's images, in page order.
@@ -280,10 +280,10 @@ class PageGraph:
         summaries (`list[str]`): each section's first sentence (the summarization target).
         rest_texts (`list[str]`): each section's text after the first sentence.
         raw_summaries (`list[str]`): the first sentence as it stands in the section text (may keep a
-            newline); used, with ``summaries``, to keep the target out of every input.
+            newline); used, with `summaries`, to keep the target out of every input.
         is_sample (`list[bool]`): whether each section is a summarization sample.
         page_id (`str`, *optional*): a name for errors (URL or title).
-        split (`str`, *optional*): ``train`` / ``val`` / ``test`` when known.
+        split (`str`, *optional*): `train` / `val` / `test` when known.
     """
 
     title: str
@@ -314,15 +314,15 @@ class PageGraph:
         sections: Sequence[Mapping[str, Any]],
         page_id: str = "",
         split: str | None = None,
-    ) -> "PageGraph":
+    ) -> PageGraph:
         """Lay out nodes and edges from normalised sections.
 
         Args:
             title (`str`): page title.
             description (`str`): page description (the page node's text).
-            sections (`list[dict]`): per section, in page order: ``title``, ``text`` (full text),
-                ``summary``, ``rest``, ``raw_summary``, ``parent`` (int, -1 for none),
-                ``is_sample`` (bool) and ``images``: a list of ``(ref, caption)`` pairs.
+            sections (`list[dict]`): per section, in page order: `title`, `text` (full text),
+                `summary`, `rest`, `raw_summary`, `parent` (int, -1 for none),
+                `is_sample` (bool) and `images`: a list of `(ref, caption)` pairs.
             page_id (`str`, *optional*): name used in errors; defaults to the title.
             split (`str`, *optional*): the page's split.
 
@@ -381,12 +381,12 @@ class PageGraph:
         )
 
     @classmethod
-    def from_wikiweb2m(cls, row: Mapping[str, Any]) -> "PageGraph":
+    def from_wikiweb2m(cls, row: Mapping[str, Any]) -> PageGraph:
         """Build the graph of one WikiWeb2M page row (feature names verbatim, see `processing.data.wikiweb2m`).
 
-        The image caption is ``section_image_clean_ref_desc`` (the caption shown under the image),
-        falling back to ``section_image_captions`` and then ``section_image_alt_text`` when empty.
-        The image reference is ``section_image_url``; the processor maps it to a file named by the
+        The image caption is `section_image_clean_ref_desc` (the caption shown under the image),
+        falling back to `section_image_captions` and then `section_image_alt_text` when empty.
+        The image reference is `section_image_url`; the processor maps it to a file named by the
         URL's last path component in an image folder.
 
         Raises:
@@ -467,7 +467,7 @@ class PageGraph:
         )
 
     @classmethod
-    def from_dict(cls, page: Mapping[str, Any]) -> "PageGraph":
+    def from_dict(cls, page: Mapping[str, Any]) -> PageGraph:
         """Build a graph from a plain dict, for data other than WikiWeb2M.
 
         Expected keys::
@@ -479,23 +479,23 @@ class PageGraph:
                            "parent": int (optional), "is_sample": bool (optional),
                            "images": [{"path" | "url" | "image": str, "caption": str}, ...]}, ...]}
 
-        ``"image"`` may also hold the image itself: a `PIL.Image.Image` or the encoded file's bytes
+        `"image"` may also hold the image itself: a `PIL.Image.Image` or the encoded file's bytes
         (kept in the graph; the processor preprocesses it like a file's pixels).
 
-        Without ``summary`` the first sentence of ``text`` is split off naively (at ``.``, ``!`` or
-        ``?`` followed by whitespace); without ``rest`` it is the text after the summary. Parents
-        default to -1 (a flat page). ``is_sample`` defaults to "has a summary and a rest".
+        Without `summary` the first sentence of `text` is split off naively (at `.`, `!` or
+        `?` followed by whitespace); without `rest` it is the text after the summary. Parents
+        default to -1 (a flat page). `is_sample` defaults to "has a summary and a rest".
 
         Every field is checked for its type: text fields take `str`, UTF-8 `bytes` or `None` (empty);
-        parents take integers (Python or numpy); ``is_sample`` a bool or 0 / 1; ``sections`` and
-        ``images`` lists of dicts; paths `str` or `os.PathLike`. Text with a lone surrogate is
+        parents take integers (Python or numpy); `is_sample` a bool or 0 / 1; `sections` and
+        `images` lists of dicts; paths `str` or `os.PathLike`. Text with a lone surrogate is
         refused (not replaced: the caller's data is wrong, and a silent U+FFFD would hide it).
 
         Raises:
-            KeyError: ``sections`` is missing, or an image has no ``path``, ``url`` or ``image``.
+            KeyError: `sections` is missing, or an image has no `path`, `url` or `image`.
             PageFieldTypeError: (a `TypeError`) a field of the wrong type; names page, section,
                 image and field.
-            PageStructureError: ragged ``parents``, a bad integer, text with lone surrogates.
+            PageStructureError: ragged `parents`, a bad integer, text with lone surrogates.
         """
         page_id = _as_str(page.get("url") or page.get("id") or page.get("title"), "?", "url")
         if "sections" not in page:
@@ -573,8 +573,8 @@ class PageGraph:
         )
 
     @classmethod
-    def coerce(cls, page: Any) -> "PageGraph":
-        """A `PageGraph` as is, a WikiWeb2M row (has ``section_title``) or a plain dict (has ``sections``).
+    def coerce(cls, page: Any) -> PageGraph:
+        """A `PageGraph` as is, a WikiWeb2M row (has `section_title`) or a plain dict (has `sections`).
 
         A graph built by another copy of this file (e.g. a Hub folder's next to the installed package)
         is taken as is too: it is recognised by its marker attribute, and has the same fields and methods.
@@ -608,7 +608,7 @@ class PageGraph:
 
     @cached_property
     def neighbors(self) -> list[frozenset[int]]:
-        """Undirected adjacency: ``neighbors[u]`` is the set of nodes sharing an edge with ``u``."""
+        """Undirected adjacency: `neighbors[u]` is the set of nodes sharing an edge with `u`."""
         adjacency: list[set] = [set() for _ in self.nodes]
         for pairs in self.edges.values():
             for u, v in pairs:
@@ -624,7 +624,7 @@ class PageGraph:
 
     @cached_property
     def page_block(self) -> list[int]:
-        """``[page node]`` when the description is usable as a text neighbour, else ``[]``."""
+        """`[page node]` when the description is usable as a text neighbour, else `[]`."""
         return [self.page_node] if self.usable_texts[self.page_node] is not None else []
 
     @cached_property
@@ -649,7 +649,7 @@ class PageGraph:
         return {}
 
     def section_node(self, section_idx: int) -> int:
-        """Node id of section ``section_idx`` (with a clear error when out of range)."""
+        """Node id of section `section_idx` (with a clear error when out of range)."""
         self.check_section(section_idx)
         return self.section_nodes[section_idx]
 

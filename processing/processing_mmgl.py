@@ -90,15 +90,15 @@ class MMGLProcessor(ProcessorMixin):
     Args:
         image_processor (`CLIPImageProcessor`, *optional*): preprocessing of raw neighbour images, as
             the CLIP image encoder's; defaults to `clip_image_processor(neighbor_encoder_name)`.
-        tokenizer (`PreTrainedTokenizerBase`): the OPT tokenizer. ``<neighbor>`` is added to it as a
-            special token when missing; its id is the model's ``neighbor_token_id``.
-        context (`str`, *optional*, defaults to `"all"`): ``section_only`` (target section text),
-            ``section_all`` (+ its images and captions), ``text_only`` (all text of the page) or
-            ``all`` (all text and images of the page).
-        neighbor_encoding (`str`, *optional*, defaults to `"sa_e"`): ``sa_te`` (neighbour texts as raw
+        tokenizer (`PreTrainedTokenizerBase`): the OPT tokenizer. `<neighbor>` is added to it as a
+            special token when missing; its id is the model's `neighbor_token_id`.
+        context (`str`, *optional*, defaults to `"all"`): `section_only` (target section text),
+            `section_all` (+ its images and captions), `text_only` (all text of the page) or
+            `all` (all text and images of the page).
+        neighbor_encoding (`str`, *optional*, defaults to `"sa_e"`): `sa_te` (neighbour texts as raw
             tokens, images as embeddings: the target text, then each section's texts, each followed by the
-            placeholders of that section's images; see the module docstring), ``sa_e`` (every neighbour as
-            embeddings in the sequence, after the target text) or ``ca_e`` (neighbours through
+            placeholders of that section's images; see the module docstring), `sa_e` (every neighbour as
+            embeddings in the sequence, after the target text) or `ca_e` (neighbours through
             cross-attention; no placeholders).
         text_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per text neighbour.
         image_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per image neighbour.
@@ -108,22 +108,22 @@ class MMGLProcessor(ProcessorMixin):
             texts and placeholders); only texts are truncated (see the module docstring).
         max_target_length (`int`, *optional*, defaults to 128): summary tokens including eos.
         neighbor_encoder_name (`str`, *optional*, defaults to `"ViT-B-32"`): open_clip model name whose
-            tokenizer makes ``text_neighbor_input_ids`` (works offline).
-        neighbor_context_length (`int`, *optional*): open_clip context length ``Lc``; defaults to the
+            tokenizer makes `text_neighbor_input_ids` (works offline).
+        neighbor_context_length (`int`, *optional*): open_clip context length `Lc`; defaults to the
             model's (77 for CLIP).
         text_neighbor_encoder (`str`, *optional*): a Hugging Face text model (hub id or folder) whose tokenizer
-            makes ``text_neighbor_input_ids`` instead of open_clip's (`MMGLConfig.text_neighbor_encoder`); saved
-            with the processor in ``text_neighbor_tokenizer/``. Refused for designs without text slots (SA-TE,
-            ``section_only``).
+            makes `text_neighbor_input_ids` instead of open_clip's (`MMGLConfig.text_neighbor_encoder`); saved
+            with the processor in `text_neighbor_tokenizer/`. Refused for designs without text slots (SA-TE,
+            `section_only`).
         text_neighbor_max_length (`int`, *optional*, defaults to 512): ids per text neighbour with
-            ``text_neighbor_encoder`` (``Lc``): special tokens added, truncated and padded to this length.
+            `text_neighbor_encoder` (`Lc`): special tokens added, truncated and padded to this length.
         include_section_title (`bool`, *optional*, defaults to `True`): prefix the target text with
             its section title.
-        lpe_k (`int`, *optional*): for a model with ``position_encoding="laplacian"``: each example then holds
-            ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, lpe_k)`, the slot graph's eigenvectors, computed once
+        lpe_k (`int`, *optional*): for a model with `position_encoding="laplacian"`: each example then holds
+            `neighbor_laplacian_eigenvectors` `(Nt + Ni, lpe_k)`, the slot graph's eigenvectors, computed once
             here (`laplacian_encoding`) rather than in every forward pass.
         context_prompt / section_prompt / summary_prompt (`str`, *optional*): the fixed prompt words,
-            ``"Context:"``, ``"Section:"`` and ``"Summary:"``.
+            `"Context:"`, `"Section:"` and `"Summary:"`.
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -228,7 +228,7 @@ class MMGLProcessor(ProcessorMixin):
 
     @property
     def clip_tokenizer(self):
-        """The open_clip tokenizer of ``neighbor_encoder_name`` (imported lazily: it is heavy)."""
+        """The open_clip tokenizer of `neighbor_encoder_name` (imported lazily: it is heavy)."""
         if self._state.clip_tokenizer is None:
             import open_clip
 
@@ -238,7 +238,7 @@ class MMGLProcessor(ProcessorMixin):
 
     @property
     def text_neighbor_tokenizer(self):
-        """The tokenizer of ``text_neighbor_encoder`` (loaded at first use, or the one saved with the processor),
+        """The tokenizer of `text_neighbor_encoder` (loaded at first use, or the one saved with the processor),
         `None` when open_clip encodes the text neighbours."""
         if self.text_neighbor_encoder is None:
             return None
@@ -253,7 +253,7 @@ class MMGLProcessor(ProcessorMixin):
         return int(getattr(self.clip_tokenizer, "context_length", self.neighbor_context_length or 77))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """As `ProcessorMixin.save_pretrained`, plus the text neighbour tokenizer in ``text_neighbor_tokenizer/``
+        """As `ProcessorMixin.save_pretrained`, plus the text neighbour tokenizer in `text_neighbor_tokenizer/`
         (so the folder tokenises text neighbours offline)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if self.text_neighbor_encoder is not None:
@@ -263,7 +263,7 @@ class MMGLProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As `ProcessorMixin.from_pretrained`; a processor saved with a text neighbour encoder takes its tokenizer
-        from ``text_neighbor_tokenizer/`` of the same folder (or hub repository)."""
+        from `text_neighbor_tokenizer/` of the same folder (or hub repository)."""
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if processor.text_neighbor_encoder is not None:
             hub_kwargs = {k: v for k, v in kwargs.items()
@@ -277,8 +277,8 @@ class MMGLProcessor(ProcessorMixin):
     def check_model_config(self, config, embed_dim: int | None = None, text_embed_dim: int | None = None) -> None:
         """Refuse a model whose configuration disagrees with this processor, naming both values: the neighbour mode
         this design needs, the text neighbour encoder, tokens per neighbour, neighbour budgets, the placeholder id
-        and, when given, the width ``embed_dim`` of the neighbour embeddings (an embedding cache's;
-        ``text_embed_dim`` that of its text embeddings when it differs). Reads ``config`` by attribute name only
+        and, when given, the width `embed_dim` of the neighbour embeddings (an embedding cache's;
+        `text_embed_dim` that of its text embeddings when it differs). Reads `config` by attribute name only
         (this file never imports modeling code)."""
         wanted_mode = neighbor_mode(self.neighbor_encoding, self.context)
         mode = getattr(config, "neighbor_mode", "none")
@@ -318,14 +318,14 @@ class MMGLProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ neighbour selection
 
     def select_neighbors(self, page: Any, section_idx: int) -> NeighborSelection:
-        """The text and image neighbours of ``section_idx`` under this processor's budgets (`select_neighbors`)."""
+        """The text and image neighbours of `section_idx` under this processor's budgets (`select_neighbors`)."""
         return self._select(PageGraph.coerce(page), section_idx)
 
     def _select(self, graph: PageGraph, section_idx: int) -> NeighborSelection:
         return select_neighbors(graph, section_idx, self.context, self.max_text_neighbors, self.max_image_neighbors)
 
     def target_text(self, graph: PageGraph, section_idx: int) -> str:
-        """The target's input text: ``"<title>: <rest>"``, summary cut out (`target_input`)."""
+        """The target's input text: `"<title>: <rest>"`, summary cut out (`target_input`)."""
         return target_input(graph, section_idx, self.include_section_title)
 
     # ------------------------------------------------------------------ tokenisation (cached or not)
@@ -374,7 +374,7 @@ class MMGLProcessor(ProcessorMixin):
         raise ValueError(f"unknown token kind {kind!r}: expected 'lm' or 'neighbor_text'")
 
     def _lm_ids_many(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """OPT ids of several texts (each as ``" " + text``)."""
+        """OPT ids of several texts (each as `" " + text`)."""
         return self._ids_many("lm", self._encode_lm, texts)
 
     def _clip_ids_many(self, texts: Sequence[str]) -> list[torch.Tensor]:
@@ -383,7 +383,7 @@ class MMGLProcessor(ProcessorMixin):
 
     def _ids_many(self, kind: str, encode, texts: Sequence[str]) -> list:
         """Ids of several texts: one hash and binary search each in the token store when there is one, one
-        batched ``encode`` call for the texts it lacks (or for all of them without a store)."""
+        batched `encode` call for the texts it lacks (or for all of them without a store)."""
         cache = self._state.token_cache
         if cache is None:
             return encode(texts) if texts else []
@@ -398,7 +398,7 @@ class MMGLProcessor(ProcessorMixin):
         return ids
 
     def _prompt_ids(self) -> dict[str, Any]:
-        """Ids of the fixed prompt pieces, tokenised once; ``fixed_length`` counts the pieces every
+        """Ids of the fixed prompt pieces, tokenised once; `fixed_length` counts the pieces every
         example has (bos, section and summary prompts)."""
         if self._state.prompt_ids is None:
             bos = self.tokenizer.bos_token_id
@@ -418,7 +418,7 @@ class MMGLProcessor(ProcessorMixin):
         return self._state.token_cache
 
     def set_token_cache(self, cache: MMGLTokenCache | None) -> None:
-        """Use ``cache`` (or none); refuses a cache built with other tokenizers."""
+        """Use `cache` (or none); refuses a cache built with other tokenizers."""
         if cache is not None and cache.identity != self.tokenizer_identity():
             source = f" ({cache.path!r})" if cache.path else ""
             raise ValueError(
@@ -429,7 +429,7 @@ class MMGLProcessor(ProcessorMixin):
 
     def load_token_cache(self, path: str | os.PathLike) -> MMGLTokenCache:
         """Load a token cache file (`MMGLTokenCache.save`) and use it; a file of other tokenizers, or a
-        damaged one, raises `ValueError` naming the file. Save one with ``processor.token_cache.save(path)``."""
+        damaged one, raises `ValueError` naming the file. Save one with `processor.token_cache.save(path)`."""
         cache = MMGLTokenCache.load(path, identity=self.tokenizer_identity())
         self._state.token_cache = cache
         return cache
@@ -480,18 +480,18 @@ class MMGLProcessor(ProcessorMixin):
         Args:
             page: a `PageGraph`, a WikiWeb2M page row or a page dict.
             section_idx (`int`): the target section.
-            embedding_cache (*optional*): an object with ``get_text(text)``, ``get_image(path)`` and
-                ``embed_dim`` (`processing.embedding_cache.EmbeddingCache`); when given, neighbours are
+            embedding_cache (*optional*): an object with `get_text(text)`, `get_image(path)` and
+                `embed_dim` (`processing.embedding_cache.EmbeddingCache`); when given, neighbours are
                 passed as embeddings, otherwise as raw CLIP ids / pixels.
             image_dir (`str`, *optional*): folder of the image files (`image_source.ImageFolder`).
             for_generation (`bool`, *optional*, defaults to `False`): stop after the prompt; no labels.
 
         Returns:
-            `dict[str, torch.Tensor]`: ``input_ids`` / ``attention_mask`` / ``labels`` `(L,)`; with text
-            slots ``text_neighbor_embeds`` `(Nt, Dt)` or ``text_neighbor_input_ids`` `(Nt, Lc)` and
-            ``text_neighbor_mask`` `(Nt,)`; with image slots ``image_neighbor_embeds`` `(Ni, Di)` or
-            ``image_neighbor_pixel_values`` `(Ni, 3, H, W)` and ``image_neighbor_mask`` `(Ni,)`; and
-            ``neighbor_adjacency`` `(Nt + Ni, Nt + Ni)` when there are slots.
+            `dict[str, torch.Tensor]`: `input_ids` / `attention_mask` / `labels` `(L,)`; with text
+            slots `text_neighbor_embeds` `(Nt, Dt)` or `text_neighbor_input_ids` `(Nt, Lc)` and
+            `text_neighbor_mask` `(Nt,)`; with image slots `image_neighbor_embeds` `(Ni, Di)` or
+            `image_neighbor_pixel_values` `(Ni, 3, H, W)` and `image_neighbor_mask` `(Ni,)`; and
+            `neighbor_adjacency` `(Nt + Ni, Nt + Ni)` when there are slots.
         """
         graph = PageGraph.coerce(page)
         selection = self._select(graph, section_idx)
@@ -561,7 +561,7 @@ class MMGLProcessor(ProcessorMixin):
         )
 
     def _placeholders(self, count: int) -> np.ndarray:
-        """``count`` placeholder ids: one read-only array per count, reused by every example."""
+        """`count` placeholder ids: one read-only array per count, reused by every example."""
         placeholders = self._state.placeholders.get(count)
         if placeholders is None:
             placeholders = np.full(count, self.neighbor_token_id, dtype=np.int64)

@@ -25,7 +25,7 @@ from .sorted_digests import find_sorted, unique_order
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """``sha256:<hex>`` of what decides a fast tokenizer's ids: its JSON (model, vocab, merges, normaliser,
+    """`sha256:<hex>` of what decides a fast tokenizer's ids: its JSON (model, vocab, merges, normaliser,
     pre-tokeniser and added tokens). Its truncation and padding settings are left out: each call
     switches them, and the token cache tokenises without either. A slow tokenizer is fingerprinted by
     its class and full vocabulary (added tokens included)."""
@@ -47,8 +47,8 @@ def _text_digests(texts: Sequence[str]) -> np.ndarray:
 
 
 class _IdTable:
-    """The ids of many texts in three flat arrays: text ``i`` has digest ``keys[i]`` (sorted) and ids
-    ``ids[offsets[i] : offsets[i + 1]]``. No Python object per text; the arrays may be memory-mapped."""
+    """The ids of many texts in three flat arrays: text `i` has digest `keys[i]` (sorted) and ids
+    `ids[offsets[i] : offsets[i + 1]]`. No Python object per text; the arrays may be memory-mapped."""
 
     def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray):
         self.keys, self.offsets, self.ids = keys, offsets, ids
@@ -57,7 +57,7 @@ class _IdTable:
         return len(self.keys)
 
     @classmethod
-    def empty(cls) -> "_IdTable":
+    def empty(cls) -> _IdTable:
         return cls(np.zeros(0, dtype="V16"), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32))
 
     def find(self, keys: np.ndarray) -> np.ndarray:
@@ -65,7 +65,7 @@ class _IdTable:
         return find_sorted(self.keys, keys)
 
     def row(self, i: int) -> np.ndarray | None:
-        """Ids of row ``i`` as int64, `None` when its offsets are out of range (a damaged file: offsets
+        """Ids of row `i` as int64, `None` when its offsets are out of range (a damaged file: offsets
         are checked when read, so that opening a file does not read them all)."""
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         if not 0 <= start <= end <= len(self.ids):
@@ -78,7 +78,7 @@ _ALIGN = 64
 
 
 class _Chunked:
-    """An array written piece by piece (`_write_store`): ``dtype``, ``length`` and a callable giving its chunks in
+    """An array written piece by piece (`_write_store`): `dtype`, `length` and a callable giving its chunks in
     order, so that merging a store never holds all its ids in memory."""
 
     def __init__(self, dtype, length: int, chunks):
@@ -168,7 +168,7 @@ def _remove_file(handle, path: str) -> None:
 
 
 def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[str, "np.ndarray | _Chunked"]:
-    """``base`` (sorted) and ``new`` (unsorted, may repeat keys) as one sorted table without repeated keys (the
+    """`base` (sorted) and `new` (unsorted, may repeat keys) as one sorted table without repeated keys (the
     first entry of a key wins: base, then insertion order); the ids are gathered chunk by chunk while written, so
     memory is O(entries), not O(ids)."""
     keys = np.concatenate([np.asarray(base.keys), new.keys])
@@ -242,8 +242,8 @@ class MMGLTokenCache:
     holds no Python object per text and opening it costs O(1) memory; DataLoader workers share its pages
     through the OS page cache. Texts added in this process (`add`) sit in a small dict keyed by digest, or
     after `spill_to` (a build of a whole data set) in temporary files beside the store, until the next `save`
-    merges them into the file, streaming: neither building nor saving holds all ids in memory. ``identity`` records the tokenizers the ids came
-    from (`tokenizer_fingerprint`); a processor refuses a store made by other tokenizers. ``covers``
+    merges them into the file, streaming: neither building nor saving holds all ids in memory. `identity` records the tokenizers the ids came
+    from (`tokenizer_fingerprint`); a processor refuses a store made by other tokenizers. `covers`
     records which page tables (by fingerprint) the store holds every text of, so that a restart skips
     collecting them again (`build_token_cache`).
 
@@ -283,9 +283,9 @@ class MMGLTokenCache:
         return len(self._stored[kind]) + len(self._pending[kind]) + (len(spill) if spill is not None else 0)
 
     def spill_to(self, directory: str | os.PathLike, id_bounds: Mapping[str, int] | None = None) -> None:
-        """From now until `save`, `add` writes ids to hidden temporary files in ``directory`` (the store's folder)
+        """From now until `save`, `add` writes ids to hidden temporary files in `directory` (the store's folder)
         instead of memory: building a store then holds 24 bytes per text, not its ids. Spilled texts are found
-        by `lookup` / `missing` only after `save` (a text added twice is kept once). ``id_bounds`` (kind ->
+        by `lookup` / `missing` only after `save` (a text added twice is kept once). `id_bounds` (kind ->
         vocabulary size) picks the files' id type (uint16 under 65,536; int32 otherwise)."""
         for kind in self.KINDS:
             if kind not in self._spills:
@@ -333,7 +333,7 @@ class MMGLTokenCache:
         return [t for t, k, r in zip(unique, keys, rows) if r < 0 and k.tobytes() not in pending]
 
     def add(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
-        """Remember freshly tokenised ``texts`` (saved by the next `save`); texts already present are kept."""
+        """Remember freshly tokenised `texts` (saved by the next `save`); texts already present are kept."""
         kind = _kind(kind)
         pending = self._pending[kind]
         keys = _text_digests(texts)
@@ -347,7 +347,7 @@ class MMGLTokenCache:
                 pending.setdefault(key.tobytes(), np.asarray(value, dtype=np.int64).reshape(-1))
 
     def remember(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
-        """`add`, while fewer than ``max_pending`` texts wait for a `save` (texts met only while training,
+        """`add`, while fewer than `max_pending` texts wait for a `save` (texts met only while training,
         e.g. summary-scrubbed ones, would otherwise grow the process without bound)."""
         if sum(len(p) for p in self._pending.values()) < self.max_pending:
             self.add(kind, texts, ids)
@@ -360,14 +360,14 @@ class MMGLTokenCache:
     _covers_dirty = False
 
     def mark_covered(self, fingerprint: str) -> None:
-        """Record that every text of the table ``fingerprint`` (see `build_token_cache`) is stored."""
+        """Record that every text of the table `fingerprint` (see `build_token_cache`) is stored."""
         if fingerprint not in self.covers:
             self.covers.append(fingerprint)
             self._covers_dirty = True
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the store to ``path`` (one file), atomically; see the class docstring. Memory while saving is
-        O(entries), not O(ids): the added ids go to a temporary file beside ``path`` (or already are there,
+        """Write the store to `path` (one file), atomically; see the class docstring. Memory while saving is
+        O(entries), not O(ids): the added ids go to a temporary file beside `path` (or already are there,
         `spill_to`) and are merged with the stored ones in key order while the file is written."""
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
@@ -398,7 +398,7 @@ class MMGLTokenCache:
         self._covers_dirty = False
 
     @classmethod
-    def load(cls, path: str | os.PathLike, identity: Mapping[str, str] | None = None) -> "MMGLTokenCache":
+    def load(cls, path: str | os.PathLike, identity: Mapping[str, str] | None = None) -> MMGLTokenCache:
         """Open a store written by `save`, memory-mapped (reads its header only).
 
         Args:
@@ -466,7 +466,7 @@ def _renamed_kinds(header: dict, arrays: dict) -> tuple[dict, dict]:
     return header, {rename(name): array for name, array in arrays.items()}
 
 
-def _reopen(path, identity, max_pending, pending, covers) -> "MMGLTokenCache":
+def _reopen(path, identity, max_pending, pending, covers) -> MMGLTokenCache:
     cache = MMGLTokenCache.load(path, identity=identity)
     cache.max_pending, cache._pending, cache.covers = max_pending, pending, covers
     return cache

@@ -27,7 +27,7 @@ ids: tokenising (and the token store) is the processor's job.
 
 SA-TE groups.
 
-SA-TE gives the neighbour texts as raw tokens and only the images as embeddings (``<neighbor>`` placeholders). As
+SA-TE gives the neighbour texts as raw tokens and only the images as embeddings (`<neighbor>` placeholders). As
 in the MMGL paper and its code, each image's placeholders come right after the text of the section the image
 belongs to, so that the sequence keeps the page's structure::
 
@@ -66,9 +66,9 @@ class SectionGroup(NamedTuple):
 
     Args:
         section (`int` or `None`): the section, or `None` for the page description.
-        texts (`tuple[int]`): positions in ``NeighborSelection.texts`` of the group's texts (the section's text,
+        texts (`tuple[int]`): positions in `NeighborSelection.texts` of the group's texts (the section's text,
             its images' captions), in slot order.
-        images (`tuple[int]`): positions in ``NeighborSelection.image_nodes`` of the group's images, in slot order.
+        images (`tuple[int]`): positions in `NeighborSelection.image_nodes` of the group's images, in slot order.
     """
 
     section: int | None
@@ -77,12 +77,12 @@ class SectionGroup(NamedTuple):
 
 
 def sa_te_groups(graph: PageGraph, section_idx: int, selection: NeighborSelection) -> list[SectionGroup]:
-    """The SA-TE groups of ``selection`` (the neighbours of target ``section_idx``), in sequence order (module
+    """The SA-TE groups of `selection` (the neighbours of target `section_idx`), in sequence order (module
     docstring): the target's group always first, then each group that holds a text or an image."""
     parent = graph.section_parents[section_idx]
 
     def position(section: int | None) -> tuple:
-        """Where a section's group goes: the target, the page description, the parent, then by ``(|s - t|, s)``
+        """Where a section's group goes: the target, the page description, the parent, then by `(|s - t|, s)`
         (the selection's ranking, computed for the sections at hand only)."""
         if section == section_idx:
             return (0,)

@@ -44,11 +44,11 @@ def iter_neighbor_inputs(
     image_folder: ImageFolder | str | None = None,
     counts: dict | None = None,
 ) -> Iterator[tuple[list[str], list[tuple[str, str | None]]]]:
-    """Per sample of ``samples`` (``(page, section_idx)`` pairs, or a `PageGraphIndex`), lazily: its neighbour texts
-    (none in SA-TE: there they are raw tokens) and its image files as ``(path, sha256 or None)``, exactly what the
+    """Per sample of `samples` (`(page, section_idx)` pairs, or a `PageGraphIndex`), lazily: its neighbour texts
+    (none in SA-TE: there they are raw tokens) and its image files as `(path, sha256 or None)`, exactly what the
     processor asks an embedding cache for under this configuration. Image references with a file, without one and
-    in-memory images are counted in ``counts["resolved_images"]``, ``counts["missing_images"]`` and
-    ``counts["in_memory_images"]``."""
+    in-memory images are counted in `counts["resolved_images"]`, `counts["missing_images"]` and
+    `counts["in_memory_images"]`."""
     folder = ImageFolder.coerce(image_folder)
     want_texts, want_images = has_text_slots(neighbor_encoding, context), has_image_slots(context)
     counts = {} if counts is None else counts
@@ -80,7 +80,7 @@ def collect_neighbor_inputs(
     max_image_neighbors: int,
     image_folder: ImageFolder | str | None = None,
 ) -> NeighborInputs:
-    """The unique neighbour texts and image files of ``samples`` (`iter_neighbor_inputs`), in memory."""
+    """The unique neighbour texts and image files of `samples` (`iter_neighbor_inputs`), in memory."""
     counts: dict = {}
     texts: dict[str, None] = {}
     files: dict[str, None] = {}
@@ -99,7 +99,7 @@ def collect_neighbor_inputs(
 def processor_neighbor_inputs(
     processor, samples: Iterable[tuple[Any, int]], image_dir: ImageFolder | str | os.PathLike | None = None
 ) -> NeighborInputs:
-    """The unique neighbour texts and image files of ``samples`` (``(page, section_idx)`` pairs, or a
+    """The unique neighbour texts and image files of `samples` (`(page, section_idx)` pairs, or a
     `PageGraphIndex`) under `processor`'s configuration: exactly the keys `MMGLProcessor.build_example` asks an
     embedding cache for (`collect_neighbor_inputs`)."""
     return collect_neighbor_inputs(

@@ -15,9 +15,9 @@ from processing.page_graph import PageGraph
 class PageGraphIndex:
     """Section summarization samples over a table of pages, with O(1) lookups both ways.
 
-    ``index[i]`` gives ``(graph, section_idx)`` for sample ``i``: a constant-time row fetch from
+    `index[i]` gives `(graph, section_idx)` for sample `i`: a constant-time row fetch from
     the table (a `datasets.Dataset` reads one Arrow row; a list indexes) and a memoised graph
-    build, never a scan. ``index.position(page_idx, section_idx)`` is the reverse dict lookup.
+    build, never a scan. `index.position(page_idx, section_idx)` is the reverse dict lookup.
 
     Args:
         pages (`datasets.Dataset`, or a list of WikiWeb2M rows, page dicts or `PageGraph`s).
@@ -38,7 +38,7 @@ class PageGraphIndex:
     ):
         self.pages = pages
         self.graph_cache_size = graph_cache_size
-        self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
+        self._graphs: OrderedDict[int, PageGraph] = OrderedDict()
         if samples is None:
             samples = summarization_samples(pages, split)
         self.samples: list[tuple[int, int]] = [(int(p), int(s)) for p, s in samples]
@@ -68,11 +68,11 @@ class PageGraphIndex:
             yield self[i]
 
     def sample(self, i: int) -> tuple[int, int]:
-        """``(page_idx, section_idx)`` of sample ``i``."""
+        """`(page_idx, section_idx)` of sample `i`."""
         return self.samples[i]
 
     def position(self, page_idx: int, section_idx: int) -> int:
-        """Sample number of ``(page_idx, section_idx)``; `KeyError` if it is not a sample."""
+        """Sample number of `(page_idx, section_idx)`; `KeyError` if it is not a sample."""
         try:
             return self._position[(page_idx, section_idx)]
         except KeyError:
@@ -82,7 +82,7 @@ class PageGraphIndex:
         return key in self._position
 
     def graph(self, page_idx: int) -> PageGraph:
-        """The page graph of row ``page_idx`` (one O(1) row fetch, then memoised)."""
+        """The page graph of row `page_idx` (one O(1) row fetch, then memoised)."""
         graph = self._graphs.get(page_idx)
         if graph is not None:
             self._graphs.move_to_end(page_idx)

@@ -28,7 +28,7 @@ def _encode_in_worker(task):
 
 @contextlib.contextmanager
 def _chunk_mapper(encoders: Mapping[str, Any], num_proc: int | None):
-    """A function ``(kind, chunks) -> each chunk's ids, in order``: in this process, or in ``num_proc`` forked
+    """A function `(kind, chunks) -> each chunk's ids, in order`: in this process, or in `num_proc` forked
     processes started once for the whole build (the tokenizers are inherited, not pickled)."""
     global _FORK_ENCODERS
     import multiprocessing
@@ -58,7 +58,7 @@ def build_token_cache(
     (`MMGLProcessor.set_token_cache`): its examples then slice stored ids instead of tokenising.
 
     Collects, per page: the target text and summary of every section with a summary, and (for
-    SA-TE) every node text that can be a neighbour; with ``neighbor_input_ids`` also the open_clip
+    SA-TE) every node text that can be a neighbour; with `neighbor_input_ids` also the open_clip
     ids of the node texts. Texts met later (e.g. summary-scrubbed ones) are added on first use.
 
     Args:
@@ -71,7 +71,7 @@ def build_token_cache(
         batch_size (`int`, *optional*, defaults to 2048): texts per tokenizer call.
         show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
         fingerprint (`str`, *optional*): a fingerprint of the page table (e.g. the Arrow data set's
-            ``_fingerprint``); when the store already covers it for this configuration, nothing is
+            `_fingerprint`); when the store already covers it for this configuration, nothing is
             collected (a restart does no work per page), and after building it is recorded as covered.
         num_proc (`int`, *optional*): tokenise in this many processes (fork); default one.
         block_pages (`int`, *optional*, defaults to 4096): pages whose texts are collected and tokenised at a
@@ -80,7 +80,7 @@ def build_token_cache(
     Returns:
         `MMGLTokenCache`, also installed on the processor (it extends the current one if any: after
         `load_token_cache`, only texts the file lacks are tokenised; keep them with
-        ``processor.token_cache.save(path)``).
+        `processor.token_cache.save(path)`).
     """
     from tqdm.auto import tqdm
 
@@ -143,7 +143,7 @@ def build_token_cache(
 
 
 def table_fingerprint(pages) -> str | None:
-    """A fingerprint of a page table that changes when its rows do: the ``_fingerprint`` of a `datasets`
+    """A fingerprint of a page table that changes when its rows do: the `_fingerprint` of a `datasets`
     Arrow table (set from its files and transforms), `None` for other tables (then nothing is skipped)."""
     fingerprint = getattr(pages, "_fingerprint", None)
     return f"{type(pages).__name__}:{fingerprint}:{len(pages)}" if fingerprint else None
@@ -158,9 +158,9 @@ def prepare_token_cache(
     num_proc: int | None = None,
     show_progress: bool = True,
     block_pages: int = 4096,
-) -> "MMGLTokenCache":
-    """Open the store at ``path`` (when it exists), tokenise what ``pages`` adds, save it back, and install it
-    on ``processor``: the startup of a training run. When the store already covers ``pages``' table
+) -> MMGLTokenCache:
+    """Open the store at `path` (when it exists), tokenise what `pages` adds, save it back, and install it
+    on `processor`: the startup of a training run. When the store already covers `pages`' table
     (`table_fingerprint`) for this configuration, no page is read: a restart costs O(1).
 
     Args:

@@ -1,6 +1,6 @@
 """The WikiWeb2M schema and reader: TFRecord files of `SequenceExample` pages -> page rows.
 
-WikiWeb2M (google-research-datasets/wit, ``wikiweb2m.md``) stores one Wikipedia page per record as a
+WikiWeb2M (google-research-datasets/wit, `wikiweb2m.md`) stores one Wikipedia page per record as a
 `tf.train.SequenceExample`: page-level *context* features and per-section *feature lists* (one step
 per section, in page order). This module turns a record into ONE PAGE ROW, a plain `dict` whose keys
 are the feature names, kept verbatim;
@@ -11,7 +11,7 @@ Errors name the file, the record's byte offset (in the uncompressed stream), the
 field, so one bad page among two million can be found. Corrupt framing is handled by
 `processing.data.tfrecord_io`.
 
-Splits: the official ``split`` field (``train`` / ``val`` / ``test``) is the default. The MMGL study
+Splits: the official `split` field (`train` / `val` / `test`) is the default. The MMGL study
 (Yoon et al., 2023) instead took pages in file order: the first 400k for training, the next 100k for
 validation and the next 100k for testing; `study_split` gives those page ranges, scaled 4:1:1 when
 fewer than 600k pages are read.
@@ -69,9 +69,9 @@ if TYPE_CHECKING:  # loaded by `_example_pb2`, without the tfrecord package's to
 
 @functools.cache
 def _example_pb2():
-    """TensorFlow's Example protos as the `tfrecord` package ships them (``tfrecord.example_pb2``), loaded without
-    running ``tfrecord/__init__.py``, which imports torch (seconds) for DataLoader helpers this reader never uses.
-    Registered under its own name, so a later ``import tfrecord`` reuses it instead of defining the protos twice."""
+    """TensorFlow's Example protos as the `tfrecord` package ships them (`tfrecord.example_pb2`), loaded without
+    running `tfrecord/__init__.py`, which imports torch (seconds) for DataLoader helpers this reader never uses.
+    Registered under its own name, so a later `import tfrecord` reuses it instead of defining the protos twice."""
     name = "tfrecord.example_pb2"
     if name not in sys.modules:
         package = importlib.util.find_spec("tfrecord")  # locates the package without running it
@@ -83,7 +83,7 @@ def _example_pb2():
     return sys.modules[name]
 
 
-#: Values of the official ``split`` field.
+#: Values of the official `split` field.
 SPLITS = ("train", "val", "test")
 #: The MMGL study's page budget per split, taken in page order (see `study_split`).
 STUDY_SPLIT_PAGES = {"train": 400_000, "val": 100_000, "test": 100_000}
@@ -287,7 +287,7 @@ def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors:
 
 
 def _parse_images(rc: _RecordContext, lists, num_sections: int, row: dict[str, Any]) -> None:
-    """Fill the aligned per-image features of ``row``; check that their lengths agree per section."""
+    """Fill the aligned per-image features of `row`; check that their lengths agree per section."""
     image_names = IMAGE_BYTES_FEATURES + IMAGE_INT_FEATURES
     parsed = {}
     for name in image_names:
@@ -317,10 +317,10 @@ def _parse_images(rc: _RecordContext, lists, num_sections: int, row: dict[str, A
             row[name] = [[empty] * n for n in counts]
 
 
-def page_to_example(row: dict[str, Any]) -> "example_pb2.SequenceExample":
+def page_to_example(row: dict[str, Any]) -> example_pb2.SequenceExample:
     """Build the WikiWeb2M `SequenceExample` of a page row (the inverse of `parse_page`).
 
-    Every column of `PAGE_COLUMNS` present in ``row`` is written; columns absent from ``row`` are
+    Every column of `PAGE_COLUMNS` present in `row` is written; columns absent from `row` are
     left out of the record (useful to test readers on incomplete records).
 
     Args:
@@ -367,7 +367,7 @@ def serialize_page(row: dict[str, Any]) -> bytes:
 def resolve_paths(paths_or_glob: PathLike | Sequence[PathLike]) -> list[str]:
     """Expand a path, a glob pattern, or a list of them into a list of existing files.
 
-    Patterns are expanded in sorted order (so ``wikiweb2m-train.tfrecord.gz-0000*-of-00005`` reads
+    Patterns are expanded in sorted order (so `wikiweb2m-train.tfrecord.gz-0000*-of-00005` reads
     the shards in order); explicit paths keep the given order.
 
     Raises:
@@ -399,7 +399,7 @@ class ReadStats:
         files (`int`): files opened.
         pages (`int`): page rows produced.
         sections (`int`): sections in those pages.
-        corrupt_records (`int`): damaged records skipped (only with ``skip_corrupt=True``).
+        corrupt_records (`int`): damaged records skipped (only with `skip_corrupt=True`).
     """
 
     files: int = 0
@@ -407,7 +407,7 @@ class ReadStats:
     sections: int = 0
     corrupt_records: int = 0
 
-    def update(self, other: "ReadStats") -> None:
+    def update(self, other: ReadStats) -> None:
         for key, value in asdict(other).items():
             setattr(self, key, getattr(self, key) + value)
 
@@ -423,7 +423,7 @@ def iter_pages(
     Args:
         paths (`str`, `os.PathLike` or a list of them): files or glob patterns (`resolve_paths`).
         skip_corrupt (`bool`, *optional*, defaults to `False`): skip records with bad framing or
-            CRCs, or that are not protobufs, instead of raising; they are counted in ``stats``.
+            CRCs, or that are not protobufs, instead of raising; they are counted in `stats`.
             Records that parse but break the schema always raise `WikiWeb2MFormatError`.
         errors (`str`, *optional*, defaults to `"strict"`): UTF-8 error handler (`parse_page`).
         stats (`ReadStats`, *optional*): updated in place while reading.
@@ -432,7 +432,7 @@ def iter_pages(
         `dict[str, Any]`: page rows.
 
     Raises:
-        TFRecordCorruptError: damaged framing (without ``skip_corrupt``).
+        TFRecordCorruptError: damaged framing (without `skip_corrupt`).
         WikiWeb2MFormatError: a record that is not a valid page.
     """
     stats = stats if stats is not None else ReadStats()
@@ -459,7 +459,7 @@ def iter_pages(
 
 
 def ingestion_throughput(paths: PathLike | Sequence[PathLike], max_pages: int | None = None) -> float:
-    """Pages per second that `iter_pages` reads from ``paths`` in this process (for benchmarks).
+    """Pages per second that `iter_pages` reads from `paths` in this process (for benchmarks).
 
     Args:
         paths: files or glob patterns.
@@ -487,8 +487,8 @@ def page_features():
     """The `datasets.Features` of a page row (explicit, so types never depend on the data seen).
 
     Returns:
-        `datasets.Features`: strings as ``Value("string")``, integers as ``Value("int64")``,
-        per-section features as ``List``, per-section lists as ``List(List(...))``.
+        `datasets.Features`: strings as `Value("string")`, integers as `Value("int64")`,
+        per-section features as `List`, per-section lists as `List(List(...))`.
     """
     from datasets import Features, List as DList, Value  # heavy import: only when asked for
 
@@ -506,9 +506,9 @@ def page_features():
 
 
 def _generate_pages(paths, skip_corrupt=False, errors="strict", fingerprint="", stats_dir=None):
-    """`datasets` generator over a shard of ``paths``; writes its `ReadStats` when asked.
+    """`datasets` generator over a shard of `paths`; writes its `ReadStats` when asked.
 
-    ``fingerprint`` is unused here: it is part of ``gen_kwargs`` only so that the `datasets` cache
+    `fingerprint` is unused here: it is part of `gen_kwargs` only so that the `datasets` cache
     key changes when a file's size or modification time does (the key is computed from the
     arguments, not from the files' contents).
     """
@@ -571,7 +571,7 @@ def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, 
 
 
 def _chain_find(exc: BaseException | None, types) -> BaseException | None:
-    """The first exception of ``types`` in ``exc``'s ``__cause__`` / ``__context__`` chain."""
+    """The first exception of `types` in `exc`'s `__cause__` / `__context__` chain."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -621,18 +621,18 @@ def load_pages(
         skip_corrupt (`bool`, *optional*, defaults to `False`): skip damaged records (`iter_pages`).
         errors (`str`, *optional*, defaults to `"strict"`): UTF-8 error handler.
         keep_in_memory (`bool`, *optional*, defaults to `False`): load the table into memory (the files written
-            in ``cache_dir`` may then be removed).
+            in `cache_dir` may then be removed).
 
     Returns:
-        `datasets.Dataset` (or `datasets.IterableDataset` when ``streaming``) with the columns of
+        `datasets.Dataset` (or `datasets.IterableDataset` when `streaming`) with the columns of
         `PAGE_COLUMNS` and the types of `page_features`.
 
     Raises:
         FileNotFoundError: a path does not exist or a pattern matches nothing.
         EmptyInputError: the files hold no page (empty, or every record skipped as corrupt); not
-            raised when ``streaming`` (nothing is read until iteration).
+            raised when `streaming` (nothing is read until iteration).
         WikiWeb2MFormatError, TFRecordCorruptError: a bad record (inside `datasets` generation
-            they arrive wrapped in ``DatasetGenerationError``; see `processing.data.cli`).
+            they arrive wrapped in `DatasetGenerationError`; see `processing.data.cli`).
     """
     _check_errors(errors)
     return _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir=None,
@@ -645,7 +645,7 @@ def load_pages(
 
 
 def _iter_columns(pages, columns: Sequence[str]) -> Iterator[tuple]:
-    """Yield tuples of ``columns`` per page from a `Dataset`, `IterableDataset` or list of rows.
+    """Yield tuples of `columns` per page from a `Dataset`, `IterableDataset` or list of rows.
 
     For `datasets` objects only the needed columns are read, in Arrow batches: the section texts of
     two million pages never have to be decoded to find the samples.
@@ -678,15 +678,15 @@ def study_split(num_pages: int) -> dict[str, range]:
     """The MMGL study's page split: page positions (in file order) of train, val and test.
 
     The study used the first 400,000 pages for training, the next 100,000 for validation and the
-    next 100,000 for testing, ignoring the official ``split`` field. With fewer than 600,000 pages
-    the same 4:1:1 proportions are kept (val and test get ``num_pages // 6`` pages each, train the
+    next 100,000 for testing, ignoring the official `split` field. With fewer than 600,000 pages
+    the same 4:1:1 proportions are kept (val and test get `num_pages // 6` pages each, train the
     rest); with more, pages after the first 600,000 belong to no split.
 
     Args:
         num_pages (`int`): the number of pages read.
 
     Returns:
-        `dict[str, range]`: ``{"train": range, "val": range, "test": range}`` of row indices.
+        `dict[str, range]`: `{"train": range, "val": range, "test": range}` of row indices.
     """
     if num_pages < 0:
         raise ValueError(f"num_pages must be >= 0, got {num_pages}")
@@ -704,18 +704,18 @@ def study_split(num_pages: int) -> dict[str, range]:
 
 
 def summarization_samples(pages, split: str | None = None, use_study_split: bool = False) -> list[tuple[int, int]]:
-    """Section summarization samples as ``(page row index, section index)`` pairs, in page order.
+    """Section summarization samples as `(page row index, section index)` pairs, in page order.
 
-    A section is a sample when its ``is_section_summarization_sample`` flag is 1. The one selection rule: the
+    A section is a sample when its `is_section_summarization_sample` flag is 1. The one selection rule: the
     sample index (`processing.data.sample_index.PageGraphIndex`) takes its default samples from here.
 
     Args:
         pages (`datasets.Dataset`, `datasets.IterableDataset`, or a list of page rows, page dicts or `PageGraph`s).
-        split (`str`, *optional*): keep only pages of this split (``train``, ``val`` or ``test``);
+        split (`str`, *optional*): keep only pages of this split (`train`, `val` or `test`);
             `None` keeps all.
         use_study_split (`bool`, *optional*, defaults to `False`): assign splits by page position
-            as the MMGL study did (`study_split`) instead of the official ``split`` field; needs
-            ``len(pages)``.
+            as the MMGL study did (`study_split`) instead of the official `split` field; needs
+            `len(pages)`.
 
     Returns:
         `list[tuple[int, int]]`
@@ -744,7 +744,7 @@ def summarization_samples(pages, split: str | None = None, use_study_split: bool
 
 
 def page_url_index(pages) -> dict[str, int]:
-    """Map each ``page_url`` to its row index, for O(1) page lookup (never scan the table per item).
+    """Map each `page_url` to its row index, for O(1) page lookup (never scan the table per item).
 
     Raises:
         ValueError: two rows share a URL.
@@ -758,10 +758,10 @@ def page_url_index(pages) -> dict[str, int]:
 
 
 def split_counts(pages, use_study_split: bool = False) -> dict[str, dict[str, int]]:
-    """Pages, sections and summarization samples per split (and ``"all"``).
+    """Pages, sections and summarization samples per split (and `"all"`).
 
     Returns:
-        `dict[str, dict[str, int]]`: ``{split: {"pages": .., "sections": .., "summarization_samples": ..}}``.
+        `dict[str, dict[str, int]]`: `{split: {"pages": .., "sections": .., "summarization_samples": ..}}`.
     """
     study = None
     if use_study_split:
@@ -787,7 +787,7 @@ def split_counts(pages, use_study_split: bool = False) -> dict[str, dict[str, in
 
 
 def recover_output(output_dir: PathLike) -> None:
-    """Finish or undo what a killed `main` left beside ``output_dir`` (run at every start; `recover_folder`)."""
+    """Finish or undo what a killed `main` left beside `output_dir` (run at every start; `recover_folder`)."""
     recover_folder(output_dir)
 
 
@@ -816,17 +816,17 @@ def _uncompressed_size(path: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]``.
+    """`python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]`.
 
     Reads the TFRecord files into an Arrow dataset (one row per page), saves it with
     `save_to_disk`, and prints counts. `datasets` shows tqdm progress bars while generating and
     saving.
 
-    Everything is written in a staging folder beside ``OUTPUT_DIR`` (``.NAME.tmp-<pid>-*``: the
+    Everything is written in a staging folder beside `OUTPUT_DIR` (`.NAME.tmp-<pid>-*`: the
     same file system, so renaming is atomic), which is renamed into place only once complete; a
     previous output is removed only after that. A kill at any point leaves the previous complete
     output or the new one, never a mix; the next start removes what the killed run left. Two runs
-    writing the same ``OUTPUT_DIR`` at once are not supported.
+    writing the same `OUTPUT_DIR` at once are not supported.
     """
     from .cli import add_debug_argument
 

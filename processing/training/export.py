@@ -14,9 +14,9 @@ _PROJECT_PACKAGES = ("processing", "modeling_mmgl")
 
 
 def check_flat_folder(folder: str | os.PathLike) -> None:
-    """Raise if a ``.py`` file of ``folder`` imports relatively something that is not a file of ``folder``
+    """Raise if a `.py` file of `folder` imports relatively something that is not a file of `folder`
     (found the way transformers finds them, by regex, so even an indented or lazy import counts), or imports
-    this project's packages (``processing``, ``modeling_mmgl``) by absolute name."""
+    this project's packages (`processing`, `modeling_mmgl`) by absolute name."""
     import ast
 
     from transformers.dynamic_module_utils import get_relative_imports
@@ -42,17 +42,17 @@ def check_flat_folder(folder: str | os.PathLike) -> None:
 
 
 def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
-    """Write ``model`` and ``processor`` to ``output_dir`` as a flat Hub folder that loads with
-    ``pipeline("mmgl-summarization", model=output_dir, trust_remote_code=True)`` (and `AutoModel`,
-    `AutoModelForCausalLM`, `AutoProcessor`, `AutoTokenizer` with ``trust_remote_code=True``) in a process
+    """Write `model` and `processor` to `output_dir` as a flat Hub folder that loads with
+    `pipeline("mmgl-summarization", model=output_dir, trust_remote_code=True)` (and `AutoModel`,
+    `AutoModelForCausalLM`, `AutoProcessor`, `AutoTokenizer` with `trust_remote_code=True`) in a process
     without this package.
 
-    Writes: config.json (``auto_map`` for AutoConfig / AutoModel / AutoModelForCausalLM and
-    ``custom_pipelines``), generation_config.json, model.safetensors, the tokenizer files
-    (tokenizer_config.json with ``auto_map.AutoProcessor``), processor_config.json (``auto_map.AutoProcessor``)
-    and preprocessor_config.json, and the code: the modeling files, ``processing_mmgl.py`` and the files it imports
+    Writes: config.json (`auto_map` for AutoConfig / AutoModel / AutoModelForCausalLM and
+    `custom_pipelines`), generation_config.json, model.safetensors, the tokenizer files
+    (tokenizer_config.json with `auto_map.AutoProcessor`), processor_config.json (`auto_map.AutoProcessor`)
+    and preprocessor_config.json, and the code: the modeling files, `processing_mmgl.py` and the files it imports
     (design space, neighbour selection, SA-TE layout, graph projection, page graph, token cache, image source,
-    collator, atomic writes), ``pipeline_mmgl.py`` and the embedding-cache reader; no data tool.
+    collator, atomic writes), `pipeline_mmgl.py` and the embedding-cache reader; no data tool.
 
     Args:
         model (`MMGLForConditionalGeneration`): the model (merge peft adapters first).
@@ -60,7 +60,7 @@ def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
         output_dir (`str` or `os.PathLike`): the folder (created if needed).
 
     Returns:
-        `list[str]`: the file names in ``output_dir``.
+        `list[str]`: the file names in `output_dir`.
     """
     if hasattr(model, "merge_and_unload") or hasattr(model, "get_base_model"):
         raise TypeError("save_for_hub needs a plain model: merge peft adapters first (model = model.merge_and_unload())")
@@ -83,7 +83,7 @@ def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
 
 
 def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
-    """Put ``encoder`` (the frozen encoder that filled the embedding cache) into ``model``, so that the model also
+    """Put `encoder` (the frozen encoder that filled the embedding cache) into `model`, so that the model also
     takes raw neighbour texts and images (the pipeline without a cache) and encodes them exactly as the cache
     did. The model's config records the encoder, and a Hugging Face text encoder's architecture (its weights go
     into the model's state dict, its tokenizer is saved with the processor)."""
@@ -115,7 +115,7 @@ def attach_neighbor_encoder(model, encoder: MMGLNeighborEncoder):
 
 
 def trained_model(model):
-    """The plain `MMGLForConditionalGeneration` that computes what ``model`` (a peft model or a plain one) computes.
+    """The plain `MMGLForConditionalGeneration` that computes what `model` (a peft model or a plain one) computes.
 
     - LoRA: merged into the weights (`merge_and_unload`), so no adapter is left to apply twice.
     - Prefix / prompt tuning: the trained virtual tokens become the model's own `virtual_tokens` module
@@ -157,12 +157,12 @@ def trained_model(model):
 
 def save_adapter_base(model, processor, checkpoint_dir: str | os.PathLike, keep_existing: bool = False,
                       should_save: bool = True) -> str:
-    """Saves ``model`` (the plain model a peft adapter is about to wrap) as ``<checkpoint_dir>/base_model``, a
-    complete Hub folder, and returns its absolute path: every ``checkpoint-N`` adapter records it as
-    ``base_model_name_or_path``, so `AutoPeftModelForCausalLM` and ``run_summarization.py --model_name_or_path
-    checkpoint-N`` rebuild the run's model from the adapter alone.
+    """Saves `model` (the plain model a peft adapter is about to wrap) as `<checkpoint_dir>/base_model`, a
+    complete Hub folder, and returns its absolute path: every `checkpoint-N` adapter records it as
+    `base_model_name_or_path`, so `AutoPeftModelForCausalLM` and `run_summarization.py --model_name_or_path
+    checkpoint-N` rebuild the run's model from the adapter alone.
 
-    Written through a staging folder (a kill leaves no half-written base). ``keep_existing`` (a resumed run): the
+    Written through a staging folder (a kill leaves no half-written base). `keep_existing` (a resumed run): the
     base the earlier checkpoints were saved against is kept.
     """
     from processing.atomic_write import replace_folder, staging_folder
@@ -177,14 +177,14 @@ def save_adapter_base(model, processor, checkpoint_dir: str | os.PathLike, keep_
 
 def save_hub_folder(model, processor, output_dir: str | os.PathLike, neighbor_encoder: MMGLNeighborEncoder | None = None,
                     state_dict: dict | None = None):
-    """A complete Hub repository in ``output_dir``: the model ``model`` is (`trained_model`: LoRA merged, prefix /
+    """A complete Hub repository in `output_dir`: the model `model` is (`trained_model`: LoRA merged, prefix /
     prompt virtual tokens inside), its processor, remote code and pipeline. No adapter is written: a peft adapter
     lives only beside its unmerged base (the Trainer checkpoints, `base_model/` in the checkpoint folder).
-    ``neighbor_encoder``: trained from an embedding cache, the model is exported with that frozen encoder inside.
+    `neighbor_encoder`: trained from an embedding cache, the model is exported with that frozen encoder inside.
 
-    ``state_dict``: the model's full weights gathered across processes (`MMGLSummarizationTrainer.save_model`; under
-    FSDP / DeepSpeed ZeRO-3 ``model`` itself holds only shards): the folder is written from a fresh copy of the model
-    carrying them (`processing.training.distributed.model_with_state_dict`), and ``model`` is left as it is.
+    `state_dict`: the model's full weights gathered across processes (`MMGLSummarizationTrainer.save_model`; under
+    FSDP / DeepSpeed ZeRO-3 `model` itself holds only shards): the folder is written from a fresh copy of the model
+    carrying them (`processing.training.distributed.model_with_state_dict`), and `model` is left as it is.
     """
     if state_dict is not None:
         from processing.training.distributed import model_with_state_dict
