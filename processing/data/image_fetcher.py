@@ -479,7 +479,7 @@ class ImageFetcher:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests  # lazily: a Hub folder copies this file into processes that never fetch
+            import requests  # lazily: the first fetch pays for it, not every import of this module (tests, manifest reads)
 
             session = requests.Session()
             session.headers["User-Agent"] = self.user_agent
