@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from processing.page_graph import PageGraph
 from processing.data.sample_index import PageGraphIndex
+from processing.page_graph import PageGraph
 from processing.token_cache import MMGLTokenCache
-
 
 _FORK_ENCODERS = None  # kind -> the encoder a forked tokenisation worker calls (set just before the fork)
 
