@@ -44,27 +44,34 @@ from transformers import (
 )
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
-from modeling_mmgl.configuration_mmgl import ALPHA_INITIALIZERS, GRAPH_TARGET_FEATURES, TEXT_NEIGHBOR_POOLINGS
+from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
+from processing.atomic_write import DiskFullError, is_disk_full
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 from processing.data.cli import add_debug_argument, run_command
+from processing.data.neighbor_inputs import iter_processor_neighbor_inputs
 from processing.data.page_table import open_page_table
 from processing.data.sample_data import is_generated_page
+from processing.data.sample_index import PageGraphIndex
+from processing.data.token_store import prepare_token_cache, table_fingerprint
 from processing.data.wikiweb2m import summarization_samples
 from processing.design_space import (
+    ALPHA_INITIALIZERS,
     CONTEXTS,
+    DESIGN_DEFAULTS,
+    GRAPH_TARGET_FEATURES,
     NEIGHBOR_ENCODINGS,
+    PEFT_TUNINGS,
+    POSITION_ENCODINGS,
+    TUNINGS,
     check_text_neighbor_encoder,
     has_neighbor_slots,
     neighbor_mode,
 )
-from processing.atomic_write import DiskFullError, is_disk_full
 from processing.image_source import check_image_coverage, clip_image_processor
 from processing.loading import check_checkpoint, read_json
-from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
-from processing.token_cache import prepare_token_cache, table_fingerprint
 from processing.training.checkpoint_design import (
     adapter_base_path,
     apply_checkpoint_design,
@@ -91,8 +98,6 @@ from processing.training.run_record import MMGLRunRecord, run_arguments
 from processing.training.outputs import ResultsFolder, check_output_folders, default_checkpoint_dir, remove_if_empty
 from processing.training.recipe import epoch_coverage_line, explicit_fields, resolve_paper_recipe
 from processing.training.tuning import (
-    PEFT_TUNINGS,
-    TUNINGS,
     apply_tuning,
     check_tuning,
     count_parameters,
@@ -101,8 +106,6 @@ from processing.training.tuning import (
 )
 
 logger = logging.getLogger(__name__)
-
-POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 
 
 @dataclass
@@ -139,42 +142,44 @@ class ModelArguments:
 
 @dataclass
 class MMGLArguments:
-    context: str = field(default="all", metadata={"help": f"One of {CONTEXTS}."})
-    neighbor_encoding: str = field(default="sa_e", metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
-    position_encoding: str = field(default="none", metadata={"help": f"One of {POSITION_ENCODINGS}."})
-    tuning: str = field(default="full", metadata={"help": f"One of {TUNINGS}."})
-    text_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
-    image_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per image neighbour."})
-    max_text_neighbors: int = field(default=11, metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
-    max_image_neighbors: int = field(default=5, metadata={"help": "Budget of image neighbours per example."})
-    cross_attention_interval: int = field(default=4, metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
+    context: str = field(default=DESIGN_DEFAULTS["context"], metadata={"help": f"One of {CONTEXTS}."})
+    neighbor_encoding: str = field(default=DESIGN_DEFAULTS["neighbor_encoding"], metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
+    position_encoding: str = field(default=DESIGN_DEFAULTS["position_encoding"], metadata={"help": f"One of {POSITION_ENCODINGS}."})
+    tuning: str = field(default=DESIGN_DEFAULTS["tuning"], metadata={"help": f"One of {TUNINGS}."})
+    text_neighbor_num_tokens: int = field(default=DESIGN_DEFAULTS["text_neighbor_num_tokens"], metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
+    image_neighbor_num_tokens: int = field(default=DESIGN_DEFAULTS["image_neighbor_num_tokens"], metadata={"help": "Soft tokens per image neighbour."})
+    max_text_neighbors: int = field(default=DESIGN_DEFAULTS["max_text_neighbors"], metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
+    max_image_neighbors: int = field(default=DESIGN_DEFAULTS["max_image_neighbors"], metadata={"help": "Budget of image neighbours per example."})
+    cross_attention_interval: int = field(default=DESIGN_DEFAULTS["cross_attention_interval"], metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
     cross_attention_gating: bool = field(
-        default=True,
+        default=DESIGN_DEFAULTS["cross_attention_gating"],
         metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
                   "CA-E, residuals added directly."},
     )
     alpha_initializer: str = field(
-        default="zeros",
-        metadata={"help": "ca_e: initial gate parameters, IDEFICS' option: zeros (closed, the model starts as OPT), "
-                  "ones (open: tanh(1) = 0.76) or normal (N(0, --alphas_initializer_range))."},
+        default=DESIGN_DEFAULTS["alpha_initializer"],
+        metadata={"help": f"ca_e: initial gate parameters, IDEFICS' option, one of {ALPHA_INITIALIZERS}: zeros "
+                  "(closed, the model starts as OPT), ones (open: tanh(1) = 0.76) or normal "
+                  "(N(0, --alphas_initializer_range))."},
     )
     alphas_initializer_range: float = field(
-        default=0.0, metadata={"help": "ca_e: standard deviation of the gates' start with --alpha_initializer normal."}
+        default=DESIGN_DEFAULTS["alphas_initializer_range"],
+        metadata={"help": "ca_e: standard deviation of the gates' start with --alpha_initializer normal."},
     )
     gate_learning_rate: float | None = field(
         default=None,
         metadata={"help": "ca_e: learning rate of the cross-attention gates (their own optimizer group, no weight "
                   "decay, same schedule). Default: --learning_rate."},
     )
-    lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
+    lpe_k: int = field(default=DESIGN_DEFAULTS["lpe_k"], metadata={"help": "Laplacian position encoding: number of eigenvectors."})
     graph_target_feature: str = field(
-        default="none",
+        default=DESIGN_DEFAULTS["graph_target_feature"],
         metadata={"help": f"One of {GRAPH_TARGET_FEATURES}. distance: laplacian / gnn also get each neighbour's hops "
                   "from the target section in the page's tree (the target is otherwise contracted out of the graph, "
                   "so its child cannot be told from its other neighbours)."},
     )
-    gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
-    gnn_num_layers: int = field(default=2, metadata={"help": "GNN position encoding: number of layers."})
+    gnn_type: str = field(default=DESIGN_DEFAULTS["gnn_type"], metadata={"help": "GNN position encoding: layer type."})
+    gnn_num_layers: int = field(default=DESIGN_DEFAULTS["gnn_num_layers"], metadata={"help": "GNN position encoding: number of layers."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning lora)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (--tuning lora)."})
     num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens of --tuning prefix / prompt."})
@@ -290,7 +295,8 @@ class DataTrainingArguments:
 def validate_arguments(model_args, mmgl_args, data_args, training_args):
     """Fails before any work on unknown choices and incompatible combinations, naming the arguments."""
     for name, choices in (("context", CONTEXTS), ("neighbor_encoding", NEIGHBOR_ENCODINGS),
-                          ("position_encoding", POSITION_ENCODINGS), ("tuning", TUNINGS)):
+                          ("position_encoding", POSITION_ENCODINGS), ("tuning", TUNINGS),
+                          ("graph_target_feature", GRAPH_TARGET_FEATURES), ("alpha_initializer", ALPHA_INITIALIZERS)):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
     check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
@@ -318,14 +324,9 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         )
     if mmgl_args.first_stage_steps < 0:
         raise ValueError(f"--first_stage_steps must be >= 0, got {mmgl_args.first_stage_steps}.")
-    if mmgl_args.graph_target_feature not in GRAPH_TARGET_FEATURES:
-        raise ValueError(f"--graph_target_feature must be one of {GRAPH_TARGET_FEATURES}, got "
-                         f"{mmgl_args.graph_target_feature!r}.")
     if mmgl_args.graph_target_feature != "none" and mmgl_args.position_encoding not in ("laplacian", "gnn"):
         raise ValueError(f"--graph_target_feature {mmgl_args.graph_target_feature} feeds --position_encoding laplacian "
                          f"or gnn, got --position_encoding {mmgl_args.position_encoding}.")
-    if mmgl_args.alpha_initializer not in ALPHA_INITIALIZERS:
-        raise ValueError(f"--alpha_initializer must be one of {ALPHA_INITIALIZERS}, got {mmgl_args.alpha_initializer!r}.")
     if mmgl_args.alpha_initializer == "normal" and not mmgl_args.alphas_initializer_range > 0:
         raise ValueError("--alpha_initializer normal needs --alphas_initializer_range > 0, got "
                          f"{mmgl_args.alphas_initializer_range}.")
@@ -413,7 +414,7 @@ def parse_overrides(overrides: str) -> dict:
 
 
 def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text_dim: int | None = None) -> dict:
-    """The MMGL switches of the model; ``text_dim``: the text embeddings' width when it is not ``encoder_dim``
+    """The MMGL switches of the model; `text_dim`: the text embeddings' width when it is not `encoder_dim`
     (a Hugging Face text neighbour encoder's hidden size)."""
     mode = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context)  # "none": plain OPT
     return dict(
@@ -457,7 +458,7 @@ def encoder_settings(mmgl_args) -> tuple[str, str | None, dict | None]:
 
 
 def model_position_limit(model_args) -> int:
-    """``max_position_embeddings`` of the model to be trained, read before any work (only config.json; a peft
+    """`max_position_embeddings` of the model to be trained, read before any work (only config.json; a peft
     checkpoint's from its base model)."""
     if model_args.model_name_or_path:
         from transformers import AutoConfig
@@ -480,7 +481,7 @@ def model_virtual_tokens(model_args) -> int:
 
 
 def check_sequence_fits(model_args, mmgl_args, data_args) -> None:
-    """``max_source_length + max_target_length`` (+ virtual tokens of prefix / prompt tuning) must fit the model's
+    """`max_source_length + max_target_length` (+ virtual tokens of prefix / prompt tuning) must fit the model's
     positions, else training would fail mid-way with an index error."""
     limit = model_position_limit(model_args)
     virtual = mmgl_args.num_virtual_tokens if mmgl_args.tuning in ("prefix", "prompt") else 0
@@ -621,7 +622,7 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
         return None, tokens[:, prompt_length:], None  # `generate(input_ids=...)` returns prompt + new tokens
 
     def generate_summaries(self, dataset: SummarizationDataset, split: str) -> list[str]:
-        """One summary per example of ``dataset``, in its order, generated on every rank (on all ranks)."""
+        """One summary per example of `dataset`, in its order, generated on every rank (on all ranks)."""
         collator, self.data_collator = self.data_collator, self.generation_collator
         self.generating = True
         try:
@@ -680,8 +681,8 @@ def every_sample(args):
 def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state, pages=None,
                           samples: str = "all", progress: bool = True):
     """Runs the frozen encoder once over every neighbour of every split (resumes an interrupted run): exactly what
-    the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper). When the
-    cache records that it holds every input of this page table, its samples (``samples``, or all of them) and this
+    the processor will ask for (the one neighbour collector), encoded by `encoder` (the one wrapper). When the
+    cache records that it holds every input of this page table, its samples (`samples`, or all of them) and this
     design (`coverage_key`), nothing is collected: no page graph is built at startup."""
     from processing.data.build_embedding_cache import build_embedding_cache as build
     from processing.data.build_embedding_cache import coverage_key, open_covered_cache, streamed_neighbor_inputs
@@ -694,7 +695,7 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
     if cache is not None:
         return cache
     texts, images, digests = streamed_neighbor_inputs(
-        processor.iter_neighbor_inputs(index, image_dir=mmgl_args.image_dir) for index in indices)
+        iter_processor_neighbor_inputs(processor, index, image_dir=mmgl_args.image_dir) for index in indices)
     return build(mmgl_args.embedding_cache_dir, texts=texts, image_paths=images, encoder=encoder,
                  image_sha256=digests, state=state, covers=records[-1:], progress=progress)
 
@@ -1090,10 +1091,11 @@ def main(argv=None):
             trainer.save_metrics("predict", {**metrics, "metrics_implementation": implementation})
             all_metrics.update(metrics)
 
-        if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report
+        if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report and the sizes
             results = Path(training_args.output_dir) / "all_results.json"
             combined = json.loads(results.read_text()) if results.exists() else {}
-            results.write_text(json.dumps({**combined, "data_report": report}, indent=4, sort_keys=True) + "\n")
+            combined.update(data_report=report, trainable_parameters=trainable, total_parameters=total)
+            results.write_text(json.dumps(combined, indent=4, sort_keys=True) + "\n")
         if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
             trainer.save_model()  # the Hub folder
             trainer.create_model_card()

@@ -1,8 +1,8 @@
-"""The page graph projected onto an example's neighbour slots: ``neighbor_adjacency``.
+"""The page graph projected onto an example's neighbour slots: `neighbor_adjacency`.
 
-Nodes are the slots ``[text slots..., image slots...]``. Each slot stands for a page-graph node: the
+Nodes are the slots `[text slots..., image slots...]`. Each slot stands for a page-graph node: the
 page node (description), a section node (its text) or an image node (its caption as a text slot, its
-pixels as an image slot). Two real slots ``a != b`` are adjacent when their nodes are (1) the same node
+pixels as an image slot). Two real slots `a != b` are adjacent when their nodes are (1) the same node
 (an image's caption slot and its image slot), (2) adjacent in the page graph, or (3) both adjacent to
 the target section node. The target is the node being summarised: it is the prompt, not a slot, so it
 is contracted and its graph neighbours become pairwise adjacent. Masked (missing) and padding slots are
@@ -10,7 +10,7 @@ isolated; there are no self loops.
 
 Without text slots (SA-TE: the texts are tokens of the prompt), an image node has no other slot to meet:
 its caption and its section's text are tokens, placed right before its placeholders (`sa_te_layout`). There
-each image slot stands for its section (``images_stand_for_sections``), and the same three rules apply to
+each image slot stands for its section (`images_stand_for_sections`), and the same three rules apply to
 the images' section nodes: two image slots are adjacent when (1) their images belong to the same section,
 (2) their sections are joined by section order or parent-child (page edges join the page node, never a
 slot's section, to the sections), or (3) both sections are the target or next to it (the contracted
@@ -19,7 +19,7 @@ plus the other images of its section.
 
 Target-aware graphs (`graph_target_feature="distance"`, issue 23). The contracted target is marked by no
 node, so "the child of the target section" cannot be told from any other node next to the target. With this
-option each slot also gets ``neighbor_target_distances``: the hops from the target to the slot's node in the
+option each slot also gets `neighbor_target_distances`: the hops from the target to the slot's node in the
 page's tree (`target_distances`): parent-child edges, section-image edges, and the page node as the root above
 the top-level sections. The tree, not the whole page graph, because in the page graph the page node touches
 every section (every section would be two hops away) and section order is what the sequence encoding carries:

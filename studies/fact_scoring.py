@@ -5,15 +5,15 @@ ROUGE-L and friends mostly measure how well a model copies the page name, which 
 neighbour; a fully solved fact moves them by about one percent. The generators know each sample's fact and where
 it comes from (`SummaryFact`), so a generation can be scored on the fact itself:
 
-* ``right``: the fact's value is stated and no other value of its kind;
-* ``decoy``: another value of the same kind is stated (another colour, product, year, ...), with or without the
+* `right`: the fact's value is stated and no other value of its kind;
+* `decoy`: another value of the same kind is stated (another colour, product, year, ...), with or without the
   right one: hedging between the right fact and a decoy is not knowing the fact;
-* ``neither``: no value of that kind.
+* `neither`: no value of that kind.
 
 The page name is masked (removed) from the generation before matching, so copying the name scores nothing; the
-same masking gives ``rougeL_name_masked`` (ROUGE-L with the name removed from prediction and reference).
+same masking gives `rougeL_name_masked` (ROUGE-L with the name removed from prediction and reference).
 
-A generated page is identified by its URL (``..._(controlled_N)`` / ``..._(sample_N)``) and regenerated from
+A generated page is identified by its URL (`..._(controlled_N)` / `..._(sample_N)`) and regenerated from
 its index and the generator's seed, so scoring needs no side file.
 """
 
@@ -61,11 +61,11 @@ def kind_of(value: str) -> str | None:
 
 
 def fact_outcome(prediction: str, value: str, name: str = "") -> str:
-    """``right`` / ``decoy`` / ``neither`` for one generation (rules in the module docstring).
+    """`right` / `decoy` / `neither` for one generation (rules in the module docstring).
 
     Args:
         prediction (`str`): the generated summary.
-        value (`str`): the planted fact (``SummaryFact.value``).
+        value (`str`): the planted fact (`SummaryFact.value`).
         name (`str`, *optional*): the page name, masked before matching.
     """
     text = mask_name(prediction, name)
@@ -78,7 +78,7 @@ def fact_outcome(prediction: str, value: str, name: str = "") -> str:
 
 @lru_cache(maxsize=4096)
 def page_facts(page_url: str, seed: int = 0) -> tuple[str, dict]:
-    """``(page name, {section index: SummaryFact})`` of a generated page, regenerated from its URL and `seed`."""
+    """`(page name, {section index: SummaryFact})` of a generated page, regenerated from its URL and `seed`."""
     match = GENERATED_URL.search(page_url or "")
     if match is None:
         raise ValueError(f"page URL {page_url!r} is not a generated page's (expected '..._(controlled_N)' or "
@@ -93,13 +93,13 @@ def page_facts(page_url: str, seed: int = 0) -> tuple[str, dict]:
 
 
 def score_records(records: Iterable[dict], seed: int = 0) -> dict[str, float]:
-    """Fact scores of a run's generations (``*_predictions.jsonl`` records with ``page_url``, ``section``,
-    ``prediction`` and ``reference``).
+    """Fact scores of a run's generations (`*_predictions.jsonl` records with `page_url`, `section`,
+    `prediction` and `reference`).
 
     Returns:
-        `dict`: ``facts_<outcome>`` (fractions over every scored generation), ``facts_<outcome>_<source>`` per
-        fact source (``image_pixels``, ``child_section``, ...), ``facts_n`` / ``facts_n_<source>`` (counts) and
-        ``rougeL_name_masked``.
+        `dict`: `facts_<outcome>` (fractions over every scored generation), `facts_<outcome>_<source>` per
+        fact source (`image_pixels`, `child_section`, ...), `facts_n` / `facts_n_<source>` (counts) and
+        `rougeL_name_masked`.
     """
     from processing.training.metrics import rouge_l
 
@@ -129,7 +129,7 @@ def score_records(records: Iterable[dict], seed: int = 0) -> dict[str, float]:
 
 
 def score_run(run_dir: str | Path, seed: int = 0, file_name: str = PREDICTIONS_FILE) -> dict[str, float]:
-    """`score_records` of ``<run_dir>/<file_name>``; empty when the run wrote no predictions."""
+    """`score_records` of `<run_dir>/<file_name>`; empty when the run wrote no predictions."""
     path = Path(run_dir) / file_name
     if not path.is_file():
         return {}
@@ -138,7 +138,7 @@ def score_run(run_dir: str | Path, seed: int = 0, file_name: str = PREDICTIONS_F
 
 
 def fact_columns(sources: Sequence[str]) -> list[str]:
-    """The ``results.csv`` columns of `score_records` for these fact sources."""
+    """The `results.csv` columns of `score_records` for these fact sources."""
     columns = [f"facts_{o}" for o in OUTCOMES] + ["facts_n"]
     for source in sources:
         columns += [f"facts_{o}_{source}" for o in OUTCOMES] + [f"facts_n_{source}"]

@@ -6,42 +6,42 @@
         --image_dir wikiweb2m/images --launcher "accelerate launch --num_processes 4"
     python studies/run_study.py paper --dry_run                  # every run_summarization.py command
 
-A spec (``studies/NAME.json``, or a path) names the shared `run_summarization.py` arguments and the grid of
+A spec (`studies/NAME.json`, or a path) names the shared `run_summarization.py` arguments and the grid of
 each table; every grid cell x seed is one run, launched as its own `run_summarization.py` process (plain
-python, or under ``--launcher``) with its own folder ``<output_dir>/runs/<run id>``. Two tables asking for the
-same run share it. A run whose ``all_results.json`` holds every metric of the spec is finished and skipped on
-the next call; a failed run is recorded (``study_status.json``, the last lines of its log) and the others go on.
-After running, ``results.csv`` (one row per run), ``RESULTS.md`` (the four tables, each with its computed
-verdict on the paper's finding) and the plots are written in ``<output_dir>``.
+python, or under `--launcher`) with its own folder `<output_dir>/runs/<run id>`. Two tables asking for the
+same run share it. A run whose `all_results.json` holds every metric of the spec is finished and skipped on
+the next call; a failed run is recorded (`study_status.json`, the last lines of its log) and the others go on.
+After running, `results.csv` (one row per run), `RESULTS.md` (the four tables, each with its computed
+verdict on the paper's finding) and the plots are written in `<output_dir>`.
 
-Spec keys (all optional but ``tables``):
+Spec keys (all optional but `tables`):
 
-* ``description``; ``metrics`` (keys of ``all_results.json``) and ``primary_metric`` (the one verdicts use);
-* ``env``: environment variables for every process (e.g. ``HF_HUB_OFFLINE``);
-* ``variables``: ``{name: template}``, defaults of the placeholders (``{train_files}``, ``{image_dir}``, ...);
-* ``prepare``: steps run before the tables, ``{"name", "command": [...], "creates": path, "tables": [...]}``
-  (skipped when ``creates`` exists, or when none of its ``tables`` is selected);
-* ``shared_args``: ``{"--flag": value}`` for every run; ``true`` gives the bare flag, ``null`` removes it;
-* ``if_installed``: ``{"python_module": {"requires_flag": "--flag", "args": {...}}}``: the args are added when
+* `description`; `metrics` (keys of `all_results.json`) and `primary_metric` (the one verdicts use);
+* `env`: environment variables for every process (e.g. `HF_HUB_OFFLINE`);
+* `variables`: `{name: template}`, defaults of the placeholders (`{train_files}`, `{image_dir}`, ...);
+* `prepare`: steps run before the tables, `{"name", "command": [...], "creates": path, "tables": [...]}`
+  (skipped when `creates` exists, or when none of its `tables` is selected);
+* `shared_args`: `{"--flag": value}` for every run; `true` gives the bare flag, `null` removes it;
+* `if_installed`: `{"python_module": {"requires_flag": "--flag", "args": {...}}}`: the args are added when
   the module is importable and (if named) `run_summarization.py --help` lists the flag;
-* ``tables``: ``{"table1": {"title", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}], "args": {...},
-  "tag": str, "metric": column, "floor": {...}, "ceiling": {...}}}``. Design choices are `run_summarization.py`
-  flags without dashes: the paper's axes (``context``, ``neighbor_encoding``, ``position_encoding``, ``tuning``,
-  ``cross_attention_gating``) and any other flag of the script (``graph_target_feature``, ``alpha_initializer``,
-  ``neighbor_bridge``, ...): a cell naming a flag the script does not offer yet is left out, as is one whose
-  ``requires_flag`` it does not list. A cell may also carry ``tag`` (a variant such as ``"oracle"``: own run
-  folders, shown in a ``variant`` column) and ``args`` (its own arguments, e.g. the oracle's data). A table's
-  ``tag`` names runs whose ``args`` differ from the shared ones, so they never share a folder with other tables.
-  ``metric`` is the column the table is judged on (e.g. a planted fact's ``facts_right_child_section``; default
-  ``primary_metric``); ``floor`` and ``ceiling`` pick cells by their values (e.g. ``{"context": "section_only"}``,
-  ``{"variant": "oracle"}``) drawn and printed with the table;
-* ``fact_scoring``: ``{"seed": generator seed, "sources": [...]}``: score each run's test generations on the
-  generated pages' planted facts (`fact_scoring.py`), adding ``facts_*`` and ``rougeL_name_masked`` columns;
-* ``jobs``: runs at a time (``--jobs`` overrides).
+* `tables`: `{"table1": {"title", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}], "args": {...},
+  "tag": str, "metric": column, "floor": {...}, "ceiling": {...}}}`. Design choices are `run_summarization.py`
+  flags without dashes: the paper's axes (`context`, `neighbor_encoding`, `position_encoding`, `tuning`,
+  `cross_attention_gating`) and any other flag of the script (`graph_target_feature`, `alpha_initializer`,
+  `neighbor_bridge`, ...): a cell naming a flag the script does not offer yet is left out, as is one whose
+  `requires_flag` it does not list. A cell may also carry `tag` (a variant such as `"oracle"`: own run
+  folders, shown in a `variant` column) and `args` (its own arguments, e.g. the oracle's data). A table's
+  `tag` names runs whose `args` differ from the shared ones, so they never share a folder with other tables.
+  `metric` is the column the table is judged on (e.g. a planted fact's `facts_right_child_section`; default
+  `primary_metric`); `floor` and `ceiling` pick cells by their values (e.g. `{"context": "section_only"}`,
+  `{"variant": "oracle"}`) drawn and printed with the table;
+* `fact_scoring`: `{"seed": generator seed, "sources": [...]}`: score each run's test generations on the
+  generated pages' planted facts (`fact_scoring.py`), adding `facts_*` and `rougeL_name_masked` columns;
+* `jobs`: runs at a time (`--jobs` overrides).
 
-Placeholders in strings: ``{python}``, ``{root}`` (the project), ``{output_dir}``, ``{data_dir}``
-(``<output_dir>/data``), ``{train_files}``, ``{image_dir}``, ``{package_dir:MODULE}`` and any ``variables``.
-An argument whose value needs a variable that is unset (e.g. ``--image_dir`` without ``--image_dir``) is dropped.
+Placeholders in strings: `{python}`, `{root}` (the project), `{output_dir}`, `{data_dir}`
+(`<output_dir>/data`), `{train_files}`, `{image_dir}`, `{package_dir:MODULE}` and any `variables`.
+An argument whose value needs a variable that is unset (e.g. `--image_dir` without `--image_dir`) is dropped.
 """
 
 from __future__ import annotations
@@ -60,17 +60,21 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
+
+from processing.design_space import DESIGN_DEFAULTS as DESIGN
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = Path(__file__).resolve().parent
 SCRIPT = "run_summarization.py"
 DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "cross_attention_gating")
-DESIGN_DEFAULTS = dict(context="all", neighbor_encoding="sa_e", position_encoding="none", tuning="full",
-                       cross_attention_gating="true")  # run_summarization.py's defaults
+# run_summarization.py's defaults, as the command-line values a cell compares with (booleans as "true" / "false").
+DESIGN_DEFAULTS = {key: str(value).lower() if isinstance(value, bool) else value
+                   for key, value in DESIGN.items() if key in DESIGN_KEYS}
 DEFAULT_METRICS = ("predict_bleu4", "predict_rougeL", "predict_cider")
 # Keys of a listed cell that are not design choices: a flag it needs, its own tag (a variant such as the oracle,
 # with its own run folders) and arguments of its own (e.g. the oracle's data).
@@ -78,7 +82,6 @@ CELL_META_KEYS = {"requires_flag", "tag", "args"}
 STATUS_FILE = "study_status.json"
 LOG_FILE = "run.log"
 ERROR_TAIL_LINES = 15
-PARAMS_LINE = re.compile(r"^trainable parameters: ([\d,]+) / total: ([\d,]+)", re.MULTILINE)
 CSV_COLUMNS = (
     "run_id", "tables", "status", *DESIGN_KEYS, "extra design...", "tag", "variant", "seed", "metrics...",
     "trainable_params", "total_params", "trainable_share", "mean_input_tokens", "train_step_time_s", "gate_cross_attn",
@@ -100,14 +103,14 @@ class Run:
     """One `run_summarization.py` process of the study.
 
     Attributes:
-        run_id (`str`): folder name under ``<output_dir>/runs``; the same design, tag and seed give the same id.
+        run_id (`str`): folder name under `<output_dir>/runs`; the same design, tag and seed give the same id.
         design (`dict`): every design choice (`DESIGN_KEYS`), defaults filled in.
         seed (`int`): training seed.
-        tag (`str`): the table's tag, then the cell's (``""`` when its runs use only the shared arguments).
-        args (`list[str]`): the arguments after the script name (``--output_dir`` included).
+        tag (`str`): the table's tag, then the cell's (`""` when its runs use only the shared arguments).
+        args (`list[str]`): the arguments after the script name (`--output_dir` included).
         tables (`list[str]`): the tables that show this run.
-        variant (`str`): the cell's own tag (e.g. ``"oracle"``), shown as a column; ``""`` for most cells.
-        extra (`dict`): design choices beyond `DESIGN_KEYS` (flags the script offers, e.g. ``neighbor_bridge``).
+        variant (`str`): the cell's own tag (e.g. `"oracle"`), shown as a column; `""` for most cells.
+        extra (`dict`): design choices beyond `DESIGN_KEYS` (flags the script offers, e.g. `neighbor_bridge`).
     """
 
     run_id: str
@@ -121,7 +124,7 @@ class Run:
 
 
 def load_spec(name: str) -> dict:
-    """The spec ``studies/<name>.json`` (or the JSON file ``name``)."""
+    """The spec `studies/<name>.json` (or the JSON file `name`)."""
     path = Path(name) if name.endswith(".json") else STUDIES_DIR / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in STUDIES_DIR.glob("*.json"))
@@ -141,7 +144,7 @@ def load_spec(name: str) -> dict:
 
 
 def script_flags(python: str = sys.executable, script: Path = ROOT / SCRIPT, env: dict | None = None) -> set[str]:
-    """The ``--flags`` that ``script --help`` lists (so a spec can use a flag only once the script has it)."""
+    """The `--flags` that `script --help` lists (so a spec can use a flag only once the script has it)."""
     key = (python, str(script))
     if key not in _FLAG_CACHE:
         out = subprocess.run([python, str(script), "--help"], capture_output=True, text=True, cwd=ROOT,
@@ -217,8 +220,8 @@ def _args_to_list(args: dict, variables: dict) -> list[str]:
 
 def _cells(table: dict, flags: set[str] | None) -> list[dict]:
     """The table's cells: design choices plus the meta keys (`CELL_META_KEYS`) a listed cell carries. A cell whose
-    ``requires_flag`` or whose design choice beyond `DESIGN_KEYS` is not a flag of the script is left out, so a spec
-    can list cells (e.g. ``neighbor_bridge``) before the script offers them."""
+    `requires_flag` or whose design choice beyond `DESIGN_KEYS` is not a flag of the script is left out, so a spec
+    can list cells (e.g. `neighbor_bridge`) before the script offers them."""
     fixed = table.get("fixed", {})
     grid = table.get("grid", {})
     cells = []
@@ -262,11 +265,11 @@ def build_runs(spec: dict, variables: dict, seeds: int = 3, only: str | None = N
 
     Args:
         spec (`dict`): a loaded spec (`load_spec`).
-        variables (`dict`): placeholder values (``output_dir`` and ``python`` at least).
-        seeds (`int`, *optional*, defaults to 3): seeds ``0 .. seeds - 1`` per cell.
+        variables (`dict`): placeholder values (`output_dir` and `python` at least).
+        seeds (`int`, *optional*, defaults to 3): seeds `0 .. seeds - 1` per cell.
         only (`str`, *optional*): one table's name.
         flags (`set[str]`, *optional*): the flags of `run_summarization.py --help`; `None` keeps every
-            ``requires_flag`` cell and conditional argument (used by nothing but tests).
+            `requires_flag` cell and conditional argument (used by nothing but tests).
     """
     tables = spec["tables"]
     if only is not None and only not in tables:
@@ -303,13 +306,13 @@ def build_runs(spec: dict, variables: dict, seeds: int = 3, only: str | None = N
 
 
 def run_command(run: Run, launcher: str | None, python: str = sys.executable) -> list[str]:
-    """The process of one run: ``python run_summarization.py ARGS`` or ``<launcher> run_summarization.py ARGS``."""
+    """The process of one run: `python run_summarization.py ARGS` or `<launcher> run_summarization.py ARGS`."""
     prefix = shlex.split(launcher) if launcher else [python]
     return prefix + [SCRIPT] + run.args
 
 
 def launcher_world_size(launcher: str | None) -> int:
-    """Processes a launcher starts (``--num_processes N`` / ``--nproc_per_node N``), 1 without one."""
+    """Processes a launcher starts (`--num_processes N` / `--nproc_per_node N`), 1 without one."""
     if not launcher:
         return 1
     match = re.search(r"--(?:num_processes|nproc_per_node|nproc-per-node)[= ](\d+)", launcher)
@@ -322,7 +325,7 @@ def launcher_world_size(launcher: str | None) -> int:
 
 
 def read_metrics(run_dir: Path, metrics: Sequence[str]) -> dict | None:
-    """``all_results.json`` of a run when it holds every metric in `metrics` as a number, else `None`."""
+    """`all_results.json` of a run when it holds every metric in `metrics` as a number, else `None`."""
     path = Path(run_dir) / "all_results.json"
     try:
         values = json.loads(path.read_text())
@@ -345,10 +348,10 @@ def _log_tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
 
 def execute(run: Run, command: list[str], env: dict, metrics: Sequence[str], world_size: int = 1,
             timeout_s: float | None = None) -> dict:
-    """Runs one process (stdout and stderr to ``<run_dir>/run.log``) and writes ``<run_dir>/study_status.json``.
+    """Runs one process (stdout and stderr to `<run_dir>/run.log`) and writes `<run_dir>/study_status.json`.
 
-    The status is ``finished`` when ``all_results.json`` holds every metric (a non-zero exit after that, e.g. in
-    the final export, is kept in ``returncode`` / ``error``), else ``failed``. Peak memory is the process tree's
+    The status is `finished` when `all_results.json` holds every metric (a non-zero exit after that, e.g. in
+    the final export, is kept in `returncode` / `error`), else `failed`. Peak memory is the process tree's
     maximum resident set size (`os.wait4`), so it is CPU memory; GPU runs report theirs in their own files.
     """
     run_dir = Path(run.args[run.args.index("--output_dir") + 1])
@@ -384,7 +387,7 @@ def execute(run: Run, command: list[str], env: dict, metrics: Sequence[str], wor
 
 
 def run_prepare(spec: dict, variables: dict, selected_tables: set[str], env: dict, dry_run: bool) -> None:
-    """The spec's ``prepare`` steps (data generation, LM pretraining), each skipped once its output exists."""
+    """The spec's `prepare` steps (data generation, LM pretraining), each skipped once its output exists."""
     for step in spec.get("prepare", []):
         if step.get("tables") and not selected_tables & set(step["tables"]):
             continue
@@ -432,11 +435,11 @@ def _read_json(path: Path) -> Any:
 
 
 def collect_row(run: Run, metrics: Sequence[str], fact_scoring: dict | None = None) -> dict:
-    """One ``results.csv`` row: design, seed, metrics and costs; a value no file gives is left empty.
+    """One `results.csv` row: design, seed, metrics and costs; a value no file gives is left empty.
 
-    With `fact_scoring` (the spec's ``{"seed", "sources"}``), the run's test generations are also scored on the
-    planted facts (`fact_scoring.score_run`: ``facts_right`` / ``facts_decoy`` / ``facts_neither``, per source,
-    and ``rougeL_name_masked``)."""
+    With `fact_scoring` (the spec's `{"seed", "sources"}`), the run's test generations are also scored on the
+    planted facts (`fact_scoring.score_run`: `facts_right` / `facts_decoy` / `facts_neither`, per source,
+    and `rougeL_name_masked`)."""
     run_dir = Path(run.args[run.args.index("--output_dir") + 1])
     status = _read_json(run_dir / STATUS_FILE) or {}
     results = _read_json(run_dir / "all_results.json") or {}
@@ -458,14 +461,8 @@ def collect_row(run: Run, metrics: Sequence[str], fact_scoring: dict | None = No
     train = _read_json(run_dir / "train_results.json") or {}
     state = _read_json(run_dir / "trainer_state.json") or {}
     report = _read_json(run_dir / "data_report.json")
-    log_text = (run_dir / LOG_FILE).read_text(errors="replace") if (run_dir / LOG_FILE).is_file() else ""
-    trainable = total = None
-    for source in (train, results, report or {}):
-        trainable = trainable or _find_key(source, ("trainable_parameters", "trainable_params"))
-        total = total or _find_key(source, ("total_parameters", "total_params"))
-    found = PARAMS_LINE.findall(log_text)
-    if (trainable is None or total is None) and found:
-        trainable, total = (int(x.replace(",", "")) for x in found[-1])  # the last: after tuning wrapped it
+    # The script records the sizes of the model it trained (after tuning wrapped it) in all_results.json.
+    trainable, total = results.get("trainable_parameters"), results.get("total_parameters")
     row["trainable_params"] = trainable if trainable is not None else ""
     row["total_params"] = total if total is not None else ""
     row["trainable_share"] = round(trainable / total, 6) if trainable and total else ""
@@ -534,7 +531,7 @@ def _number(value) -> float | None:
 
 
 class Interval(NamedTuple):
-    """Mean and 95% confidence interval of one cell over seeds: ``mean ± half``; ``half`` is infinite with one
+    """Mean and 95% confidence interval of one cell over seeds: `mean ± half`; `half` is infinite with one
     seed (one run says nothing about the spread)."""
 
     mean: float
@@ -561,7 +558,7 @@ def interval(values: Sequence[float]) -> Interval:
 
 
 def compare(a: Interval, b: Interval) -> str:
-    """``"above"`` when `a`'s interval lies wholly above `b`'s, ``"below"`` when wholly below, else ``"overlap"``."""
+    """`"above"` when `a`'s interval lies wholly above `b`'s, `"below"` when wholly below, else `"overlap"`."""
     if a.low > b.high:
         return "above"
     if a.high < b.low:
@@ -570,8 +567,8 @@ def compare(a: Interval, b: Interval) -> str:
 
 
 def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple, Interval]:
-    """``{cell: Interval}`` of `column` over the finished rows, a cell being the values of `keys` (a key a row lacks
-    reads as ``""``)."""
+    """`{cell: Interval}` of `column` over the finished rows, a cell being the values of `keys` (a key a row lacks
+    reads as `""`)."""
     values: dict[tuple, list[float]] = {}
     for row in rows:
         if row.get("status") != "finished":
@@ -584,9 +581,9 @@ def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple
 
 @dataclass
 class Finding:
-    """A verdict on one of the paper's findings from 95% intervals over seeds: ``holds`` (every comparison the
-    finding makes is separated in the paper's direction), ``does not hold`` (one is separated the other way),
-    ``inconclusive`` (intervals overlap, or one seed) or ``undetermined`` (cells missing), with the numbers."""
+    """A verdict on one of the paper's findings from 95% intervals over seeds: `holds` (every comparison the
+    finding makes is separated in the paper's direction), `does not hold` (one is separated the other way),
+    `inconclusive` (intervals overlap, or one seed) or `undetermined` (cells missing), with the numbers."""
 
     verdict: str
     reason: str
@@ -610,12 +607,12 @@ def _plain(rows: list[dict]) -> list[dict]:
 
 
 def _extra_keys(rows: list[dict]) -> list[str]:
-    """Design choices beyond `DESIGN_KEYS` that the rows carry (each row names its own in ``extra_design``)."""
+    """Design choices beyond `DESIGN_KEYS` that the rows carry (each row names its own in `extra_design`)."""
     return sorted({k for r in rows for k in str(r.get("extra_design") or "").split(";") if k})
 
 
 def finding_context(rows: list[dict], metric: str) -> Finding:
-    """Finding 1: more multimodal context improves generation (Table 1, SA-TE): ``all`` above ``section_only``."""
+    """Finding 1: more multimodal context improves generation (Table 1, SA-TE): `all` above `section_only`."""
     stats = cell_stats(_plain(rows), ("context",), metric)
     if ("all",) not in stats or ("section_only",) not in stats:
         return Finding(UNDETERMINED, f"have contexts {sorted(c for (c,) in stats)}; need `all` and `section_only`")
@@ -627,7 +624,7 @@ def finding_context(rows: list[dict], metric: str) -> Finding:
 
 def finding_encoding(rows: list[dict], metric: str) -> Finding:
     """Finding 2: SA-TE performs best but needs the longest inputs (Table 2). SA-TE above SA-E and above gated CA-E,
-    each encoding's score per seed averaged over the contexts all three have, ``section_only`` left out (there the
+    each encoding's score per seed averaged over the contexts all three have, `section_only` left out (there the
     three encodings are the same model); ungated CA-E and other variants are shown but not judged."""
     rows = [r for r in _plain(rows) if str(r.get("cross_attention_gating", "true")).lower() != "false"
             and r.get("context") != "section_only"]
@@ -659,8 +656,8 @@ GRAPH_ENCODINGS = ("laplacian", "gnn")
 
 
 def finding_position(rows: list[dict], metric: str) -> Finding:
-    """Finding 3: graph position encodings (LPE or GNN, the best of them, target-aware or not) above ``none`` and
-    ``sequence`` (Table 3); whether GNN is above LPE, the paper's own ranking, is stated beside."""
+    """Finding 3: graph position encodings (LPE or GNN, the best of them, target-aware or not) above `none` and
+    `sequence` (Table 3); whether GNN is above LPE, the paper's own ranking, is stated beside."""
     keys = ("position_encoding", "graph_target_feature")
     stats = cell_stats([r for r in rows if not r.get("variant")], keys, metric)
     graph = {c: v for c, v in stats.items() if c[0] in GRAPH_ENCODINGS}
@@ -684,7 +681,7 @@ def finding_position(rows: list[dict], metric: str) -> Finding:
 
 def finding_tuning(rows: list[dict], metric: str) -> Finding:
     """Finding 4: LoRA (with SA-TE) and Flamingo (with CA-E) are the best parameter-efficient methods (Table 4):
-    SA-TE LoRA above SA-TE prefix and prompt; CA-E Flamingo above the no-neighbour baseline (``section_only``)
+    SA-TE LoRA above SA-TE prefix and prompt; CA-E Flamingo above the no-neighbour baseline (`section_only`)
     and above every prefix / prompt cell. Each PEFT cell's comparison with the baseline is listed."""
     stats = cell_stats([r for r in rows if not r.get("variant")], ("neighbor_encoding", "tuning", "context"), metric)
     base = [c for c in stats if c[2] == "section_only"]
@@ -727,7 +724,7 @@ def _has(rows: list[dict], column: str) -> bool:
 
 
 def table_metric(table: dict, rows: list[dict], primary: str) -> str:
-    """The metric a table is judged on: its spec's ``metric`` (a planted fact's column) when the rows have it,
+    """The metric a table is judged on: its spec's `metric` (a planted fact's column) when the rows have it,
     else the spec's primary metric."""
     wanted = table.get("metric")
     return wanted if wanted and _has(rows, wanted) else primary
@@ -735,7 +732,7 @@ def table_metric(table: dict, rows: list[dict], primary: str) -> str:
 
 def table_keys(name: str, rows: list[dict]) -> tuple[str, ...]:
     """The columns that name a cell of a table: its design columns, any extra design choice its rows carry (e.g.
-    ``graph_target_feature``, ``neighbor_bridge``) and ``variant`` when a cell has one."""
+    `graph_target_feature`, `neighbor_bridge`) and `variant` when a cell has one."""
     keys = TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))[0]
     extra = tuple(k for k in _extra_keys(rows) if any(r.get(k) not in (None, "") for r in rows))
     variant = ("variant",) if any(r.get("variant") for r in rows) else ()
@@ -752,7 +749,7 @@ def _matching(stats: dict, keys: Sequence[str], wanted: dict | None) -> Interval
 
 
 def floor_and_ceiling(name: str, table: dict, rows: list[dict], metric: str) -> tuple[Interval | None, Interval | None]:
-    """The table's floor (its spec's ``floor`` cell, e.g. ``section_only``) and ceiling (``ceiling``, e.g. the oracle
+    """The table's floor (its spec's `floor` cell, e.g. `section_only`) and ceiling (`ceiling`, e.g. the oracle
     cell whose target section states the fact) on `metric`."""
     keys = table_keys(name, rows)
     stats = cell_stats(rows, keys, metric)
@@ -846,13 +843,13 @@ def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence
 def _label(keys: Sequence[str], cell: tuple) -> str:
     """A cell's axis label: its values, defaults left out, one per line."""
     parts = [str(v) for k, v in zip(keys, cell) if v not in ("", "true", None)
-             and not (k == "graph_target_feature" and v == "none")]
+             and not (k == "graph_target_feature" and v == DESIGN["graph_target_feature"])]
     return "\n".join(parts) or "default"
 
 
 def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) -> list[str]:
-    """``tables.png``: one panel per table, each cell's judged metric as a horizontal bar with its 95% interval and
-    value, the axis zoomed to the data, floor and ceiling drawn; ``table2_tradeoff.png``: input tokens vs that
+    """`tables.png`: one panel per table, each cell's judged metric as a horizontal bar with its 95% interval and
+    value, the axis zoomed to the data, floor and ceiling drawn; `table2_tradeoff.png`: input tokens vs that
     metric per encoding and context. Returns the written paths."""
     import textwrap
 
@@ -943,7 +940,7 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
 
 
 def aggregate(runs: list[Run], spec: dict, output_dir: Path) -> list[dict]:
-    """Writes ``results.csv``, the plots and ``RESULTS.md`` in `output_dir`; returns the rows."""
+    """Writes `results.csv`, the plots and `RESULTS.md` in `output_dir`; returns the rows."""
     metrics = spec.get("metrics", list(DEFAULT_METRICS))
     primary = spec.get("primary_metric", metrics[0])
     facts = spec.get("fact_scoring")

@@ -32,7 +32,7 @@ def separate_gate_group(optimizer: torch.optim.Optimizer, model: torch.nn.Module
 
 
 def gate_values(model: torch.nn.Module) -> dict[str, float]:
-    """``{"gate_<layer>_<cross_attn|dense>": tanh(alpha)}`` for every gate of `model` (empty without gates)."""
+    """`{"gate_<layer>_<cross_attn|dense>": tanh(alpha)}` for every gate of `model` (empty without gates)."""
     values = {}
     for name, param in model.named_parameters():
         if is_gate_parameter(name):
