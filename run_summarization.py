@@ -54,7 +54,9 @@ from processing.data.sample_data import is_generated_page
 from processing.data.wikiweb2m import summarization_samples
 from processing.design_space import (
     CONTEXTS,
+    NEIGHBOR_BRIDGES,
     NEIGHBOR_ENCODINGS,
+    check_neighbor_bridge,
     check_text_neighbor_encoder,
     has_neighbor_slots,
     neighbor_mode,
@@ -151,6 +153,15 @@ class MMGLArguments:
         metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
                   "CA-E, residuals added directly."},
     )
+    neighbor_bridge: str = field(
+        default="linear",
+        metadata={"help": f"One of {NEIGHBOR_BRIDGES}. linear: each neighbour becomes its own projected tokens (the LM "
+                  "input grows with the neighbours). perceiver (Flamingo's Perceiver Resampler) / qformer (BLIP-2's "
+                  "Q-Former): all of an example's neighbour embeddings become --bridge_num_latents tokens (sa_e: in "
+                  "the sequence; ca_e: the cross-attention keys and values; sa_te: its images only)."},
+    )
+    bridge_num_latents: int = field(default=32, metadata={"help": "LM tokens a perceiver / qformer bridge gives per example."})
+    bridge_num_layers: int = field(default=2, metadata={"help": "Perceiver blocks / Q-Former layers of the bridge."})
     lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
     gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
     gnn_num_layers: int = field(default=2, metadata={"help": "GNN position encoding: number of layers."})
@@ -273,6 +284,10 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
     check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
+    check_neighbor_bridge(mmgl_args.neighbor_bridge, mmgl_args.neighbor_encoding, mmgl_args.context)
+    for name in ("bridge_num_latents", "bridge_num_layers"):
+        if getattr(mmgl_args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(mmgl_args, name)}.")
     # A sentence-transformers text encoder reads as many tokens and pools as its own config says (unless given).
     mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length, notes = resolve_text_encoder_settings(
         mmgl_args.text_neighbor_encoder, mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length)
@@ -395,6 +410,9 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text
         lpe_k=mmgl_args.lpe_k,
         gnn_type=mmgl_args.gnn_type,
         gnn_num_layers=mmgl_args.gnn_num_layers,
+        neighbor_bridge=mmgl_args.neighbor_bridge if mode != "none" else "linear",
+        bridge_num_latents=mmgl_args.bridge_num_latents,
+        bridge_num_layers=mmgl_args.bridge_num_layers,
     )
 
 
@@ -849,6 +867,7 @@ def main(argv=None):
             lpe_k=mmgl_args.lpe_k if mmgl_args.position_encoding == "laplacian" else None,
             text_neighbor_encoder=mmgl_args.text_neighbor_encoder,
             text_neighbor_max_length=mmgl_args.text_neighbor_max_length,
+            neighbor_bridge=mmgl_args.neighbor_bridge, bridge_num_latents=mmgl_args.bridge_num_latents,
         )
     # Written by the main process, and by each node's local main process that cannot see it (no shared file
     # system); the others read it. open_clip ids only for raw text neighbours (an embedding cache replaces them);

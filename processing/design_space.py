@@ -9,6 +9,9 @@ CONTEXTS = ("section_only", "section_all", "text_only", "all")
 NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
 # How each encoding reaches the LM (`MMGLConfig.neighbor_mode`).
 NEIGHBOR_MODE_OF_ENCODING = {"sa_te": "self_attention", "sa_e": "self_attention", "ca_e": "cross_attention"}
+# What the LM reads of the neighbour embeddings (`MMGLConfig.neighbor_bridge`): each neighbour's projected tokens, or
+# a fixed number of latents from a Perceiver Resampler / Q-Former over all of them.
+NEIGHBOR_BRIDGES = ("linear", "perceiver", "qformer")
 
 
 def check_design(context: str, neighbor_encoding: str) -> None:
@@ -47,6 +50,17 @@ def check_text_neighbor_encoder(neighbor_encoding: str, context: str, text_neigh
         )
 
 
+def check_neighbor_bridge(neighbor_bridge: str, neighbor_encoding: str, context: str) -> None:
+    """Refuse (`ValueError`) an unknown bridge, or a bridge for a design without neighbour embeddings to bridge."""
+    if neighbor_bridge not in NEIGHBOR_BRIDGES:
+        raise ValueError(f"neighbor_bridge must be one of {NEIGHBOR_BRIDGES}, got {neighbor_bridge!r}")
+    if neighbor_bridge != "linear" and not has_neighbor_slots(neighbor_encoding, context):
+        raise ValueError(
+            f"neighbor_bridge {neighbor_bridge!r} compresses neighbour embeddings, but neighbor_encoding "
+            f"{neighbor_encoding!r} with context {context!r} has none; use neighbor_bridge 'linear'"
+        )
+
+
 def neighbor_mode(neighbor_encoding: str, context: str) -> str:
     """`MMGLConfig.neighbor_mode` for a design point: ``"none"`` when no neighbour is an embedding (plain OPT)."""
     if not has_neighbor_slots(neighbor_encoding, context):
@@ -56,9 +70,11 @@ def neighbor_mode(neighbor_encoding: str, context: str) -> str:
 
 __all__ = [
     "CONTEXTS",
+    "NEIGHBOR_BRIDGES",
     "NEIGHBOR_ENCODINGS",
     "NEIGHBOR_MODE_OF_ENCODING",
     "check_design",
+    "check_neighbor_bridge",
     "check_text_neighbor_encoder",
     "has_image_slots",
     "has_neighbor_slots",

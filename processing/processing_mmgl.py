@@ -32,6 +32,11 @@ paper; the groups and their order are `sa_te_layout.sa_te_groups`)::
 
     labels: -100 everywhere except " <summary>" </s>
 
+With a bridge (``neighbor_bridge`` ``"perceiver"`` / ``"qformer"``) the model compresses all of an example's
+neighbour embeddings into ``bridge_num_latents`` tokens: SA-E writes ``<neighbor> x bridge_num_latents`` after the
+target text, SA-TE the same block after its last section group (just before " Summary:"), and an example without any
+real bridged neighbour gets none. The input length no longer grows with the neighbour count.
+
 for generation the example stops after " Summary:". Every text segment is tokenised on its own as
 ``" " + text`` (no special tokens, special-token strings inside text are split as plain text), so
 an example is a concatenation of per-text id arrays: the token cache (`build_token_cache`) stores
@@ -72,7 +77,14 @@ from transformers import AddedToken, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .collator import MMGLDataCollator
-from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
+from .design_space import (
+    check_design,
+    check_neighbor_bridge,
+    check_text_neighbor_encoder,
+    has_image_slots,
+    has_text_slots,
+    neighbor_mode,
+)
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
 from .image_source import (
@@ -195,6 +207,12 @@ class MMGLProcessor(ProcessorMixin):
             here (`laplacian_encoding`) rather than in every forward pass.
         context_prompt / section_prompt / summary_prompt (`str`, *optional*): the fixed prompt words,
             ``"Context:"``, ``"Section:"`` and ``"Summary:"``.
+        neighbor_bridge (`str`, *optional*, defaults to `"linear"`): the model's ``neighbor_bridge``. ``"linear"``:
+            placeholders per neighbour as above. ``"perceiver"`` / ``"qformer"``: the model compresses an example's
+            neighbour embeddings into ``bridge_num_latents`` tokens, so SA-E and SA-TE write that many placeholders
+            (SA-E after the target text; SA-TE after the last section group, since the latents mix every image), and
+            none for an example without any real bridged neighbour.
+        bridge_num_latents (`int`, *optional*, defaults to 32): placeholders of a bridged example.
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -220,13 +238,17 @@ class MMGLProcessor(ProcessorMixin):
         context_prompt: str = "Context:",
         section_prompt: str = "Section:",
         summary_prompt: str = "Summary:",
+        neighbor_bridge: str = "linear",
+        bridge_num_latents: int = 32,
         **kwargs,
     ):
         if tokenizer is None:
             raise ValueError("MMGLProcessor needs a tokenizer (the OPT tokenizer of the model)")
         check_design(context, neighbor_encoding)
         check_text_neighbor_encoder(neighbor_encoding, context, text_neighbor_encoder)
+        check_neighbor_bridge(neighbor_bridge, neighbor_encoding, context)
         for name, value, low in (
+            ("bridge_num_latents", bridge_num_latents, 1),
             ("text_neighbor_num_tokens", text_neighbor_num_tokens, 1),
             ("image_neighbor_num_tokens", image_neighbor_num_tokens, 1),
             ("max_text_neighbors", max_text_neighbors, 0),
@@ -263,6 +285,8 @@ class MMGLProcessor(ProcessorMixin):
         self.context_prompt = context_prompt
         self.section_prompt = section_prompt
         self.summary_prompt = summary_prompt
+        self.neighbor_bridge = neighbor_bridge
+        self.bridge_num_latents = bridge_num_latents
         self._state = _RuntimeState()
         super().__init__(image_processor, tokenizer, **kwargs)
         self.neighbor_token_id = int(tokenizer.convert_tokens_to_ids(NEIGHBOR_TOKEN))
@@ -362,6 +386,9 @@ class MMGLProcessor(ProcessorMixin):
                 pairs += [("text_neighbor_encoder", self.text_neighbor_encoder)]
                 if self.text_neighbor_encoder is not None:
                     pairs += [("text_neighbor_max_length", self.text_neighbor_max_length)]
+            pairs.append(("neighbor_bridge", self.neighbor_bridge))
+            if self.neighbor_bridge != "linear":
+                pairs.append(("bridge_num_latents", self.bridge_num_latents))
             if wanted_mode == "self_attention":
                 pairs += [("text_neighbor_num_tokens", self.text_neighbor_num_tokens),
                           ("image_neighbor_num_tokens", self.image_neighbor_num_tokens),
@@ -758,6 +785,11 @@ class MMGLProcessor(ProcessorMixin):
             slot_mask += image_mask
             if self.neighbor_encoding != "ca_e":
                 num_placeholders += self.image_neighbor_num_tokens * sum(image_mask)
+        if self.neighbor_bridge != "linear" and self.neighbor_encoding != "ca_e":
+            # The bridge's latents replace every neighbour's placeholders; no real neighbour, no latents (the model's
+            # rule: it reads rows without any as plain OPT).
+            has_real = (text_slots and len(selection.texts) > 0) or sum(image_mask) > 0
+            num_placeholders = self.bridge_num_latents if has_real else 0
         if text_slots or image_slots:
             # Without text slots (SA-TE) each image slot stands for its section (`graph_projection`).
             example["neighbor_adjacency"] = adjacency = neighbor_adjacency(
@@ -822,12 +854,16 @@ class MMGLProcessor(ProcessorMixin):
         else:
             # Each group's texts, then the placeholders of its real images (`sa_te_layout`).
             body = [prompts["section"], target]
+            bridged = self.neighbor_bridge != "linear"
             for k, group in enumerate(groups):
                 if k == 1 and has_context:
                     body.append(prompts["context"])
                 body += [neighbor_ids[i] for i in group.texts]
-                real_images = sum(image_mask[j] for j in group.images)
-                body.append(self._placeholders(self.image_neighbor_num_tokens * real_images))
+                if not bridged:
+                    real_images = sum(image_mask[j] for j in group.images)
+                    body.append(self._placeholders(self.image_neighbor_num_tokens * real_images))
+            if bridged:  # the latents mix every image: one block after all the sections
+                body.append(self._placeholders(num_placeholders))
         if for_generation:
             return np.concatenate([prompts["bos"], *body, prompts["summary"]]), -1
         summary_ids = summary_ids[: self.max_target_length - 1]

@@ -239,7 +239,7 @@ def test_hub_folder_is_flat_and_complete(hub):
         "neighbor_encoder.py", "neighbor_projection.py", "processing_mmgl.py", "collator.py", "page_graph.py",
         "design_space.py", "neighbor_selection.py", "sa_te_layout.py", "graph_projection.py", "image_source.py",
         "token_cache.py", "atomic_write.py", "pipeline_mmgl.py", "embedding_cache.py", "laplacian_encoding.py",
-        "text_neighbor_encoder.py", "text_neighbor_tokens.py", "loading.py", "virtual_tokens.py",
+        "text_neighbor_encoder.py", "text_neighbor_tokens.py", "loading.py", "virtual_tokens.py", "neighbor_bridge.py",
     }
     assert {name for name in hub["files"] if name.endswith(".py")} == code
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json"} <= set(
