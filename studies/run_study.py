@@ -26,7 +26,8 @@ Spec keys (all optional but ``tables``):
   the module is importable and (if named) `run_summarization.py --help` lists the flag;
 * ``tables``: ``{"table1": {"title", "finding", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}],
   "args": {...}, "tag": str}}``. Design choices are `run_summarization.py` flags without dashes
-  (``context``, ``neighbor_encoding``, ``position_encoding``, ``tuning``, ``cross_attention_gating``); a cell
+  (``context``, ``neighbor_encoding``, ``position_encoding``, ``tuning``, ``cross_attention_gating``,
+  ``neighbor_bridge``); a cell
   may carry ``requires_flag`` (kept only when ``--help`` lists it). ``tag`` names runs whose table ``args``
   differ from the shared ones (e.g. a pretrained base model), so they never share a folder with other tables.
 
@@ -58,9 +59,9 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = Path(__file__).resolve().parent
 SCRIPT = "run_summarization.py"
-DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "cross_attention_gating")
+DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "cross_attention_gating", "neighbor_bridge")
 DESIGN_DEFAULTS = dict(context="all", neighbor_encoding="sa_e", position_encoding="none", tuning="full",
-                       cross_attention_gating="true")  # run_summarization.py's defaults
+                       cross_attention_gating="true", neighbor_bridge="linear")  # run_summarization.py's defaults
 DEFAULT_METRICS = ("predict_bleu4", "predict_rougeL", "predict_cider")
 STATUS_FILE = "study_status.json"
 LOG_FILE = "run.log"
@@ -68,7 +69,7 @@ ERROR_TAIL_LINES = 15
 PARAMS_LINE = re.compile(r"^trainable parameters: ([\d,]+) / total: ([\d,]+)", re.MULTILINE)
 CSV_COLUMNS = (
     "run_id", "tables", "status", *DESIGN_KEYS, "tag", "seed", "metrics...", "trainable_params", "total_params",
-    "trainable_share", "mean_input_tokens", "train_step_time_s", "peak_memory_mb", "wall_s", "returncode",
+    "trainable_share", "mean_input_tokens", "mean_neighbor_tokens", "train_step_time_s", "peak_memory_mb", "wall_s", "returncode",
     "error", "run_dir",
 )
 
@@ -220,6 +221,8 @@ def _run_id(explicit: dict, tag: str, seed: int) -> str:
              f"tune-{design['tuning']}"]
     if str(design["cross_attention_gating"]).lower() == "false":
         parts.append("ungated")
+    if design["neighbor_bridge"] != "linear":
+        parts.append(f"bridge-{design['neighbor_bridge']}")
     if tag:
         parts.append(tag)
     return "_".join(parts + [f"seed{seed}"])
@@ -434,6 +437,9 @@ def collect_row(run: Run, metrics: Sequence[str]) -> dict:
         if seen and steps and batch:
             tokens = seen / (steps * batch * accumulation * status.get("world_size", 1))
     row["mean_input_tokens"] = round(tokens, 1) if tokens else ""
+    # The LM token vectors the neighbours become (placeholders, or cross-attention keys): constant with a bridge.
+    neighbor_tokens = _find_key(report, ("mean_neighbor_tokens",))
+    row["mean_neighbor_tokens"] = round(neighbor_tokens, 1) if neighbor_tokens is not None else ""
     history = state.get("log_history") or [{}]
     final = next((e for e in reversed(history) if "train_runtime" in e), {})
     steps_per_s = train.get("train_steps_per_second") or final.get("train_steps_per_second")
@@ -477,6 +483,11 @@ def _number(value) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _cell(row: dict, keys: Sequence[str]) -> tuple:
+    """A row's values of `keys`; a design key the row lacks (rows written before it existed) has its default."""
+    return tuple(row.get(k, DESIGN_DEFAULTS.get(k, "")) for k in keys)
+
+
 def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple, tuple[float, float, int]]:
     """``{cell: (mean, spread, n)}`` of `column` over the finished rows, a cell being the values of `keys`;
     the spread is the sample standard deviation over seeds (0 for one seed)."""
@@ -486,7 +497,7 @@ def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple
             continue
         v = _number(row.get(column))
         if v is not None:
-            values.setdefault(tuple(row[k] for k in keys), []).append(v)
+            values.setdefault(_cell(row, keys), []).append(v)
     return {cell: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
             for cell, v in values.items()}
 
@@ -525,7 +536,8 @@ def finding_context(rows: list[dict], metric: str) -> Finding:
 def finding_encoding(rows: list[dict], metric: str) -> Finding:
     """Finding 2: SA-TE performs best but needs the longest inputs (Table 2). Compared on the contexts where
     SA-TE, SA-E and CA-E (gated) all have results: mean metric and mean input tokens per encoding."""
-    rows = [r for r in rows if str(r.get("cross_attention_gating", "true")).lower() != "false"]
+    rows = [r for r in rows if str(r.get("cross_attention_gating", "true")).lower() != "false"
+            and r.get("neighbor_bridge", "linear") == "linear"]  # the paper's encodings: no bridge
     quality = cell_stats(rows, ("neighbor_encoding", "context"), metric)
     length = cell_stats(rows, ("neighbor_encoding", "context"), "mean_input_tokens")
     encodings = ("sa_te", "sa_e", "ca_e")
@@ -593,7 +605,8 @@ FINDINGS = {
 }
 TABLE_COLUMNS = {  # design columns shown per table, then metrics, then the table's cost columns
     "table1": (("context",), ()),
-    "table2": (("neighbor_encoding", "cross_attention_gating", "context"), ("mean_input_tokens", "train_step_time_s")),
+    "table2": (("neighbor_encoding", "neighbor_bridge", "cross_attention_gating", "context"),
+               ("mean_input_tokens", "mean_neighbor_tokens", "train_step_time_s", "peak_memory_mb")),
     "table3": (("position_encoding",), ("mean_input_tokens", "train_step_time_s")),
     "table4": (("neighbor_encoding", "tuning"), ("trainable_params", "trainable_share")),
 }
@@ -619,15 +632,15 @@ def table_markdown(name: str, rows: list[dict], metrics: Sequence[str], primary:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = []
     for row in rows:
-        cell = tuple(row[k] for k in keys)
+        cell = _cell(row, keys)
         if cell not in cells:
             cells.append(cell)
     columns = {c: cell_stats(rows, keys, c) for c in (*metrics, *costs)}
     for cell in cells:
         n = max((columns[m].get(cell, (0, 0, 0))[2] for m in metrics), default=0)
-        failed = sum(1 for r in rows if tuple(r[k] for k in keys) == cell and r.get("status") != "finished")
+        failed = sum(1 for r in rows if _cell(r, keys) == cell and r.get("status") != "finished")
         values = [_fmt(columns[m].get(cell)) for m in metrics]
-        values += [_fmt(columns[c].get(cell), 1 if c == "mean_input_tokens" else 4 if c != "trainable_share" else 4)
+        values += [_fmt(columns[c].get(cell), 1 if c in ("mean_input_tokens", "mean_neighbor_tokens") else 4)
                    for c in costs]
         seeds = f"{n}" + (f" (+{failed} not finished)" if failed else "")
         lines.append("| " + " | ".join([*map(str, cell), *values, seeds]) + " |")
@@ -660,7 +673,7 @@ def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence
 
 def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) -> list[str]:
     """``tables.png`` (one panel per table: the primary metric per cell) and ``table2_tradeoff.png``
-    (input tokens vs the metric per encoding and context). Returns the written paths."""
+    (LM input tokens vs the metric per encoding, bridge and context). Returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -672,7 +685,7 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
         keys = TABLE_COLUMNS.get(name, (DESIGN_KEYS, ()))[0]
         table_rows = [r for r in rows if name in r["tables"].split(";")]
         stats = cell_stats(table_rows, keys, primary)
-        labels = ["/".join(str(v) for v in cell if v not in ("true",)) for cell in stats]
+        labels = ["/".join(str(v) for v in cell if v not in ("true", "linear")) for cell in stats]
         means = [v[0] for v in stats.values()]
         spreads = [v[1] for v in stats.values()]
         axis.bar(range(len(means)), means, yerr=spreads, color="tab:blue", alpha=0.8, capsize=3)
@@ -686,23 +699,26 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
 
     figure, axis = plt.subplots(figsize=(5.5, 4))
     table2 = [r for r in rows if "table2" in r["tables"].split(";")]
-    keys = ("neighbor_encoding", "cross_attention_gating", "context")
+    keys = ("neighbor_encoding", "neighbor_bridge", "cross_attention_gating", "context")
     quality, length = cell_stats(table2, keys, primary), cell_stats(table2, keys, "mean_input_tokens")
     markers = {"sa_te": "o", "sa_e": "s", "ca_e": "^"}
     for encoding in markers:
-        for gating in ("true", "false"):
-            cells = [c for c in quality if c[0] == encoding and str(c[1]).lower() == gating and c in length]
-            if not cells:
-                continue
-            label = encoding + (" (ungated)" if gating == "false" else "")
-            axis.scatter([length[c][0] for c in cells], [quality[c][0] for c in cells], marker=markers[encoding],
-                         label=label, facecolors="none" if gating == "false" else None)
-            for c in cells:
-                axis.annotate(c[2], (length[c][0], quality[c][0]), fontsize=7, xytext=(3, 3),
-                              textcoords="offset points")
+        for bridge in ("linear", "perceiver", "qformer"):
+            for gating in ("true", "false"):
+                cells = [c for c in quality if c[:3] == (encoding, bridge, c[2]) and str(c[2]).lower() == gating
+                         and c in length]
+                if not cells:
+                    continue
+                label = encoding + (f" + {bridge}" if bridge != "linear" else "") + (
+                    " (ungated)" if gating == "false" else "")
+                axis.scatter([length[c][0] for c in cells], [quality[c][0] for c in cells], marker=markers[encoding],
+                             label=label, facecolors="none" if gating == "false" else None)
+                for c in cells:
+                    axis.annotate(c[3], (length[c][0], quality[c][0]), fontsize=7, xytext=(3, 3),
+                                  textcoords="offset points")
     if not length:
         axis.text(0.5, 0.5, "no input lengths recorded", ha="center", transform=axis.transAxes)
-    axis.set(xlabel="mean input tokens per example", ylabel=primary, title="Table 2: input length vs quality")
+    axis.set(xlabel="mean LM input tokens per example", ylabel=primary, title="Table 2: input length vs quality")
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8)
     figure.tight_layout()

@@ -37,7 +37,9 @@ def micro_spec(data_dir: Path) -> dict:
             "table1": {"fixed": {"neighbor_encoding": "sa_te"}, "grid": {"context": ["section_only", "all"]}},
             "table2": {"fixed": {"context": "all"}, "grid": {"neighbor_encoding": ["sa_te", "sa_e"]},
                        "cells": [{"neighbor_encoding": "ca_e", "cross_attention_gating": "false",
-                                  "requires_flag": "--no_such_flag_anywhere"}]},
+                                  "requires_flag": "--no_such_flag_anywhere"},
+                                 {"neighbor_encoding": "sa_e", "neighbor_bridge": "perceiver",
+                                  "requires_flag": "--neighbor_bridge"}]},
             "table3": {"fixed": {"context": "all", "neighbor_encoding": "sa_e"},
                        "grid": {"position_encoding": ["none", "gnn"]}},
             # flamingo needs CA-E: run_summarization.py refuses this cell at once (the deliberate failure)
@@ -72,8 +74,12 @@ def test_commands_and_dry_run(study, capsys):
     capsys.readouterr()
     assert run_study.main([str(spec_path), "--output_dir", str(out / "dry"), "--dry_run"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "run_summarization.py" in line]
-    # 2 + 1 new + 1 new + 2 new: shared cells (sa_te/all, sa_e/all) run once; the flag-gated cell is left out
-    assert len(lines) == 6
+    # 2 + 2 new + 1 new + 2 new: shared cells (sa_te/all, sa_e/all) run once; the cell gated on a flag the script
+    # lacks is left out, the bridge cell (its flag exists) is in
+    assert len(lines) == 7
+    bridged = next(line for line in lines if "--neighbor_bridge" in line)
+    assert "--neighbor_encoding sa_e --neighbor_bridge perceiver" in bridged
+    assert "sa_e_all_pe-none_tune-full_bridge-perceiver_seed0" in bridged
     assert not (out / "dry" / "runs").exists()  # nothing ran
     assert all("--no_such_flag_anywhere" not in line and "--never" not in line for line in lines)
     gnn = next(line for line in lines if "--position_encoding gnn" in line)
@@ -104,12 +110,12 @@ def test_micro_study_runs_records_failure_and_aggregates(study):
     _, out, code = study
     assert code == 1  # one run failed on purpose
     rows = _rows(out)
-    assert len(rows) == 6
+    assert len(rows) == 7
     by_id = {r["run_id"]: r for r in rows}
     failed = by_id["sa_e_all_pe-none_tune-flamingo_t4_seed0"]
     assert failed["status"] == "failed" and "flamingo" in failed["error"] and failed["returncode"] not in ("", "0")
     finished = [r for r in rows if r["status"] == "finished"]
-    assert len(finished) == 5
+    assert len(finished) == 6
     for r in finished:
         assert 0.0 <= float(r["predict_rougeL"]) <= 1.0
         assert int(r["trainable_params"]) <= int(r["total_params"])
@@ -122,7 +128,14 @@ def test_micro_study_runs_records_failure_and_aggregates(study):
     # SA-TE reads neighbour texts as tokens: longer inputs than section_only
     assert float(by_id["sa_te_all_pe-none_tune-full_seed0"]["mean_input_tokens"]) > float(
         by_id["sa_te_section_only_pe-none_tune-full_seed0"]["mean_input_tokens"])
+    # The bridge: every example's neighbours become its 32 latents (the default), fewer input tokens than linear SA-E.
+    bridged, linear = by_id["sa_e_all_pe-none_tune-full_bridge-perceiver_seed0"], by_id["sa_e_all_pe-none_tune-full_seed0"]
+    assert bridged["neighbor_bridge"] == "perceiver" and linear["neighbor_bridge"] == "linear"
+    assert float(bridged["mean_neighbor_tokens"]) == 32.0 and float(linear["mean_neighbor_tokens"]) > 32.0
+    assert float(bridged["mean_input_tokens"]) < float(linear["mean_input_tokens"])
+    assert float(bridged["train_step_time_s"]) > 0 and float(bridged["peak_memory_mb"]) > 0
     md = (out / "RESULTS.md").read_text()
+    assert "| sa_e | perceiver | true | all |" in md and "| sa_e | linear | true | all |" in md
     for table in ("table1", "table2", "table3", "table4"):
         assert f"## {table}" in md
     assert md.count("**Paper's finding:**") == 4
@@ -174,6 +187,12 @@ def test_finding_checks_on_hand_made_rows():
     ungated = enc(q, {"sa_te": 300, "sa_e": 100, "ca_e": 50}) + [
         _row(neighbor_encoding="ca_e", cross_attention_gating="false", predict_rougeL=0.99, mean_input_tokens=50)]
     assert run_study.finding_encoding(ungated, "predict_rougeL").verdict == "holds"  # ungated is not CA-E's cell
+    bridged = enc(q, {"sa_te": 300, "sa_e": 100, "ca_e": 50}) + [
+        _row(neighbor_encoding="sa_e", neighbor_bridge="qformer", predict_rougeL=0.99, mean_input_tokens=900)]
+    assert run_study.finding_encoding(bridged, "predict_rougeL").verdict == "holds"  # a bridge is not SA-E's cell
+    # Rows written before the bridge existed read as `linear`.
+    assert run_study.cell_stats(enc(q, {}), ("neighbor_encoding", "neighbor_bridge"), "predict_rougeL")[
+        ("sa_e", "linear")][0] == 0.4
 
     pe = lambda s: [_row(neighbor_encoding="sa_e", position_encoding=p, predict_rougeL=v) for p, v in s.items()]  # noqa
     assert run_study.finding_position(pe({"none": 0.1, "sequence": 0.2, "gnn": 0.3}), "predict_rougeL").verdict == "holds"
