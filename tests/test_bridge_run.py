@@ -1,6 +1,6 @@
 """`run_summarization.py --neighbor_bridge perceiver / qformer` end to end: the run trains and exports; the data
 report counts the bridge's latents as the neighbour tokens; the export alone, and the export loaded as Hub remote code
-(`AutoModelForCausalLM` and the pipeline) in a fresh process that cannot import this package, reproduce the run's
+(`AutoModel` and the pipeline) in a fresh process that cannot import this package, reproduce the run's
 predictions; a flag contradicting the exported bridge is refused."""
 
 import json
@@ -30,10 +30,10 @@ def sample_dir(tmp_path_factory):
 FRESH_PROCESS = """
 import json, sys
 sys.path = [p for p in sys.path if p not in ('', {repo!r})]  # no package: the Hub folder's code only
-from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
+from transformers import AutoModel, AutoProcessor, pipeline
 folder, cases, images, cache = sys.argv[1:5]
 cases = json.load(open(cases))
-model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 summarize = pipeline('mmgl-summarization', model=folder, trust_remote_code=True)
 piped = summarize([{{'page': c['row'], 'section': c['section']}} for c in cases], batch_size=len(cases),
@@ -73,7 +73,7 @@ def test_bridged_run_exports_what_it_trained(sample_dir, tmp_path, encoding, bri
                             "--do_predict", *data_args(sample_dir)])
     assert predictions(tmp_path / "export") == expected
 
-    # A fresh process with the Hub folder's code only: AutoModelForCausalLM + generate and the pipeline.
+    # A fresh process with the Hub folder's code only: AutoModel + generate and the pipeline.
     pages = run_summarization.open_page_table(str(sample_dir / "wikiweb2m-sample.tfrecord.gz"))
     samples = run_summarization.summarization_samples(pages, split="test")[:4]
     cases = tmp_path / "cases.json"

@@ -258,3 +258,36 @@ def test_config_validation():
     with pytest.raises(ValueError, match="multiple of"):
         # Self-attention neighbours enter at the token-embedding width: 30 does not split over 4 heads.
         tiny_model("self_attention", neighbor_bridge="perceiver", word_embed_proj_dim=30)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bridge", BRIDGES)
+def test_gradient_checkpointing_gives_same_gradients(mode, bridge):
+    grads = []
+    for checkpointing in (False, True):
+        model = bridged_model(mode, bridge, open_gates=True, dropout=0.0, attention_dropout=0.0).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        batch = neighbor_batch(model.config)
+        model(**batch, labels=labels_for(batch), use_cache=False).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert any(n.startswith("neighbor_bridge.") for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bridge", BRIDGES)
+def test_bf16_forward_and_generate(mode, bridge):
+    model = bridged_model(mode, bridge, open_gates=True)
+    batch = neighbor_batch(model.config)
+    with torch.no_grad():
+        reference = model(**batch).logits
+        model = model.to(torch.bfloat16)
+        logits = model(**batch).logits
+    assert logits.dtype == torch.bfloat16
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(logits[real].float(), reference[real], atol=0.1, rtol=0.05)
+    generated = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=1)
+    assert generated.shape[1] == batch["input_ids"].shape[1] + 3
