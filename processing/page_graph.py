@@ -50,6 +50,9 @@ from functools import cached_property
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from .mapped_pages import ReleaseEvery, track_table
+from .sample_list import SampleList
+
 logger = logging.getLogger(__name__)
 
 EDGE_TYPES = ("page", "section_order", "parent_child", "section_image")
@@ -699,11 +702,12 @@ class PageGraphIndex:
 
     ``index[i]`` gives ``(graph, section_idx)`` for sample ``i``: a constant-time row fetch from
     the table (a `datasets.Dataset` reads one Arrow row; a list indexes) and a memoised graph
-    build, never a scan. ``index.position(page_idx, section_idx)`` is the reverse dict lookup.
+    build, never a scan. ``index.position(page_idx, section_idx)`` is the reverse lookup (a binary search over the
+    `SampleList`: no Python object per sample).
 
     Args:
         pages (`datasets.Dataset`, or a list of WikiWeb2M rows, page dicts or `PageGraph`s).
-        samples (`list[tuple[int, int]]`, *optional*): ``(page_idx, section_idx)`` pairs; by default
+        samples (`SampleList` or an iterable of `tuple[int, int]`, *optional*): ``(page_idx, section_idx)`` pairs; by default
             every section flagged as a summarization sample (``is_section_summarization_sample``),
             read column-wise from Arrow tables.
         split (`str`, *optional*): with the default samples, keep only pages of this split.
@@ -722,17 +726,17 @@ class PageGraphIndex:
         self.pages = pages
         self.graph_cache_size = graph_cache_size
         self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
-        if samples is None:
-            samples = self._default_samples(split)
-        self.samples: list[tuple[int, int]] = [(int(p), int(s)) for p, s in samples]
-        self._position: dict[tuple[int, int], int] = {}
-        for i, key in enumerate(self.samples):
-            if key in self._position:
-                raise ValueError(f"sample (page {key[0]}, section {key[1]}) listed twice (positions {self._position[key]}, {i})")
-            self._position[key] = i
+        # Rows read from a memory-mapped Arrow table leave its pages resident: give them back every 1,024 rows.
+        track_table(pages)
+        self._release = ReleaseEvery(1024)
+        self.samples = SampleList.from_pairs(self._default_samples(split) if samples is None else samples)
+        duplicate = self.samples.first_duplicate()
+        if duplicate is not None:
+            page, section = self.samples[duplicate[0]]
+            raise ValueError(f"sample (page {page}, section {section}) listed twice (positions {duplicate[0]}, "
+                             f"{duplicate[1]})")
 
-    def _default_samples(self, split: str | None) -> list[tuple[int, int]]:
-        samples = []
+    def _default_samples(self, split: str | None) -> Iterator[tuple[int, int]]:
         if _is_arrow_table(self.pages):
             columns = ["split", "is_section_summarization_sample"]
             batches = self.pages.select_columns(columns).iter(batch_size=1024)
@@ -742,8 +746,7 @@ class PageGraphIndex:
         for page_idx, (page_split, flags) in enumerate(rows):
             if split is not None and page_split != split:
                 continue
-            samples.extend((page_idx, s) for s, flag in enumerate(flags) if flag)
-        return samples
+            yield from ((page_idx, s) for s, flag in enumerate(flags) if flag)
 
     def _flags_of(self, page_idx: int, page: Any) -> tuple[str | None, Sequence[Any]]:
         if isinstance(page, Mapping) and "is_section_summarization_sample" in page:
@@ -767,8 +770,8 @@ class PageGraphIndex:
         return self.graph(page_idx), section_idx
 
     def __iter__(self) -> Iterator[tuple[PageGraph, int]]:
-        for i in range(len(self.samples)):
-            yield self[i]
+        for page_idx, section_idx in self.samples:
+            yield self.graph(page_idx), section_idx
 
     def sample(self, i: int) -> tuple[int, int]:
         """``(page_idx, section_idx)`` of sample ``i``."""
@@ -776,13 +779,13 @@ class PageGraphIndex:
 
     def position(self, page_idx: int, section_idx: int) -> int:
         """Sample number of ``(page_idx, section_idx)``; `KeyError` if it is not a sample."""
-        try:
-            return self._position[(page_idx, section_idx)]
-        except KeyError:
-            raise KeyError(f"(page {page_idx}, section {section_idx}) is not a sample of this index") from None
+        position = self.samples.position(page_idx, section_idx)
+        if position < 0:
+            raise KeyError(f"(page {page_idx}, section {section_idx}) is not a sample of this index")
+        return position
 
     def __contains__(self, key: tuple[int, int]) -> bool:
-        return key in self._position
+        return self.samples.position(*key) >= 0
 
     def graph(self, page_idx: int) -> PageGraph:
         """The page graph of row ``page_idx`` (one O(1) row fetch, then memoised)."""
@@ -790,16 +793,17 @@ class PageGraphIndex:
         if graph is not None:
             self._graphs.move_to_end(page_idx)
             return graph
+        self._release.tick()
         return self._remember(page_idx, PageGraph.coerce(self.pages[page_idx]))
 
     def page_indices(self) -> list[int]:
         """The distinct pages that hold samples, in order."""
-        return sorted({p for p, _ in self.samples})
+        return self.samples.page_indices().tolist()
 
     def graphs(self) -> Iterator[PageGraph]:
         """The graphs of `page_indices` (e.g. to build a token cache over exactly these pages)."""
-        for page_idx in self.page_indices():
-            yield self.graph(page_idx)
+        for page_idx in self.samples.page_indices():
+            yield self.graph(int(page_idx))
 
 
 __all__ = [
