@@ -33,8 +33,8 @@ plain dict so other data plugs in. `PageGraphIndex` maps sample ``i`` to ``(page
 and back in O(1) over a `datasets.Dataset` (Arrow) or a list of pages, never scanning the table per
 item.
 
-This file imports only the standard library, so it can sit in a flat Hub folder next to the
-processor. It may be loaded twice in one process (the installed package and a Hub folder's copy):
+This file imports only the standard library (`PageGraphIndex` imports two same-folder helpers when built), so it
+can sit in a flat Hub folder next to the processor. It may be loaded twice in one process (the installed package and a Hub folder's copy):
 `PageGraph.coerce` and `is_page_graph` therefore recognise a graph by a marker attribute, not by its
 class.
 """
@@ -49,9 +49,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
-
-from .mapped_pages import ReleaseEvery, track_table
-from .sample_list import SampleList
 
 logger = logging.getLogger(__name__)
 
@@ -723,6 +720,11 @@ class PageGraphIndex:
         split: str | None = None,
         graph_cache_size: int | None = 1024,
     ):
+        # Imported here: the graph classes above load alone (standard library only, module docstring); the index
+        # is the training side's, next to its same-folder helpers.
+        from .mapped_pages import ReleaseEvery, track_table
+        from .sample_list import SampleList
+
         self.pages = pages
         self.graph_cache_size = graph_cache_size
         self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
