@@ -60,6 +60,7 @@ import numpy as np
 from safetensors import safe_open
 
 from .atomic_write import atomic_write_bytes
+from .mapped_pages import track
 from .loading import read_json, safetensors_layout
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made, so that a command reading a cache's files reports bad
@@ -311,6 +312,7 @@ def _map(path: Path, dtype, offset: int, shape: tuple) -> np.ndarray:
     view: indexing an `np.memmap` costs several times more per lookup."""
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype=dtype)
+    track(path)  # lookups leave pages resident: `PageGraphIndex` gives them back as it reads rows
     return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
 
 

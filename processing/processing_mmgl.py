@@ -75,6 +75,7 @@ from .collator import MMGLDataCollator
 from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
+from .mapped_pages import ReleaseEvery, track_table
 from .image_source import (
     ImageDecodeError,
     ImageFolder,
@@ -550,7 +551,9 @@ class MMGLProcessor(ProcessorMixin):
         if isinstance(pages, PageGraphIndex):
             graphs = pages.graphs()
         else:
+            track_table(pages)  # a memory-mapped Arrow table: its pages are given back every 1,024 rows
             graphs = (PageGraph.coerce(page) for page in pages)
+        release = ReleaseEvery(1024)
         # Block by block of pages: the texts of one block are in memory at a time, and their ids go to the store
         # (to its spill files on disk when `spill_to` was called), so memory does not grow with the table.
         wanted: dict[str, dict[str, None]] = {"lm": {}, "clip": {}}
@@ -577,6 +580,7 @@ class MMGLProcessor(ProcessorMixin):
                             wanted["lm"][node.text] = None
                         if neighbor_input_ids:
                             wanted["clip"][node.text] = None
+                release.tick()
                 in_block += 1
                 if in_block == block_pages:
                     tokenize_block(map_chunks)

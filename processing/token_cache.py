@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .atomic_write import atomic_file
+from .mapped_pages import release_mapped_files, track
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -156,6 +157,7 @@ class _Spill:
         offsets = np.zeros(len(keys) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         ids = np.memmap(self.path, dtype=self.dtype, mode="r") if offsets[-1] else np.zeros(0, self.dtype)
+        track(self.path)  # the merge gives its pages back chunk by chunk
         return _IdTable(keys, offsets, ids)
 
     def remove(self) -> None:
@@ -207,6 +209,7 @@ def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[s
                 out[np.repeat(offsets[a:b][pick] - offsets[a], runs) + within] = source[
                     np.repeat(starts[a:b][pick], runs) + within]
             yield out
+            release_mapped_files()  # the mapped ids this chunk gathered (scattered over the whole spill) stay on disk
             a = b
 
     return {"keys": keys, "offsets": offsets, "ids": _Chunked(dtype, int(offsets[-1]), chunks)}
@@ -234,6 +237,7 @@ def _open_store(path: str) -> tuple[dict, dict[str, np.ndarray]]:
             arrays[name] = np.zeros(shape, dtype=dtype)
         else:
             arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + int(spec["offset"]), shape=shape)
+    track(path)  # lookups leave pages resident: `PageGraphIndex` gives them back as it reads rows
     return header, arrays
 
 
