@@ -21,14 +21,16 @@ import ctypes.util
 import os
 from collections.abc import Iterable
 
-_MADV_DONTNEED = 4
+_MADV_RANDOM, _MADV_DONTNEED = 1, 4
 _TRACKED: set[str] = set()  # inherited by forked DataLoader workers, as are the maps themselves
 _libc = None
 
 
 def track(path: str | os.PathLike) -> None:
-    """Register a memory-mapped file whose pages `release_mapped_files` gives back."""
+    """Register a memory-mapped file whose pages `release_mapped_files` gives back, and mark its maps for random
+    reads (no read-ahead and no fault-around: a row or a lookup maps its own pages, not the 64 KiB around them)."""
     _TRACKED.add(os.path.realpath(path))
+    release_mapped_files([path])
 
 
 def track_table(pages) -> None:
@@ -68,13 +70,14 @@ def release_mapped_files(paths: Iterable[str | os.PathLike] | None = None) -> in
         start, end = (int(x, 16) for x in parts[0].split("-"))
         if _madvise()(start, end - start, _MADV_DONTNEED) == 0:
             released += 1
+            _madvise()(start, end - start, _MADV_RANDOM)
     return released
 
 
 class ReleaseEvery:
     """Counts reads; every ``every``-th call of `tick` releases the tracked maps (`release_mapped_files`)."""
 
-    def __init__(self, every: int = 1024):
+    def __init__(self, every: int = 256):
         self.every, self.count = every, 0
 
     def tick(self) -> None:

@@ -728,9 +728,10 @@ class PageGraphIndex:
         self.pages = pages
         self.graph_cache_size = graph_cache_size
         self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
-        # Rows read from a memory-mapped Arrow table leave its pages resident: give them back every 1,024 rows.
+        # Rows read from a memory-mapped Arrow table leave its pages resident (a row touches a page or more in each
+        # column): give them back every 256 rows.
         track_table(pages)
-        self._release = ReleaseEvery(1024)
+        self._release = ReleaseEvery(256)
         self.samples = SampleList.from_pairs(self._default_samples(split) if samples is None else samples)
         duplicate = self.samples.first_duplicate()
         if duplicate is not None:
@@ -772,8 +773,14 @@ class PageGraphIndex:
         return self.graph(page_idx), section_idx
 
     def __iter__(self) -> Iterator[tuple[PageGraph, int]]:
+        """Every sample in order: a pass over the data set (a cache build, neighbour-input collection). A page's
+        samples are consecutive, so its graph is built once and not remembered: the pass leaves the LRU that
+        training draws from as it was, instead of filling it with the last pages of the table."""
+        current, graph = -1, None
         for page_idx, section_idx in self.samples:
-            yield self.graph(page_idx), section_idx
+            if page_idx != current:
+                current, graph = page_idx, self._passing(page_idx)
+            yield graph, section_idx
 
     def sample(self, i: int) -> tuple[int, int]:
         """``(page_idx, section_idx)`` of sample ``i``."""
@@ -795,17 +802,25 @@ class PageGraphIndex:
         if graph is not None:
             self._graphs.move_to_end(page_idx)
             return graph
+        return self._remember(page_idx, self._read(page_idx))
+
+    def _read(self, page_idx: int) -> PageGraph:
         self._release.tick()
-        return self._remember(page_idx, PageGraph.coerce(self.pages[page_idx]))
+        return PageGraph.coerce(self.pages[page_idx])
+
+    def _passing(self, page_idx: int) -> PageGraph:
+        """The graph of a page met in a pass: the remembered one, else built and not remembered."""
+        graph = self._graphs.get(page_idx)
+        return graph if graph is not None else self._read(page_idx)
 
     def page_indices(self) -> list[int]:
         """The distinct pages that hold samples, in order."""
         return self.samples.page_indices().tolist()
 
     def graphs(self) -> Iterator[PageGraph]:
-        """The graphs of `page_indices` (e.g. to build a token cache over exactly these pages)."""
+        """The graphs of `page_indices` (e.g. to build a token cache over exactly these pages), not remembered."""
         for page_idx in self.samples.page_indices():
-            yield self.graph(int(page_idx))
+            yield self._passing(int(page_idx))
 
 
 __all__ = [

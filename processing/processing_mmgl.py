@@ -551,9 +551,9 @@ class MMGLProcessor(ProcessorMixin):
         if isinstance(pages, PageGraphIndex):
             graphs = pages.graphs()
         else:
-            track_table(pages)  # a memory-mapped Arrow table: its pages are given back every 1,024 rows
+            track_table(pages)  # a memory-mapped Arrow table: its pages are given back every 256 rows
             graphs = (PageGraph.coerce(page) for page in pages)
-        release = ReleaseEvery(1024)
+        release = ReleaseEvery(256)
         # Block by block of pages: the texts of one block are in memory at a time, and their ids go to the store
         # (to its spill files on disk when `spill_to` was called), so memory does not grow with the table.
         wanted: dict[str, dict[str, None]] = {"lm": {}, "clip": {}}
