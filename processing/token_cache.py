@@ -193,6 +193,7 @@ def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[s
     for i in range(0, len(new.ids), chunk_tokens):
         piece = new.ids[i : i + chunk_tokens]
         low, high = min(low, int(piece.min())), max(high, int(piece.max()))
+        release_mapped_files()  # the spill's pages just read
     dtype = _narrowest(low, high)
 
     def chunks():
