@@ -3,14 +3,19 @@
 The page table (Arrow), the token store and the embedding cache are read through read-only memory maps. Every page
 a process touches stays in its resident set (file-backed: shared and reclaimable, but counted by `ps`,
 `/usr/bin/time` and schedulers that kill on resident memory) until the mapping is closed, so a first start that
-reads every page of a 2M-page table would end with the whole table resident. `release_mapped_files` drops a
-process's page-table entries for the read-only maps of the files registered with `track`
-(``madvise(MADV_DONTNEED)``: the data stays in the page cache, a later read maps it again without I/O);
-`ReleaseEvery` calls it every so many reads, so what stays resident is bounded by one block of reads.
+reads every page of a 2M-page table would end with the whole table resident; and a sparse lookup maps more than
+it reads (the kernel maps the page cache's whole folio, 16-64 KiB, around the byte asked for). Both helpers drop
+a process's page-table entries (``madvise(MADV_DONTNEED)``: the data stays in the page cache, a later read maps
+it again without I/O):
 
-Only mappings without write permission are released, found by file name in ``/proc/self/maps``: a private
-writable or anonymous mapping is never touched (``MADV_DONTNEED`` would discard its contents). Elsewhere than
-Linux this is a no-op.
+* `release_arrays`: the maps behind numpy memory maps this code holds (the token store, the embedding cache),
+  through Python's `mmap.mmap.madvise` (one system call each; the map cannot go away while its array lives);
+* `release_mapped_files`: every read-only map of the files registered with `track` (Arrow tables that `datasets`
+  maps), found by name in ``/proc/self/maps``, a few ms per call: a private writable or anonymous mapping is never
+  touched (``MADV_DONTNEED`` would discard its contents).
+
+`ReleaseEvery` says when to call one of them (every so many reads), so what stays resident is bounded by one block of reads.
+Elsewhere than Linux both are no-ops.
 
 This file is Hub-loadable: it imports the standard library only.
 """
@@ -18,19 +23,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-_MADV_RANDOM, _MADV_DONTNEED = 1, 4
+_MADV_DONTNEED = 4
 _TRACKED: set[str] = set()  # inherited by forked DataLoader workers, as are the maps themselves
 _libc = None
 
 
 def track(path: str | os.PathLike) -> None:
-    """Register a memory-mapped file whose pages `release_mapped_files` gives back, and mark its maps for random
-    reads (no read-ahead and no fault-around: a row or a lookup maps its own pages, not the 64 KiB around them)."""
+    """Register a memory-mapped file whose pages `release_mapped_files` gives back."""
     _TRACKED.add(os.path.realpath(path))
-    release_mapped_files([path])
 
 
 def track_table(pages) -> None:
@@ -70,20 +74,35 @@ def release_mapped_files(paths: Iterable[str | os.PathLike] | None = None) -> in
         start, end = (int(x, 16) for x in parts[0].split("-"))
         if _madvise()(start, end - start, _MADV_DONTNEED) == 0:
             released += 1
-            _madvise()(start, end - start, _MADV_RANDOM)
+    return released
+
+
+def release_arrays(arrays: Iterable) -> int:
+    """Drop this process's resident pages of the memory maps behind ``arrays`` (`np.memmap`s or views of them;
+    other arrays are skipped). Returns the number of maps released."""
+    released = 0
+    for array in arrays:
+        base = array
+        while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+            base = getattr(base, "base", None)
+        if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                base._mmap.madvise(mmap.MADV_DONTNEED)
+                released += 1
+            except (OSError, ValueError):  # a closed map: nothing resident
+                pass
     return released
 
 
 class ReleaseEvery:
-    """Counts reads; every ``every``-th call of `tick` releases the tracked maps (`release_mapped_files`)."""
+    """Counts reads: `due` says when ``every`` more were counted, time to give their pages back."""
 
     def __init__(self, every: int = 256):
         self.every, self.count = every, 0
 
-    def tick(self) -> None:
-        self.count += 1
-        if self.count % self.every == 0:
-            release_mapped_files()
+    def due(self, reads: int = 1) -> bool:
+        before, self.count = self.count, self.count + reads
+        return self.count // self.every != before // self.every
 
 
-__all__ = ["ReleaseEvery", "release_mapped_files", "track", "track_table"]
+__all__ = ["ReleaseEvery", "release_arrays", "release_mapped_files", "track", "track_table"]

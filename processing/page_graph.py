@@ -805,7 +805,10 @@ class PageGraphIndex:
         return self._remember(page_idx, self._read(page_idx))
 
     def _read(self, page_idx: int) -> PageGraph:
-        self._release.tick()
+        if self._release.due():
+            from .mapped_pages import release_mapped_files
+
+            release_mapped_files()
         return PageGraph.coerce(self.pages[page_idx])
 
     def _passing(self, page_idx: int) -> PageGraph:

@@ -75,7 +75,7 @@ from .collator import MMGLDataCollator
 from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
-from .mapped_pages import ReleaseEvery, track_table
+from .mapped_pages import ReleaseEvery, release_mapped_files, track_table
 from .image_source import (
     ImageDecodeError,
     ImageFolder,
@@ -580,7 +580,8 @@ class MMGLProcessor(ProcessorMixin):
                             wanted["lm"][node.text] = None
                         if neighbor_input_ids:
                             wanted["clip"][node.text] = None
-                release.tick()
+                if release.due():
+                    release_mapped_files()
                 in_block += 1
                 if in_block == block_pages:
                     tokenize_block(map_chunks)

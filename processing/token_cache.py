@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .atomic_write import atomic_file
-from .mapped_pages import release_mapped_files, track
+from .mapped_pages import ReleaseEvery, release_arrays
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -50,8 +50,11 @@ class _IdTable:
     """The ids of many texts in three flat arrays: text ``i`` has digest ``keys[i]`` (sorted) and ids
     ``ids[offsets[i] : offsets[i + 1]]``. No Python object per text; the arrays may be memory-mapped."""
 
-    def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray):
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray, handle=None):
         self.keys, self.offsets, self.ids = keys, offsets, ids
+        # The stored file, open: a row's ids are read with `os.pread`, not through the map (a mapped read makes the
+        # kernel map the page cache's whole folio around it, tens of KiB and more, resident until given back).
+        self.handle = handle
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -73,6 +76,10 @@ class _IdTable:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         if not 0 <= start <= end <= len(self.ids):
             return None
+        if self.handle is not None and end > start:
+            size = self.ids.dtype.itemsize
+            data = os.pread(self.handle.fileno(), (end - start) * size, self.ids.offset + start * size)
+            return np.frombuffer(data, dtype=self.ids.dtype).astype(np.int64)
         return np.asarray(self.ids[start:end], dtype=np.int64)
 
 
@@ -157,7 +164,6 @@ class _Spill:
         offsets = np.zeros(len(keys) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         ids = np.memmap(self.path, dtype=self.dtype, mode="r") if offsets[-1] else np.zeros(0, self.dtype)
-        track(self.path)  # the merge gives its pages back chunk by chunk
         return _IdTable(keys, offsets, ids)
 
     def remove(self) -> None:
@@ -193,7 +199,7 @@ def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[s
     for i in range(0, len(new.ids), chunk_tokens):
         piece = new.ids[i : i + chunk_tokens]
         low, high = min(low, int(piece.min())), max(high, int(piece.max()))
-        release_mapped_files()  # the spill's pages just read
+        release_arrays([new.ids])  # the spill's pages just read
     dtype = _narrowest(low, high)
 
     def chunks():
@@ -210,7 +216,7 @@ def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[s
                 out[np.repeat(offsets[a:b][pick] - offsets[a], runs) + within] = source[
                     np.repeat(starts[a:b][pick], runs) + within]
             yield out
-            release_mapped_files()  # the mapped ids this chunk gathered (scattered over the whole spill) stay on disk
+            release_arrays([base.ids, new.ids])  # the ids this chunk gathered, scattered over both files
             a = b
 
     return {"keys": keys, "offsets": offsets, "ids": _Chunked(dtype, int(offsets[-1]), chunks)}
@@ -238,7 +244,6 @@ def _open_store(path: str) -> tuple[dict, dict[str, np.ndarray]]:
             arrays[name] = np.zeros(shape, dtype=dtype)
         else:
             arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + int(spec["offset"]), shape=shape)
-    track(path)  # lookups leave pages resident: `PageGraphIndex` gives them back as it reads rows
     return header, arrays
 
 
@@ -275,6 +280,8 @@ class MMGLTokenCache:
         self._stored: dict[str, _IdTable] = {kind: _IdTable.empty() for kind in self.KINDS}
         self._pending: dict[str, dict[bytes, np.ndarray]] = {kind: {} for kind in self.KINDS}
         self._spills: dict[str, _Spill] = {}  # bulk additions on disk until `save` (`spill_to`)
+        # A lookup maps a folio of each of keys, offsets and ids (tens of KiB); give them back every 512 texts.
+        self._release = ReleaseEvery(512)
 
     def __len__(self) -> int:
         return sum(self.count(kind) for kind in self.KINDS)
@@ -285,6 +292,9 @@ class MMGLTokenCache:
         if self.path is None:
             return super().__reduce_ex__(protocol)
         return (_reopen, (self.path, self.identity, self.max_pending, self._pending, self.covers))
+
+    def _release_maps(self) -> None:
+        release_arrays(array for table in self._stored.values() for array in (table.keys, table.offsets, table.ids))
 
     def count(self, kind: str) -> int:
         spill = self._spills.get(kind)
@@ -313,6 +323,8 @@ class MMGLTokenCache:
             return []
         keys = _text_digests(texts)
         pending, stored = self._pending[kind], self._stored[kind]
+        if self._release.due(len(texts)):
+            self._release_maps()
         rows = stored.find(keys).tolist()
         out = []
         for key, row in zip(keys, rows):
@@ -334,6 +346,8 @@ class MMGLTokenCache:
         if not unique:
             return []
         keys = _text_digests(unique)
+        if self._release.due(len(unique)):
+            self._release_maps()
         rows = self._stored[kind].find(keys).tolist()
         pending = self._pending[kind]
         return [t for t, k, r in zip(unique, keys, rows) if r < 0 and k.tobytes() not in pending]
@@ -448,7 +462,7 @@ class MMGLTokenCache:
             )
             if not consistent:
                 raise ValueError(f"token cache {path!r}: the {kind!r} tables are inconsistent (a damaged file)")
-            cache._stored[kind] = _IdTable(keys, offsets, ids)
+            cache._stored[kind] = _IdTable(keys, offsets, ids, open(path, "rb") if isinstance(ids, np.memmap) else None)
         return cache
 
 

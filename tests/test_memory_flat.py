@@ -129,3 +129,27 @@ def test_bpe_memo_stays_bounded_and_ids_equal_open_clip():
     _bound_bpe_memo(tokenizer, size=100)
     assert set(tokenizer.cache) == {"<start_of_text>", "<end_of_text>"}
     assert (clip_text_ids(tokenizer, texts) == ids).all() and (ids == tokenizer(texts)).all()
+
+
+def test_token_store_lookups_keep_a_bounded_part_of_the_file_resident(tmp_path):
+    from processing.token_cache import MMGLTokenCache
+
+    rng = np.random.default_rng(0)
+    texts = [f"text {i}" for i in range(20000)]
+    ids = [rng.integers(0, 50000, size=int(rng.integers(50, 300))) for _ in texts]
+    cache = MMGLTokenCache({"lm": "test"})
+    cache.add("lm", texts, ids)
+    path = tmp_path / "tokens.bin"
+    cache.save(path)
+    del cache  # it maps the file it saved too
+    size_kib = os.path.getsize(path) // 1024
+    assert size_kib > 6000
+    store = MMGLTokenCache.load(path)
+    for start in range(0, len(texts), 16):  # as examples ask: a few texts at a time, all over the file
+        got = store.lookup("lm", texts[start : start + 16])
+        assert all(np.array_equal(a, b) for a, b in zip(got, ids[start : start + 16]))
+    # The ids (nearly all of the file) are read, not mapped: what the lookups left resident is a part of the sorted
+    # keys and offsets, given back every 512 texts.
+    assert mapped_kib(path) < size_kib // 8, (mapped_kib(path), size_kib)
+    store._release_maps()
+    assert mapped_kib(path) == 0

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from processing.mapped_pages import ReleaseEvery, track_table
+from processing.mapped_pages import ReleaseEvery, release_mapped_files, track_table
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as in OPT's vocabulary
 
@@ -38,7 +38,8 @@ def wikiweb2m_texts(pages) -> Iterable[str]:
     track_table(pages)
     release = ReleaseEvery()
     for row in pages:
-        release.tick()
+        if release.due():
+            release_mapped_files()
         yield row["page_title"] + "\n" + row["clean_page_description"]
         yield from row["section_title"]
         yield from row["section_text"]
