@@ -31,6 +31,7 @@ Usage::
     python benchmarks/bench_scale.py --part embeddings --pages 2000 8000 32000  # embedding cache
     python benchmarks/bench_scale.py --part preparation --pages 2000          # first-start steps per page
     python benchmarks/bench_scale.py --part run --pages 8000 24000 48000      # whole training runs (~20 min)
+    python benchmarks/bench_scale.py --part command --pages 6000 12000 24000  # the command as a user runs it
     python benchmarks/bench_scale.py --part manifest --pages 100000 400000    # image manifest, per image
 
 ``--part preparation`` times, per page and on one core, the conversion of TFRecords to the Arrow table, the
@@ -41,6 +42,14 @@ and a token store, a tiny OPT and CLIP, 2 DataLoader workers, 40 steps) twice: a
 everything and a restart that finds it prepared. It prints the CPU seconds up to the first training step and per
 phase (the frozen encoder's forward passes apart), the main process's peak anonymous memory (also per phase), each
 worker's private memory, and their slopes per page between consecutive N.
+
+``--part command`` (issue 24) runs ``python run_summarization.py`` itself, as a user does, for each N: the same
+SA-E command (converted Arrow folder, or ``--source tfrecord``; new embedding cache and token store; a saved
+tokenizer; 2 DataLoader workers; ``--steps`` training steps, 2 by default), first start then restart. Each run is one
+process tree under ``/usr/bin/time -v``; the main process's maximum resident set is the one ``time`` reports (file-
+backed pages of memory maps included, as any user or scheduler counts them), every other process of the tree
+(the DataLoader workers) is sampled every 50 ms for its peak (`VmHWM`). It prints the slope per extra page between
+consecutive N of the main process (first start and restart) and of the largest child.
 """
 from __future__ import annotations
 
