@@ -77,6 +77,43 @@ def release_mapped_files(paths: Iterable[str | os.PathLike] | None = None) -> in
     return released
 
 
+def table_maps(pages) -> list[tuple[int, int]]:
+    """Address ranges of the read-only file maps that hold the Arrow buffers of ``pages`` (a `datasets.Dataset`;
+    none for an in-memory table or a list). They stay mapped as long as ``pages`` lives, so a holder of ``pages``
+    may release them (`release_ranges`) after every row for the cost of one system call, without reading
+    ``/proc/self/maps`` again."""
+    table = getattr(getattr(pages, "data", None), "table", None)
+    if table is None or not hasattr(table, "columns"):
+        return []
+    addresses = sorted({buffer.address for column in table.columns for chunk in column.chunks
+                        for buffer in chunk.buffers() if buffer is not None and buffer.size})
+    if not addresses:
+        return []
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    import bisect
+
+    ranges = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or "w" in parts[1] or not parts[5].startswith("/"):
+            continue  # only read-only maps of a file: never anonymous or writable memory
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        i = bisect.bisect_left(addresses, start)
+        if i < len(addresses) and addresses[i] < end:
+            ranges.append((start, end))
+    return ranges
+
+
+def release_ranges(ranges: Iterable[tuple[int, int]]) -> None:
+    """``madvise(MADV_DONTNEED)`` over ranges `table_maps` returned (their holder keeps them mapped)."""
+    for start, end in ranges:
+        _madvise()(start, end - start, _MADV_DONTNEED)
+
+
 def release_arrays(arrays: Iterable) -> int:
     """Drop this process's resident pages of the memory maps behind ``arrays`` (`np.memmap`s or views of them;
     other arrays are skipped). Returns the number of maps released."""
@@ -105,4 +142,4 @@ class ReleaseEvery:
         return self.count // self.every != before // self.every
 
 
-__all__ = ["ReleaseEvery", "release_arrays", "release_mapped_files", "track", "track_table"]
+__all__ = ["ReleaseEvery", "release_arrays", "release_mapped_files", "release_ranges", "table_maps", "track", "track_table"]

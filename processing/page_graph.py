@@ -732,6 +732,7 @@ class PageGraphIndex:
         # column): give them back every 256 rows.
         track_table(pages)
         self._release = ReleaseEvery(256)
+        self._maps: tuple[int, list] | None = None  # (process id, its maps of the Arrow table): `_read`
         self.samples = SampleList.from_pairs(self._default_samples(split) if samples is None else samples)
         duplicate = self.samples.first_duplicate()
         if duplicate is not None:
@@ -805,11 +806,18 @@ class PageGraphIndex:
         return self._remember(page_idx, self._read(page_idx))
 
     def _read(self, page_idx: int) -> PageGraph:
-        if self._release.due():
-            from .mapped_pages import release_mapped_files
+        from .mapped_pages import release_mapped_files, release_ranges, table_maps
 
+        if self._release.due():
             release_mapped_files()
-        return PageGraph.coerce(self.pages[page_idx])
+        graph = PageGraph.coerce(self.pages[page_idx])
+        # A row maps the page cache's folios around each of its columns (tens of KiB to MiBs): a DataLoader worker
+        # reading a few rows of a large table would keep much of it resident. Its maps, found once per process, are
+        # given back after every row: one system call.
+        if self._maps is None or self._maps[0] != os.getpid():
+            self._maps = (os.getpid(), table_maps(self.pages))
+        release_ranges(self._maps[1])
+        return graph
 
     def _passing(self, page_idx: int) -> PageGraph:
         """The graph of a page met in a pass: the remembered one, else built and not remembered."""

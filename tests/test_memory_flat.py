@@ -11,7 +11,7 @@ import pytest
 from processing.data.build_embedding_cache import _DigestSet
 from processing.data.page_table import open_page_table
 from processing.data.wikiweb2m import iter_pages, summarization_samples
-from processing.mapped_pages import ReleaseEvery, release_mapped_files, track, track_table
+from processing.mapped_pages import ReleaseEvery, release_mapped_files, table_maps, track, track_table
 from processing.page_graph import PageGraph, PageGraphIndex
 from processing.sample_list import SampleList
 
@@ -85,6 +85,15 @@ def test_reading_every_arrow_row_keeps_a_bounded_part_of_the_table_resident(arro
     graphs = [graph.page_id for graph in index.graphs()]
     assert release_mapped_files() >= 1 and mapped_kib(path) < size_kib // 8
     assert graphs == [PageGraph.coerce(arrow_pages[p]).page_id for p in index.page_indices()]
+    # Random rows, as DataLoader workers read them: the table's maps are given back after each row.
+    samples = PageGraphIndex(arrow_pages)
+    for i in range(0, len(samples), 3):
+        graph, section = samples[i]
+        assert mapped_kib(path) == 0
+        assert graph.page_id == PageGraph.coerce(arrow_pages[samples.sample(i)[0]]).page_id
+        samples._graphs.clear()  # each sample reads its row
+    assert samples._maps[1] and all(start < end for start, end in samples._maps[1])
+    assert PageGraphIndex(list(arrow_pages))[0] and table_maps(list(arrow_pages)) == []
 
 
 def test_release_leaves_writable_and_unknown_maps_alone(tmp_path):
