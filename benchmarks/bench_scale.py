@@ -647,9 +647,9 @@ def bench_command(base: list[dict], sizes: list[int], steps: int = 2, source: st
               f"{slope('restart', 'main_max_rss'):>8.2f} {slope('restart', 'children_max_rss'):>9.2f}")
     a, b = rows[0], rows[-1]
     worst = max((b[s]["main_max_rss"] - a[s]["main_max_rss"]) / (b["n"] - a["n"]) for s in ("first", "restart"))
+    peak = (b["first"]["main_max_rss"] + worst * (FULL_PAGES - b["n"])) / 2**20
     print(f"\nextrapolated to {FULL_PAGES:,} pages (main process, slope {a['n']:,} -> {b['n']:,}, the larger of first "
-          f"start and restart): {worst:.2f} KiB/page -> {(b['first']['main_max_rss'] + worst * (FULL_PAGES - b['n'])) / 2**20:.1f} "
-          f"GiB peak")
+          f"start and restart): {worst:.2f} KiB/page -> {peak:.1f} GiB peak")
 
 
 def _open_manifest(cls, path, urls, conn):

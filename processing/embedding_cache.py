@@ -591,8 +591,8 @@ class EmbeddingCache:
         return value.view(torch.bfloat16) if self.config["dtype"] == "bfloat16" else value
 
     def _release_maps(self) -> None:
-        release_arrays([*self._maps.values(),
-                        *(array for table in self._tables.values() for array in (table.keys, table.shards, table.rows))])
+        tables = [array for table in self._tables.values() for array in (table.keys, table.shards, table.rows)]
+        release_arrays([*self._maps.values(), *tables])
 
     def _mapped(self, shard_id: int) -> np.ndarray:
         """The (rows, D) memory map of a shard; one not verified by a build yet is checksummed first (once)."""

@@ -4,18 +4,20 @@ The page table (Arrow), the token store and the embedding cache are read through
 a process touches stays in its resident set (file-backed: shared and reclaimable, but counted by `ps`,
 `/usr/bin/time` and schedulers that kill on resident memory) until the mapping is closed, so a first start that
 reads every page of a 2M-page table would end with the whole table resident; and a sparse lookup maps more than
-it reads (the kernel maps the page cache's whole folio, 16-64 KiB, around the byte asked for). Both helpers drop
-a process's page-table entries (``madvise(MADV_DONTNEED)``: the data stays in the page cache, a later read maps
-it again without I/O):
+it reads (the kernel maps the page cache's whole folio around the byte asked for: tens of KiB, up to MiBs). These
+helpers drop a process's page-table entries (``madvise(MADV_DONTNEED)``: the data stays in the page cache, a later
+read maps it again without I/O):
 
 * `release_arrays`: the maps behind numpy memory maps this code holds (the token store, the embedding cache),
   through Python's `mmap.mmap.madvise` (one system call each; the map cannot go away while its array lives);
 * `release_mapped_files`: every read-only map of the files registered with `track` (Arrow tables that `datasets`
   maps), found by name in ``/proc/self/maps``, a few ms per call: a private writable or anonymous mapping is never
-  touched (``MADV_DONTNEED`` would discard its contents).
+  touched (``MADV_DONTNEED`` would discard its contents);
+* `table_maps` / `release_ranges`: the maps that hold a `datasets.Dataset`'s own Arrow buffers, found once, then
+  released after every row by their holder (one system call).
 
-`ReleaseEvery` says when to call one of them (every so many reads), so what stays resident is bounded by one block of reads.
-Elsewhere than Linux both are no-ops.
+`ReleaseEvery` says when to call one of them (every so many reads), so what stays resident is bounded by one block
+of reads. Elsewhere than Linux they are no-ops.
 
 This file is Hub-loadable: it imports the standard library only.
 """
@@ -115,14 +117,15 @@ def release_ranges(ranges: Iterable[tuple[int, int]]) -> None:
 
 
 def release_arrays(arrays: Iterable) -> int:
-    """Drop this process's resident pages of the memory maps behind ``arrays`` (`np.memmap`s or views of them;
-    other arrays are skipped). Returns the number of maps released."""
+    """Drop this process's resident pages of the read-only memory maps behind ``arrays`` (`np.memmap`s opened with
+    mode ``"r"``, or views of them; other arrays are skipped). Returns the number of maps released."""
     released = 0
     for array in arrays:
         base = array
         while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
             base = getattr(base, "base", None)
-        if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        # Read-only maps only: on a writable one (`np.memmap` modes "r+", "w+", "c") MADV_DONTNEED drops changes.
+        if base is not None and getattr(base, "mode", None) == "r" and hasattr(mmap, "MADV_DONTNEED"):
             try:
                 base._mmap.madvise(mmap.MADV_DONTNEED)
                 released += 1
@@ -142,4 +145,5 @@ class ReleaseEvery:
         return self.count // self.every != before // self.every
 
 
-__all__ = ["ReleaseEvery", "release_arrays", "release_mapped_files", "release_ranges", "table_maps", "track", "track_table"]
+__all__ = ["ReleaseEvery", "release_arrays", "release_mapped_files", "release_ranges", "table_maps", "track",
+           "track_table"]

@@ -34,9 +34,9 @@ and back in O(1) over a `datasets.Dataset` (Arrow) or a list of pages, never sca
 item.
 
 This file imports only the standard library (`PageGraphIndex` imports two same-folder helpers when built), so it
-can sit in a flat Hub folder next to the processor. It may be loaded twice in one process (the installed package and a Hub folder's copy):
-`PageGraph.coerce` and `is_page_graph` therefore recognise a graph by a marker attribute, not by its
-class.
+can sit in a flat Hub folder next to the processor. It may be loaded twice in one process (the installed package
+and a Hub folder's copy): `PageGraph.coerce` and `is_page_graph` therefore recognise a graph by a marker
+attribute, not by its class.
 """
 from __future__ import annotations
 
@@ -704,8 +704,8 @@ class PageGraphIndex:
 
     Args:
         pages (`datasets.Dataset`, or a list of WikiWeb2M rows, page dicts or `PageGraph`s).
-        samples (`SampleList` or an iterable of `tuple[int, int]`, *optional*): ``(page_idx, section_idx)`` pairs; by default
-            every section flagged as a summarization sample (``is_section_summarization_sample``),
+        samples (`SampleList` or an iterable of `tuple[int, int]`, *optional*): ``(page_idx, section_idx)``
+            pairs; by default every section flagged as a summarization sample (``is_section_summarization_sample``),
             read column-wise from Arrow tables.
         split (`str`, *optional*): with the default samples, keep only pages of this split.
         graph_cache_size (`int`, *optional*, defaults to 1024): how many page graphs to keep (LRU); `None`
@@ -728,8 +728,8 @@ class PageGraphIndex:
         self.pages = pages
         self.graph_cache_size = graph_cache_size
         self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
-        # Rows read from a memory-mapped Arrow table leave its pages resident (a row touches a page or more in each
-        # column): give them back every 256 rows.
+        # Rows read from a memory-mapped Arrow table leave its pages resident: `_read` gives the table's maps back
+        # after every row, and every 256 rows any other map of its files (`processing.mapped_pages`).
         track_table(pages)
         self._release = ReleaseEvery(256)
         self._maps: tuple[int, list] | None = None  # (process id, its maps of the Arrow table): `_read`

@@ -462,7 +462,8 @@ class MMGLTokenCache:
             )
             if not consistent:
                 raise ValueError(f"token cache {path!r}: the {kind!r} tables are inconsistent (a damaged file)")
-            cache._stored[kind] = _IdTable(keys, offsets, ids, open(path, "rb") if isinstance(ids, np.memmap) else None)
+            handle = open(path, "rb") if isinstance(ids, np.memmap) else None  # rows are read from it: `_IdTable.row`
+            cache._stored[kind] = _IdTable(keys, offsets, ids, handle)
         return cache
 
 

@@ -11,7 +11,7 @@ import pytest
 from processing.data.build_embedding_cache import _DigestSet
 from processing.data.page_table import open_page_table
 from processing.data.wikiweb2m import iter_pages, summarization_samples
-from processing.mapped_pages import ReleaseEvery, release_mapped_files, table_maps, track, track_table
+from processing.mapped_pages import ReleaseEvery, release_arrays, release_mapped_files, table_maps, track, track_table
 from processing.page_graph import PageGraph, PageGraphIndex
 from processing.sample_list import SampleList
 
@@ -110,6 +110,7 @@ def test_release_leaves_writable_and_unknown_maps_alone(tmp_path):
     assert release_mapped_files() >= 1
     assert mapped_kib(path) < before
     assert (writer[:10] == -1).all(), "a writable map must keep its changes"
+    assert release_arrays([writer]) == 0 and (writer[:10] == -1).all() and release_arrays([reader]) == 1
     assert int(reader.sum()) == (1 << 18) * ((1 << 18) - 1) // 2  # read again from the page cache
     track_table([])  # a list has no files: nothing tracked, no error
 
