@@ -47,30 +47,36 @@ from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
 from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder, open_clip_config
 from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
+from processing.atomic_write import DiskFullError, is_disk_full
 from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
 from processing.data.cli import add_debug_argument, run_command
+from processing.data.neighbor_inputs import iter_processor_neighbor_inputs
 from processing.data.page_table import open_page_table
 from processing.data.sample_data import is_generated_page
+from processing.data.sample_index import PageGraphIndex
+from processing.data.token_store import prepare_token_cache, table_fingerprint
 from processing.data.wikiweb2m import summarization_samples
 from processing.design_space import (
     CONTEXTS,
+    DESIGN_DEFAULTS,
     NEIGHBOR_ENCODINGS,
+    PEFT_TUNINGS,
+    POSITION_ENCODINGS,
+    TUNINGS,
     check_text_neighbor_encoder,
     has_neighbor_slots,
     neighbor_mode,
 )
 from processing.image_source import check_image_coverage, clip_image_processor
 from processing.loading import check_checkpoint, read_json
-from processing.page_graph import PageGraphIndex
 from processing.processing_mmgl import MMGLProcessor
-from processing.token_cache import prepare_token_cache, table_fingerprint
 from processing.training.checkpoint_design import (
     adapter_base_path,
     apply_checkpoint_design,
     log_free_settings,
     read_checkpoint_design,
 )
-from processing.training.checkpoint_space import checkpoint_disk_full
+from processing.training.checkpoint_space import checkpoint_bytes, checkpoint_disk_full
 from processing.training.data_report import data_report, report_lines, write_data_report
 from processing.training.design_checks import check_model_design, num_decoder_layers
 from processing.training.distributed import (
@@ -89,8 +95,6 @@ from processing.training.run_record import MMGLRunRecord, run_arguments
 from processing.training.outputs import ResultsFolder, check_output_folders, default_checkpoint_dir, remove_if_empty
 from processing.training.recipe import epoch_coverage_line, explicit_fields, resolve_paper_recipe
 from processing.training.tuning import (
-    PEFT_TUNINGS,
-    TUNINGS,
     apply_tuning,
     check_tuning,
     count_parameters,
@@ -99,8 +103,6 @@ from processing.training.tuning import (
 )
 
 logger = logging.getLogger(__name__)
-
-POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 
 
 @dataclass
@@ -137,23 +139,23 @@ class ModelArguments:
 
 @dataclass
 class MMGLArguments:
-    context: str = field(default="all", metadata={"help": f"One of {CONTEXTS}."})
-    neighbor_encoding: str = field(default="sa_e", metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
-    position_encoding: str = field(default="none", metadata={"help": f"One of {POSITION_ENCODINGS}."})
-    tuning: str = field(default="full", metadata={"help": f"One of {TUNINGS}."})
-    text_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
-    image_neighbor_num_tokens: int = field(default=4, metadata={"help": "Soft tokens per image neighbour."})
-    max_text_neighbors: int = field(default=11, metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
-    max_image_neighbors: int = field(default=5, metadata={"help": "Budget of image neighbours per example."})
-    cross_attention_interval: int = field(default=4, metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
+    context: str = field(default=DESIGN_DEFAULTS["context"], metadata={"help": f"One of {CONTEXTS}."})
+    neighbor_encoding: str = field(default=DESIGN_DEFAULTS["neighbor_encoding"], metadata={"help": f"One of {NEIGHBOR_ENCODINGS}."})
+    position_encoding: str = field(default=DESIGN_DEFAULTS["position_encoding"], metadata={"help": f"One of {POSITION_ENCODINGS}."})
+    tuning: str = field(default=DESIGN_DEFAULTS["tuning"], metadata={"help": f"One of {TUNINGS}."})
+    text_neighbor_num_tokens: int = field(default=DESIGN_DEFAULTS["text_neighbor_num_tokens"], metadata={"help": "Soft tokens per text neighbour (its embedding is projected to this many LM tokens)."})
+    image_neighbor_num_tokens: int = field(default=DESIGN_DEFAULTS["image_neighbor_num_tokens"], metadata={"help": "Soft tokens per image neighbour."})
+    max_text_neighbors: int = field(default=DESIGN_DEFAULTS["max_text_neighbors"], metadata={"help": "Budget of text neighbours per example (sections, page description, captions)."})
+    max_image_neighbors: int = field(default=DESIGN_DEFAULTS["max_image_neighbors"], metadata={"help": "Budget of image neighbours per example."})
+    cross_attention_interval: int = field(default=DESIGN_DEFAULTS["cross_attention_interval"], metadata={"help": "CA-E: a gated cross-attention block after every N-th decoder layer (N <= layers)."})
     cross_attention_gating: bool = field(
-        default=True,
+        default=DESIGN_DEFAULTS["cross_attention_gating"],
         metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
                   "CA-E, residuals added directly."},
     )
-    lpe_k: int = field(default=4, metadata={"help": "Laplacian position encoding: number of eigenvectors."})
-    gnn_type: str = field(default="gcn", metadata={"help": "GNN position encoding: layer type."})
-    gnn_num_layers: int = field(default=2, metadata={"help": "GNN position encoding: number of layers."})
+    lpe_k: int = field(default=DESIGN_DEFAULTS["lpe_k"], metadata={"help": "Laplacian position encoding: number of eigenvectors."})
+    gnn_type: str = field(default=DESIGN_DEFAULTS["gnn_type"], metadata={"help": "GNN position encoding: layer type."})
+    gnn_num_layers: int = field(default=DESIGN_DEFAULTS["gnn_num_layers"], metadata={"help": "GNN position encoding: number of layers."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (--tuning lora)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (--tuning lora)."})
     num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens of --tuning prefix / prompt."})
@@ -357,6 +359,11 @@ def check_ranges(mmgl_args, data_args, training_args) -> None:
         value = getattr(args, name, None)  # (plain TrainingArguments have no generation_num_beams)
         if value is not None and value < low:
             raise ValueError(f"--{name} must be >= {low}, got {value}.")
+    if getattr(training_args, "generation_max_length", None) is not None:
+        # Seq2SeqTrainer would pass it as `max_length`, which for a decoder-only LM counts the prompt too, and the
+        # model's max_new_tokens would override it anyway: refused rather than silently ignored.
+        raise ValueError(f"--generation_max_length {training_args.generation_max_length} is not used by this "
+                         "decoder-only model (it would count the source tokens too); give --generation_max_new_tokens.")
 
 
 def parse_overrides(overrides: str) -> dict:
@@ -374,7 +381,7 @@ def parse_overrides(overrides: str) -> dict:
 
 
 def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text_dim: int | None = None) -> dict:
-    """The MMGL switches of the model; ``text_dim``: the text embeddings' width when it is not ``encoder_dim``
+    """The MMGL switches of the model; `text_dim`: the text embeddings' width when it is not `encoder_dim`
     (a Hugging Face text neighbour encoder's hidden size)."""
     mode = neighbor_mode(mmgl_args.neighbor_encoding, mmgl_args.context)  # "none": plain OPT
     return dict(
@@ -415,7 +422,7 @@ def encoder_settings(mmgl_args) -> tuple[str, str | None, dict | None]:
 
 
 def model_position_limit(model_args) -> int:
-    """``max_position_embeddings`` of the model to be trained, read before any work (only config.json; a peft
+    """`max_position_embeddings` of the model to be trained, read before any work (only config.json; a peft
     checkpoint's from its base model)."""
     if model_args.model_name_or_path:
         from transformers import AutoConfig
@@ -438,7 +445,7 @@ def model_virtual_tokens(model_args) -> int:
 
 
 def check_sequence_fits(model_args, mmgl_args, data_args) -> None:
-    """``max_source_length + max_target_length`` (+ virtual tokens of prefix / prompt tuning) must fit the model's
+    """`max_source_length + max_target_length` (+ virtual tokens of prefix / prompt tuning) must fit the model's
     positions, else training would fail mid-way with an index error."""
     limit = model_position_limit(model_args)
     virtual = mmgl_args.num_virtual_tokens if mmgl_args.tuning in ("prefix", "prompt") else 0
@@ -566,7 +573,7 @@ class MMGLSummarizationTrainer(Seq2SeqTrainer):
         return None, tokens[:, prompt_length:], None  # `generate(input_ids=...)` returns prompt + new tokens
 
     def generate_summaries(self, dataset: SummarizationDataset, split: str) -> list[str]:
-        """One summary per example of ``dataset``, in its order, generated on every rank (on all ranks)."""
+        """One summary per example of `dataset`, in its order, generated on every rank (on all ranks)."""
         collator, self.data_collator = self.data_collator, self.generation_collator
         self.generating = True
         try:
@@ -625,8 +632,8 @@ def every_sample(args):
 def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEncoder, state, pages=None,
                           samples: str = "all", progress: bool = True):
     """Runs the frozen encoder once over every neighbour of every split (resumes an interrupted run): exactly what
-    the processor will ask for (the one neighbour collector), encoded by ``encoder`` (the one wrapper). When the
-    cache records that it holds every input of this page table, its samples (``samples``, or all of them) and this
+    the processor will ask for (the one neighbour collector), encoded by `encoder` (the one wrapper). When the
+    cache records that it holds every input of this page table, its samples (`samples`, or all of them) and this
     design (`coverage_key`), nothing is collected: no page graph is built at startup."""
     from processing.data.build_embedding_cache import build_embedding_cache as build
     from processing.data.build_embedding_cache import coverage_key, open_covered_cache, streamed_neighbor_inputs
@@ -639,7 +646,7 @@ def build_embedding_cache(processor, indices, mmgl_args, encoder: MMGLNeighborEn
     if cache is not None:
         return cache
     texts, images, digests = streamed_neighbor_inputs(
-        processor.iter_neighbor_inputs(index, image_dir=mmgl_args.image_dir) for index in indices)
+        iter_processor_neighbor_inputs(processor, index, image_dir=mmgl_args.image_dir) for index in indices)
     return build(mmgl_args.embedding_cache_dir, texts=texts, image_paths=images, encoder=encoder,
                  image_sha256=digests, state=state, covers=records[-1:], progress=progress)
 
@@ -1004,42 +1011,52 @@ def main(argv=None):
                 raise full from err
             raise
     # From here on the Trainer writes into the staging folder of the result (metrics, predictions, export).
-    training_args.output_dir = result_folder.path or output_dir
-    if training_args.do_train:
-        train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
-        train_metrics["train_samples"] = len(datasets["train"])
-        session_steps = trainer.state.global_step - record.steps_before
-        train_metrics["train_loss"] = record.finish(trainer.state.global_step, result.training_loss, session_steps)
-        if record.resumes:  # the Trainer's own figure covers the resumed steps only
-            train_metrics.update(train_loss_since_resume=result.training_loss,
-                                 train_resumed_at_step=record.resumes[-1]["step"])
-        trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)
-        all_metrics.update(train_metrics)
-        record.store(trainer.state)
-        trainer.save_state()
-    if training_args.do_eval:
-        metrics = trainer.evaluate()  # with the generation metrics
-        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
-        metrics["eval_samples"] = len(datasets["eval"])
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", {**metrics, "metrics_implementation": implementation})
-        all_metrics.update(metrics)
-    if training_args.do_predict:
-        metrics = trainer.evaluate_generation("predict")
-        metrics["predict_samples"] = len(datasets["predict"])
-        trainer.log_metrics("predict", metrics)
-        trainer.save_metrics("predict", {**metrics, "metrics_implementation": implementation})
-        all_metrics.update(metrics)
+    try:
+        training_args.output_dir = result_folder.path or output_dir
+        if training_args.do_train:
+            train_metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in result.metrics.items()}
+            train_metrics["train_samples"] = len(datasets["train"])
+            session_steps = trainer.state.global_step - record.steps_before
+            train_metrics["train_loss"] = record.finish(trainer.state.global_step, result.training_loss, session_steps)
+            if record.resumes:  # the Trainer's own figure covers the resumed steps only
+                train_metrics.update(train_loss_since_resume=result.training_loss,
+                                     train_resumed_at_step=record.resumes[-1]["step"])
+            trainer.save_metrics("train", train_metrics)  # train_results.json (and all_results.json)
+            all_metrics.update(train_metrics)
+            record.store(trainer.state)
+            trainer.save_state()
+        if training_args.do_eval:
+            metrics = trainer.evaluate()  # with the generation metrics
+            metrics["eval_perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
+            metrics["eval_samples"] = len(datasets["eval"])
+            trainer.log_metrics("eval", metrics)
+            trainer.save_metrics("eval", {**metrics, "metrics_implementation": implementation})
+            all_metrics.update(metrics)
+        if training_args.do_predict:
+            metrics = trainer.evaluate_generation("predict")
+            metrics["predict_samples"] = len(datasets["predict"])
+            trainer.log_metrics("predict", metrics)
+            trainer.save_metrics("predict", {**metrics, "metrics_implementation": implementation})
+            all_metrics.update(metrics)
 
-    if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report
-        results = Path(training_args.output_dir) / "all_results.json"
-        combined = json.loads(results.read_text()) if results.exists() else {}
-        results.write_text(json.dumps({**combined, "data_report": report}, indent=4, sort_keys=True) + "\n")
-    if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
-        trainer.save_model()  # the Hub folder
-        trainer.create_model_card()
-    result_folder.take_logs(checkpoint_dir)
-    result_folder.finish()
+        if training_args.should_save:  # all_results.json (the Trainer's) also carries the data report and the sizes
+            results = Path(training_args.output_dir) / "all_results.json"
+            combined = json.loads(results.read_text()) if results.exists() else {}
+            combined.update(data_report=report, trainable_parameters=trainable, total_parameters=total)
+            results.write_text(json.dumps(combined, indent=4, sort_keys=True) + "\n")
+        if writes_model:  # evaluating a checkpoint does not rewrite it unless asked
+            trainer.save_model()  # the Hub folder
+            trainer.create_model_card()
+        result_folder.take_logs(checkpoint_dir)
+        result_folder.finish()
+    except Exception as err:  # e.g. safetensors' "os error 28": one line naming the folder, the old result kept
+        if not is_disk_full(err):
+            raise
+        if training_args.should_save:
+            remove_if_empty(checkpoint_dir)
+        raise DiskFullError(output_dir, checkpoint_bytes(model) if writes_model else None,
+                            f"the previous contents of {output_dir} are kept as they were",
+                            at_least=writes_model) from err
     training_args.output_dir = output_dir
     if training_args.should_save:
         remove_if_empty(checkpoint_dir)

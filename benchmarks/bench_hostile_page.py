@@ -87,9 +87,9 @@ def run(n: int, work: Path) -> dict:
     from processing.data.bpe_tokenizer import train_bpe_tokenizer, wikiweb2m_texts
     from processing.embedding_cache import EmbeddingCache
     from processing.image_source import clip_image_processor
-    from processing.page_graph import PageGraphIndex
+    from processing.data.sample_index import PageGraphIndex
     from processing.processing_mmgl import MMGLProcessor
-    from processing.token_cache import prepare_token_cache
+    from processing.data.token_store import prepare_token_cache
 
     datasets.disable_progress_bars()
     section, image = base_section()

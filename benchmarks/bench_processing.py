@@ -40,9 +40,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from processing.data.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
-from processing.page_graph import PageGraphIndex  # noqa: E402
+from processing.data.sample_index import PageGraphIndex  # noqa: E402
 from processing.image_source import clip_image_processor  # noqa: E402
 from processing.processing_mmgl import MMGLProcessor  # noqa: E402
+from processing.data.token_store import build_token_cache
+from processing.data.neighbor_inputs import processor_neighbor_inputs
 
 
 class PerTextProcessor(MMGLProcessor):
@@ -150,7 +152,7 @@ def token_cache_file(processor, index, samples, options, image_processor, tokeni
         cache = loaded.load_token_cache(path)
         load = time.perf_counter() - t
         t = time.perf_counter()
-        loaded.build_token_cache(index, show_progress=False)  # every text found in the file, none tokenised
+        build_token_cache(loaded, index, show_progress=False)  # every text found in the file, none tokenised
         resolve = time.perf_counter() - t
     assert not cache.dirty, "texts missing from the saved token cache"
     for graph, section in samples[:500]:
@@ -205,7 +207,7 @@ def main(argv=None):
     cached = MMGLProcessor(image_processor, tokenizer, **options)
     naives = naive_processors(image_processor, tokenizer, options)
     t = time.perf_counter()
-    cache = cached.build_token_cache(index, show_progress=False)
+    cache = build_token_cache(cached, index, show_progress=False)
     elapsed = time.perf_counter() - t
     print(f"{'token cache build (sa_te, all)':<34} {cache.count('lm'):>9,} texts in {elapsed:.1f} s "
           f"({cache.count('lm') / elapsed:,.0f} texts/s)")
@@ -219,7 +221,7 @@ def main(argv=None):
     if realwiki.exists():
         real_index = PageGraphIndex(list(iter_pages(str(realwiki))))
         real_samples = [real_index[i] for i in range(len(real_index))] * 20
-        cached.build_token_cache(real_index, show_progress=False)
+        build_token_cache(cached, real_index, show_progress=False)
         compare(f"realwiki ({len(real_index)} samples x 20), all, sa_te", cached, naives, real_samples,
                 len(real_samples), args.rounds)
 
@@ -227,9 +229,9 @@ def main(argv=None):
     options = dict(context="all", neighbor_encoding="sa_e")
     cached_e = MMGLProcessor(image_processor, tokenizer, **options)
     naives_e = naive_processors(image_processor, tokenizer, options)
-    texts = cached_e.collect_neighbor_inputs(samples).texts
+    texts = processor_neighbor_inputs(cached_e, samples).texts
     embeddings = InMemoryEmbeddings(texts)
-    cached_e.build_token_cache(index, neighbor_input_ids=False, show_progress=False)
+    build_token_cache(cached_e, index, neighbor_input_ids=False, show_progress=False)
     compare("examples, all, sa_e + embeddings", cached_e, naives_e, samples, args.naive_samples, args.rounds,
             embedding_cache=embeddings)
 

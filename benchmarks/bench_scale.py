@@ -18,7 +18,7 @@ The embedding-cache part (``--part embeddings``) writes, for every node text and
 random float16 vector of width 512 (ViT-B/32's) into shards as the builder does (the frozen encoder's own
 compute is left out: it depends on the accelerator, not on this code), then measures:
 
-* first start: the shards plus the key index (`EmbeddingCache.save_index`), CPU s and disk per page;
+* first start: the shards plus the key index (`build_embedding_cache.save_index`), CPU s and disk per page;
 * restart: opening the complete cache and checking its coverage record, the startup of a training run (CPU s
   per page), side by side with opening it without an index (every shard header read: the previous reader's
   work at every start);
@@ -75,6 +75,7 @@ from processing.image_source import clip_image_processor  # noqa: E402
 from processing.page_graph import PageGraph  # noqa: E402
 from processing.processing_mmgl import MMGLProcessor  # noqa: E402
 from processing.token_cache import MMGLTokenCache  # noqa: E402
+from processing.data.token_store import build_token_cache
 
 REALWIKI = ROOT.parent / "shared" / "data" / "realwiki" / "wikiweb2m-dev.tfrecord.gz"
 TEXT_FIELDS = ("page_title", "clean_page_description", "section_title", "section_text", "section_clean_1st_sentence",
@@ -163,7 +164,7 @@ def write_cache(cache_dir: Path, texts: list[list[str]], images: list[list[str]]
     import torch
 
     from processing.atomic_write import atomic_write_bytes
-    from processing.data.build_embedding_cache import _ShardWriter
+    from processing.data.build_embedding_cache import _ShardWriter, save_index
     from processing.embedding_cache import CACHE_FORMAT, CONFIG_NAME, EmbeddingCache, encoder_identity, text_key
 
     config = {"format": CACHE_FORMAT, "model_name": "bench", "pretrained": None, "config_sha256": "bench",
@@ -179,7 +180,7 @@ def write_cache(cache_dir: Path, texts: list[list[str]], images: list[list[str]]
             batch = keys[start:start + 4096]
             writer.add(batch, torch.from_numpy(rng.standard_normal((len(batch), width), dtype=np.float32)))
         writer.flush()
-    EmbeddingCache(cache_dir).save_index(["bench-table"])
+    save_index(EmbeddingCache(cache_dir), ["bench-table"])
 
 
 def lookup_all(cache, texts, images) -> int:
@@ -321,8 +322,8 @@ def bench_preparation(base: list[dict], n: int) -> None:
     from processing.data.wikiweb2m import main as convert
     from processing.data.wikiweb2m import serialize_page
     from processing.image_source import load_rgb_image, pixel_values
-    from processing.neighbor_selection import collect_neighbor_inputs
-    from processing.page_graph import PageGraphIndex
+    from processing.data.neighbor_inputs import collect_neighbor_inputs
+    from processing.data.sample_index import PageGraphIndex
 
     torch.set_num_threads(1)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -735,7 +736,7 @@ def main():
             path = os.path.join(tmp, "tokens.bin")
             processor = MMGLProcessor(image_processor, tokenizer, **options)
             t = cpu()
-            processor.build_token_cache(pages, show_progress=False, fingerprint=f"bench-{n}", num_proc=args.num_proc)
+            build_token_cache(processor, pages, show_progress=False, fingerprint=f"bench-{n}", num_proc=args.num_proc)
             processor.token_cache.save(path)
             first = cpu() - t
             texts = len(processor.token_cache)
@@ -747,7 +748,7 @@ def main():
             rss0 = rss_kib()
             t = cpu()
             fresh.load_token_cache(path)
-            fresh.build_token_cache(pages, show_progress=False, fingerprint=f"bench-{n}")
+            build_token_cache(fresh, pages, show_progress=False, fingerprint=f"bench-{n}")
             restart = cpu() - t
             resolved = resolve_all(fresh, pages)
             steady = rss_kib() - rss0
@@ -755,7 +756,7 @@ def main():
             workers = []
             for _ in range(2):
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=worker, args=(path, fresh._tokenizer_identity(), options, image_processor,
+                proc = ctx.Process(target=worker, args=(path, fresh.tokenizer_identity(), options, image_processor,
                                                          tokenizer, base, n, child))
                 proc.start()
                 workers.append((proc, parent))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from processing.data.page_table import open_page_table
 from processing.data.wikiweb2m import summarization_samples
-from processing.page_graph import PageGraphIndex
+from processing.data.sample_index import PageGraphIndex
 from processing.training.metrics import original_metrics, summarization_metrics
 
 REALWIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "realwiki" / "wikiweb2m-dev.tfrecord.gz"

@@ -4,6 +4,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import OPTConfig
 
 NEIGHBOR_MODES = ("none", "self_attention", "cross_attention")
+# The design space is owned by `processing/design_space.py` (axes, choices, defaults); a Hub folder's config cannot
+# import that package, so it validates against these copies, which tests/test_design_space.py keeps equal to it.
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 GNN_TYPES = ("gcn", "gat", "sage")
 TEXT_NEIGHBOR_POOLINGS = ("cls", "mean", "pooler")

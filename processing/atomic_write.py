@@ -8,8 +8,8 @@ never a partial file under the final name; the temporary file is removed when th
 (or quota) raises `DiskFullError` naming the file, the bytes needed and the bytes free.
 
 A whole folder (a converted data set, an exported model with its metrics) is replaced the same way:
-built in a staging sibling ``.NAME.tmp-<pid>-*`` (`staging_folder`), then swapped in by two renames
-(`replace_folder`: ``NAME`` -> ``.NAME.old-<pid>``, staging -> ``NAME``); `recover_folder`, run at the
+built in a staging sibling `.NAME.tmp-<pid>-*` (`staging_folder`), then swapped in by two renames
+(`replace_folder`: `NAME` -> `.NAME.old-<pid>`, staging -> `NAME`); `recover_folder`, run at the
 next start, finishes or undoes what a kill between them left. A kill at any point leaves the old
 folder or the new one, never a mix of both.
 
@@ -25,12 +25,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from .errors import MMGLInputError
+
 STAGING_TAG = ".tmp-"
 OLD_TAG = ".old-"
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
-    """Make a rename inside ``directory`` durable (where the platform lets a folder be opened)."""
+    """Make a rename inside `directory` durable (where the platform lets a folder be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -48,7 +50,7 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:
-    """Bytes free for this user on the file system of ``path`` (its nearest existing folder), or `None`."""
+    """Bytes free for this user on the file system of `path` (its nearest existing folder), or `None`."""
     path = os.path.abspath(os.fspath(path))
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -58,19 +60,19 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
-class DiskFullError(OSError):
-    """No space left (or quota exhausted) while writing ``path``: one line naming it, the bytes needed and the bytes
+class DiskFullError(MMGLInputError, OSError):
+    """No space left (or quota exhausted) while writing `path`: one line naming it, the bytes needed and the bytes
     free (measured when the message is shown, so after the failed writer removed its temporary files).
 
     Args:
         path: the file or folder being written.
-        needed (`int`, *optional*): bytes the write needs (``at_least``: a lower bound).
+        needed (`int`, *optional*): bytes the write needs (`at_least`: a lower bound).
         kept (`str`, *optional*): what is left as it was, e.g. "the previous data set is kept".
     """
 
     def __init__(self, path: str | os.PathLike, needed: int | None = None, kept: str = "", at_least: bool = False):
         self.path, self.needed, self.kept, self.at_least = os.fspath(path), needed, kept, at_least
-        super().__init__(errno.ENOSPC, "no space left on device", self.path)
+        OSError.__init__(self, errno.ENOSPC, "no space left on device", self.path)  # errno and filename, as `open` sets them
 
     def __str__(self) -> str:
         parts = [] if self.needed is None else [f"{'at least ' if self.at_least else ''}{self.needed:,} bytes needed"]
@@ -83,12 +85,18 @@ class DiskFullError(OSError):
         return type(self), (self.path, self.needed, self.kept, self.at_least)
 
 
+# How Rust writers (safetensors, tokenizers) report ENOSPC / EDQUOT: not an `OSError`, only this text.
+_RUST_DISK_FULL = tuple(f"(os error {code})" for code in sorted(DISK_FULL_ERRNOS))
+
+
 def is_disk_full(exc: BaseException | None) -> bool:
-    """Whether ``exc`` or an error it was raised from (``__cause__`` / ``__context__``) is a full disk or quota."""
+    """Whether `exc` or an error it was raised from (`__cause__` / `__context__`) is a full disk or quota."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if not isinstance(exc, OSError) and any(text in str(exc) for text in _RUST_DISK_FULL):
             return True
         exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
     return False
@@ -96,10 +104,10 @@ def is_disk_full(exc: BaseException | None) -> bool:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", size: int | None = None) -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``.
+    """Open a temporary sibling of `path` for writing; on a clean exit it replaces `path`.
 
-    The parent folder is created when missing. Temporary names are ``.<name>.<random>.tmp``, which readers
-    that look for final names never match. ``size``: the bytes to be written, when known, for the message of a
+    The parent folder is created when missing. Temporary names are `.<name>.<random>.tmp`, which readers
+    that look for final names never match. `size`: the bytes to be written, when known, for the message of a
     full disk (`DiskFullError`; else the bytes written until then are named as a lower bound).
     """
     path = os.fspath(path)
@@ -125,7 +133,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", size: int | None = No
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through `atomic_file`."""
+    """Write `data` to `path` through `atomic_file`."""
     with atomic_file(path, "wb", size=len(data)) as handle:
         handle.write(data)
 
@@ -141,7 +149,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _sibling_pid(name: str, prefix: str) -> int | None:
-    """The pid in ``<prefix><pid>[-...]``, or None when ``name`` is not such a sibling."""
+    """The pid in `<prefix><pid>[-...]`, or None when `name` is not such a sibling."""
     if not name.startswith(prefix):
         return None
     head = name[len(prefix):].split("-", 1)[0]
@@ -149,14 +157,14 @@ def _sibling_pid(name: str, prefix: str) -> int | None:
 
 
 def staging_folder(out: str | os.PathLike) -> str:
-    """A new empty folder ``.NAME.tmp-<pid>-*`` beside ``out`` (same file system, so it can be renamed into place)."""
+    """A new empty folder `.NAME.tmp-<pid>-*` beside `out` (same file system, so it can be renamed into place)."""
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}{STAGING_TAG}{os.getpid()}-", dir=os.path.dirname(out))
 
 
 def _carry_over(old: str, out: str, keep: Callable[[str], bool] | None) -> None:
-    """Moves the entries of ``old`` that ``keep`` names (and ``out`` lacks) into ``out``."""
+    """Moves the entries of `old` that `keep` names (and `out` lacks) into `out`."""
     if keep is None:
         return
     for entry in sorted(os.listdir(old)):
@@ -165,11 +173,11 @@ def _carry_over(old: str, out: str, keep: Callable[[str], bool] | None) -> None:
 
 
 def recover_folder(out: str | os.PathLike, keep: Callable[[str], bool] | None = None) -> None:
-    """Finish or undo what a killed `replace_folder` left beside ``out`` (run at every start).
+    """Finish or undo what a killed `replace_folder` left beside `out` (run at every start).
 
-    A staging folder ``.NAME.tmp-<pid>-*`` of a process that is gone is removed. A retired previous folder
-    ``.NAME.old-<pid>`` is put back when ``out`` is missing (the kill fell between the two renames), else the entries
-    ``keep`` names are moved into ``out`` and the rest is removed (the new folder was already in place).
+    A staging folder `.NAME.tmp-<pid>-*` of a process that is gone is removed. A retired previous folder
+    `.NAME.old-<pid>` is put back when `out` is missing (the kill fell between the two renames), else the entries
+    `keep` names are moved into `out` and the rest is removed (the new folder was already in place).
     """
     out = os.path.abspath(out)
     parent, name = os.path.dirname(out), os.path.basename(out)
@@ -192,10 +200,10 @@ def recover_folder(out: str | os.PathLike, keep: Callable[[str], bool] | None = 
 
 
 def replace_folder(new: str | os.PathLike, out: str | os.PathLike, keep: Callable[[str], bool] | None = None) -> None:
-    """Put the complete folder ``new`` at ``out``; the previous one is deleted only afterwards.
+    """Put the complete folder `new` at `out`; the previous one is deleted only afterwards.
 
-    Both renames are within one folder, so each is atomic: a kill leaves ``out`` (old or new) or, between them,
-    ``.NAME.old-<pid>`` that `recover_folder` puts back. ``keep(name)``: entries of the previous folder that are
+    Both renames are within one folder, so each is atomic: a kill leaves `out` (old or new) or, between them,
+    `.NAME.old-<pid>` that `recover_folder` puts back. `keep(name)`: entries of the previous folder that are
     not part of what is replaced (e.g. a log another program writes there) and move into the new one afterwards.
     """
     new, out = os.fspath(new), os.path.abspath(out)

@@ -3,13 +3,13 @@
 One example (from `MMGLProcessor.build_example`) holds unbatched tensors; see docs/INTERFACE.md.
 The collator pads
 
-* ``input_ids`` with the pad id, ``attention_mask`` with 0 and ``labels`` with -100, on the left
+* `input_ids` with the pad id, `attention_mask` with 0 and `labels` with -100, on the left
   for generation (so every prompt ends where generation starts) and on the right for training;
-* text slots to the batch's largest ``Nt`` and image slots to its largest ``Ni``, masks 0;
-* ``neighbor_adjacency`` to ``Nt_max + Ni_max`` nodes keeping the two blocks contiguous: an
-  example's text node ``i`` stays at ``i`` and its image node ``j`` moves to ``Nt_max + j``, so node
-  ``k`` means the same kind of slot in every row of the batch. Padding nodes are isolated;
-* ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, k)` the same way, node by node (padding nodes zero).
+* text slots to the batch's largest `Nt` and image slots to its largest `Ni`, masks 0;
+* `neighbor_adjacency` to `Nt_max + Ni_max` nodes keeping the two blocks contiguous: an
+  example's text node `i` stays at `i` and its image node `j` moves to `Nt_max + j`, so node
+  `k` means the same kind of slot in every row of the batch. Padding nodes are isolated;
+* `neighbor_laplacian_eigenvectors` `(Nt + Ni, k)` the same way, node by node (padding nodes zero).
 
 Only `torch` is imported, so the file can sit in a flat Hub folder next to the processor.
 """
@@ -28,7 +28,7 @@ EIGENVECTORS_KEY = "neighbor_laplacian_eigenvectors"
 
 
 def _pad_slots(tensors: Sequence[torch.Tensor], size: int) -> torch.Tensor:
-    """Stack ``(n_b, *rest)`` tensors into ``(B, size, *rest)``, zero-filled beyond each ``n_b``."""
+    """Stack `(n_b, *rest)` tensors into `(B, size, *rest)`, zero-filled beyond each `n_b`."""
     first = tensors[0]
     out = first.new_zeros((len(tensors), size) + tuple(first.shape[1:]))
     for b, tensor in enumerate(tensors):
@@ -46,16 +46,16 @@ class MMGLDataCollator:
     """Pad a list of MMGL examples into a batch.
 
     Args:
-        pad_token_id (`int`): id used to pad ``input_ids``.
+        pad_token_id (`int`): id used to pad `input_ids`.
         for_generation (`bool`, *optional*, defaults to `False`): pad tokens on the left (for
-            ``generate``) instead of the right.
+            `generate`) instead of the right.
         pad_to_multiple_of (`int`, *optional*): round the token length up to a multiple of this.
-        label_pad_token_id (`int`, *optional*, defaults to -100): id used to pad ``labels``.
+        label_pad_token_id (`int`, *optional*, defaults to -100): id used to pad `labels`.
 
-    Returns (from ``__call__``):
-        `dict[str, torch.Tensor]` with ``input_ids`` / ``attention_mask`` / ``labels`` `(B, L)`,
-        ``text_neighbor_*`` `(B, Nt_max, ...)`, ``image_neighbor_*`` `(B, Ni_max, ...)` and
-        ``neighbor_adjacency`` `(B, Nt_max + Ni_max, Nt_max + Ni_max)`, for the keys the examples have.
+    Returns (from `__call__`):
+        `dict[str, torch.Tensor]` with `input_ids` / `attention_mask` / `labels` `(B, L)`,
+        `text_neighbor_*` `(B, Nt_max, ...)`, `image_neighbor_*` `(B, Ni_max, ...)` and
+        `neighbor_adjacency` `(B, Nt_max + Ni_max, Nt_max + Ni_max)`, for the keys the examples have.
     """
 
     pad_token_id: int
@@ -129,8 +129,8 @@ class MMGLDataCollator:
 
     @staticmethod
     def _pad_nodes(examples, keys, key: str, node_dims: int, num_text: int, num_image: int) -> torch.Tensor:
-        """Pad a per-node tensor whose first ``node_dims`` dimensions index the slots (adjacency: 2, one vector per
-        node: 1) to ``num_text + num_image`` nodes, keeping the text and image blocks contiguous."""
+        """Pad a per-node tensor whose first `node_dims` dimensions index the slots (adjacency: 2, one vector per
+        node: 1) to `num_text + num_image` nodes, keeping the text and image blocks contiguous."""
         size = num_text + num_image
         rest = tuple(examples[0][key].shape[node_dims:])
         out = torch.zeros((len(examples),) + (size,) * node_dims + rest, dtype=torch.float)

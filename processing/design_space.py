@@ -1,12 +1,38 @@
-"""The MMGL design space in one place: context levels, neighbour encodings, and which neighbour slots
-and which model mode each (encoding, context) pair gives. The processor, the training script and the
-model configuration built by the script all ask these functions.
+"""The MMGL design space in one place: every axis (context, neighbour encoding, graph position encoding, tuning,
+cross-attention gating, budgets) with its choices and defaults, and which neighbour slots and which model mode each
+(encoding, context) pair gives. The processor, the training script (its flags and their defaults), the tuning
+helpers and the study runner all read this file.
+
+The model configuration (`modeling_mmgl/configuration_mmgl.py`) validates the model-side choices
+(`POSITION_ENCODINGS`, `GNN_TYPES`) itself, because a Hub folder's modeling code cannot import the `processing`
+package; `tests/test_design_space.py` checks that its tuples equal these.
 
 This file imports nothing: it is Hub-loadable and cheap.
 """
 
 CONTEXTS = ("section_only", "section_all", "text_only", "all")
 NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
+POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
+GNN_TYPES = ("gcn", "gat", "sage")
+TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
+PEFT_TUNINGS = ("lora", "prefix", "prompt")
+#: The default of every axis and budget: `run_summarization.py`'s flags, `MMGLProcessor`'s options, the study's
+#: unset design keys. `cross_attention_gating`: CA-E's tanh gates closed at init (False: the paper's ungated CA-E).
+DESIGN_DEFAULTS = {
+    "context": "all",
+    "neighbor_encoding": "sa_e",
+    "position_encoding": "none",
+    "tuning": "full",
+    "cross_attention_gating": True,
+    "text_neighbor_num_tokens": 4,
+    "image_neighbor_num_tokens": 4,
+    "max_text_neighbors": 11,
+    "max_image_neighbors": 5,
+    "cross_attention_interval": 4,
+    "lpe_k": 4,
+    "gnn_type": "gcn",
+    "gnn_num_layers": 2,
+}
 # How each encoding reaches the LM (`MMGLConfig.neighbor_mode`).
 NEIGHBOR_MODE_OF_ENCODING = {"sa_te": "self_attention", "sa_e": "self_attention", "ca_e": "cross_attention"}
 
@@ -20,13 +46,13 @@ def check_design(context: str, neighbor_encoding: str) -> None:
 
 
 def has_text_slots(neighbor_encoding: str, context: str) -> bool:
-    """Text neighbours are slots (embeddings or encoder ids): SA-E and CA-E beyond ``section_only``.
+    """Text neighbours are slots (embeddings or encoder ids): SA-E and CA-E beyond `section_only`.
     In SA-TE they are raw tokens of the prompt instead."""
     return neighbor_encoding != "sa_te" and context != "section_only"
 
 
 def has_image_slots(context: str) -> bool:
-    """Image neighbours exist for ``section_all`` (the target's images) and ``all`` (the page's)."""
+    """Image neighbours exist for `section_all` (the target's images) and `all` (the page's)."""
     return context in ("section_all", "all")
 
 
@@ -48,7 +74,7 @@ def check_text_neighbor_encoder(neighbor_encoding: str, context: str, text_neigh
 
 
 def neighbor_mode(neighbor_encoding: str, context: str) -> str:
-    """`MMGLConfig.neighbor_mode` for a design point: ``"none"`` when no neighbour is an embedding (plain OPT)."""
+    """`MMGLConfig.neighbor_mode` for a design point: `"none"` when no neighbour is an embedding (plain OPT)."""
     if not has_neighbor_slots(neighbor_encoding, context):
         return "none"
     return NEIGHBOR_MODE_OF_ENCODING[neighbor_encoding]
@@ -56,8 +82,13 @@ def neighbor_mode(neighbor_encoding: str, context: str) -> str:
 
 __all__ = [
     "CONTEXTS",
+    "DESIGN_DEFAULTS",
+    "GNN_TYPES",
     "NEIGHBOR_ENCODINGS",
     "NEIGHBOR_MODE_OF_ENCODING",
+    "PEFT_TUNINGS",
+    "POSITION_ENCODINGS",
+    "TUNINGS",
     "check_design",
     "check_text_neighbor_encoder",
     "has_image_slots",

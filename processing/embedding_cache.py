@@ -19,8 +19,8 @@ Layout of a cache directory::
 Keys: a text's key is the sha256 of its UTF-8 bytes (`text_key`); an image's key is the sha256 of its
 file bytes (`image_key`), the same hash the image fetcher names its files by and records in its manifest.
 
-The key index holds, per kind, three arrays sorted by key: ``<kind>_keys`` (n, 32) uint8 (the raw
-sha256), ``<kind>_shards`` and ``<kind>_rows`` (n,) int32 (where the vector is). Its metadata lists the
+The key index holds, per kind, three arrays sorted by key: `<kind>_keys` (n, 32) uint8 (the raw
+sha256), `<kind>_shards` and `<kind>_rows` (n,) int32 (where the vector is). Its metadata lists the
 shards it was built from, each with the size and modification time it had when a build verified it
 (header read, checksum checked), and the coverage records (`covers`: the page tables and designs the cache
 holds every input of). Opening a cache memory-maps the three arrays (a lookup is one `np.searchsorted`: no
@@ -34,13 +34,16 @@ damaged after its build is never read silently: reading it raises `CorruptShardE
 the next build sets it aside and encodes its keys again. A shard whose recorded encoder is not the cache's (copied
 from a cache of another encoder, even with the same keys and width) is refused the same way (`ForeignShardError`),
 and never recorded as verified. Damage that keeps a file's size and modification
-time (bit rot) is found only by an explicit check (`verify`, the build's ``--verify``). A damaged or foreign index raises
+time (bit rot) is found only by an explicit check (`verify`, the build's `--verify`). A damaged or foreign index raises
 `CorruptIndexError` naming it; the next build sets it aside and writes a new one. A shard gets its final
 name only through an atomic rename after it is fully written, so a build killed at any point resumes
 where the last complete shard ended.
 
-Nothing outside this file depends on how entries are stored: callers use `get_text`, `get_image`,
-`get_many`, `count`, ``in``, `covers` and `embed_dim`.
+Readers use `get_text`, `get_image`, `get_many`, `count`, `in`, `covers` and `embed_dim`. The format itself (the
+names, the key and index layout, the shard header) is read and written through this file's public helpers
+(`read_cache_config`, `read_shard_header`, `load_shard`, `shard_files`, `open_index`, `tensor_sha256`, `text_key`,
+`image_key`, `encoder_identity`), which the builder uses too; the index is written by the builder
+(`processing.data.build_embedding_cache.save_index`) from `key_tables` and `shard_records`.
 
 This file is Hub-loadable: it imports installed packages and same-folder files only.
 """
@@ -59,9 +62,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from safetensors import safe_open
 
-from .atomic_write import atomic_write_bytes
-from .mapped_pages import ReleaseEvery, release_arrays
+from .errors import MMGLInputError
 from .loading import read_json, safetensors_layout
+from .mapped_pages import ReleaseEvery, release_arrays
+from .sorted_digests import find_one, find_sorted, unique_order
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made, so that a command reading a cache's files reports bad
     import torch  # input before the ~10 s import of the model stack
@@ -95,13 +99,13 @@ _IMAGE_KEY_MEMO = 4096  # image files whose key (path, size, mtime -> sha256) a 
 
 
 def encoder_description(identity: dict) -> str:
-    """``'ViT-B-32' (pretrained='openai'), texts by its open_clip text tower`` (or by ``'<Hugging Face text
-    encoder>'``): how messages name an encoder."""
+    """`'ViT-B-32' (pretrained='openai'), texts by its open_clip text tower` (or by `'<Hugging Face text
+    encoder>'`): how messages name an encoder."""
     text = repr(identity["text_encoder"]) if identity.get("text_encoder") else "its open_clip text tower"
     return f"{identity.get('model_name')!r} (pretrained={identity.get('pretrained')!r}), texts by {text}"
 
 
-class CorruptShardError(RuntimeError):
+class CorruptShardError(MMGLInputError, RuntimeError):
     """A shard file under its final name cannot be read or fails its checksum."""
 
 
@@ -113,7 +117,7 @@ class ForeignShardError(CorruptShardError):
     """A shard written by another encoder (or storage dtype) than the one its cache records."""
 
 
-class EncoderMismatchError(ValueError):
+class EncoderMismatchError(MMGLInputError, ValueError):
     """A build asked to add embeddings from a different encoder (or dtype) to an existing cache."""
 
 
@@ -166,7 +170,7 @@ def _raw_key(key: str) -> np.ndarray:
 
 # -------------------------------------------------------------------------------- file headers
 def read_cache_config(cache_dir: str | os.PathLike) -> dict:
-    """The ``cache_config.json`` of a cache (`InputFileError` naming it when missing, not JSON or not an object)."""
+    """The `cache_config.json` of a cache (`InputFileError` naming it when missing, not JSON or not an object)."""
     return read_json(Path(cache_dir) / CONFIG_NAME, dict, "an embedding cache's config (a JSON object), as "
                      "python -m processing.data.build_embedding_cache writes it")
 
@@ -182,10 +186,10 @@ class _ShardRecord(NamedTuple):
     offset: int  # byte offset of its (rows, D) "embeddings"
 
 
-def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None,
+def read_shard_header(path: Path, kind: str = "", dtype: str | None = None, embed_dim: int | None = None,
                        identity: str | None = None):
     """Keys and record of a shard from its header alone; raise `CorruptShardError` naming `path` (`ForeignShardError`
-    when ``identity``, an `encoder_identity`, is not the one the shard records)."""
+    when `identity`, an `encoder_identity`, is not the one the shard records)."""
     try:
         stat = os.stat(path)
         metadata, tensors = safetensors_layout(path)
@@ -221,21 +225,21 @@ def _read_shard_header(path: Path, kind: str = "", dtype: str | None = None, emb
     return keys, _ShardRecord(kind, path.name, stat.st_size, stat.st_mtime_ns, shape[0], offset)
 
 
-def torch_dtype(name: str) -> "torch.dtype":
+def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a storage dtype name (`DTYPES`)."""
     import torch
 
     return getattr(torch, name)
 
 
-def _tensor_sha256(tensor: torch.Tensor) -> str:
+def tensor_sha256(tensor: torch.Tensor) -> str:
     import torch
 
     raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     return hashlib.sha256(raw).hexdigest()
 
 
-def _load_shard(path: Path) -> torch.Tensor:
+def load_shard(path: Path) -> torch.Tensor:
     """The `embeddings` tensor of a shard, checked against the checksum stored with it."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -243,7 +247,7 @@ def _load_shard(path: Path) -> torch.Tensor:
             embeddings = f.get_tensor("embeddings")
     except Exception as err:
         raise CorruptShardError(f"embedding shard {path} cannot be read ({type(err).__name__}: {err})") from err
-    if _tensor_sha256(embeddings) != metadata.get("sha256"):
+    if tensor_sha256(embeddings) != metadata.get("sha256"):
         raise CorruptShardError(
             f"embedding shard {path}: checksum of 'embeddings' does not match the one stored in the "
             "file; the file is damaged. Rerun the embedding-cache build to set it aside and recompute it"
@@ -251,7 +255,7 @@ def _load_shard(path: Path) -> torch.Tensor:
     return embeddings
 
 
-def _shard_paths(kind_dir: Path) -> list:
+def shard_files(kind_dir: Path) -> list:
     """Complete shards (final names only) in (rank, sequence) order."""
     if not kind_dir.is_dir():
         return []
@@ -265,8 +269,8 @@ def _shard_paths(kind_dir: Path) -> list:
 
 # ------------------------------------------------------------------------------------ key index
 class _KeyTable:
-    """Where the vectors of one kind are: key ``keys[i]`` (sorted) is row ``rows[i]`` of shard
-    ``shards[i]``. No Python object per key; the arrays may be memory-mapped."""
+    """Where the vectors of one kind are: key `keys[i]` (sorted) is row `rows[i]` of shard
+    `shards[i]`. No Python object per key; the arrays may be memory-mapped."""
 
     def __init__(self, keys: np.ndarray, shards: np.ndarray, rows: np.ndarray):
         self.keys, self.shards, self.rows = keys, shards, rows
@@ -275,9 +279,9 @@ class _KeyTable:
         return len(self.keys)
 
     @classmethod
-    def merge(cls, base: "_KeyTable | None", parts: list) -> "_KeyTable":
-        """``base``'s entries plus each part ``(shard_id, raw keys)``, sorted; a key met twice keeps its
-        first place (``base``'s, then the earlier shard's), so extending a cache never moves a row."""
+    def merge(cls, base: _KeyTable | None, parts: list) -> _KeyTable:
+        """`base`'s entries plus each part `(shard_id, raw keys)`, sorted; a key met twice keeps its
+        first place (`base`'s, then the earlier shard's), so extending a cache never moves a row."""
         keys = [np.asarray(base.keys)] if base is not None else []
         shards = [np.asarray(base.shards)] if base is not None else []
         rows = [np.asarray(base.rows)] if base is not None else []
@@ -288,34 +292,27 @@ class _KeyTable:
         if not keys:
             return cls(np.zeros(0, dtype="V32"), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
         keys, shards, rows = np.concatenate(keys), np.concatenate(shards), np.concatenate(rows)
-        order = np.argsort(keys, kind="stable")
-        keys, shards, rows = keys[order], shards[order], rows[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        return cls(keys[first], shards[first], rows[first])
+        order = unique_order(keys, keep="first")
+        return cls(keys[order], shards[order], rows[order])
 
     def position(self, raw: np.ndarray) -> int:
         """Position of one raw key (a 1-element array), -1 where absent."""
-        i = int(self.keys.searchsorted(raw)[0]) if len(self.keys) else 0
-        return i if i < len(self.keys) and self.keys[i] == raw[0] else -1
+        return find_one(self.keys, raw[0])
 
     def find(self, raw: np.ndarray) -> np.ndarray:
         """Position of each raw key, -1 where absent (a binary search: ~log2(n) pages of a mapped file)."""
-        if not len(self.keys) or not len(raw):
-            return np.full(len(raw), -1, dtype=np.int64)
-        positions = np.minimum(np.searchsorted(self.keys, raw), len(self.keys) - 1)
-        return np.where(self.keys[positions] == raw, positions, -1)
+        return find_sorted(self.keys, raw)
 
 
 def _map(path: Path, dtype, offset: int, shape: tuple) -> np.ndarray:
-    """A read-only memory map of ``shape`` at ``offset`` (an empty array for no elements), as a plain array
+    """A read-only memory map of `shape` at `offset` (an empty array for no elements), as a plain array
     view: indexing an `np.memmap` costs several times more per lookup."""
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype=dtype)
     return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
 
 
-def _open_index(path: Path, config: dict) -> tuple[list, dict, list]:
+def open_index(path: Path, config: dict) -> tuple[list, dict, list]:
     """Shard records, memory-mapped key tables and coverage records of an index file; raise
     `CorruptIndexError` naming it when it is damaged, foreign or of another encoder."""
     try:
@@ -347,10 +344,10 @@ def _open_index(path: Path, config: dict) -> tuple[list, dict, list]:
 
 
 def _list_shards(cache_dir: Path) -> list:
-    """``(kind, path, size, mtime_ns)`` of every complete shard, text first: one `stat` each, no read."""
+    """`(kind, path, size, mtime_ns)` of every complete shard, text first: one `stat` each, no read."""
     found = []
     for kind in KINDS:
-        for path in _shard_paths(cache_dir / kind):
+        for path in shard_files(cache_dir / kind):
             stat = path.stat()
             found.append((kind, path, stat.st_size, stat.st_mtime_ns))
     return found
@@ -360,7 +357,7 @@ def _list_shards(cache_dir: Path) -> list:
 class EmbeddingCache:
     """Read access to a built embedding cache (see the module docstring for the layout).
 
-    Opening reads ``cache_config.json`` and the index's header, memory-maps the index, and `stat`s the
+    Opening reads `cache_config.json` and the index's header, memory-maps the index, and `stat`s the
     shards; it reads no shard when the index is up to date. A lookup binary-searches the mapped keys and
     copies one row out of a memory-mapped shard.
 
@@ -368,7 +365,7 @@ class EmbeddingCache:
         cache_dir (`str` or `Path`): a directory written by `build_embedding_cache`.
 
     Raises:
-        `FileNotFoundError` if `cache_dir` has no ``cache_config.json``;
+        `FileNotFoundError` if `cache_dir` has no `cache_config.json`;
         `CorruptIndexError` (naming the file) if the index is damaged, foreign or of another encoder;
         `CorruptShardError` (naming the file) if a shard the index does not record is damaged.
     """
@@ -383,18 +380,18 @@ class EmbeddingCache:
             )
         self.config = read_cache_config(self.cache_dir)
         self.build_summary: dict | None = None  # set by build_embedding_cache
-        self._maps: "OrderedDict[int, np.ndarray]" = OrderedDict()
-        self._files: "OrderedDict[int, object]" = OrderedDict()  # open shards, evicted with their maps
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._files: OrderedDict[int, object] = OrderedDict()  # open shards, evicted with their maps
         # A lookup maps a folio of the key index and of a shard (tens of KiB); give them back every 512 lookups.
         self._release = ReleaseEvery(512)
         self._verified: set[int] = set()  # shards checksum-verified in this process (those the index lacks)
-        self._image_keys: "OrderedDict[tuple, str]" = OrderedDict()
+        self._image_keys: OrderedDict[tuple, str] = OrderedDict()
         self._open()
 
     def _open(self) -> None:
         on_disk = _list_shards(self.cache_dir)
         index_path = self.cache_dir / INDEX_NAME
-        records, tables, covers = _open_index(index_path, self.config) if index_path.is_file() else ([], None, [])
+        records, tables, covers = open_index(index_path, self.config) if index_path.is_file() else ([], None, [])
         stats = {(kind, path.name): (size, mtime) for kind, path, size, mtime in on_disk}
         changed = [r.name for r in records if stats.get((r.kind, r.name)) != (r.size, r.mtime_ns)]
         if changed:
@@ -410,7 +407,7 @@ class EmbeddingCache:
         parts = {kind: [] for kind in KINDS}
         for kind, path, _, _ in on_disk:
             if (kind, path.name) not in recorded:
-                keys, record = _read_shard_header(path, kind, self.config.get("dtype"), self.width(kind),
+                keys, record = read_shard_header(path, kind, self.config.get("dtype"), self.width(kind),
                                                   encoder_identity(self.config))
                 parts[kind].append((len(self._records), _raw_keys(keys)))
                 self._records.append(record)
@@ -436,7 +433,7 @@ class EmbeddingCache:
         return int(self.config.get("text_embed_dim") or self.config["embed_dim"])
 
     def width(self, kind: str) -> int:
-        """Width of the embeddings of ``kind`` (``"text"`` or ``"image"``)."""
+        """Width of the embeddings of `kind` (`"text"` or `"image"`)."""
         return self.text_embed_dim if kind == "text" else self.embed_dim
 
     @property
@@ -450,12 +447,23 @@ class EmbeddingCache:
         return [self.cache_dir / r.kind / r.name for r in self._records]
 
     @property
+    def key_tables(self) -> dict:
+        """Per kind, where each key's vector is: `keys` (sorted raw keys), `shards`, `rows` (what the index file
+        stores; `processing.data.build_embedding_cache.save_index` writes it)."""
+        return dict(self._tables)
+
+    @property
+    def shard_records(self) -> list:
+        """The shards this cache was opened on, as the index records them (kind, name, size, mtime, ...)."""
+        return list(self._records)
+
+    @property
     def coverage(self) -> list[str]:
         """The coverage records of the index (see `covers`)."""
         return list(self._covers)
 
     def covers(self, record: str | None) -> bool:
-        """Whether a build recorded that this cache holds every input described by ``record`` (e.g. a page
+        """Whether a build recorded that this cache holds every input described by `record` (e.g. a page
         table's fingerprint with the design that selects its neighbours); dropped when a shard it counted on
         was removed or changed."""
         return record is not None and record in self._covers
@@ -476,7 +484,7 @@ class EmbeddingCache:
     def get_image(self, path_or_bytes, sha256: str | None = None) -> torch.Tensor | None:
         """Embedding of the image file (path or bytes), or None.
 
-        ``sha256`` is the file's content hash when the caller already knows it (the image fetcher's
+        `sha256` is the file's content hash when the caller already knows it (the image fetcher's
         manifest records it): then the file is not read at all. Otherwise a path's key is remembered per
         (path, size, mtime) for the last few thousand files (a bounded memo): a training loop meeting
         the same file again pays one `stat`, not a read and a hash.
@@ -520,7 +528,7 @@ class EmbeddingCache:
         return [bytes(key).hex() for key in np.asarray(self._table(kind).keys)]
 
     def __contains__(self, item) -> bool:
-        """``(kind, key) in cache``."""
+        """`(kind, key) in cache`."""
         kind, key = item
         if self._release.due():
             self._release_maps()
@@ -541,28 +549,8 @@ class EmbeddingCache:
     def verify(self) -> None:
         """Load every shard and check its checksum; raise `CorruptShardError` on the first bad one."""
         for shard_id, record in enumerate(self._records):
-            _load_shard(self.cache_dir / record.kind / record.name)
+            load_shard(self.cache_dir / record.kind / record.name)
             self._verified.add(shard_id)
-
-    def save_index(self, covers: Iterable[str] = ()) -> None:
-        """Write the index of the shards this cache was opened on, with its coverage records plus
-        ``covers``, atomically (the builder calls this once every shard it lists is verified)."""
-        from safetensors.numpy import save
-
-        tensors = {}
-        for kind, table in self._tables.items():
-            tensors[f"{kind}_keys"] = np.ascontiguousarray(table.keys).view(np.uint8).reshape(len(table), 32)
-            tensors[f"{kind}_shards"] = np.ascontiguousarray(table.shards, dtype=np.int32)
-            tensors[f"{kind}_rows"] = np.ascontiguousarray(table.rows, dtype=np.int32)
-        self._covers = list(dict.fromkeys([*self._covers, *covers]))
-        metadata = {
-            "format": INDEX_FORMAT,
-            "identity": encoder_identity(self.config),
-            "shards": json.dumps([list(record) for record in self._records]),
-            "covers": json.dumps(self._covers),
-        }
-        atomic_write_bytes(self.cache_dir / INDEX_NAME, save(tensors, metadata=metadata))
-        self._trusted, self.index_fresh = len(self._records), True
 
     # ------------------------------------------------------------------------------ internals
     def _table(self, kind: str) -> _KeyTable:
@@ -604,7 +592,7 @@ class EmbeddingCache:
         record = self._records[shard_id]
         path = self.cache_dir / record.kind / record.name
         if shard_id >= self._trusted and shard_id not in self._verified:
-            _load_shard(path)  # raises CorruptShardError before any row of a damaged shard is handed out
+            load_shard(path)  # raises CorruptShardError before any row of a damaged shard is handed out
             self._verified.add(shard_id)
         mapped = self._maps[shard_id] = _map(path, _SAFETENSORS_DTYPES[self.config["dtype"]][1], record.offset,
                                              (record.rows, self.width(record.kind)))
@@ -615,8 +603,8 @@ class EmbeddingCache:
         return mapped
 
     def check_encoder(self, identity: dict, owner: str = "this model", texts: bool = True) -> None:
-        """Refuse embeddings of another encoder: raise `EncoderMismatchError` naming both when ``identity``
-        (`MMGLNeighborEncoder.identity`) differs from the cache's in config, weights or width. ``texts=False``: the
+        """Refuse embeddings of another encoder: raise `EncoderMismatchError` naming both when `identity`
+        (`MMGLNeighborEncoder.identity`) differs from the cache's in config, weights or width. `texts=False`: the
         reader uses only image embeddings (a design without text neighbours), so only the open_clip encoder's
         fields must agree, not those of a Hugging Face text encoder."""
         fields = ENCODER_IDENTITY_FIELDS if texts else IMAGE_IDENTITY_FIELDS
@@ -630,11 +618,15 @@ class EmbeddingCache:
 
 
 __all__ = [
+    "CACHE_FORMAT",
     "CONFIG_NAME",
     "DTYPES",
     "ENCODER_IDENTITY_FIELDS",
     "IMAGE_IDENTITY_FIELDS",
+    "INDEX_FORMAT",
     "INDEX_NAME",
+    "KINDS",
+    "SHARD_FORMAT",
     "CorruptIndexError",
     "CorruptShardError",
     "EmbeddingCache",
@@ -642,9 +634,13 @@ __all__ = [
     "ForeignShardError",
     "encoder_description",
     "encoder_identity",
-    "KINDS",
-    "read_cache_config",
     "image_key",
+    "load_shard",
+    "open_index",
+    "read_cache_config",
+    "read_shard_header",
+    "shard_files",
+    "tensor_sha256",
     "text_key",
     "torch_dtype",
 ]

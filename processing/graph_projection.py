@@ -1,8 +1,8 @@
-"""The page graph projected onto an example's neighbour slots: ``neighbor_adjacency``.
+"""The page graph projected onto an example's neighbour slots: `neighbor_adjacency`.
 
-Nodes are the slots ``[text slots..., image slots...]``. Each slot stands for a page-graph node: the
+Nodes are the slots `[text slots..., image slots...]`. Each slot stands for a page-graph node: the
 page node (description), a section node (its text) or an image node (its caption as a text slot, its
-pixels as an image slot). Two real slots ``a != b`` are adjacent when their nodes are (1) the same node
+pixels as an image slot). Two real slots `a != b` are adjacent when their nodes are (1) the same node
 (an image's caption slot and its image slot), (2) adjacent in the page graph, or (3) both adjacent to
 the target section node. The target is the node being summarised: it is the prompt, not a slot, so it
 is contracted and its graph neighbours become pairwise adjacent. Masked (missing) and padding slots are
@@ -10,7 +10,7 @@ isolated; there are no self loops.
 
 Without text slots (SA-TE: the texts are tokens of the prompt), an image node has no other slot to meet:
 its caption and its section's text are tokens, placed right before its placeholders (`sa_te_layout`). There
-each image slot stands for its section (``images_stand_for_sections``), and the same three rules apply to
+each image slot stands for its section (`images_stand_for_sections`), and the same three rules apply to
 the images' section nodes: two image slots are adjacent when (1) their images belong to the same section,
 (2) their sections are joined by section order or parent-child (page edges join the page node, never a
 slot's section, to the sections), or (3) both sections are the target or next to it (the contracted

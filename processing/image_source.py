@@ -5,14 +5,14 @@ script all use.
 Resolving (`ImageFolder.resolve`): an image node's reference is a URL (WikiWeb2M), a relative path or
 an absolute path. Against an image folder it is, in this order:
 
-1. a URL recorded as fetched in the folder's ``manifest.jsonl`` (the image fetcher's content-addressed
-   folder, ``<sha256[:2]>/<sha256>.<ext>``): that file;
+1. a URL recorded as fetched in the folder's `manifest.jsonl` (the image fetcher's content-addressed
+   folder, `<sha256[:2]>/<sha256>.<ext>`): that file;
 2. a URL: the file named like the URL's last path component, as is or percent-decoded (a plain folder
    of WikiWeb2M images);
 3. a path: the path under the folder (an absolute path only when it lies inside the folder).
 
-Nothing outside the folder is ever returned, whatever a reference holds: ``..``, percent-encoded
-``%2e%2e%2f``, absolute paths and symbolic links that leave the folder all resolve to `None` (the image
+Nothing outside the folder is ever returned, whatever a reference holds: `..`, percent-encoded
+`%2e%2e%2f`, absolute paths and symbolic links that leave the folder all resolve to `None` (the image
 is then masked). Without a folder, URLs resolve to nothing and a path is the caller's own file, used as
 given.
 
@@ -43,6 +43,8 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from .page_graph import has_control_characters, is_in_memory_image
+from .errors import MMGLInputError
+from .sorted_digests import find_one, unique_order
 
 if TYPE_CHECKING:  # imported where pixels are made: the image fetcher and the resolver need neither
     import torch
@@ -56,7 +58,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(MMGLInputError, ValueError):
     """An image file or in-memory image that cannot be decoded (corrupt, unsupported, too many pixels)."""
 
 
@@ -70,7 +72,7 @@ class ImageManifest:
         {"url": ..., "status": "error", "reason": "http_404", "detail": "...", ...}
 
     Args:
-        path (`str` or `Path`): the ``manifest.jsonl`` file (created on the first `append`).
+        path (`str` or `Path`): the `manifest.jsonl` file (created on the first `append`).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -94,7 +96,7 @@ class ImageManifest:
         return self._records.get(url)
 
     def append(self, record: dict) -> None:
-        """Append `record` (must hold ``url``) and make it the latest for its URL."""
+        """Append `record` (must hold `url`) and make it the latest for its URL."""
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
         with self._lock:
             with open(self.path, "a", encoding="utf-8") as f:
@@ -113,7 +115,7 @@ class ImageManifest:
 
 
 class ManifestIndex:
-    """A read-only view of a ``manifest.jsonl`` for lookups by URL, at 24 bytes per URL: the sorted 128-bit
+    """A read-only view of a `manifest.jsonl` for lookups by URL, at 24 bytes per URL: the sorted 128-bit
     BLAKE2b digests of the URLs and the byte offset of each URL's latest line (the file is memory-mapped; a
     lookup parses that one line). The resolver reads a fetched folder through it, so a process (and each
     DataLoader worker) holds ~0.3 GiB for WikiWeb2M's 3.8M images (measured ~75 B per image) instead of ~5 GiB
@@ -121,7 +123,7 @@ class ManifestIndex:
     wins; unreadable lines are skipped with a warning naming the line: `_manifest_records`).
 
     Args:
-        path (`str` or `Path`): the ``manifest.jsonl`` file.
+        path (`str` or `Path`): the `manifest.jsonl` file.
     """
 
     RECENT = 4096  # records kept after a lookup
@@ -137,11 +139,8 @@ class ManifestIndex:
             digests += _url_digest(url)
             offsets.append(start)
         keys = np.frombuffer(bytes(digests), dtype="V16")
-        order = np.argsort(keys, kind="stable")  # equal URLs stay in file order: the last one is kept
-        keys = keys[order]
-        last = np.ones(len(keys), dtype=bool)
-        last[:-1] = keys[:-1] != keys[1:]
-        self._keys, self._offsets = keys[last], np.asarray(offsets, dtype=np.int64)[order][last]
+        order = unique_order(keys, keep="last")  # a URL recorded twice: its last record wins
+        self._keys, self._offsets = keys[order], np.asarray(offsets, dtype=np.int64)[order]
         # The latest records looked up (a sample's images are resolved, then their hashes read): bounded.
         self._recent: OrderedDict[str, dict | None] = OrderedDict()
 
@@ -159,9 +158,9 @@ class ManifestIndex:
             self._recent.move_to_end(url)
             return self._recent[url]
         key = np.frombuffer(_url_digest(url), dtype="V16")[0]
-        row = int(np.searchsorted(self._keys, key))
+        row = find_one(self._keys, key)
         record = None
-        if row < len(self._keys) and self._keys[row] == key:
+        if row >= 0:
             start = int(self._offsets[row])
             end = self._map.find(b"\n", start)
             record = json.loads(self._map[start : end if end >= 0 else len(self._map)])
@@ -173,7 +172,7 @@ class ManifestIndex:
 
 
 def _manifest_records(lines: Iterable[bytes], path) -> Iterator[tuple[int, str, dict]]:
-    """``(byte offset, url, record)`` of each readable line of a manifest, in file order (lines end at ``\\n``);
+    """`(byte offset, url, record)` of each readable line of a manifest, in file order (lines end at `\\n`);
     an unreadable line is skipped with a warning naming it. Both manifest readers read it through this."""
     offset = 0
     for line_no, line in enumerate(lines, start=1):
@@ -194,7 +193,7 @@ def _manifest_records(lines: Iterable[bytes], path) -> Iterator[tuple[int, str, 
 
 
 def _manifest_record_problem(record: dict) -> str | None:
-    """What makes a parsed manifest line unusable (a URL that is not text, an ``ok`` record without the path or
+    """What makes a parsed manifest line unusable (a URL that is not text, an `ok` record without the path or
     hash of its file), or `None`."""
     if not isinstance(record.get("url"), str):
         return f"field 'url' is {type(record.get('url')).__name__}, expected a string"
@@ -211,7 +210,7 @@ def _url_digest(url: str) -> bytes:
 
 # ------------------------------------------------------------------------------------------ resolver
 def file_inside(root: str, path: str | os.PathLike) -> str | None:
-    """The real path of ``path`` when it is a regular file inside the folder ``root`` (itself a real path), after
+    """The real path of `path` when it is a regular file inside the folder `root` (itself a real path), after
     following every symbolic link; else `None`. The one containment rule of image folders: the resolver and the
     image fetcher's `lookup` both use it."""
     path = os.fspath(path)
@@ -225,13 +224,13 @@ def file_inside(root: str, path: str | os.PathLike) -> str | None:
 
 class ImageFolder:
     """An image folder: a plain folder of files named by URL basename, or the image fetcher's
-    content-addressed folder with its ``manifest.jsonl`` (see the module docstring for the rules).
+    content-addressed folder with its `manifest.jsonl` (see the module docstring for the rules).
 
     Args:
         root (`str` or `os.PathLike`, *optional*): the folder; `None` for no folder.
 
     Raises:
-        `FileNotFoundError` / `NotADirectoryError` naming ``root`` when it is given but is not a folder (a mistyped
+        `FileNotFoundError` / `NotADirectoryError` naming `root` when it is given but is not a folder (a mistyped
         path would otherwise mask every image without a word).
     """
 
@@ -246,7 +245,7 @@ class ImageFolder:
         self.manifest = ManifestIndex(manifest_path) if manifest_path and os.path.isfile(manifest_path) else None
 
     @classmethod
-    def coerce(cls, folder: "ImageFolder | str | os.PathLike | None") -> "ImageFolder":
+    def coerce(cls, folder: ImageFolder | str | os.PathLike | None) -> ImageFolder:
         """An `ImageFolder` from a folder path (or `None`), or the folder itself."""
         return folder if isinstance(folder, ImageFolder) else cls(folder)
 
@@ -255,7 +254,7 @@ class ImageFolder:
         return f"ImageFolder({self.root!r}, {kind})"
 
     def _inside(self, path: str) -> str | None:
-        """``path`` as a real path when it is a file inside the folder, else None."""
+        """`path` as a real path when it is a file inside the folder, else None."""
         return file_inside(self.root, path)
 
     def resolve(self, ref: Any) -> str | None:
@@ -295,21 +294,21 @@ class ImageFolder:
         return record.get("sha256")
 
 
-class MissingImagesError(ValueError):
+class MissingImagesError(MMGLInputError, ValueError):
     """An image folder that resolves none of the image references a command needs."""
 
 
 def check_image_coverage(resolved: int, missing: int, image_dir, allow_missing: bool = False,
                          flag: str = "--allow_missing_images") -> None:
     """The one rule for image references without a file, after a command counted them: a given folder that
-    resolves none of them is an error (`MissingImagesError`) unless ``allow_missing`` (the images are absent on
+    resolves none of them is an error (`MissingImagesError`) unless `allow_missing` (the images are absent on
     purpose); some unresolved, or no folder given at all, is a warning with the counts (those slots are masked).
 
     Args:
         resolved (`int`), missing (`int`): image references that resolve to a file, and those that do not.
         image_dir: the folder given (or `None`).
         allow_missing (`bool`, *optional*, defaults to `False`): accept a folder that resolves nothing.
-        flag (`str`, *optional*): the option that sets ``allow_missing``, named in the error.
+        flag (`str`, *optional*): the option that sets `allow_missing`, named in the error.
     """
     total = resolved + missing
     if not missing:
@@ -330,13 +329,13 @@ def check_image_coverage(resolved: int, missing: int, image_dir, allow_missing: 
 # ------------------------------------------------------------------------------------ preprocessing
 def clip_image_processor(model_name: str = "ViT-B-32", model_config: dict | None = None) -> CLIPImageProcessor:
     """The ONE preprocessing of neighbour images: a `CLIPImageProcessor` with open_clip's eval settings
-    for the encoder (shortest edge to ``image_size``, bicubic, centre crop, the model's mean / std).
+    for the encoder (shortest edge to `image_size`, bicubic, centre crop, the model's mean / std).
 
     Args:
-        model_name (`str`, *optional*, defaults to ``"ViT-B-32"``): an open_clip model name (its bundled
+        model_name (`str`, *optional*, defaults to `"ViT-B-32"`): an open_clip model name (its bundled
             config is read; works offline).
-        model_config (`dict`, *optional*): a custom open_clip config (``vision_cfg`` gives the size and
-            statistics); takes precedence over ``model_name``.
+        model_config (`dict`, *optional*): a custom open_clip config (`vision_cfg` gives the size and
+            statistics); takes precedence over `model_name`.
     """
     from transformers import CLIPImageProcessor
 
@@ -398,7 +397,7 @@ def load_rgb_image(source: Any):
 
 
 def pixel_values(image_processor, images: list) -> torch.Tensor:
-    """`(n, 3, H, W)` float32 pixels of RGB PIL images, through ``image_processor``."""
+    """`(n, 3, H, W)` float32 pixels of RGB PIL images, through `image_processor`."""
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 

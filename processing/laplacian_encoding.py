@@ -1,7 +1,7 @@
 """Laplacian eigenvector position encodings (LPE) of an example's neighbour slots, computed once per example.
 
 PyG computes LPE once per graph as a transform (`AddLaplacianEigenvectorPE`); so does MMGL: the processor stores
-``neighbor_laplacian_eigenvectors`` `(Nt + Ni, k)` in each example, the collator pads it like the adjacency, and the
+`neighbor_laplacian_eigenvectors` `(Nt + Ni, k)` in each example, the collator pads it like the adjacency, and the
 model only projects it (and flips signs at random while training). Nothing is decomposed in the forward pass, so
 there is no per-batch host copy or float64 eigendecomposition on the accelerator's critical path.
 
@@ -14,31 +14,16 @@ from collections.abc import Sequence
 import torch
 
 
-def laplacian_eigenvectors(edge_index: torch.Tensor, num_nodes: int, k: int) -> torch.Tensor:
-    """The `k` first non-trivial eigenvectors of the symmetric normalised Laplacian of an undirected graph.
+def _dense_eigenvectors(adjacency: torch.Tensor, k: int) -> torch.Tensor:
+    """The `k` first non-trivial eigenvectors of the symmetric normalised Laplacian of a dense `(n, n)` adjacency (any
+    values > 0 are edges; made symmetric), as `torch.FloatTensor` of shape `(n, k)`.
 
     Follows PyG's `AddLaplacianEigenvectorPE` (L = I - D^-1/2 A D^-1/2, isolated nodes with L_ii = 1, eigenvalues
     ascending, the first eigenvector dropped) with two differences that small page graphs need: a graph with `k` or
     fewer nodes is valid and its missing eigenvectors are zero columns, and the sign of each eigenvector is fixed
     (largest-magnitude entry positive) so the result is deterministic; random sign flipping is a training-time
-    augmentation left to the model.
-
-    Args:
-        edge_index (`torch.LongTensor` of shape `(2, num_edges)`): edges; treated as undirected.
-        num_nodes (`int`): number of nodes (isolated nodes allowed).
-        k (`int`): number of eigenvectors.
-
-    Returns:
-        `torch.FloatTensor` of shape `(num_nodes, k)`.
+    augmentation left to the model. Page graphs have a handful of nodes: a dense float64 Laplacian is exact and cheap.
     """
-    # Page graphs have a handful of nodes: a dense float64 Laplacian is exact and cheap.
-    adjacency = torch.zeros(num_nodes, num_nodes, dtype=torch.float64)
-    adjacency[edge_index[0].long().cpu(), edge_index[1].long().cpu()] = 1.0
-    return _dense_eigenvectors(adjacency, k)
-
-
-def _dense_eigenvectors(adjacency: torch.Tensor, k: int) -> torch.Tensor:
-    """`laplacian_eigenvectors` of a dense `(n, n)` adjacency (any values > 0 are edges; made symmetric)."""
     num_nodes = adjacency.shape[0]
     pe = torch.zeros(num_nodes, k)
     if num_nodes < 2:
@@ -59,7 +44,7 @@ def _dense_eigenvectors(adjacency: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def slot_laplacian_eigenvectors(adjacency: torch.Tensor, slot_mask: Sequence[int], k: int) -> torch.Tensor:
-    """LPE of one example's neighbour slots: ``(N, k)`` for the slot graph ``adjacency`` ``(N, N)``.
+    """LPE of one example's neighbour slots: `(N, k)` for the slot graph `adjacency` `(N, N)`.
 
     Masked (missing image) slots are dropped before the decomposition and get zero rows: as isolated nodes they
     would add spurious zero eigenvalues and shift which eigenvectors count as the first `k`.
@@ -70,4 +55,4 @@ def slot_laplacian_eigenvectors(adjacency: torch.Tensor, slot_mask: Sequence[int
     return out
 
 
-__all__ = ["laplacian_eigenvectors", "slot_laplacian_eigenvectors"]
+__all__ = ["slot_laplacian_eigenvectors"]

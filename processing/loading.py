@@ -8,11 +8,11 @@ library:
 * text that is not UTF-8, invalid JSON, or JSON of another type than expected (a list where a config object
   belongs);
 * a safetensors file that is truncated (its header describes more bytes than the file holds), that is not a
-  safetensors file at all, or that is another kind of safetensors file (its ``__metadata__["format"]`` is not the
+  safetensors file at all, or that is another kind of safetensors file (its `__metadata__["format"]` is not the
   expected one: an embedding shard where model weights belong).
 
-Used for the checkpoints ``run_summarization.py`` evaluates, resumes or starts from (``config.json``,
-``processor_config.json``, ``trainer_state.json``, the weights), the embedding cache (``cache_config.json``, shard
+Used for the checkpoints `run_summarization.py` evaluates, resumes or starts from (`config.json`,
+`processor_config.json`, `trainer_state.json`, the weights), the embedding cache (`cache_config.json`, shard
 and index headers) and encoder configs given by file; contents (which fields, which values) stay the callers' to
 check.
 
@@ -24,13 +24,15 @@ import json
 import os
 from typing import Any
 
+from .errors import MMGLInputError
+
 #: The weights files of a checkpoint folder, any one of which makes it loadable (transformers' and peft's names).
 WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 
 
-class InputFileError(ValueError):
+class InputFileError(MMGLInputError, ValueError):
     """A file that is missing, unreadable or not what it should be; the message starts with its path.
 
     Attributes:
@@ -39,7 +41,7 @@ class InputFileError(ValueError):
 
     def __init__(self, path: str | os.PathLike, message: str):
         self.path = os.fspath(path)
-        super().__init__(f"{self.path}: {message}")
+        super().__init__(message, file=self.path)
 
 
 def _expecting(what: str | None) -> str:
@@ -47,7 +49,7 @@ def _expecting(what: str | None) -> str:
 
 
 def read_bytes(path: str | os.PathLike, what: str | None = None) -> bytes:
-    """The bytes of ``path``; a missing file, a folder or an unreadable file raises `InputFileError`."""
+    """The bytes of `path`; a missing file, a folder or an unreadable file raises `InputFileError`."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
@@ -60,11 +62,11 @@ def read_bytes(path: str | os.PathLike, what: str | None = None) -> bytes:
 
 
 def read_json(path: str | os.PathLike, expected: type | tuple[type, ...] = dict, what: str | None = None) -> Any:
-    """The JSON value in ``path``, of type ``expected`` (default: an object, as every config and state is).
+    """The JSON value in `path`, of type `expected` (default: an object, as every config and state is).
 
     Raises:
         `InputFileError`: missing or unreadable file, not UTF-8, invalid JSON, or a value of another type; the
-        message names the file and what was expected (``what``, e.g. ``"the model's config (a JSON object)"``).
+        message names the file and what was expected (`what`, e.g. `"the model's config (a JSON object)"`).
     """
     data = read_bytes(path, what)
     try:
@@ -83,14 +85,14 @@ def read_json(path: str | os.PathLike, expected: type | tuple[type, ...] = dict,
 
 def safetensors_layout(path: str | os.PathLike, what: str | None = None,
                        format: str | None = None) -> tuple[dict, dict]:
-    """Metadata and tensors (name -> ``(dtype, shape, absolute byte offset)``) of a safetensors file, read from its
+    """Metadata and tensors (name -> `(dtype, shape, absolute byte offset)`) of a safetensors file, read from its
     header alone (8-byte little-endian header length, JSON header, tensor bytes) and checked to describe the file
     exactly, without reading any tensor.
 
     Args:
         path: the file.
         what (`str`, *optional*): what the file should be, for messages.
-        format (`str`, *optional*): the ``__metadata__["format"]`` it must record (``"pt"`` for transformers weights).
+        format (`str`, *optional*): the `__metadata__["format"]` it must record (`"pt"` for transformers weights).
 
     Raises:
         `InputFileError`: missing, truncated, not a safetensors file, or of another format.
@@ -134,9 +136,9 @@ def safetensors_layout(path: str | os.PathLike, what: str | None = None,
 
 
 def check_checkpoint(folder: str | os.PathLike, what: str = "a model checkpoint") -> None:
-    """Check, before any model code reads it, that ``folder`` holds a JSON ``config.json`` and complete weights:
-    a ``model.safetensors`` (or the shards its ``model.safetensors.index.json`` names) or a peft
-    ``adapter_model.safetensors`` whose headers describe the files exactly (``pytorch_model.bin`` only exists).
+    """Check, before any model code reads it, that `folder` holds a JSON `config.json` and complete weights:
+    a `model.safetensors` (or the shards its `model.safetensors.index.json` names) or a peft
+    `adapter_model.safetensors` whose headers describe the files exactly (`pytorch_model.bin` only exists).
 
     Raises:
         `InputFileError` naming the first file that is missing or damaged.

@@ -5,14 +5,14 @@ a process touches stays in its resident set (file-backed: shared and reclaimable
 `/usr/bin/time` and schedulers that kill on resident memory) until the mapping is closed, so a first start that
 reads every page of a 2M-page table would end with the whole table resident; and a sparse lookup maps more than
 it reads (the kernel maps the page cache's whole folio around the byte asked for: tens of KiB, up to MiBs). These
-helpers drop a process's page-table entries (``madvise(MADV_DONTNEED)``: the data stays in the page cache, a later
+helpers drop a process's page-table entries (`madvise(MADV_DONTNEED)`: the data stays in the page cache, a later
 read maps it again without I/O):
 
 * `release_arrays`: the maps behind numpy memory maps this code holds (the token store, the embedding cache),
   through Python's `mmap.mmap.madvise` (one system call each; the map cannot go away while its array lives);
 * `release_mapped_files`: every read-only map of the files registered with `track` (Arrow tables that `datasets`
-  maps), found by name in ``/proc/self/maps``, a few ms per call: a private writable or anonymous mapping is never
-  touched (``MADV_DONTNEED`` would discard its contents);
+  maps), found by name in `/proc/self/maps`, a few ms per call: a private writable or anonymous mapping is never
+  touched (`MADV_DONTNEED` would discard its contents);
 * `table_maps` / `release_ranges`: the maps that hold a `datasets.Dataset`'s own Arrow buffers, found once, then
   released after every row by their holder (one system call).
 
@@ -54,10 +54,10 @@ def _madvise():
 
 
 def release_mapped_files(paths: Iterable[str | os.PathLike] | None = None) -> int:
-    """Drop this process's resident pages of the read-only maps of ``paths`` (default: every tracked file).
+    """Drop this process's resident pages of the read-only maps of `paths` (default: every tracked file).
 
     Returns:
-        `int`: the number of mappings released (0 where ``/proc/self/maps`` does not exist).
+        `int`: the number of mappings released (0 where `/proc/self/maps` does not exist).
     """
     names = _TRACKED if paths is None else {os.path.realpath(p) for p in paths}
     if not names:
@@ -80,10 +80,10 @@ def release_mapped_files(paths: Iterable[str | os.PathLike] | None = None) -> in
 
 
 def table_maps(pages) -> list[tuple[int, int]]:
-    """Address ranges of the read-only file maps that hold the Arrow buffers of ``pages`` (a `datasets.Dataset`;
-    none for an in-memory table or a list). They stay mapped as long as ``pages`` lives, so a holder of ``pages``
+    """Address ranges of the read-only file maps that hold the Arrow buffers of `pages` (a `datasets.Dataset`;
+    none for an in-memory table or a list). They stay mapped as long as `pages` lives, so a holder of `pages`
     may release them (`release_ranges`) after every row for the cost of one system call, without reading
-    ``/proc/self/maps`` again."""
+    `/proc/self/maps` again."""
     table = getattr(getattr(pages, "data", None), "table", None)
     if table is None or not hasattr(table, "columns"):
         return []
@@ -111,14 +111,14 @@ def table_maps(pages) -> list[tuple[int, int]]:
 
 
 def release_ranges(ranges: Iterable[tuple[int, int]]) -> None:
-    """``madvise(MADV_DONTNEED)`` over ranges `table_maps` returned (their holder keeps them mapped)."""
+    """`madvise(MADV_DONTNEED)` over ranges `table_maps` returned (their holder keeps them mapped)."""
     for start, end in ranges:
         _madvise()(start, end - start, _MADV_DONTNEED)
 
 
 def release_arrays(arrays: Iterable) -> int:
-    """Drop this process's resident pages of the read-only memory maps behind ``arrays`` (`np.memmap`s opened with
-    mode ``"r"``, or views of them; other arrays are skipped). Returns the number of maps released."""
+    """Drop this process's resident pages of the read-only memory maps behind `arrays` (`np.memmap`s opened with
+    mode `"r"`, or views of them; other arrays are skipped). Returns the number of maps released."""
     released = 0
     for array in arrays:
         base = array
@@ -135,7 +135,7 @@ def release_arrays(arrays: Iterable) -> int:
 
 
 class ReleaseEvery:
-    """Counts reads: `due` says when ``every`` more were counted, time to give their pages back."""
+    """Counts reads: `due` says when `every` more were counted, time to give their pages back."""
 
     def __init__(self, every: int = 256):
         self.every, self.count = every, 0

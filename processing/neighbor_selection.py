@@ -1,9 +1,9 @@
-"""Which neighbours the model sees: the ONE neighbour selection and the ONE collector of what an
-embedding cache must hold. The processor, the training script and the embedding-cache command all
-call these functions, so what is cached is exactly what is asked for.
+"""Which neighbours the model sees: the ONE neighbour selection. The processor, the training script and the
+embedding-cache command all call it (the collector of what a cache must hold is
+`processing/data/neighbor_inputs.py`), so what is cached is exactly what is asked for.
 
-Ranking (`section_ranking`). Sections are ranked for target ``t`` as: its parent section first, then
-the other sections by ``(|s - t|, s)`` (nearest first, the earlier one on ties). Candidates, in order:
+Ranking (`section_ranking`). Sections are ranked for target `t` as: its parent section first, then
+the other sections by `(|s - t|, s)` (nearest first, the earlier one on ties). Candidates, in order:
 
 * text (`text_candidates`): the page description, the captions of the target's images, then for each
   ranked section its text followed by its images' captions; blank texts are never candidates;
@@ -11,12 +11,12 @@ the other sections by ``(|s - t|, s)`` (nearest first, the earlier one on ties).
 
 Selection (`select_neighbors`) takes a prefix of the candidates under the budgets:
 
-* ``section_only``: nothing. ``section_all``: the captions of the target's images and its images.
-* ``text_only``: the text candidates. ``all``: the text and the image candidates.
+* `section_only`: nothing. `section_all`: the captions of the target's images and its images.
+* `text_only`: the text candidates. `all`: the text and the image candidates.
 
 Leakage: the target's summary (clean and raw first sentence) never enters any input. A neighbour text
 that contains it verbatim has it cut out; a text left empty gives its slot to the next candidate. The
-target's own input is ``"<title>: <rest>"`` with the summary cut out likewise (`target_input`).
+target's own input is `"<title>: <rest>"` with the summary cut out likewise (`target_input`).
 Duplicates: a text that repeats, or lies inside another selected text or the target input, is dropped
 and its slot goes to the next candidate.
 
@@ -28,20 +28,18 @@ bisection, so a selection costs its budgets, not the page. Cleaning duplicates w
 content first: each distinct text is judged once per target, and a run of sections holding only texts
 already judged is jumped over in one step (`_TextGroups`), so a page of thousands of repeated sections costs
 O(log sections) per target, not a walk of the whole page per target. Everything is memoised per graph
-(``PageGraph.memo``).
+(`PageGraph.memo`).
 
 This file is Hub-loadable: it imports same-folder files only.
 """
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from .design_space import has_image_slots, has_text_slots
-from .image_source import ImageFolder, is_in_memory_image
 from .page_graph import PageGraph, scrub_summary
 
 
@@ -66,7 +64,7 @@ class NeighborSelection:
 
 
 def _sections_with(graph: PageGraph, what: str) -> list[int]:
-    """The sections (sorted) that have a text candidate (``"text"``) or an image (``"image"``); memoised."""
+    """The sections (sorted) that have a text candidate (`"text"`) or an image (`"image"`); memoised."""
     found = graph.memo.setdefault("sections_with", {})
     if what not in found:
         blocks = graph.section_blocks if what == "text" else graph.image_nodes
@@ -75,8 +73,8 @@ def _sections_with(graph: PageGraph, what: str) -> list[int]:
 
 
 def _ranked(graph: PageGraph, t: int, sections: list[int]) -> Iterator[int]:
-    """The sections of ``sections`` (sorted) other than ``t`` in neighbour order, lazily: the parent, then by
-    ``(|s - t|, s)``; two pointers found by bisection, so sections left out of ``sections`` cost nothing."""
+    """The sections of `sections` (sorted) other than `t` in neighbour order, lazily: the parent, then by
+    `(|s - t|, s)`; two pointers found by bisection, so sections left out of `sections` cost nothing."""
     parent = graph.section_parents[t]
     i = bisect_left(sections, parent)
     if parent >= 0 and i < len(sections) and sections[i] == parent:
@@ -92,14 +90,14 @@ def _ranked(graph: PageGraph, t: int, sections: list[int]) -> Iterator[int]:
 
 
 def section_ranking(graph: PageGraph, section_idx: int) -> list[int]:
-    """Other sections in neighbour order: the parent, then ``t-1, t+1, t-2, t+2, ...`` (O(sections): for reports
+    """Other sections in neighbour order: the parent, then `t-1, t+1, t-2, t+2, ...` (O(sections): for reports
     and tests; the selection takes the prefixes it needs lazily)."""
     graph.check_section(section_idx)
     return list(_ranked(graph, section_idx, range(graph.num_sections)))
 
 
 def text_candidates(graph: PageGraph, section_idx: int) -> Iterator[int]:
-    """The text-candidate nodes of ``section_idx`` in order (module docstring), lazily."""
+    """The text-candidate nodes of `section_idx` in order (module docstring), lazily."""
     yield from graph.page_block
     yield from graph.caption_blocks[section_idx]
     for s in _ranked(graph, section_idx, _sections_with(graph, "text")):
@@ -107,14 +105,14 @@ def text_candidates(graph: PageGraph, section_idx: int) -> Iterator[int]:
 
 
 def image_candidates(graph: PageGraph, section_idx: int) -> Iterator[int]:
-    """The image-candidate nodes of ``section_idx`` in order (module docstring), lazily."""
+    """The image-candidate nodes of `section_idx` in order (module docstring), lazily."""
     yield from graph.image_nodes[section_idx]
     for s in _ranked(graph, section_idx, _sections_with(graph, "image")):
         yield from graph.image_nodes[s]
 
 
 def _text_prefix(graph: PageGraph, section_idx: int, count: int) -> list[int]:
-    """The first ``count`` text candidates (memoised per section, extended when a larger budget asks)."""
+    """The first `count` text candidates (memoised per section, extended when a larger budget asks)."""
     prefixes = graph.memo.setdefault("text_prefix", {})
     prefix = prefixes.get(section_idx)
     if prefix is None or (len(prefix[1]) < count and not prefix[0]):
@@ -124,7 +122,7 @@ def _text_prefix(graph: PageGraph, section_idx: int, count: int) -> list[int]:
 
 
 def target_input(graph: PageGraph, section_idx: int, include_title: bool = True) -> str:
-    """The input text of target section ``section_idx``: ``"<title>: <rest>"`` (or whichever is not empty),
+    """The input text of target section `section_idx`: `"<title>: <rest>"` (or whichever is not empty),
     with the section's summary cut out wherever it still occurs. One string object per section, so its
     hash (a token cache key) is computed once."""
     inputs = graph.memo.setdefault("target_input", {})
@@ -140,9 +138,9 @@ def target_input(graph: PageGraph, section_idx: int, include_title: bool = True)
 
 
 def summary_free(graph: PageGraph, section_idx: int, count: int) -> bool:
-    """Whether none of the first ``count`` text candidates of ``section_idx`` contains its summary (clean or
-    raw first sentence), i.e. whether they can be inputs as they are. Memoised per section as ``(texts
-    checked, first text with the summary or -1)``."""
+    """Whether none of the first `count` text candidates of `section_idx` contains its summary (clean or
+    raw first sentence), i.e. whether they can be inputs as they are. Memoised per section as `(texts
+    checked, first text with the summary or -1)`."""
     checks = graph.memo.setdefault("summary_free", {})
     checked, first = checks.get(section_idx, (0, -1))
     if first < 0 and checked < count:
@@ -161,7 +159,7 @@ def summary_free(graph: PageGraph, section_idx: int, count: int) -> bool:
 def select_neighbors(
     graph: PageGraph, section_idx: int, context: str, max_text_neighbors: int, max_image_neighbors: int
 ) -> NeighborSelection:
-    """Choose the text and image neighbours of ``section_idx`` under the budgets (module docstring)."""
+    """Choose the text and image neighbours of `section_idx` under the budgets (module docstring)."""
     graph.check_section(section_idx)
     target_node = graph.section_nodes[section_idx]
     if context == "section_only":
@@ -196,9 +194,9 @@ def _has_duplicate(texts: list[str], target: str) -> bool:
 
 def _clean_texts(graph: PageGraph, section_idx: int, context: str, budget: int, text_nodes, texts, clean: bool):
     """The text neighbours without the target's summary and without duplicates, memoised per section (only pages
-    that repeat the summary or a text take `_TextWalk`). ``text_nodes`` / ``texts``: the first ``budget``
-    candidates; ``clean``: none of them holds the summary. The count dropped is kept in
-    ``graph.memo["duplicates_dropped"]`` (data report)."""
+    that repeat the summary or a text take `_TextWalk`). `text_nodes` / `texts`: the first `budget`
+    candidates; `clean`: none of them holds the summary. The count dropped is kept in
+    `graph.memo["duplicates_dropped"]` (data report)."""
     memo = graph.memo.setdefault("clean_texts", {})
     key = (section_idx, context, budget)
     if key in memo:
@@ -222,11 +220,11 @@ def _clean_texts(graph: PageGraph, section_idx: int, context: str, budget: int, 
 
 class _TextGroups:
     """The page's text candidates deduplicated by content, for `_TextWalk`: a group id per usable text node, the
-    sections each group occurs in, and two range-extremum tables over the sections: ``after[s]``, the furthest next
-    occurrence (section > s) of any group of section ``s``'s block, and ``before[s]``, the earliest previous one.
-    A walk that has judged every group of sections ``l..r`` can then find the nearest section left of ``l`` (right of
-    ``r``) holding a group with no occurrence in ``l..r`` in O(log sections): it is the last ``s < l`` with
-    ``after[s] > r`` (the first ``s > r`` with ``before[s] < l``). Built once per graph, O(sections log sections)."""
+    sections each group occurs in, and two range-extremum tables over the sections: `after[s]`, the furthest next
+    occurrence (section > s) of any group of section `s`'s block, and `before[s]`, the earliest previous one.
+    A walk that has judged every group of sections `l..r` can then find the nearest section left of `l` (right of
+    `r`) holding a group with no occurrence in `l..r` in O(log sections): it is the last `s < l` with
+    `after[s] > r` (the first `s > r` with `before[s] < l`). Built once per graph, O(sections log sections)."""
 
     def __init__(self, graph: PageGraph):
         usable, n = graph.usable_texts, graph.num_sections
@@ -254,7 +252,7 @@ class _TextGroups:
 
     @staticmethod
     def _table(values: list[int], pick) -> list[list[int]]:
-        """Sparse table: ``table[k][i]`` is ``pick`` over ``values[i : i + 2**k]``."""
+        """Sparse table: `table[k][i]` is `pick` over `values[i : i + 2**k]`."""
         table = [values]
         while 2 ** len(table) <= len(values):
             half, prev = 2 ** (len(table) - 1), table[-1]
@@ -262,7 +260,7 @@ class _TextGroups:
         return table
 
     def new_left(self, low: int, high: int) -> int:
-        """The last section ``s < low`` holding a group with no occurrence in ``low..high`` (-1 if none)."""
+        """The last section `s < low` holding a group with no occurrence in `low..high` (-1 if none)."""
         pos = low
         for k in range(len(self.after) - 1, -1, -1):
             if pos - 2**k >= 0 and self.after[k][pos - 2**k] <= high:
@@ -270,7 +268,7 @@ class _TextGroups:
         return pos - 1
 
     def new_right(self, low: int, high: int) -> int:
-        """The first section ``s > high`` holding a group with no occurrence in ``low..high`` (sections if none)."""
+        """The first section `s > high` holding a group with no occurrence in `low..high` (sections if none)."""
         pos, n = high + 1, len(self.before[0])
         for k in range(len(self.before) - 1, -1, -1):
             if pos + 2**k <= n and self.before[k][pos] >= low:
@@ -278,7 +276,7 @@ class _TextGroups:
         return pos
 
     def count(self, group: int, low: int, high: int) -> int:
-        """Nodes of ``group`` in sections ``low..high``."""
+        """Nodes of `group` in sections `low..high`."""
         where = self.where[group]
         return bisect_right(where, high) - bisect_left(where, low)
 
@@ -331,7 +329,7 @@ class _TextWalk:
         self.kept.append(text)
 
     def repeats(self, low: int, high: int) -> int:
-        """Candidates in sections ``low..high`` (all repeats of judged groups, the parent's block aside) that judging
+        """Candidates in sections `low..high` (all repeats of judged groups, the parent's block aside) that judging
         them one by one would count as dropped."""
         if low > high:
             return 0
@@ -380,92 +378,9 @@ class _TextWalk:
                     self.visit(node)
 
 
-@dataclass
-class NeighborInputs:
-    """What the model will see of a set of samples, as an embedding cache must hold it.
-
-    Args:
-        texts (`list[str]`): unique text-neighbour texts, exactly as `select_neighbors` gives them.
-        image_files (`list[str]`): unique image files (resolved inside the image folder).
-        image_sha256 (`dict[str, str]`): the fetcher's content hash of each file it recorded one for.
-        missing_images (`int`): image references that resolve to no file (these slots are masked).
-        in_memory_images (`int`): images given in memory in page dicts (looked up by their bytes).
-    """
-
-    texts: list[str]
-    image_files: list[str]
-    image_sha256: dict[str, str]
-    missing_images: int = 0
-    in_memory_images: int = 0
-
-
-def iter_neighbor_inputs(
-    samples: Iterable[tuple[Any, int]],
-    context: str,
-    neighbor_encoding: str,
-    max_text_neighbors: int,
-    max_image_neighbors: int,
-    image_folder: ImageFolder | str | None = None,
-    counts: dict | None = None,
-) -> Iterator[tuple[list[str], list[tuple[str, str | None]]]]:
-    """Per sample of ``samples`` (``(page, section_idx)`` pairs, or a `PageGraphIndex`), lazily: its neighbour texts
-    (none in SA-TE: there they are raw tokens) and its image files as ``(path, sha256 or None)``, exactly what the
-    processor asks an embedding cache for under this configuration. Image references with a file, without one and
-    in-memory images are counted in ``counts["resolved_images"]``, ``counts["missing_images"]`` and
-    ``counts["in_memory_images"]``."""
-    folder = ImageFolder.coerce(image_folder)
-    want_texts, want_images = has_text_slots(neighbor_encoding, context), has_image_slots(context)
-    counts = {} if counts is None else counts
-    counts.setdefault("resolved_images", 0)
-    counts.setdefault("missing_images", 0)
-    counts.setdefault("in_memory_images", 0)
-    for page, section_idx in samples:
-        graph = PageGraph.coerce(page)
-        selection = select_neighbors(graph, section_idx, context, max_text_neighbors, max_image_neighbors)
-        files = []
-        for ref in selection.image_refs if want_images else ():
-            if ref is not None and is_in_memory_image(ref):
-                counts["in_memory_images"] += 1
-                continue
-            path = folder.resolve(ref)
-            if path is None:
-                counts["missing_images"] += ref is not None
-                continue
-            counts["resolved_images"] += 1
-            files.append((path, folder.sha256(ref)))
-        yield (list(selection.texts) if want_texts else []), files
-
-
-def collect_neighbor_inputs(
-    samples: Iterable[tuple[Any, int]],
-    context: str,
-    neighbor_encoding: str,
-    max_text_neighbors: int,
-    max_image_neighbors: int,
-    image_folder: ImageFolder | str | None = None,
-) -> NeighborInputs:
-    """The unique neighbour texts and image files of ``samples`` (`iter_neighbor_inputs`), in memory."""
-    counts: dict = {}
-    texts: dict[str, None] = {}
-    files: dict[str, None] = {}
-    digests: dict[str, str] = {}
-    inputs = iter_neighbor_inputs(samples, context, neighbor_encoding, max_text_neighbors, max_image_neighbors,
-                                  image_folder, counts)
-    for sample_texts, sample_files in inputs:
-        texts.update(dict.fromkeys(sample_texts))
-        for path, sha in sample_files:
-            files[path] = None
-            if sha is not None:
-                digests[path] = sha
-    return NeighborInputs(list(texts), list(files), digests, counts["missing_images"], counts["in_memory_images"])
-
-
 __all__ = [
-    "NeighborInputs",
     "NeighborSelection",
-    "collect_neighbor_inputs",
     "image_candidates",
-    "iter_neighbor_inputs",
     "section_ranking",
     "select_neighbors",
     "summary_free",

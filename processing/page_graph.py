@@ -3,40 +3,39 @@
 A page is a small graph of typed nodes:
 
 ========  =================================================  ============================
-kind      ``text``                                           ``image``
+kind      `text`                                           `image`
 ========  =================================================  ============================
 page      the page description                               `None`
 section   the section's full text (first sentence included)  `None`
 image     the image's caption                                path or URL of the file
 ========  =================================================  ============================
 
-and typed, undirected edges (stored as ``(u, v)`` node-id pairs, ``u`` the "from" side):
+and typed, undirected edges (stored as `(u, v)` node-id pairs, `u` the "from" side):
 
-* ``page``: the page node to every section node;
-* ``section_order``: each section to the next one in page order;
-* ``parent_child``: a section's parent (``section_parent_index``) to the section;
-* ``section_image``: a section to each of its images.
+* `page`: the page node to every section node;
+* `section_order`: each section to the next one in page order;
+* `parent_child`: a section's parent (`section_parent_index`) to the section;
+* `section_image`: a section to each of its images.
 
-Captions are kept as the image node's ``text`` rather than as separate caption nodes: an image
+Captions are kept as the image node's `text` rather than as separate caption nodes: an image
 and its caption are one node (one thing on the page, seen in two modalities), so the graph has no
-``image_caption`` edges. A consumer that wants the caption as a text neighbour uses the image
+`image_caption` edges. A consumer that wants the caption as a text neighbour uses the image
 node's text (the processor does, and then gives the caption slot and the image slot the same
 graph node).
 
-Node ids are fixed: the page node is 0, section ``i`` is node ``1 + i``, then the images, section by
+Node ids are fixed: the page node is 0, section `i` is node `1 + i`, then the images, section by
 section in page order. Besides the graph, a `PageGraph` keeps per section the summary (first
 sentence, the summarization target) and the rest of the text (the input of the target section),
 which is all section summarization needs.
 
 `PageGraph.from_wikiweb2m` is the one adapter for WikiWeb2M page rows; `PageGraph.from_dict` takes a
-plain dict so other data plugs in. `PageGraphIndex` maps sample ``i`` to ``(page_idx, section_idx)``
-and back in O(1) over a `datasets.Dataset` (Arrow) or a list of pages, never scanning the table per
-item.
+plain dict so other data plugs in. The index of a data set's samples (`processing.data.sample_index.PageGraphIndex`)
+is build-time and lives with the data tools.
 
-This file imports only the standard library (`PageGraphIndex` imports two same-folder helpers when built), so it
-can sit in a flat Hub folder next to the processor. It may be loaded twice in one process (the installed package
-and a Hub folder's copy): `PageGraph.coerce` and `is_page_graph` therefore recognise a graph by a marker
-attribute, not by its class.
+This file imports only the standard library, so it can sit in a flat Hub folder next to the
+processor. It may be loaded twice in one process (the installed package and a Hub folder's copy):
+`PageGraph.coerce` and `is_page_graph` therefore recognise a graph by a marker attribute, not by its
+class.
 """
 from __future__ import annotations
 
@@ -44,24 +43,18 @@ import logging
 import operator
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .errors import MMGLInputError, format_location
+from .wikiweb2m_schema import PAGE_GRAPH_FEATURES
 
 logger = logging.getLogger(__name__)
 
 EDGE_TYPES = ("page", "section_order", "parent_child", "section_image")
 
-# WikiWeb2M fields the adapter needs; the others are optional.
-_WIKIWEB2M_REQUIRED = (
-    "section_title",
-    "section_text",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-    "section_parent_index",
-)
 # NUL and the other C0 control characters, DEL, and a percent-encoded NUL (`has_control_characters`).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]|%00")
 # Naive first-sentence split for plain dicts that give no summary: end punctuation + whitespace.
@@ -69,7 +62,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def is_page_graph(obj: Any) -> bool:
-    """Whether ``obj`` is a `PageGraph` of this file or of another copy of it (same layout version)."""
+    """Whether `obj` is a `PageGraph` of this file or of another copy of it (same layout version)."""
     return getattr(obj, "mmgl_page_graph_version", None) == PageGraph.mmgl_page_graph_version
 
 
@@ -82,20 +75,20 @@ def is_in_memory_image(value: Any) -> bool:
 
 def has_control_characters(ref: str) -> bool:
     """Whether an image reference holds a NUL or another control character (U+0000-U+001F, U+007F), as is or
-    percent-encoded as ``%00``: never a real file name or URL of a page, and a NUL makes every OS call on a path
+    percent-encoded as `%00`: never a real file name or URL of a page, and a NUL makes every OS call on a path
     raise."""
     return _CONTROL_CHARACTERS.search(ref) is not None
 
 
 def scrub_summary(text: str, sentences: Sequence[str]) -> str:
-    """Cut every occurrence of each non-empty sentence out of ``text`` (the object is kept when clean)."""
+    """Cut every occurrence of each non-empty sentence out of `text` (the object is kept when clean)."""
     for sentence in sentences:
         if sentence and sentence in text:
             text = " ".join(text.replace(sentence, " ").split())
     return text
 
 
-class PageStructureError(ValueError):
+class PageStructureError(MMGLInputError, ValueError):
     """A page whose content is damaged: ragged per-section lists, a value that is not the field's
     type, text with lone surrogates, ...
 
@@ -112,8 +105,7 @@ class PageStructureError(ValueError):
 
     def __init__(self, message: str, page: Any = "", field: str | None = None,
                  section: int | None = None, image: int | None = None):
-        self.page, self.field, self.section, self.image, self.message = page, field, section, image, message
-        super().__init__(f"{_where(page, field, section, image)}: {message}")
+        super().__init__(message, page=page, section=section, image=image, field=field)
 
     def __reduce__(self):  # picklable across `datasets` / DataLoader worker processes
         return type(self), (self.message, self.page, self.field, self.section, self.image)
@@ -124,22 +116,15 @@ class PageFieldTypeError(PageStructureError, TypeError):
 
 
 def _where(page: Any, field: str | None = None, section: int | None = None, image: int | None = None) -> str:
-    parts = [f"page {page!r}"]
-    if section is not None:
-        parts.append(f"section {section}")
-    if image is not None:
-        parts.append(f"image {image}")
-    if field is not None:
-        parts.append(f"field {field!r}")
-    return ", ".join(parts)
+    return format_location(page=page, section=section, image=image, field=field)
 
 
 def _as_str(value: Any, page: Any = "", field: str | None = None, section: int | None = None,
             image: int | None = None) -> str:
-    """A text field as `str`: `str` as is, `bytes` decoded as UTF-8, `None` as ``""``.
+    """A text field as `str`: `str` as is, `bytes` decoded as UTF-8, `None` as `""`.
 
     Anything else (a list, a dict, a number) raises `PageFieldTypeError` instead of becoming its
-    `str()`, and text with a lone surrogate (``"\\ud800"``, which no tokenizer can encode) raises
+    `str()`, and text with a lone surrogate (`"\\ud800"`, which no tokenizer can encode) raises
     `PageStructureError`; both name the page, section, image and field.
     """
     if value.__class__ is str and value.isascii():  # the common case, first: graphs are built per page
@@ -171,8 +156,8 @@ def _as_str(value: Any, page: Any = "", field: str | None = None, section: int |
 
 
 def _as_int(value: Any, page: Any, field: str, section: int | None = None, default: int = -1) -> int:
-    """An integer field: Python or numpy integers, integral floats and integer strings (``"3"``);
-    `None` gives ``default``. Anything else raises `PageStructureError` naming page, section, field."""
+    """An integer field: Python or numpy integers, integral floats and integer strings (`"3"`);
+    `None` gives `default`. Anything else raises `PageStructureError` naming page, section, field."""
     if value.__class__ is int:
         return value
     if value is None:
@@ -193,7 +178,7 @@ def _as_int(value: Any, page: Any, field: str, section: int | None = None, defau
 
 
 def _as_flag(value: Any, page: Any, field: str, section: int | None = None) -> bool:
-    """A yes/no field: `bool`, numpy bools, or the integers 0 and 1 (a string such as ``"false"``
+    """A yes/no field: `bool`, numpy bools, or the integers 0 and 1 (a string such as `"false"`
     is refused: `bool("false")` would silently be `True`)."""
     if value is None:
         return False
@@ -209,7 +194,7 @@ def _as_flag(value: Any, page: Any, field: str, section: int | None = None) -> b
 
 
 def _as_list(value: Any, page: Any, field: str, section: int | None = None) -> Sequence[Any]:
-    """A list field (list, tuple or another non-text sequence such as a numpy array); `None` is ``[]``."""
+    """A list field (list, tuple or another non-text sequence such as a numpy array); `None` is `[]`."""
     if value.__class__ is list or value.__class__ is tuple:  # the common case, first
         return value
     if value is None:
@@ -261,14 +246,14 @@ class GraphNode:
     """One node of a `PageGraph`.
 
     Args:
-        kind (`str`): ``"page"``, ``"section"`` or ``"image"``.
-        text (`str`, *optional*, defaults to ``""``): the page description, the section text or the
+        kind (`str`): `"page"`, `"section"` or `"image"`.
+        text (`str`, *optional*, defaults to `""`): the page description, the section text or the
             image caption.
         image (`str`, `PIL.Image.Image` or `bytes`, *optional*): for image nodes, the file's path or URL
             (resolved against an image folder by the processor), or, from `PageGraph.from_dict`, the
             image itself (a PIL image or the encoded file's bytes).
         section (`int`, *optional*): the owning section index (for section and image nodes).
-        title (`str`, *optional*, defaults to ``""``): the page or section title.
+        title (`str`, *optional*, defaults to `""`): the page or section title.
     """
 
     kind: str
@@ -287,7 +272,7 @@ class PageGraph:
 
     Args:
         title (`str`): the page title.
-        nodes (`list[GraphNode]`): node 0 is the page, node ``1 + i`` is section ``i``, then images.
+        nodes (`list[GraphNode]`): node 0 is the page, node `1 + i` is section `i`, then images.
         edges (`dict[str, list[tuple[int, int]]]`): typed edges, keys from `EDGE_TYPES`.
         section_nodes (`list[int]`): node id of each section.
         image_nodes (`list[list[int]]`): node ids of each section's images, in page order.
@@ -295,10 +280,10 @@ class PageGraph:
         summaries (`list[str]`): each section's first sentence (the summarization target).
         rest_texts (`list[str]`): each section's text after the first sentence.
         raw_summaries (`list[str]`): the first sentence as it stands in the section text (may keep a
-            newline); used, with ``summaries``, to keep the target out of every input.
+            newline); used, with `summaries`, to keep the target out of every input.
         is_sample (`list[bool]`): whether each section is a summarization sample.
         page_id (`str`, *optional*): a name for errors (URL or title).
-        split (`str`, *optional*): ``train`` / ``val`` / ``test`` when known.
+        split (`str`, *optional*): `train` / `val` / `test` when known.
     """
 
     title: str
@@ -329,15 +314,15 @@ class PageGraph:
         sections: Sequence[Mapping[str, Any]],
         page_id: str = "",
         split: str | None = None,
-    ) -> "PageGraph":
+    ) -> PageGraph:
         """Lay out nodes and edges from normalised sections.
 
         Args:
             title (`str`): page title.
             description (`str`): page description (the page node's text).
-            sections (`list[dict]`): per section, in page order: ``title``, ``text`` (full text),
-                ``summary``, ``rest``, ``raw_summary``, ``parent`` (int, -1 for none),
-                ``is_sample`` (bool) and ``images``: a list of ``(ref, caption)`` pairs.
+            sections (`list[dict]`): per section, in page order: `title`, `text` (full text),
+                `summary`, `rest`, `raw_summary`, `parent` (int, -1 for none),
+                `is_sample` (bool) and `images`: a list of `(ref, caption)` pairs.
             page_id (`str`, *optional*): name used in errors; defaults to the title.
             split (`str`, *optional*): the page's split.
 
@@ -396,12 +381,12 @@ class PageGraph:
         )
 
     @classmethod
-    def from_wikiweb2m(cls, row: Mapping[str, Any]) -> "PageGraph":
+    def from_wikiweb2m(cls, row: Mapping[str, Any]) -> PageGraph:
         """Build the graph of one WikiWeb2M page row (feature names verbatim, see `processing.data.wikiweb2m`).
 
-        The image caption is ``section_image_clean_ref_desc`` (the caption shown under the image),
-        falling back to ``section_image_captions`` and then ``section_image_alt_text`` when empty.
-        The image reference is ``section_image_url``; the processor maps it to a file named by the
+        The image caption is `section_image_clean_ref_desc` (the caption shown under the image),
+        falling back to `section_image_captions` and then `section_image_alt_text` when empty.
+        The image reference is `section_image_url`; the processor maps it to a file named by the
         URL's last path component in an image folder.
 
         Raises:
@@ -411,7 +396,7 @@ class PageGraph:
                 message names page, section and field. A caller may count such pages and skip them.
         """
         page_id = _as_str(row.get("page_url") or row.get("page_title"), "?", "page_url")
-        missing = [name for name in _WIKIWEB2M_REQUIRED if name not in row]
+        missing = [name for name in PAGE_GRAPH_FEATURES if name not in row]  # the others are optional
         if missing:
             raise KeyError(f"page {page_id!r}: WikiWeb2M row lacks field(s) {missing}")
         titles = _as_list(row["section_title"], page_id, "section_title")
@@ -482,7 +467,7 @@ class PageGraph:
         )
 
     @classmethod
-    def from_dict(cls, page: Mapping[str, Any]) -> "PageGraph":
+    def from_dict(cls, page: Mapping[str, Any]) -> PageGraph:
         """Build a graph from a plain dict, for data other than WikiWeb2M.
 
         Expected keys::
@@ -494,23 +479,23 @@ class PageGraph:
                            "parent": int (optional), "is_sample": bool (optional),
                            "images": [{"path" | "url" | "image": str, "caption": str}, ...]}, ...]}
 
-        ``"image"`` may also hold the image itself: a `PIL.Image.Image` or the encoded file's bytes
+        `"image"` may also hold the image itself: a `PIL.Image.Image` or the encoded file's bytes
         (kept in the graph; the processor preprocesses it like a file's pixels).
 
-        Without ``summary`` the first sentence of ``text`` is split off naively (at ``.``, ``!`` or
-        ``?`` followed by whitespace); without ``rest`` it is the text after the summary. Parents
-        default to -1 (a flat page). ``is_sample`` defaults to "has a summary and a rest".
+        Without `summary` the first sentence of `text` is split off naively (at `.`, `!` or
+        `?` followed by whitespace); without `rest` it is the text after the summary. Parents
+        default to -1 (a flat page). `is_sample` defaults to "has a summary and a rest".
 
         Every field is checked for its type: text fields take `str`, UTF-8 `bytes` or `None` (empty);
-        parents take integers (Python or numpy); ``is_sample`` a bool or 0 / 1; ``sections`` and
-        ``images`` lists of dicts; paths `str` or `os.PathLike`. Text with a lone surrogate is
+        parents take integers (Python or numpy); `is_sample` a bool or 0 / 1; `sections` and
+        `images` lists of dicts; paths `str` or `os.PathLike`. Text with a lone surrogate is
         refused (not replaced: the caller's data is wrong, and a silent U+FFFD would hide it).
 
         Raises:
-            KeyError: ``sections`` is missing, or an image has no ``path``, ``url`` or ``image``.
+            KeyError: `sections` is missing, or an image has no `path`, `url` or `image`.
             PageFieldTypeError: (a `TypeError`) a field of the wrong type; names page, section,
                 image and field.
-            PageStructureError: ragged ``parents``, a bad integer, text with lone surrogates.
+            PageStructureError: ragged `parents`, a bad integer, text with lone surrogates.
         """
         page_id = _as_str(page.get("url") or page.get("id") or page.get("title"), "?", "url")
         if "sections" not in page:
@@ -588,8 +573,8 @@ class PageGraph:
         )
 
     @classmethod
-    def coerce(cls, page: Any) -> "PageGraph":
-        """A `PageGraph` as is, a WikiWeb2M row (has ``section_title``) or a plain dict (has ``sections``).
+    def coerce(cls, page: Any) -> PageGraph:
+        """A `PageGraph` as is, a WikiWeb2M row (has `section_title`) or a plain dict (has `sections`).
 
         A graph built by another copy of this file (e.g. a Hub folder's next to the installed package)
         is taken as is too: it is recognised by its marker attribute, and has the same fields and methods.
@@ -623,7 +608,7 @@ class PageGraph:
 
     @cached_property
     def neighbors(self) -> list[frozenset[int]]:
-        """Undirected adjacency: ``neighbors[u]`` is the set of nodes sharing an edge with ``u``."""
+        """Undirected adjacency: `neighbors[u]` is the set of nodes sharing an edge with `u`."""
         adjacency: list[set] = [set() for _ in self.nodes]
         for pairs in self.edges.values():
             for u, v in pairs:
@@ -639,7 +624,7 @@ class PageGraph:
 
     @cached_property
     def page_block(self) -> list[int]:
-        """``[page node]`` when the description is usable as a text neighbour, else ``[]``."""
+        """`[page node]` when the description is usable as a text neighbour, else `[]`."""
         return [self.page_node] if self.usable_texts[self.page_node] is not None else []
 
     @cached_property
@@ -664,7 +649,7 @@ class PageGraph:
         return {}
 
     def section_node(self, section_idx: int) -> int:
-        """Node id of section ``section_idx`` (with a clear error when out of range)."""
+        """Node id of section `section_idx` (with a clear error when out of range)."""
         self.check_section(section_idx)
         return self.section_nodes[section_idx]
 
@@ -685,161 +670,11 @@ class PageGraph:
         return [i for i, flag in enumerate(self.is_sample) if flag]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Sample index
-# ---------------------------------------------------------------------------------------------------
-
-
-def _is_arrow_table(pages: Any) -> bool:
-    return hasattr(pages, "select_columns") and hasattr(pages, "iter") and hasattr(pages, "__getitem__")
-
-
-class PageGraphIndex:
-    """Section summarization samples over a table of pages, with O(1) lookups both ways.
-
-    ``index[i]`` gives ``(graph, section_idx)`` for sample ``i``: a constant-time row fetch from
-    the table (a `datasets.Dataset` reads one Arrow row; a list indexes) and a memoised graph
-    build, never a scan. ``index.position(page_idx, section_idx)`` is the reverse lookup (a binary search over the
-    `SampleList`: no Python object per sample).
-
-    Args:
-        pages (`datasets.Dataset`, or a list of WikiWeb2M rows, page dicts or `PageGraph`s).
-        samples (`SampleList` or an iterable of `tuple[int, int]`, *optional*): ``(page_idx, section_idx)``
-            pairs; by default every section flagged as a summarization sample (``is_section_summarization_sample``),
-            read column-wise from Arrow tables.
-        split (`str`, *optional*): with the default samples, keep only pages of this split.
-        graph_cache_size (`int`, *optional*, defaults to 1024): how many page graphs to keep (LRU); `None`
-            keeps all, 0 keeps none. Small by default: a miss rebuilds a graph from its row in ~1 ms, and a
-            shuffled epoch over millions of pages rarely meets one twice.
-    """
-
-    def __init__(
-        self,
-        pages: Any,
-        samples: Iterable[tuple[int, int]] | None = None,
-        split: str | None = None,
-        graph_cache_size: int | None = 1024,
-    ):
-        # Imported here: the graph classes above load alone (standard library only, module docstring); the index
-        # is the training side's, next to its same-folder helpers.
-        from .mapped_pages import ReleaseEvery, track_table
-        from .sample_list import SampleList
-
-        self.pages = pages
-        self.graph_cache_size = graph_cache_size
-        self._graphs: "OrderedDict[int, PageGraph]" = OrderedDict()
-        # Rows read from a memory-mapped Arrow table leave its pages resident: `_read` gives the table's maps back
-        # after every row, and every 256 rows any other map of its files (`processing.mapped_pages`).
-        track_table(pages)
-        self._release = ReleaseEvery(256)
-        self._maps: tuple[int, list] | None = None  # (process id, its maps of the Arrow table): `_read`
-        self.samples = SampleList.from_pairs(self._default_samples(split) if samples is None else samples)
-        duplicate = self.samples.first_duplicate()
-        if duplicate is not None:
-            page, section = self.samples[duplicate[0]]
-            raise ValueError(f"sample (page {page}, section {section}) listed twice (positions {duplicate[0]}, "
-                             f"{duplicate[1]})")
-
-    def _default_samples(self, split: str | None) -> Iterator[tuple[int, int]]:
-        if _is_arrow_table(self.pages):
-            columns = ["split", "is_section_summarization_sample"]
-            batches = self.pages.select_columns(columns).iter(batch_size=1024)
-            rows: Iterator[tuple[Any, Any]] = (pair for b in batches for pair in zip(b[columns[0]], b[columns[1]]))
-        else:
-            rows = (self._flags_of(i, page) for i, page in enumerate(self.pages))
-        for page_idx, (page_split, flags) in enumerate(rows):
-            if split is not None and page_split != split:
-                continue
-            yield from ((page_idx, s) for s, flag in enumerate(flags) if flag)
-
-    def _flags_of(self, page_idx: int, page: Any) -> tuple[str | None, Sequence[Any]]:
-        if isinstance(page, Mapping) and "is_section_summarization_sample" in page:
-            return page.get("split"), page["is_section_summarization_sample"]
-        graph = self._remember(page_idx, PageGraph.coerce(page))
-        return graph.split, graph.is_sample
-
-    def _remember(self, page_idx: int, graph: PageGraph) -> PageGraph:
-        if self.graph_cache_size != 0:
-            self._graphs[page_idx] = graph
-            self._graphs.move_to_end(page_idx)
-            if self.graph_cache_size is not None and len(self._graphs) > self.graph_cache_size:
-                self._graphs.popitem(last=False)
-        return graph
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[PageGraph, int]:
-        page_idx, section_idx = self.samples[i]
-        return self.graph(page_idx), section_idx
-
-    def __iter__(self) -> Iterator[tuple[PageGraph, int]]:
-        """Every sample in order: a pass over the data set (a cache build, neighbour-input collection). A page's
-        samples are consecutive, so its graph is built once and not remembered: the pass leaves the LRU that
-        training draws from as it was, instead of filling it with the last pages of the table."""
-        current, graph = -1, None
-        for page_idx, section_idx in self.samples:
-            if page_idx != current:
-                current, graph = page_idx, self._passing(page_idx)
-            yield graph, section_idx
-
-    def sample(self, i: int) -> tuple[int, int]:
-        """``(page_idx, section_idx)`` of sample ``i``."""
-        return self.samples[i]
-
-    def position(self, page_idx: int, section_idx: int) -> int:
-        """Sample number of ``(page_idx, section_idx)``; `KeyError` if it is not a sample."""
-        position = self.samples.position(page_idx, section_idx)
-        if position < 0:
-            raise KeyError(f"(page {page_idx}, section {section_idx}) is not a sample of this index")
-        return position
-
-    def __contains__(self, key: tuple[int, int]) -> bool:
-        return self.samples.position(*key) >= 0
-
-    def graph(self, page_idx: int) -> PageGraph:
-        """The page graph of row ``page_idx`` (one O(1) row fetch, then memoised)."""
-        graph = self._graphs.get(page_idx)
-        if graph is not None:
-            self._graphs.move_to_end(page_idx)
-            return graph
-        return self._remember(page_idx, self._read(page_idx))
-
-    def _read(self, page_idx: int) -> PageGraph:
-        from .mapped_pages import release_mapped_files, release_ranges, table_maps
-
-        if self._release.due():
-            release_mapped_files()
-        graph = PageGraph.coerce(self.pages[page_idx])
-        # A row maps the page cache's folios around each of its columns (tens of KiB to MiBs): a DataLoader worker
-        # reading a few rows of a large table would keep much of it resident. Its maps, found once per process, are
-        # given back after every row: one system call.
-        if self._maps is None or self._maps[0] != os.getpid():
-            self._maps = (os.getpid(), table_maps(self.pages))
-        release_ranges(self._maps[1])
-        return graph
-
-    def _passing(self, page_idx: int) -> PageGraph:
-        """The graph of a page met in a pass: the remembered one, else built and not remembered."""
-        graph = self._graphs.get(page_idx)
-        return graph if graph is not None else self._read(page_idx)
-
-    def page_indices(self) -> list[int]:
-        """The distinct pages that hold samples, in order."""
-        return self.samples.page_indices().tolist()
-
-    def graphs(self) -> Iterator[PageGraph]:
-        """The graphs of `page_indices` (e.g. to build a token cache over exactly these pages), not remembered."""
-        for page_idx in self.samples.page_indices():
-            yield self._passing(int(page_idx))
-
-
 __all__ = [
     "EDGE_TYPES",
     "GraphNode",
     "PageFieldTypeError",
     "PageGraph",
-    "PageGraphIndex",
     "PageStructureError",
     "is_in_memory_image",
     "is_page_graph",

@@ -1,6 +1,6 @@
 """`mmgl-summarization`: a transformers pipeline that writes the summary (first sentence) of a section.
 
-Usage, from a folder written by `save_for_hub` (works offline, in a process that cannot import this
+Usage, from a folder written by `processing.training.export.save_for_hub` (works offline, in a process that cannot import this
 package)::
 
     from transformers import pipeline
@@ -11,40 +11,38 @@ package)::
     pipe([{"page": p, "section": s} for p, s in todo], batch_size=8)   # -> a list of dicts
 
 A page is what `PageGraph.coerce` accepts: a WikiWeb2M page row (feature names verbatim), a
-`PageGraph`, or a plain dict ``{"title", "description", "sections": [{"title", "text", "images":
-[{"path" | "url" | "image", "caption"}]}]}``. In a plain dict an image may also be a `PIL.Image.Image`
-(or the file's bytes) under ``"image"``: the processor preprocesses it like a file (an embedding cache
+`PageGraph`, or a plain dict `{"title", "description", "sections": [{"title", "text", "images":
+[{"path" | "url" | "image", "caption"}]}]}`. In a plain dict an image may also be a `PIL.Image.Image`
+(or the file's bytes) under `"image"`: the processor preprocesses it like a file (an embedding cache
 finds it by its bytes, a PIL image by its PNG encoding). For a plain dict the summary of the target
-section is unknown: unless that section gives ``"summary"`` or ``"rest"`` itself, its input text is its
+section is unknown: unless that section gives `"summary"` or `"rest"` itself, its input text is its
 FULL text (`PageGraph.from_dict` would otherwise split a first sentence off and drop it from the
-input). For a WikiWeb2M row the input is ``section_rest_sentence``, as in training. A `PageGraph` may
+input). For a WikiWeb2M row the input is `section_rest_sentence`, as in training. A `PageGraph` may
 come from any copy of page_graph.py (the installed package's or a Hub folder's).
 
-Neighbours: with ``embedding_cache`` (a path or an `EmbeddingCache`, or any object with
-``get_text`` / ``get_image`` / ``embed_dim``) they are passed as precomputed embeddings; without it
-as raw open_clip ids and pixels, which the model encodes with its frozen ``neighbor_encoder`` (a
-model without one needs a cache: a clear error says so). Missing images (no file, no ``image_dir``)
-are masked, never replaced by blank pixels, with a warning counting them; an ``image_dir`` that is not a
+Neighbours: with `embedding_cache` (a path or an `EmbeddingCache`, or any object with
+`get_text` / `get_image` / `embed_dim`) they are passed as precomputed embeddings; without it
+as raw open_clip ids and pixels, which the model encodes with its frozen `neighbor_encoder` (a
+model without one needs a cache: a clear error says so). Missing images (no file, no `image_dir`)
+are masked, never replaced by blank pixels, with a warning counting them; an `image_dir` that is not a
 folder is an error.
 
-Batching uses the processor's own collator (left padding), so ``batch_size=B`` gives exactly
-``model.generate(**processor(pages, sections, for_generation=True))``. Generation parameters
-(``max_new_tokens``, ``num_beams``, ``do_sample``, ... or ``generate_kwargs={...}``) go to
-``generate``; ``max_new_tokens`` defaults to the processor's ``max_target_length``.
+Batching uses the processor's own collator (left padding), so `batch_size=B` gives exactly
+`model.generate(**processor(pages, sections, for_generation=True))`. Generation parameters
+(`max_new_tokens`, `num_beams`, `do_sample`, ... or `generate_kwargs={...}`) go to
+`generate`; `max_new_tokens` defaults to the processor's `max_target_length`.
 
-`save_for_hub` writes a flat, self-contained Hub folder: weights, tokenizer, processor config, the
-modeling files, the processing files (this one included) and ``custom_pipelines`` in config.json.
-This file imports installed packages and same-folder files only (``page_graph.py``, and
-``embedding_cache.py`` when a cache is given by path), never modeling code. Encoders of a cache that is not the
+`processing.training.export.save_for_hub` writes a flat, self-contained Hub folder: weights, tokenizer, processor
+config, `custom_pipelines` in config.json, and the code: the files the entry points (the modeling files, the
+processor and this file) import, following their relative imports; nothing else. This file imports installed packages and same-folder files only (`page_graph.py`, and
+`embedding_cache.py` when a cache is given by path), never modeling code. Encoders of a cache that is not the
 model's are refused (`EmbeddingCache.check_encoder`), as is a processor that disagrees with the model.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sized
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,21 +61,21 @@ _GENERATION_KEYS = frozenset(k for k in vars(GenerationConfig()) if not k.starts
 class MMGLSummarizationPipeline(Pipeline):
     r"""Section summarization with an MMGL model (`MMGLForConditionalGeneration`) and its `MMGLProcessor`.
 
-    Inputs (``__call__``): one input or a list of them, each ``{"page": page, "section": int}``, or a bare
-    page with ``section=`` given as a call parameter (see the module docstring for the page formats).
+    Inputs (`__call__`): one input or a list of them, each `{"page": page, "section": int}`, or a bare
+    page with `section=` given as a call parameter (see the module docstring for the page formats).
 
     Parameters (at construction or per call):
         section (`int`, *optional*): target section for inputs that are bare pages.
         max_new_tokens (`int`, *optional*): summary tokens to generate; defaults to the processor's
-            ``max_target_length`` unless the model's generation config sets a length.
+            `max_target_length` unless the model's generation config sets a length.
         num_beams (`int`, *optional*): beam search width (any other `generate` parameter is accepted
-            too, by name or in ``generate_kwargs``).
+            too, by name or in `generate_kwargs`).
         image_dir (`str`, *optional*): folder of the image files that image URLs / relative paths refer to.
         embedding_cache (`str` or `EmbeddingCache`, *optional*): precomputed neighbour embeddings; without
-            one, neighbours are encoded by the model's ``neighbor_encoder``.
+            one, neighbours are encoded by the model's `neighbor_encoder`.
 
     Returns:
-        `dict` ``{"summary_text": str}`` per input (a list of them for ``num_return_sequences > 1``), or a
+        `dict` `{"summary_text": str}` per input (a list of them for `num_return_sequences > 1`), or a
         list of those for a list of inputs.
     """
 
@@ -276,7 +274,7 @@ class MMGLSummarizationPipeline(Pipeline):
 
 
 def _full_text_target(page: Any, section: int) -> Any:
-    """A plain dict whose target section gives neither ``summary`` nor ``rest`` gets ``summary=""``: its
+    """A plain dict whose target section gives neither `summary` nor `rest` gets `summary=""`: its
     summary is unknown, so its whole text is the input (`PageGraph.from_dict` would split a first sentence
     off and drop it). Other pages are returned as they are."""
     if not (isinstance(page, Mapping) and "sections" in page and "section_title" not in page):
@@ -298,79 +296,9 @@ def _full_text_target(page: Any, section: int) -> Any:
 
 
 def register_pipeline() -> None:
-    """Register ``"mmgl-summarization"`` in this process, so that ``pipeline("mmgl-summarization", model=<MMGL
-    model object>, processor=...)`` works and `save_for_hub` can record the pipeline in config.json."""
+    """Register `"mmgl-summarization"` in this process, so that `pipeline("mmgl-summarization", model=<MMGL
+    model object>, processor=...)` works and `save_for_hub` can record the pipeline in config.json."""
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=MMGLSummarizationPipeline, pt_model=AutoModelForCausalLM)
 
 
-_PROJECT_PACKAGES = ("processing", "modeling_mmgl")
-
-
-def check_flat_folder(folder: str | os.PathLike) -> None:
-    """Raise if a ``.py`` file of ``folder`` imports relatively something that is not a file of ``folder``
-    (found the way transformers finds them, by regex, so even an indented or lazy import counts), or imports
-    this project's packages (``processing``, ``modeling_mmgl``) by absolute name."""
-    import ast
-
-    from transformers.dynamic_module_utils import get_relative_imports
-
-    folder = Path(folder)
-    local = {path.stem for path in folder.glob("*.py")}
-    problems = []
-    for path in sorted(folder.glob("*.py")):
-        for module in sorted(get_relative_imports(path)):
-            if module not in local:
-                problems.append(f"{path.name}: 'from .{module} import' is not a file of the folder")
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level > 1:
-                problems.append(f"{path.name}: 'from {'.' * node.level}{node.module or ''} import' leaves the folder")
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            for name in names:
-                if name.split(".")[0] in _PROJECT_PACKAGES:
-                    problems.append(f"{path.name}: imports the package {name!r}, which a Hub folder does not have")
-    if problems:
-        raise RuntimeError(f"{folder} is not a flat Hub folder:\n  " + "\n  ".join(problems))
-
-
-def save_for_hub(model, processor, output_dir: str | os.PathLike) -> list[str]:
-    """Write ``model`` and ``processor`` to ``output_dir`` as a flat Hub folder that loads with
-    ``pipeline("mmgl-summarization", model=output_dir, trust_remote_code=True)`` (and `AutoModel`,
-    `AutoModelForCausalLM`, `AutoProcessor`, `AutoTokenizer` with ``trust_remote_code=True``) in a process
-    without this package.
-
-    Writes: config.json (``auto_map`` for AutoConfig / AutoModel / AutoModelForCausalLM and
-    ``custom_pipelines``), generation_config.json, model.safetensors, the tokenizer files
-    (tokenizer_config.json with ``auto_map.AutoProcessor``), processor_config.json (``auto_map.AutoProcessor``)
-    and preprocessor_config.json, and the code: the modeling files, ``processing_mmgl.py`` and the files it imports
-    (design space, neighbour selection, SA-TE layout, graph projection, page graph, token cache, image source,
-    collator, atomic writes), ``pipeline_mmgl.py`` and the embedding-cache reader; no data tool.
-
-    Args:
-        model (`MMGLForConditionalGeneration`): the model (merge peft adapters first).
-        processor (`MMGLProcessor`): its processor.
-        output_dir (`str` or `os.PathLike`): the folder (created if needed).
-
-    Returns:
-        `list[str]`: the file names in ``output_dir``.
-    """
-    if hasattr(model, "merge_and_unload") or hasattr(model, "get_base_model"):
-        raise TypeError("save_for_hub needs a plain model: merge peft adapters first (model = model.merge_and_unload())")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    register_pipeline()
-    # Processor code and `auto_map.AutoProcessor` in processor_config.json / tokenizer_config.json.
-    type(processor).register_for_auto_class("AutoProcessor")
-    pipe = MMGLSummarizationPipeline(model=model, processor=processor, task=TASK, device=-1)
-    # Through the pipeline object: config.json gets `custom_pipelines` and pipeline_mmgl.py (+ the files it
-    # imports relatively) is copied; then the model (+ modeling files), tokenizer and image processor.
-    pipe.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    # Python caches copied along with nothing else: keep the folder to its files.
-    shutil.rmtree(output_dir / "__pycache__", ignore_errors=True)
-    check_flat_folder(output_dir)
-    return sorted(p.name for p in output_dir.iterdir())
-
-
-__all__ = ["TASK", "MMGLSummarizationPipeline", "check_flat_folder", "register_pipeline", "save_for_hub"]
+__all__ = ["TASK", "MMGLSummarizationPipeline", "register_pipeline"]

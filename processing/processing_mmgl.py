@@ -1,69 +1,39 @@
 """Processor for Multimodal Graph Learning (MMGL) section summarization.
 
-`MMGLProcessor` turns (page, target section) into the model inputs of docs/INTERFACE.md: an OPT
-prompt with ``<neighbor>`` placeholders and labels on the summary only, the neighbours (raw or as
-cached embeddings) with masks, and the graph between the neighbours. It holds the options, the token
-layout and the payload assembly; the rules it applies live in their own files:
+`MMGLProcessor` turns (page, target section) into the model inputs of docs/INTERFACE.md: an OPT prompt with
+`<neighbor>` placeholders and labels on the summary only, the neighbours (raw or as cached embeddings) with masks,
+and the graph between the neighbours. It holds the options and the tokenizers, tokenises one example's texts and
+saves / loads itself; the rules it applies live in their own files:
 
-* which neighbours: `neighbor_selection` (ranking, budgets, leakage, and the collector of what an
-  embedding cache must hold);
+* which neighbours: `neighbor_selection` (ranking, budgets, leakage);
 * which slots and which model mode an (encoding, context) pair has: `design_space`;
+* where each piece goes in the sequence, truncation, and SA-TE's groups: `token_layout` (from ids);
+* the neighbour tensors (cached embeddings or pixels) and their masks: `neighbor_payload`;
 * which image file and which pixels: `image_source` (the one resolver and the one preprocessing);
-* where SA-TE puts each neighbour in the sequence: `sa_te_layout`;
 * the graph over the slots: `graph_projection`;
-* token ids of every text, on disk: `token_cache`.
+* token ids of every text, on disk: `token_cache` (read here; built by `processing/data/token_store.py` through
+  `encode_texts`).
 
-Example layout (one example, training; ``|`` separates token segments). SA-E and CA-E::
+Every text segment is tokenised on its own as `" " + text` (no special tokens, special-token strings inside text
+are split as plain text), so an example is a concatenation of per-text id arrays: a token store holds each unique
+text's ids once and building an example is slicing and concatenating.
 
-    </s> | " Section:" | " <section title>: <section text after its first sentence>"
-         | <neighbor> x text_neighbor_num_tokens per text slot        (SA-E only)
-         | <neighbor> x image_neighbor_num_tokens per real image slot (SA-E only)
-         | " Summary:" | " <summary>" </s>
+Images: an image whose file is not in the image folder (or, with an embedding cache, not in it), or cannot be
+decoded, keeps its slot with mask 0 and gets no placeholders. Page dicts may hold the image itself (a PIL image or
+the file's bytes): it is preprocessed like a file, and an embedding cache is asked for its bytes (a PIL image's
+PNG). An embedding cache is asked for exactly these keys: each text neighbour's text (as in
+`NeighborSelection.texts`, see `processing.data.neighbor_inputs`) and each image's resolved file path (or, for an
+in-memory image, its bytes).
 
-SA-TE (neighbour texts as tokens; each image's placeholders right after its own section's text, as in the
-paper; the groups and their order are `sa_te_layout.sa_te_groups`)::
+Options are plain attributes saved in `processor_config.json`; prompt ids are tokenised at first use, so build a
+new processor (or `from_pretrained`) rather than editing the prompts afterwards.
 
-    </s> | " Section:" | " <section title>: <section text after its first sentence>"
-         | " <caption of a target image>" ... | <neighbor> x image_neighbor_num_tokens per real target image
-         | [when anything follows] " Context:" | [when selected] " <page description>"
-         | per other section, in neighbour order: [when selected] " <its text>" | " <its images' captions>" ...
-         |                                        | <neighbor> x image_neighbor_num_tokens per real image of it
-         | " Summary:" | " <summary>" </s>
-
-    labels: -100 everywhere except " <summary>" </s>
-
-for generation the example stops after " Summary:". Every text segment is tokenised on its own as
-``" " + text`` (no special tokens, special-token strings inside text are split as plain text), so
-an example is a concatenation of per-text id arrays: the token cache (`build_token_cache`) stores
-each unique text's ids once and building an example is slicing and concatenating. Truncation
-(``max_source_length``) cuts texts only, from their end, never placeholders or prompts: the target
-text keeps what the SA-TE neighbour texts leave free and at least half of the text budget, the
-neighbour texts share the rest in slot order (`NeighborSelection.texts`); an image's placeholders stay
-whole even when its section's text is cut to nothing. The summary (``max_target_length`` with eos) is last.
-
-Images: an image whose file is not in the image folder (or, with an embedding cache, not in it), or
-cannot be decoded, keeps its slot with mask 0 and gets no placeholders. Page dicts may hold the
-image itself (a PIL image or the file's bytes): it is preprocessed like a file, and an embedding
-cache is asked for its bytes (a PIL image's PNG). With raw pixels, an example with no image file at
-all gets a zero-stride zero view for ``image_neighbor_pixel_values`` (no 3 MB memset per example at
-224 px; treat it as read-only).
-
-An embedding cache is asked for exactly these keys: each text neighbour's text (as in
-`NeighborSelection.texts`, see `collect_neighbor_inputs`) and each image's resolved file path (or,
-for an in-memory image, its bytes).
-
-Options are plain attributes saved in ``processor_config.json``; prompt ids are tokenised at first
-use, so build a new processor (or `from_pretrained`) rather than editing the prompts afterwards.
-
-This file is Hub-loadable: it imports installed packages and same-folder files only, and never
-modeling code.
+This file is Hub-loadable: it imports installed packages and same-folder files only, and never modeling code.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,29 +41,22 @@ import torch
 from transformers import AddedToken, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .collator import MMGLDataCollator
-from .design_space import check_design, check_text_neighbor_encoder, has_image_slots, has_text_slots, neighbor_mode
+from .collator import ADJACENCY_KEY, EIGENVECTORS_KEY, IMAGE_SLOT_KEYS, TEXT_SLOT_KEYS, MMGLDataCollator
+from .design_space import (
+    DESIGN_DEFAULTS,
+    check_design,
+    check_text_neighbor_encoder,
+    has_image_slots,
+    has_text_slots,
+    neighbor_mode,
+)
 from .graph_projection import neighbor_adjacency
 from .laplacian_encoding import slot_laplacian_eigenvectors
-from .mapped_pages import ReleaseEvery, release_mapped_files, track_table
-from .image_source import (
-    ImageDecodeError,
-    ImageFolder,
-    clip_image_processor,
-    image_bytes,
-    load_rgb_image,
-    pixel_values,
-)
-from .neighbor_selection import (
-    NeighborInputs,
-    NeighborSelection,
-    collect_neighbor_inputs,
-    iter_neighbor_inputs,
-    select_neighbors,
-    target_input,
-)
-from .page_graph import PageGraph, PageGraphIndex, is_page_graph
-from .sa_te_layout import sa_te_groups
+from .image_source import ImageFolder, clip_image_processor
+from .neighbor_payload import image_embeddings, image_pixels, image_sources, pixel_size, text_embeddings
+from .neighbor_selection import NeighborSelection, select_neighbors, target_input
+from .page_graph import PageGraph, is_page_graph
+from .token_layout import layout_ids, sa_te_groups
 from .text_neighbor_tokens import (
     TEXT_NEIGHBOR_TOKENIZER_DIR,
     clip_text_ids,
@@ -103,15 +66,6 @@ from .text_neighbor_tokens import (
 from .token_cache import MMGLTokenCache, tokenizer_fingerprint
 
 NEIGHBOR_TOKEN = "<neighbor>"
-# Shared zero scalar behind the broadcast pixel block of examples without any image file.
-_ZERO = torch.zeros(())
-
-
-def _long_tensor(values: list[int]) -> torch.Tensor:
-    # Through numpy: about twice as fast as torch.tensor(list) for the few values of a mask.
-    return torch.from_numpy(np.array(values, dtype=np.int64))
-
-
 class _RuntimeState:
     """Caches that must not be serialised nor deep-copied with the processor config (`to_dict`)."""
 
@@ -130,47 +84,21 @@ class _RuntimeState:
         return self
 
 
-_FORK_ENCODERS = None  # kind -> the encoder a forked tokenisation worker calls (set just before the fork)
-
-
-def _encode_in_worker(task):
-    kind, chunk = task
-    return [np.asarray(ids) for ids in _FORK_ENCODERS[kind](chunk)]
-
-
-@contextlib.contextmanager
-def _chunk_mapper(encoders: Mapping[str, Any], num_proc: int | None):
-    """A function ``(kind, chunks) -> each chunk's ids, in order``: in this process, or in ``num_proc`` forked
-    processes started once for the whole build (the tokenizers are inherited, not pickled)."""
-    global _FORK_ENCODERS
-    import multiprocessing
-
-    if not num_proc or num_proc <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        yield lambda kind, chunks: map(encoders[kind], chunks)
-        return
-    _FORK_ENCODERS = encoders
-    try:
-        with multiprocessing.get_context("fork").Pool(num_proc) as pool:
-            yield lambda kind, chunks: pool.imap(_encode_in_worker, [(kind, chunk) for chunk in chunks])
-    finally:
-        _FORK_ENCODERS = None
-
-
 class MMGLProcessor(ProcessorMixin):
     r"""Builds MMGL model inputs from a page graph and a target section.
 
     Args:
         image_processor (`CLIPImageProcessor`, *optional*): preprocessing of raw neighbour images, as
             the CLIP image encoder's; defaults to `clip_image_processor(neighbor_encoder_name)`.
-        tokenizer (`PreTrainedTokenizerBase`): the OPT tokenizer. ``<neighbor>`` is added to it as a
-            special token when missing; its id is the model's ``neighbor_token_id``.
-        context (`str`, *optional*, defaults to `"all"`): ``section_only`` (target section text),
-            ``section_all`` (+ its images and captions), ``text_only`` (all text of the page) or
-            ``all`` (all text and images of the page).
-        neighbor_encoding (`str`, *optional*, defaults to `"sa_e"`): ``sa_te`` (neighbour texts as raw
+        tokenizer (`PreTrainedTokenizerBase`): the OPT tokenizer. `<neighbor>` is added to it as a
+            special token when missing; its id is the model's `neighbor_token_id`.
+        context (`str`, *optional*, defaults to `"all"`): `section_only` (target section text),
+            `section_all` (+ its images and captions), `text_only` (all text of the page) or
+            `all` (all text and images of the page).
+        neighbor_encoding (`str`, *optional*, defaults to `"sa_e"`): `sa_te` (neighbour texts as raw
             tokens, images as embeddings: the target text, then each section's texts, each followed by the
-            placeholders of that section's images; see the module docstring), ``sa_e`` (every neighbour as
-            embeddings in the sequence, after the target text) or ``ca_e`` (neighbours through
+            placeholders of that section's images; see the module docstring), `sa_e` (every neighbour as
+            embeddings in the sequence, after the target text) or `ca_e` (neighbours through
             cross-attention; no placeholders).
         text_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per text neighbour.
         image_neighbor_num_tokens (`int`, *optional*, defaults to 4): placeholders per image neighbour.
@@ -180,22 +108,22 @@ class MMGLProcessor(ProcessorMixin):
             texts and placeholders); only texts are truncated (see the module docstring).
         max_target_length (`int`, *optional*, defaults to 128): summary tokens including eos.
         neighbor_encoder_name (`str`, *optional*, defaults to `"ViT-B-32"`): open_clip model name whose
-            tokenizer makes ``text_neighbor_input_ids`` (works offline).
-        neighbor_context_length (`int`, *optional*): open_clip context length ``Lc``; defaults to the
+            tokenizer makes `text_neighbor_input_ids` (works offline).
+        neighbor_context_length (`int`, *optional*): open_clip context length `Lc`; defaults to the
             model's (77 for CLIP).
         text_neighbor_encoder (`str`, *optional*): a Hugging Face text model (hub id or folder) whose tokenizer
-            makes ``text_neighbor_input_ids`` instead of open_clip's (`MMGLConfig.text_neighbor_encoder`); saved
-            with the processor in ``text_neighbor_tokenizer/``. Refused for designs without text slots (SA-TE,
-            ``section_only``).
+            makes `text_neighbor_input_ids` instead of open_clip's (`MMGLConfig.text_neighbor_encoder`); saved
+            with the processor in `text_neighbor_tokenizer/`. Refused for designs without text slots (SA-TE,
+            `section_only`).
         text_neighbor_max_length (`int`, *optional*, defaults to 512): ids per text neighbour with
-            ``text_neighbor_encoder`` (``Lc``): special tokens added, truncated and padded to this length.
+            `text_neighbor_encoder` (`Lc`): special tokens added, truncated and padded to this length.
         include_section_title (`bool`, *optional*, defaults to `True`): prefix the target text with
             its section title.
-        lpe_k (`int`, *optional*): for a model with ``position_encoding="laplacian"``: each example then holds
-            ``neighbor_laplacian_eigenvectors`` `(Nt + Ni, lpe_k)`, the slot graph's eigenvectors, computed once
+        lpe_k (`int`, *optional*): for a model with `position_encoding="laplacian"`: each example then holds
+            `neighbor_laplacian_eigenvectors` `(Nt + Ni, lpe_k)`, the slot graph's eigenvectors, computed once
             here (`laplacian_encoding`) rather than in every forward pass.
         context_prompt / section_prompt / summary_prompt (`str`, *optional*): the fixed prompt words,
-            ``"Context:"``, ``"Section:"`` and ``"Summary:"``.
+            `"Context:"`, `"Section:"` and `"Summary:"`.
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -204,12 +132,12 @@ class MMGLProcessor(ProcessorMixin):
         self,
         image_processor=None,
         tokenizer=None,
-        context: str = "all",
-        neighbor_encoding: str = "sa_e",
-        text_neighbor_num_tokens: int = 4,
-        image_neighbor_num_tokens: int = 4,
-        max_text_neighbors: int = 11,
-        max_image_neighbors: int = 5,
+        context: str = DESIGN_DEFAULTS["context"],
+        neighbor_encoding: str = DESIGN_DEFAULTS["neighbor_encoding"],
+        text_neighbor_num_tokens: int = DESIGN_DEFAULTS["text_neighbor_num_tokens"],
+        image_neighbor_num_tokens: int = DESIGN_DEFAULTS["image_neighbor_num_tokens"],
+        max_text_neighbors: int = DESIGN_DEFAULTS["max_text_neighbors"],
+        max_image_neighbors: int = DESIGN_DEFAULTS["max_image_neighbors"],
         max_source_length: int = 512,
         max_target_length: int = 128,
         neighbor_encoder_name: str = "ViT-B-32",
@@ -287,19 +215,20 @@ class MMGLProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         names = ["input_ids", "attention_mask", "labels"]
+        # The collator's key names: one spelling (tests/test_neighbor_keys.py checks the model's forward agrees).
         if self.has_text_slots:
-            names += ["text_neighbor_embeds", "text_neighbor_input_ids", "text_neighbor_mask"]
+            names += TEXT_SLOT_KEYS
         if self.has_image_slots:
-            names += ["image_neighbor_embeds", "image_neighbor_pixel_values", "image_neighbor_mask"]
+            names += IMAGE_SLOT_KEYS
         if self.has_text_slots or self.has_image_slots:
-            names.append("neighbor_adjacency")
+            names.append(ADJACENCY_KEY)
             if self.lpe_k:
-                names.append("neighbor_laplacian_eigenvectors")
+                names.append(EIGENVECTORS_KEY)
         return names
 
     @property
     def clip_tokenizer(self):
-        """The open_clip tokenizer of ``neighbor_encoder_name`` (imported lazily: it is heavy)."""
+        """The open_clip tokenizer of `neighbor_encoder_name` (imported lazily: it is heavy)."""
         if self._state.clip_tokenizer is None:
             import open_clip
 
@@ -309,7 +238,7 @@ class MMGLProcessor(ProcessorMixin):
 
     @property
     def text_neighbor_tokenizer(self):
-        """The tokenizer of ``text_neighbor_encoder`` (loaded at first use, or the one saved with the processor),
+        """The tokenizer of `text_neighbor_encoder` (loaded at first use, or the one saved with the processor),
         `None` when open_clip encodes the text neighbours."""
         if self.text_neighbor_encoder is None:
             return None
@@ -324,7 +253,7 @@ class MMGLProcessor(ProcessorMixin):
         return int(getattr(self.clip_tokenizer, "context_length", self.neighbor_context_length or 77))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """As `ProcessorMixin.save_pretrained`, plus the text neighbour tokenizer in ``text_neighbor_tokenizer/``
+        """As `ProcessorMixin.save_pretrained`, plus the text neighbour tokenizer in `text_neighbor_tokenizer/`
         (so the folder tokenises text neighbours offline)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if self.text_neighbor_encoder is not None:
@@ -334,7 +263,7 @@ class MMGLProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As `ProcessorMixin.from_pretrained`; a processor saved with a text neighbour encoder takes its tokenizer
-        from ``text_neighbor_tokenizer/`` of the same folder (or hub repository)."""
+        from `text_neighbor_tokenizer/` of the same folder (or hub repository)."""
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if processor.text_neighbor_encoder is not None:
             hub_kwargs = {k: v for k, v in kwargs.items()
@@ -348,8 +277,8 @@ class MMGLProcessor(ProcessorMixin):
     def check_model_config(self, config, embed_dim: int | None = None, text_embed_dim: int | None = None) -> None:
         """Refuse a model whose configuration disagrees with this processor, naming both values: the neighbour mode
         this design needs, the text neighbour encoder, tokens per neighbour, neighbour budgets, the placeholder id
-        and, when given, the width ``embed_dim`` of the neighbour embeddings (an embedding cache's;
-        ``text_embed_dim`` that of its text embeddings when it differs). Reads ``config`` by attribute name only
+        and, when given, the width `embed_dim` of the neighbour embeddings (an embedding cache's;
+        `text_embed_dim` that of its text embeddings when it differs). Reads `config` by attribute name only
         (this file never imports modeling code)."""
         wanted_mode = neighbor_mode(self.neighbor_encoding, self.context)
         mode = getattr(config, "neighbor_mode", "none")
@@ -389,19 +318,19 @@ class MMGLProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ neighbour selection
 
     def select_neighbors(self, page: Any, section_idx: int) -> NeighborSelection:
-        """The text and image neighbours of ``section_idx`` under this processor's budgets (`select_neighbors`)."""
+        """The text and image neighbours of `section_idx` under this processor's budgets (`select_neighbors`)."""
         return self._select(PageGraph.coerce(page), section_idx)
 
     def _select(self, graph: PageGraph, section_idx: int) -> NeighborSelection:
         return select_neighbors(graph, section_idx, self.context, self.max_text_neighbors, self.max_image_neighbors)
 
     def target_text(self, graph: PageGraph, section_idx: int) -> str:
-        """The target's input text: ``"<title>: <rest>"``, summary cut out (`target_input`)."""
+        """The target's input text: `"<title>: <rest>"`, summary cut out (`target_input`)."""
         return target_input(graph, section_idx, self.include_section_title)
 
     # ------------------------------------------------------------------ tokenisation (cached or not)
 
-    def _tokenizer_identity(self) -> dict[str, str]:
+    def tokenizer_identity(self) -> dict[str, str]:
         """What token cache ids depend on: the OPT tokenizer's fingerprint and the text neighbour tokenizer (open_clip's
         name and context length, or the Hugging Face tokenizer's fingerprint and max length)."""
         if self._state.identity is None:
@@ -409,7 +338,7 @@ class MMGLProcessor(ProcessorMixin):
                 clip = f"hf:{tokenizer_fingerprint(self.text_neighbor_tokenizer)}:{self.text_neighbor_max_length}"
             else:
                 clip = f"{self.neighbor_encoder_name}:{self.neighbor_context_length}"
-            self._state.identity = {"lm": tokenizer_fingerprint(self.tokenizer), "clip": clip}
+            self._state.identity = {"lm": tokenizer_fingerprint(self.tokenizer), "neighbor_text": clip}
         return self._state.identity
 
     def _encode_lm(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -433,17 +362,28 @@ class MMGLProcessor(ProcessorMixin):
             return list(text_neighbor_ids(self.text_neighbor_tokenizer, texts, self.text_neighbor_max_length))
         return list(clip_text_ids(self.clip_tokenizer, texts))
 
+    def encode_texts(self, kind: str, texts: Sequence[str]) -> list:
+        """Token ids of each text, tokenised now (no token store): `"lm"`, the language model's ids of `" " + text`
+        (`np.ndarray`); `"neighbor_text"` (formerly `"clip"`), the text neighbour encoder's ids (`torch.Tensor`). What a
+        token store holds
+        (`processing.data.token_store.build_token_cache` calls this)."""
+        if kind == "lm":
+            return self._encode_lm(texts)
+        if kind in ("neighbor_text", "clip"):
+            return self._encode_clip(texts)
+        raise ValueError(f"unknown token kind {kind!r}: expected 'lm' or 'neighbor_text'")
+
     def _lm_ids_many(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """OPT ids of several texts (each as ``" " + text``)."""
+        """OPT ids of several texts (each as `" " + text`)."""
         return self._ids_many("lm", self._encode_lm, texts)
 
     def _clip_ids_many(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """open_clip ids of several texts."""
-        return self._ids_many("clip", self._encode_clip, texts)
+        return self._ids_many("neighbor_text", self._encode_clip, texts)
 
     def _ids_many(self, kind: str, encode, texts: Sequence[str]) -> list:
         """Ids of several texts: one hash and binary search each in the token store when there is one, one
-        batched ``encode`` call for the texts it lacks (or for all of them without a store)."""
+        batched `encode` call for the texts it lacks (or for all of them without a store)."""
         cache = self._state.token_cache
         if cache is None:
             return encode(texts) if texts else []
@@ -458,7 +398,7 @@ class MMGLProcessor(ProcessorMixin):
         return ids
 
     def _prompt_ids(self) -> dict[str, Any]:
-        """Ids of the fixed prompt pieces, tokenised once; ``fixed_length`` counts the pieces every
+        """Ids of the fixed prompt pieces, tokenised once; `fixed_length` counts the pieces every
         example has (bos, section and summary prompts)."""
         if self._state.prompt_ids is None:
             bos = self.tokenizer.bos_token_id
@@ -478,167 +418,33 @@ class MMGLProcessor(ProcessorMixin):
         return self._state.token_cache
 
     def set_token_cache(self, cache: MMGLTokenCache | None) -> None:
-        """Use ``cache`` (or none); refuses a cache built with other tokenizers."""
-        if cache is not None and cache.identity != self._tokenizer_identity():
+        """Use `cache` (or none); refuses a cache built with other tokenizers."""
+        if cache is not None and cache.identity != self.tokenizer_identity():
             source = f" ({cache.path!r})" if cache.path else ""
             raise ValueError(
                 f"token cache{source} was built with tokenizers {cache.identity}, this processor uses "
-                f"{self._tokenizer_identity()}"
+                f"{self.tokenizer_identity()}"
             )
         self._state.token_cache = cache
 
     def load_token_cache(self, path: str | os.PathLike) -> MMGLTokenCache:
         """Load a token cache file (`MMGLTokenCache.save`) and use it; a file of other tokenizers, or a
-        damaged one, raises `ValueError` naming the file. Save one with ``processor.token_cache.save(path)``."""
-        cache = MMGLTokenCache.load(path, identity=self._tokenizer_identity())
+        damaged one, raises `ValueError` naming the file. Save one with `processor.token_cache.save(path)`."""
+        cache = MMGLTokenCache.load(path, identity=self.tokenizer_identity())
         self._state.token_cache = cache
-        return cache
-
-    def build_token_cache(
-        self,
-        pages: Any,
-        neighbor_input_ids: bool | None = None,
-        batch_size: int = 2048,
-        show_progress: bool = True,
-        fingerprint: str | None = None,
-        num_proc: int | None = None,
-        block_pages: int = 4096,
-    ) -> MMGLTokenCache:
-        """Tokenise every unique text of ``pages`` once (batched) and use the ids from now on.
-
-        Collects, per page: the target text and summary of every section with a summary, and (for
-        SA-TE) every node text that can be a neighbour; with ``neighbor_input_ids`` also the open_clip
-        ids of the node texts. Texts met later (e.g. summary-scrubbed ones) are added on first use.
-
-        Args:
-            pages: a `PageGraphIndex` (its pages with samples), or an iterable of page graphs, WikiWeb2M
-                rows or page dicts.
-            neighbor_input_ids (`bool`, *optional*): also cache open_clip ids for raw text neighbours;
-                defaults to whether this configuration has text slots and no embedding cache is used (pass
-                `False` when an embedding cache will provide text embeddings: they are then never read).
-            batch_size (`int`, *optional*, defaults to 2048): texts per tokenizer call.
-            show_progress (`bool`, *optional*, defaults to `True`): tqdm progress bars.
-            fingerprint (`str`, *optional*): a fingerprint of the page table (e.g. the Arrow data set's
-                ``_fingerprint``); when the store already covers it for this configuration, nothing is
-                collected (a restart does no work per page), and after building it is recorded as covered.
-            num_proc (`int`, *optional*): tokenise in this many processes (fork); default one.
-            block_pages (`int`, *optional*, defaults to 4096): pages whose texts are collected and tokenised at a
-                time (memory holds one block's texts; `prepare_token_cache` spills the ids to disk).
-
-        Returns:
-            `MMGLTokenCache`, also installed on the processor (it extends the current one if any: after
-            `load_token_cache`, only texts the file lacks are tokenised; keep them with
-            ``processor.token_cache.save(path)``).
-        """
-        from tqdm.auto import tqdm
-
-        if neighbor_input_ids is None:
-            neighbor_input_ids = self.has_text_slots
-        cache = self._state.token_cache
-        if cache is None:
-            cache = MMGLTokenCache(self._tokenizer_identity())
-        self._state.token_cache = cache
-        raw_neighbor_texts = self.neighbor_encoding == "sa_te" and self.context != "section_only"
-        covered = None
-        if fingerprint is not None:
-            covered = (
-                f"{fingerprint}|{self.context}|{self.neighbor_encoding}|{self.context_prompt}|"
-                f"{self.section_prompt}|{self.summary_prompt}|clip={bool(neighbor_input_ids)}"
-            )
-            if covered in cache.covers:
-                return cache
-        graphs: Iterable[PageGraph]
-        if isinstance(pages, PageGraphIndex):
-            graphs = pages.graphs()
-        else:
-            track_table(pages)  # a memory-mapped Arrow table: its pages are given back every 256 rows
-            graphs = (PageGraph.coerce(page) for page in pages)
-        release = ReleaseEvery(256)
-        # Block by block of pages: the texts of one block are in memory at a time, and their ids go to the store
-        # (to its spill files on disk when `spill_to` was called), so memory does not grow with the table.
-        wanted: dict[str, dict[str, None]] = {"lm": {}, "clip": {}}
-
-        def tokenize_block(map_chunks) -> None:
-            for kind, texts in wanted.items():
-                texts = cache.missing(kind, texts)  # texts already stored are not tokenised again
-                chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
-                for chunk, ids in zip(chunks, map_chunks(kind, chunks)):
-                    cache.add(kind, chunk, ids)
-                wanted[kind] = {}
-
-        encoders = {"lm": self._encode_lm, "clip": self._encode_clip}
-        with _chunk_mapper(encoders, num_proc) as map_chunks:
-            in_block = 0
-            for graph in tqdm(graphs, desc="token store", unit="page", disable=not show_progress):
-                for s in range(graph.num_sections):
-                    if graph.summaries[s]:
-                        wanted["lm"][self.target_text(graph, s)] = None
-                        wanted["lm"][graph.summaries[s]] = None
-                for node in graph.nodes:
-                    if node.text:
-                        if raw_neighbor_texts:
-                            wanted["lm"][node.text] = None
-                        if neighbor_input_ids:
-                            wanted["clip"][node.text] = None
-                if release.due():
-                    release_mapped_files()
-                in_block += 1
-                if in_block == block_pages:
-                    tokenize_block(map_chunks)
-                    in_block = 0
-            tokenize_block(map_chunks)
-        if covered is not None:
-            cache.mark_covered(covered)
         return cache
 
     # ------------------------------------------------------------------ neighbour payloads
 
-    def _pixel_size(self) -> tuple[int, int]:
-        ip = self.image_processor
-        if self._state.pixel_size is not None and self._state.pixel_size[0] is ip:
-            return self._state.pixel_size[1]
-        self._state.pixel_size = (ip, self._compute_pixel_size(ip))
-        return self._state.pixel_size[1]
-
-    @staticmethod
-    def _compute_pixel_size(ip) -> tuple[int, int]:
-        crop = getattr(ip, "crop_size", None)
-        if getattr(ip, "do_center_crop", False) and crop is not None:
-            return int(crop["height"]), int(crop["width"])
-        size = ip.size
-        if size.get("height") is not None:
-            return int(size["height"]), int(size["width"])
-        return int(size["shortest_edge"]), int(size["shortest_edge"])
-
     def _text_payload(self, graph: PageGraph, section_idx: int, selection: NeighborSelection, embedding_cache) -> dict[str, torch.Tensor]:
-        num = len(selection.texts)
         if embedding_cache is not None:
-            get_text = embedding_cache.get_text
-            embeds = [get_text(text) for text in selection.texts]
-            for text, embed in zip(selection.texts, embeds):
-                if embed is None:
-                    raise KeyError(
-                        f"page {graph.page_id!r}, section {section_idx}: the embedding cache has no entry for text "
-                        f"neighbour {text[:60]!r}...; precompute embeddings for the texts of `select_neighbors`"
-                    )
-            if embeds:
-                try:  # the cache returns tensors: one stack
-                    values = torch.stack(embeds)
-                except TypeError:
-                    values = torch.stack([torch.as_tensor(embed) for embed in embeds])
-                values = values.reshape(num, -1).to(torch.float32)
-            else:  # a cache of a Hugging Face text encoder has its own text width
-                width = getattr(embedding_cache, "text_embed_dim", None) or embedding_cache.embed_dim
-                values = torch.zeros((0, int(width)))
-            key = "text_neighbor_embeds"
-        else:
-            ids = self._clip_ids_many(selection.texts)
-            values = torch.stack(ids) if ids else torch.zeros((0, self.neighbor_context_size), dtype=torch.long)
-            key = "text_neighbor_input_ids"
-        return {key: values, "text_neighbor_mask": torch.from_numpy(np.ones(num, dtype=np.int64))}
+            return text_embeddings(selection.texts, embedding_cache, f"page {graph.page_id!r}, section {section_idx}")
+        ids = self._clip_ids_many(selection.texts)
+        values = torch.stack(ids) if ids else torch.zeros((0, self.neighbor_context_size), dtype=torch.long)
+        return {"text_neighbor_input_ids": values, "text_neighbor_mask": torch.from_numpy(np.ones(len(ids), dtype=np.int64))}
 
     def image_folder(self, image_dir: ImageFolder | str | os.PathLike | None) -> ImageFolder:
-        """The `ImageFolder` of ``image_dir`` (its manifest read once per folder and kept)."""
+        """The `ImageFolder` of `image_dir` (its manifest read once per folder and kept)."""
         if isinstance(image_dir, ImageFolder):
             return image_dir
         key = None if image_dir is None else os.fspath(image_dir)
@@ -650,63 +456,14 @@ class MMGLProcessor(ProcessorMixin):
     def _image_payload(
         self, selection: NeighborSelection, embedding_cache, image_dir
     ) -> tuple[dict[str, torch.Tensor], list[int]]:
-        """Image slot tensors and the mask as a list. Only files the image folder resolves count, and
-        in-memory images of page dicts (PIL images or encoded bytes); the others are masked, as are
-        images that cannot be decoded (one warning naming the file)."""
-        num = len(selection.image_refs)
-        mask = [0] * num
-        folder = self.image_folder(image_dir)
-        sources = []  # (slot, path or in-memory image, the fetcher's sha256 or None)
-        for j, ref in enumerate(selection.image_refs):
-            if ref is None:
-                continue
-            if isinstance(ref, (str, os.PathLike)):
-                path = folder.resolve(ref)
-                if path is not None:
-                    sources.append((j, path, folder.sha256(ref)))
-            else:
-                sources.append((j, ref, None))
+        """Image slot tensors and the mask as a list (`neighbor_payload`)."""
+        sources = image_sources(selection.image_refs, self.image_folder(image_dir))
         if embedding_cache is not None:
-            found = {}
-            for j, source, sha256 in sources:
-                try:
-                    # The cache keys images by their file bytes: a PIL image by its PNG bytes (lossless); a
-                    # fetched file by the hash its manifest recorded (no need to read it again).
-                    if sha256 is not None:
-                        embed = embedding_cache.get_image(source, sha256=sha256)
-                    else:
-                        embed = embedding_cache.get_image(source if isinstance(source, str) else image_bytes(source))
-                except OSError:
-                    embed = None
-                if embed is not None:
-                    found[j] = torch.as_tensor(embed, dtype=torch.float32).reshape(-1)
-            dim = next(iter(found.values())).shape[0] if found else int(embedding_cache.embed_dim)
-            values = torch.zeros((num, dim))
-            for j, embed in found.items():
-                values[j] = embed
-                mask[j] = 1
-            return {"image_neighbor_embeds": values, "image_neighbor_mask": _long_tensor(mask)}, mask
-        height, width = self._pixel_size()
-        loaded = []
-        for j, source, _ in sources:
-            try:
-                loaded.append((j, load_rgb_image(source)))
-            except ImageDecodeError as err:  # masked like a missing file, as the cache builder skips it
-                warnings.warn(f"{err}; masking it")
-        if loaded:
-            values = torch.zeros((num, 3, height, width))
-            pixels = pixel_values(self.image_processor, [image for _, image in loaded])
-            for (j, _), pixel in zip(loaded, pixels):
-                values[j] = pixel
-                mask[j] = 1
-        else:
-            # Most sections have no image file: a zero-stride zero view instead of a fresh
-            # (Ni, 3, H, W) buffer (3 MB of memset per example at 224 px). Writes to it fail (all its
-            # elements share one memory location), so one view per shape serves every example.
-            values = self._state.zero_pixels.get((num, height, width))
-            if values is None:
-                values = self._state.zero_pixels[(num, height, width)] = _ZERO.expand(num, 3, height, width)
-        return {"image_neighbor_pixel_values": values, "image_neighbor_mask": _long_tensor(mask)}, mask
+            return image_embeddings(sources, len(selection.image_refs), embedding_cache)
+        if self._state.pixel_size is None or self._state.pixel_size[0] is not self.image_processor:
+            self._state.pixel_size = (self.image_processor, pixel_size(self.image_processor))
+        return image_pixels(sources, len(selection.image_refs), self.image_processor, self._state.pixel_size[1],
+                            self._state.zero_pixels)
 
     # ------------------------------------------------------------------ examples
 
@@ -723,18 +480,18 @@ class MMGLProcessor(ProcessorMixin):
         Args:
             page: a `PageGraph`, a WikiWeb2M page row or a page dict.
             section_idx (`int`): the target section.
-            embedding_cache (*optional*): an object with ``get_text(text)``, ``get_image(path)`` and
-                ``embed_dim`` (`processing.embedding_cache.EmbeddingCache`); when given, neighbours are
+            embedding_cache (*optional*): an object with `get_text(text)`, `get_image(path)` and
+                `embed_dim` (`processing.embedding_cache.EmbeddingCache`); when given, neighbours are
                 passed as embeddings, otherwise as raw CLIP ids / pixels.
-            image_dir (`str`, *optional*): folder of the image files (see `resolve_image`).
+            image_dir (`str`, *optional*): folder of the image files (`image_source.ImageFolder`).
             for_generation (`bool`, *optional*, defaults to `False`): stop after the prompt; no labels.
 
         Returns:
-            `dict[str, torch.Tensor]`: ``input_ids`` / ``attention_mask`` / ``labels`` `(L,)`; with text
-            slots ``text_neighbor_embeds`` `(Nt, Dt)` or ``text_neighbor_input_ids`` `(Nt, Lc)` and
-            ``text_neighbor_mask`` `(Nt,)`; with image slots ``image_neighbor_embeds`` `(Ni, Di)` or
-            ``image_neighbor_pixel_values`` `(Ni, 3, H, W)` and ``image_neighbor_mask`` `(Ni,)`; and
-            ``neighbor_adjacency`` `(Nt + Ni, Nt + Ni)` when there are slots.
+            `dict[str, torch.Tensor]`: `input_ids` / `attention_mask` / `labels` `(L,)`; with text
+            slots `text_neighbor_embeds` `(Nt, Dt)` or `text_neighbor_input_ids` `(Nt, Lc)` and
+            `text_neighbor_mask` `(Nt,)`; with image slots `image_neighbor_embeds` `(Ni, Di)` or
+            `image_neighbor_pixel_values` `(Ni, 3, H, W)` and `image_neighbor_mask` `(Ni,)`; and
+            `neighbor_adjacency` `(Nt + Ni, Nt + Ni)` when there are slots.
         """
         graph = PageGraph.coerce(page)
         selection = self._select(graph, section_idx)
@@ -786,61 +543,25 @@ class MMGLProcessor(ProcessorMixin):
         self, graph: PageGraph, section_idx: int, selection: NeighborSelection, num_placeholders: int,
         image_mask: Sequence[int], for_generation: bool,
     ) -> tuple[np.ndarray, int]:
-        """``input_ids`` as an int64 array, and the source length (tokens before the summary);
-        truncation keeps placeholders and prompts. ``image_mask``: the image slots that get placeholders."""
-        prompts = self._prompt_ids()
-        raw_texts = selection.texts if self.neighbor_encoding == "sa_te" else ()
-        groups = sa_te_groups(graph, section_idx, selection) if self.neighbor_encoding == "sa_te" else None
-        # SA-TE: " Context:" opens whatever follows the target's own group (texts or real images).
-        has_context = groups is not None and any(
-            group.texts or any(image_mask[j] for j in group.images) for group in groups[1:]
-        )
-        fixed = prompts["fixed_length"] + num_placeholders + (len(prompts["context"]) if has_context else 0)
-        budget = self.max_source_length - fixed
-        if budget < 0:
-            raise ValueError(
-                f"page {graph.page_id!r}, section {section_idx}: max_source_length={self.max_source_length} cannot "
-                f"hold the prompt and {num_placeholders} neighbour placeholders ({fixed} tokens); raise "
-                "max_source_length or lower the neighbour budgets"
-            )
-        summary = graph.summaries[section_idx]
+        """`input_ids` and the source length (`token_layout.layout_ids`), from this processor's ids."""
+        sa_te = self.neighbor_encoding == "sa_te"
+        raw_texts = selection.texts if sa_te else ()
         target_text = self.target_text(graph, section_idx)
         if for_generation:  # no summary: the naive (uncached) path must not tokenise it for nothing
             ids = self._lm_ids_many([target_text, *raw_texts])
-            target, summary_ids, neighbor_ids = ids[0], None, ids[1:]
+            target, summary, neighbor_texts = ids[0], None, ids[1:]
         else:
-            ids = self._lm_ids_many([target_text, summary, *raw_texts])
-            target, summary_ids, neighbor_ids = ids[0], ids[1], ids[2:]
-        # Split the text budget: the target keeps everything the neighbour texts leave free, and at
-        # least half when both are long; neighbour texts then fill the rest in slot order.
-        neighbor_length = sum(map(len, neighbor_ids))
-        if len(target) + neighbor_length > budget:
-            target = target[: max(budget // 2, budget - neighbor_length)]
-            budget -= len(target)
-            kept = []
-            for text_ids in neighbor_ids:
-                kept.append(text_ids[:budget])  # empty once the budget is spent
-                budget -= len(kept[-1])
-            neighbor_ids = kept
-        if groups is None:
-            body = [prompts["section"], target, self._placeholders(num_placeholders)]
-        else:
-            # Each group's texts, then the placeholders of its real images (`sa_te_layout`).
-            body = [prompts["section"], target]
-            for k, group in enumerate(groups):
-                if k == 1 and has_context:
-                    body.append(prompts["context"])
-                body += [neighbor_ids[i] for i in group.texts]
-                real_images = sum(image_mask[j] for j in group.images)
-                body.append(self._placeholders(self.image_neighbor_num_tokens * real_images))
-        if for_generation:
-            return np.concatenate([prompts["bos"], *body, prompts["summary"]]), -1
-        summary_ids = summary_ids[: self.max_target_length - 1]
-        input_ids = np.concatenate([prompts["bos"], *body, prompts["summary"], summary_ids, prompts["eos"]])
-        return input_ids, len(input_ids) - len(summary_ids) - 1
+            ids = self._lm_ids_many([target_text, graph.summaries[section_idx], *raw_texts])
+            target, summary, neighbor_texts = ids[0], ids[1], ids[2:]
+        return layout_ids(
+            self._prompt_ids(), target, summary, neighbor_texts, num_placeholders, self._placeholders,
+            self.max_source_length, self.max_target_length,
+            groups=sa_te_groups(graph, section_idx, selection) if sa_te else None, image_mask=image_mask,
+            image_tokens=self.image_neighbor_num_tokens, where=f"page {graph.page_id!r}, section {section_idx}",
+        )
 
     def _placeholders(self, count: int) -> np.ndarray:
-        """``count`` placeholder ids: one read-only array per count, reused by every example."""
+        """`count` placeholder ids: one read-only array per count, reused by every example."""
         placeholders = self._state.placeholders.get(count)
         if placeholders is None:
             placeholders = np.full(count, self.neighbor_token_id, dtype=np.int64)
@@ -886,28 +607,6 @@ class MMGLProcessor(ProcessorMixin):
             for page, s in zip(pages, section_indices)
         ]
         return BatchFeature(self.data_collator(for_generation)(examples))
-
-    def collect_neighbor_inputs(
-        self, samples: Iterable[tuple[Any, int]], image_dir: ImageFolder | str | os.PathLike | None = None
-    ) -> NeighborInputs:
-        """The unique neighbour texts and image files of ``samples`` (``(page, section_idx)`` pairs, or a
-        `PageGraphIndex`) under this processor's configuration: exactly the keys `build_example` asks an
-        embedding cache for (`neighbor_selection.collect_neighbor_inputs`)."""
-        return collect_neighbor_inputs(
-            samples, self.context, self.neighbor_encoding, self.max_text_neighbors, self.max_image_neighbors,
-            self.image_folder(image_dir),
-        )
-
-    def iter_neighbor_inputs(
-        self, samples: Iterable[tuple[Any, int]], image_dir: ImageFolder | str | os.PathLike | None = None,
-        counts: dict | None = None,
-    ):
-        """`collect_neighbor_inputs` lazily, sample by sample (`neighbor_selection.iter_neighbor_inputs`): for
-        an embedding-cache build over a whole data set without holding its texts in memory."""
-        return iter_neighbor_inputs(
-            samples, self.context, self.neighbor_encoding, self.max_text_neighbors, self.max_image_neighbors,
-            self.image_folder(image_dir), counts,
-        )
 
 
 __all__ = ["NEIGHBOR_TOKEN", "MMGLProcessor"]

@@ -1,6 +1,6 @@
 """The ONE tokenisation of text neighbours: `text_neighbor_ids` for a Hugging Face text neighbour encoder
 (`MMGLConfig.text_neighbor_encoder`), `clip_text_ids` for open_clip's text tower. The processor (raw
-``text_neighbor_input_ids``) and the embedding-cache builder both call them, and the model encodes what they return,
+`text_neighbor_input_ids`) and the embedding-cache builder both call them, and the model encodes what they return,
 so a cached text embedding equals the in-model one.
 
 This file is Hub-loadable: it imports installed packages only.
@@ -17,7 +17,7 @@ TEXT_NEIGHBOR_TOKENIZER_DIR = "text_neighbor_tokenizer"
 
 
 def load_text_neighbor_tokenizer(name_or_path: str, **kwargs):
-    """``AutoTokenizer.from_pretrained(name_or_path)``, refusing a tokenizer without a pad token (padding must be
+    """`AutoTokenizer.from_pretrained(name_or_path)`, refusing a tokenizer without a pad token (padding must be
     told apart from text: the encoder masks the pad id)."""
     from transformers import AutoTokenizer
 
@@ -31,8 +31,8 @@ def load_text_neighbor_tokenizer(name_or_path: str, **kwargs):
 
 
 def text_neighbor_ids(tokenizer, texts: Sequence[str], max_length: int) -> torch.LongTensor:
-    """`(n, max_length)` ids of ``texts``: the encoder's special tokens added (CLS / SEP, as it was trained),
-    truncated to ``max_length`` and right-padded with the pad id up to it (fixed width, so examples batch like
+    """`(n, max_length)` ids of `texts`: the encoder's special tokens added (CLS / SEP, as it was trained),
+    truncated to `max_length` and right-padded with the pad id up to it (fixed width, so examples batch like
     open_clip's 77-token ids; the encoder drops all-pad columns before running)."""
     if not texts:
         return torch.zeros((0, max_length), dtype=torch.long)
@@ -44,7 +44,7 @@ def text_neighbor_ids(tokenizer, texts: Sequence[str], max_length: int) -> torch
 
 
 def clip_text_ids(tokenizer, texts: Sequence[str]) -> torch.LongTensor:
-    """`(n, context_length)` open_clip ids of ``texts``: exactly ``tokenizer(texts)``. For open_clip's own BPE
+    """`(n, context_length)` open_clip ids of `texts`: exactly `tokenizer(texts)`. For open_clip's own BPE
     tokenizer (`SimpleTokenizer`, truncating) each text's words are encoded only until its context is full, since
     the rest is cut anyway: a section has ~200 words and the context ~75, so a data set's texts tokenise in a
     fraction of the CPU; the cleaning sees a prefix ending at a line break (`_line_prefixes`), so the ids do not
@@ -77,14 +77,14 @@ BPE_MEMO_SIZE = 1 << 17
 
 def _bound_bpe_memo(tokenizer, size: int = BPE_MEMO_SIZE) -> None:
     """`SimpleTokenizer.bpe` memoises every distinct word it meets, without a bound: over a full data set's texts
-    (millions of distinct words) that dict would grow with the corpus in every process. Past ``size`` words it
+    (millions of distinct words) that dict would grow with the corpus in every process. Past `size` words it
     starts again from its special tokens (stored as themselves); the frequent words come back within a few texts."""
     if len(tokenizer.cache) > size:
         tokenizer.cache = {word: bpe for word, bpe in tokenizer.cache.items() if word == bpe}
 
 
 def _line_prefixes(text: str, size: int):
-    """Growing prefixes of ``text`` that end just after a line break, then ``text`` itself. open_clip's cleaning
+    """Growing prefixes of `text` that end just after a line break, then `text` itself. open_clip's cleaning
     (ftfy fixes a text line by line, each line on its own or given what came before; HTML entities, whitespace and
     case are local) turns such a prefix into a prefix of the cleaned text, ending between words: its ids are the
     first ids of the whole text's, so a long text is cleaned only as far as its context reaches."""

@@ -22,10 +22,11 @@ import torch
 
 from .atomic_write import atomic_file
 from .mapped_pages import ReleaseEvery, release_arrays
+from .sorted_digests import find_sorted, unique_order
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """``sha256:<hex>`` of what decides a fast tokenizer's ids: its JSON (model, vocab, merges, normaliser,
+    """`sha256:<hex>` of what decides a fast tokenizer's ids: its JSON (model, vocab, merges, normaliser,
     pre-tokeniser and added tokens). Its truncation and padding settings are left out: each call
     switches them, and the token cache tokenises without either. A slow tokenizer is fingerprinted by
     its class and full vocabulary (added tokens included)."""
@@ -47,8 +48,8 @@ def _text_digests(texts: Sequence[str]) -> np.ndarray:
 
 
 class _IdTable:
-    """The ids of many texts in three flat arrays: text ``i`` has digest ``keys[i]`` (sorted) and ids
-    ``ids[offsets[i] : offsets[i + 1]]``. No Python object per text; the arrays may be memory-mapped."""
+    """The ids of many texts in three flat arrays: text `i` has digest `keys[i]` (sorted) and ids
+    `ids[offsets[i] : offsets[i + 1]]`. No Python object per text; the arrays may be memory-mapped."""
 
     def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray, handle=None):
         self.keys, self.offsets, self.ids = keys, offsets, ids
@@ -60,18 +61,15 @@ class _IdTable:
         return len(self.keys)
 
     @classmethod
-    def empty(cls) -> "_IdTable":
+    def empty(cls) -> _IdTable:
         return cls(np.zeros(0, dtype="V16"), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32))
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where absent (a binary search: touches ~log2(n) pages of a mapped file)."""
-        if not len(self.keys):
-            return np.full(len(keys), -1, dtype=np.int64)
-        rows = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[rows] == keys, rows, -1)
+        return find_sorted(self.keys, keys)
 
     def row(self, i: int) -> np.ndarray | None:
-        """Ids of row ``i`` as int64, `None` when its offsets are out of range (a damaged file: offsets
+        """Ids of row `i` as int64, `None` when its offsets are out of range (a damaged file: offsets
         are checked when read, so that opening a file does not read them all)."""
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         if not 0 <= start <= end <= len(self.ids):
@@ -88,7 +86,7 @@ _ALIGN = 64
 
 
 class _Chunked:
-    """An array written piece by piece (`_write_store`): ``dtype``, ``length`` and a callable giving its chunks in
+    """An array written piece by piece (`_write_store`): `dtype`, `length` and a callable giving its chunks in
     order, so that merging a store never holds all its ids in memory."""
 
     def __init__(self, dtype, length: int, chunks):
@@ -178,20 +176,16 @@ def _remove_file(handle, path: str) -> None:
 
 
 def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[str, "np.ndarray | _Chunked"]:
-    """``base`` (sorted) and ``new`` (unsorted, may repeat keys) as one sorted table without repeated keys (the
+    """`base` (sorted) and `new` (unsorted, may repeat keys) as one sorted table without repeated keys (the
     first entry of a key wins: base, then insertion order); the ids are gathered chunk by chunk while written, so
     memory is O(entries), not O(ids)."""
     keys = np.concatenate([np.asarray(base.keys), new.keys])
     starts = np.concatenate([np.asarray(base.offsets[:-1]), new.offsets[:-1]])
     lengths = np.concatenate([np.diff(np.asarray(base.offsets)), np.diff(new.offsets)])
     from_new = np.concatenate([np.zeros(len(base), dtype=bool), np.ones(len(new), dtype=bool)])
-    order = np.argsort(keys, kind="stable")
-    keys = keys[order]
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    order, keys = order[first], keys[first]
-    starts, lengths, from_new = starts[order], lengths[order], from_new[order]
-    del order, first
+    order = unique_order(keys, keep="first")
+    keys, starts, lengths, from_new = keys[order], starts[order], lengths[order], from_new[order]
+    del order
     offsets = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     # The narrowest type for every id: the stored table's type bounds its ids; the new ids are read once, in chunks.
@@ -250,14 +244,16 @@ def _open_store(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 class MMGLTokenCache:
     """Token ids of every unique text of a data set, tokenised once, kept in a memory-mapped file.
 
-    Per kind (``"lm"``: OPT ids of ``" " + text``; ``"clip"``: open_clip ids of a neighbour text) the ids
+    Per kind (`"lm"`: OPT ids of `" " + text`; `"neighbor_text"`: the text neighbour encoder's ids of a neighbour
+    text, open_clip's or a Hugging Face text model's; stores written before the rename call it `"clip"`, which is
+    still read and accepted as a name) the ids
     of all texts are one flat int32 array with offsets, addressed by the sorted 128-bit BLAKE2b digests of
     the texts: a lookup hashes the text and binary-searches the digests (`np.searchsorted`), so the store
     holds no Python object per text and opening it costs O(1) memory; DataLoader workers share its pages
     through the OS page cache. Texts added in this process (`add`) sit in a small dict keyed by digest, or
     after `spill_to` (a build of a whole data set) in temporary files beside the store, until the next `save`
-    merges them into the file, streaming: neither building nor saving holds all ids in memory. ``identity`` records the tokenizers the ids came
-    from (`tokenizer_fingerprint`); a processor refuses a store made by other tokenizers. ``covers``
+    merges them into the file, streaming: neither building nor saving holds all ids in memory. `identity` records the tokenizers the ids came
+    from (`tokenizer_fingerprint`); a processor refuses a store made by other tokenizers. `covers`
     records which page tables (by fingerprint) the store holds every text of, so that a restart skips
     collecting them again (`build_token_cache`).
 
@@ -270,7 +266,7 @@ class MMGLTokenCache:
 
     FORMAT = "mmgl-token-cache"
     VERSION = 2
-    KINDS = ("lm", "clip")
+    KINDS = ("lm", "neighbor_text")
 
     def __init__(self, identity: Mapping[str, str], path: str | None = None, max_pending: int = 200_000):
         self.identity = dict(identity)
@@ -297,13 +293,14 @@ class MMGLTokenCache:
         release_arrays(array for table in self._stored.values() for array in (table.keys, table.offsets, table.ids))
 
     def count(self, kind: str) -> int:
+        kind = _kind(kind)
         spill = self._spills.get(kind)
         return len(self._stored[kind]) + len(self._pending[kind]) + (len(spill) if spill is not None else 0)
 
     def spill_to(self, directory: str | os.PathLike, id_bounds: Mapping[str, int] | None = None) -> None:
-        """From now until `save`, `add` writes ids to hidden temporary files in ``directory`` (the store's folder)
+        """From now until `save`, `add` writes ids to hidden temporary files in `directory` (the store's folder)
         instead of memory: building a store then holds 24 bytes per text, not its ids. Spilled texts are found
-        by `lookup` / `missing` only after `save` (a text added twice is kept once). ``id_bounds`` (kind ->
+        by `lookup` / `missing` only after `save` (a text added twice is kept once). `id_bounds` (kind ->
         vocabulary size) picks the files' id type (uint16 under 65,536; int32 otherwise)."""
         for kind in self.KINDS:
             if kind not in self._spills:
@@ -318,7 +315,8 @@ class MMGLTokenCache:
         self._spills = {}
 
     def lookup(self, kind: str, texts: Sequence[str]) -> list:
-        """Ids of each text (``"lm"``: int64 array; ``"clip"``: long tensor), `None` where absent."""
+        """Ids of each text (`"lm"`: int64 array; `"neighbor_text"`: long tensor), `None` where absent."""
+        kind = _kind(kind)
         if not len(texts):
             return []
         keys = _text_digests(texts)
@@ -332,7 +330,7 @@ class MMGLTokenCache:
             if row >= 0 and ids is None:
                 raise ValueError(f"token cache {self.path!r}: the {kind!r} offsets are out of range (a damaged file)")
             out.append(ids)
-        if kind == "clip":
+        if kind == "neighbor_text":
             out = [None if ids is None else torch.from_numpy(np.asarray(ids, dtype=np.int64)) for ids in out]
         return out
 
@@ -342,6 +340,7 @@ class MMGLTokenCache:
 
     def missing(self, kind: str, texts: Iterable[str]) -> list[str]:
         """The texts (unique, in order) with no ids yet."""
+        kind = _kind(kind)
         unique = list(dict.fromkeys(texts))
         if not unique:
             return []
@@ -353,7 +352,8 @@ class MMGLTokenCache:
         return [t for t, k, r in zip(unique, keys, rows) if r < 0 and k.tobytes() not in pending]
 
     def add(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
-        """Remember freshly tokenised ``texts`` (saved by the next `save`); texts already present are kept."""
+        """Remember freshly tokenised `texts` (saved by the next `save`); texts already present are kept."""
+        kind = _kind(kind)
         pending = self._pending[kind]
         keys = _text_digests(texts)
         new = self._stored[kind].find(keys) < 0
@@ -366,7 +366,7 @@ class MMGLTokenCache:
                 pending.setdefault(key.tobytes(), np.asarray(value, dtype=np.int64).reshape(-1))
 
     def remember(self, kind: str, texts: Sequence[str], ids: Sequence[Any]) -> None:
-        """`add`, while fewer than ``max_pending`` texts wait for a `save` (texts met only while training,
+        """`add`, while fewer than `max_pending` texts wait for a `save` (texts met only while training,
         e.g. summary-scrubbed ones, would otherwise grow the process without bound)."""
         if sum(len(p) for p in self._pending.values()) < self.max_pending:
             self.add(kind, texts, ids)
@@ -379,14 +379,14 @@ class MMGLTokenCache:
     _covers_dirty = False
 
     def mark_covered(self, fingerprint: str) -> None:
-        """Record that every text of the table ``fingerprint`` (see `build_token_cache`) is stored."""
+        """Record that every text of the table `fingerprint` (see `build_token_cache`) is stored."""
         if fingerprint not in self.covers:
             self.covers.append(fingerprint)
             self._covers_dirty = True
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the store to ``path`` (one file), atomically; see the class docstring. Memory while saving is
-        O(entries), not O(ids): the added ids go to a temporary file beside ``path`` (or already are there,
+        """Write the store to `path` (one file), atomically; see the class docstring. Memory while saving is
+        O(entries), not O(ids): the added ids go to a temporary file beside `path` (or already are there,
         `spill_to`) and are merged with the stored ones in key order while the file is written."""
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
@@ -417,7 +417,7 @@ class MMGLTokenCache:
         self._covers_dirty = False
 
     @classmethod
-    def load(cls, path: str | os.PathLike, identity: Mapping[str, str] | None = None) -> "MMGLTokenCache":
+    def load(cls, path: str | os.PathLike, identity: Mapping[str, str] | None = None) -> MMGLTokenCache:
         """Open a store written by `save`, memory-mapped (reads its header only).
 
         Args:
@@ -431,7 +431,7 @@ class MMGLTokenCache:
         path = os.fspath(path)
         names = [f"{kind}_{part}" for kind in cls.KINDS for part in ("keys", "offsets", "ids")]
         try:
-            header, arrays = _open_store(path)
+            header, arrays = _renamed_kinds(*_open_store(path))
             arrays = {name: arrays[name] for name in names}
         except FileNotFoundError:
             raise
@@ -467,61 +467,29 @@ class MMGLTokenCache:
         return cache
 
 
-def _reopen(path, identity, max_pending, pending, covers) -> "MMGLTokenCache":
+#: Kind names of stores written before the rename -> today's (`"clip"` held every text neighbour encoder's ids).
+_OLD_KINDS = {"clip": "neighbor_text"}
+
+
+def _kind(kind: str) -> str:
+    return _OLD_KINDS.get(kind, kind)
+
+
+def _renamed_kinds(header: dict, arrays: dict) -> tuple[dict, dict]:
+    """A store's header and arrays with today's kind names (an older store says `"clip"`)."""
+    rename = lambda name: next(  # noqa: E731
+        (new + name[len(old):] for old, new in _OLD_KINDS.items() if name == old or name.startswith(old + "_")), name)
+    header = dict(header)
+    for field in ("identity", "counts"):
+        if isinstance(header.get(field), dict):
+            header[field] = {rename(key): value for key, value in header[field].items()}
+    return header, {rename(name): array for name, array in arrays.items()}
+
+
+def _reopen(path, identity, max_pending, pending, covers) -> MMGLTokenCache:
     cache = MMGLTokenCache.load(path, identity=identity)
     cache.max_pending, cache._pending, cache.covers = max_pending, pending, covers
     return cache
 
 
-def table_fingerprint(pages) -> str | None:
-    """A fingerprint of a page table that changes when its rows do: the ``_fingerprint`` of a `datasets`
-    Arrow table (set from its files and transforms), `None` for other tables (then nothing is skipped)."""
-    fingerprint = getattr(pages, "_fingerprint", None)
-    return f"{type(pages).__name__}:{fingerprint}:{len(pages)}" if fingerprint else None
-
-
-def prepare_token_cache(
-    processor,
-    pages,
-    path: str | os.PathLike | None = None,
-    neighbor_input_ids: bool | None = None,
-    save: bool = True,
-    num_proc: int | None = None,
-    show_progress: bool = True,
-    block_pages: int = 4096,
-) -> "MMGLTokenCache":
-    """Open the store at ``path`` (when it exists), tokenise what ``pages`` adds, save it back, and install it
-    on ``processor``: the startup of a training run. When the store already covers ``pages``' table
-    (`table_fingerprint`) for this configuration, no page is read: a restart costs O(1).
-
-    Args:
-        processor (`MMGLProcessor`): the processor (its tokenizers and configuration).
-        pages: the page table (`datasets.Dataset` or an iterable of rows).
-        path (`str`, *optional*): the store's file; none keeps the ids in memory only.
-        neighbor_input_ids (`bool`, *optional*): also open_clip ids (raw text neighbours without an embedding
-            cache); see `MMGLProcessor.build_token_cache`.
-        save (`bool`, *optional*, defaults to `True`): write the store back when something was added (only the
-            main process should).
-        num_proc (`int`, *optional*): tokenisation processes.
-        block_pages (`int`, *optional*, defaults to 4096): pages tokenised at a time (`build_token_cache`).
-    """
-    if path and os.path.exists(path):
-        processor.load_token_cache(path)
-    elif processor.token_cache is None:
-        processor.set_token_cache(MMGLTokenCache(processor._tokenizer_identity()))
-    cache = processor.token_cache
-    if path and save:  # the ids of new texts wait on disk beside the store, not in memory, until it is saved
-        cache.spill_to(os.path.dirname(os.path.abspath(path)), {"lm": len(processor.tokenizer)})
-    try:
-        processor.build_token_cache(
-            pages, neighbor_input_ids=neighbor_input_ids, show_progress=show_progress,
-            fingerprint=table_fingerprint(pages), num_proc=num_proc, block_pages=block_pages,
-        )
-        if path and save and cache.dirty:
-            cache.save(path)
-    finally:
-        cache.discard_spills()  # after a failure: the file on disk is as it was
-    return cache
-
-
-__all__ = ["MMGLTokenCache", "prepare_token_cache", "table_fingerprint", "tokenizer_fingerprint"]
+__all__ = ["MMGLTokenCache", "tokenizer_fingerprint"]

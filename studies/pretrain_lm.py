@@ -8,7 +8,7 @@ and saves an OPT checkpoint with its tokenizer that `run_summarization.py --mode
     python studies/pretrain_lm.py --train_files out/study/controlled/data/wikiweb2m-sample.tfrecord.gz \
         --output_dir out/study/controlled/pretrained_lm --max_steps 600
 
-Resumable in the study's sense: a folder that already holds ``pretrain_results.json`` is left as it is.
+Resumable in the study's sense: a folder that already holds `pretrain_results.json` is left as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -49,12 +49,12 @@ def pretrain(
     learning_rate: float = 2e-3,
     seed: int = 0,
 ) -> dict:
-    """Train and save the LM; returns the metrics written to ``<output_dir>/pretrain_results.json``.
+    """Train and save the LM; returns the metrics written to `<output_dir>/pretrain_results.json`.
 
     Args:
-        train_files (`str`): WikiWeb2M TFRecord file(s) or glob; only the ``train`` split is read.
+        train_files (`str`): WikiWeb2M TFRecord file(s) or glob; only the `train` split is read.
         output_dir (`str`): where the OPT checkpoint and tokenizer go.
-        config_overrides (`dict`, *optional*): `OPTConfig` fields (``hidden_size``, ``num_hidden_layers``, ...).
+        config_overrides (`dict`, *optional*): `OPTConfig` fields (`hidden_size`, `num_hidden_layers`, ...).
         vocab_size (`int`, *optional*, defaults to 1000): BPE vocabulary.
         max_steps (`int`, *optional*, defaults to 600): training steps.
         batch_size (`int`, *optional*, defaults to 16): blocks per step.

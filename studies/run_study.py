@@ -6,33 +6,33 @@
         --image_dir wikiweb2m/images --launcher "accelerate launch --num_processes 4"
     python studies/run_study.py paper --dry_run                  # every run_summarization.py command
 
-A spec (``studies/NAME.json``, or a path) names the shared `run_summarization.py` arguments and the grid of
+A spec (`studies/NAME.json`, or a path) names the shared `run_summarization.py` arguments and the grid of
 each table; every grid cell x seed is one run, launched as its own `run_summarization.py` process (plain
-python, or under ``--launcher``) with its own folder ``<output_dir>/runs/<run id>``. Two tables asking for the
-same run share it. A run whose ``all_results.json`` holds every metric of the spec is finished and skipped on
-the next call; a failed run is recorded (``study_status.json``, the last lines of its log) and the others go on.
-After running, ``results.csv`` (one row per run), ``RESULTS.md`` (the four tables, each with its computed
-verdict on the paper's finding) and the plots are written in ``<output_dir>``.
+python, or under `--launcher`) with its own folder `<output_dir>/runs/<run id>`. Two tables asking for the
+same run share it. A run whose `all_results.json` holds every metric of the spec is finished and skipped on
+the next call; a failed run is recorded (`study_status.json`, the last lines of its log) and the others go on.
+After running, `results.csv` (one row per run), `RESULTS.md` (the four tables, each with its computed
+verdict on the paper's finding) and the plots are written in `<output_dir>`.
 
-Spec keys (all optional but ``tables``):
+Spec keys (all optional but `tables`):
 
-* ``description``; ``metrics`` (keys of ``all_results.json``) and ``primary_metric`` (the one verdicts use);
-* ``env``: environment variables for every process (e.g. ``HF_HUB_OFFLINE``);
-* ``variables``: ``{name: template}``, defaults of the placeholders (``{train_files}``, ``{image_dir}``, ...);
-* ``prepare``: steps run before the tables, ``{"name", "command": [...], "creates": path, "tables": [...]}``
-  (skipped when ``creates`` exists, or when none of its ``tables`` is selected);
-* ``shared_args``: ``{"--flag": value}`` for every run; ``true`` gives the bare flag, ``null`` removes it;
-* ``if_installed``: ``{"python_module": {"requires_flag": "--flag", "args": {...}}}``: the args are added when
+* `description`; `metrics` (keys of `all_results.json`) and `primary_metric` (the one verdicts use);
+* `env`: environment variables for every process (e.g. `HF_HUB_OFFLINE`);
+* `variables`: `{name: template}`, defaults of the placeholders (`{train_files}`, `{image_dir}`, ...);
+* `prepare`: steps run before the tables, `{"name", "command": [...], "creates": path, "tables": [...]}`
+  (skipped when `creates` exists, or when none of its `tables` is selected);
+* `shared_args`: `{"--flag": value}` for every run; `true` gives the bare flag, `null` removes it;
+* `if_installed`: `{"python_module": {"requires_flag": "--flag", "args": {...}}}`: the args are added when
   the module is importable and (if named) `run_summarization.py --help` lists the flag;
-* ``tables``: ``{"table1": {"title", "finding", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}],
-  "args": {...}, "tag": str}}``. Design choices are `run_summarization.py` flags without dashes
-  (``context``, ``neighbor_encoding``, ``position_encoding``, ``tuning``, ``cross_attention_gating``); a cell
-  may carry ``requires_flag`` (kept only when ``--help`` lists it). ``tag`` names runs whose table ``args``
+* `tables`: `{"table1": {"title", "finding", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}],
+  "args": {...}, "tag": str}}`. Design choices are `run_summarization.py` flags without dashes
+  (`context`, `neighbor_encoding`, `position_encoding`, `tuning`, `cross_attention_gating`); a cell
+  may carry `requires_flag` (kept only when `--help` lists it). `tag` names runs whose table `args`
   differ from the shared ones (e.g. a pretrained base model), so they never share a folder with other tables.
 
-Placeholders in strings: ``{python}``, ``{root}`` (the project), ``{output_dir}``, ``{data_dir}``
-(``<output_dir>/data``), ``{train_files}``, ``{image_dir}``, ``{package_dir:MODULE}`` and any ``variables``.
-An argument whose value needs a variable that is unset (e.g. ``--image_dir`` without ``--image_dir``) is dropped.
+Placeholders in strings: `{python}`, `{root}` (the project), `{output_dir}`, `{data_dir}`
+(`<output_dir>/data`), `{train_files}`, `{image_dir}`, `{package_dir:MODULE}` and any `variables`.
+An argument whose value needs a variable that is unset (e.g. `--image_dir` without `--image_dir`) is dropped.
 """
 
 from __future__ import annotations
@@ -53,19 +53,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
+
+from processing.design_space import DESIGN_DEFAULTS as DESIGN
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = Path(__file__).resolve().parent
 SCRIPT = "run_summarization.py"
 DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "cross_attention_gating")
-DESIGN_DEFAULTS = dict(context="all", neighbor_encoding="sa_e", position_encoding="none", tuning="full",
-                       cross_attention_gating="true")  # run_summarization.py's defaults
+# run_summarization.py's defaults, as the command-line values a cell compares with (booleans as "true" / "false").
+DESIGN_DEFAULTS = {key: str(value).lower() if isinstance(value, bool) else value
+                   for key, value in DESIGN.items() if key in DESIGN_KEYS}
 DEFAULT_METRICS = ("predict_bleu4", "predict_rougeL", "predict_cider")
 STATUS_FILE = "study_status.json"
 LOG_FILE = "run.log"
 ERROR_TAIL_LINES = 15
-PARAMS_LINE = re.compile(r"^trainable parameters: ([\d,]+) / total: ([\d,]+)", re.MULTILINE)
 CSV_COLUMNS = (
     "run_id", "tables", "status", *DESIGN_KEYS, "tag", "seed", "metrics...", "trainable_params", "total_params",
     "trainable_share", "mean_input_tokens", "train_step_time_s", "peak_memory_mb", "wall_s", "returncode",
@@ -87,11 +90,11 @@ class Run:
     """One `run_summarization.py` process of the study.
 
     Attributes:
-        run_id (`str`): folder name under ``<output_dir>/runs``; the same design, tag and seed give the same id.
+        run_id (`str`): folder name under `<output_dir>/runs`; the same design, tag and seed give the same id.
         design (`dict`): every design choice (`DESIGN_KEYS`), defaults filled in.
         seed (`int`): training seed.
-        tag (`str`): the table's tag (``""`` when its runs use only the shared arguments).
-        args (`list[str]`): the arguments after the script name (``--output_dir`` included).
+        tag (`str`): the table's tag (`""` when its runs use only the shared arguments).
+        args (`list[str]`): the arguments after the script name (`--output_dir` included).
         tables (`list[str]`): the tables that show this run.
     """
 
@@ -104,7 +107,7 @@ class Run:
 
 
 def load_spec(name: str) -> dict:
-    """The spec ``studies/<name>.json`` (or the JSON file ``name``)."""
+    """The spec `studies/<name>.json` (or the JSON file `name`)."""
     path = Path(name) if name.endswith(".json") else STUDIES_DIR / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in STUDIES_DIR.glob("*.json"))
@@ -124,7 +127,7 @@ def load_spec(name: str) -> dict:
 
 
 def script_flags(python: str = sys.executable, script: Path = ROOT / SCRIPT, env: dict | None = None) -> set[str]:
-    """The ``--flags`` that ``script --help`` lists (so a spec can use a flag only once the script has it)."""
+    """The `--flags` that `script --help` lists (so a spec can use a flag only once the script has it)."""
     key = (python, str(script))
     if key not in _FLAG_CACHE:
         out = subprocess.run([python, str(script), "--help"], capture_output=True, text=True, cwd=ROOT,
@@ -231,11 +234,11 @@ def build_runs(spec: dict, variables: dict, seeds: int = 1, only: str | None = N
 
     Args:
         spec (`dict`): a loaded spec (`load_spec`).
-        variables (`dict`): placeholder values (``output_dir`` and ``python`` at least).
-        seeds (`int`, *optional*, defaults to 1): seeds ``0 .. seeds - 1`` per cell.
+        variables (`dict`): placeholder values (`output_dir` and `python` at least).
+        seeds (`int`, *optional*, defaults to 1): seeds `0 .. seeds - 1` per cell.
         only (`str`, *optional*): one table's name.
         flags (`set[str]`, *optional*): the flags of `run_summarization.py --help`; `None` keeps every
-            ``requires_flag`` cell and conditional argument (used by nothing but tests).
+            `requires_flag` cell and conditional argument (used by nothing but tests).
     """
     tables = spec["tables"]
     if only is not None and only not in tables:
@@ -270,13 +273,13 @@ def build_runs(spec: dict, variables: dict, seeds: int = 1, only: str | None = N
 
 
 def run_command(run: Run, launcher: str | None, python: str = sys.executable) -> list[str]:
-    """The process of one run: ``python run_summarization.py ARGS`` or ``<launcher> run_summarization.py ARGS``."""
+    """The process of one run: `python run_summarization.py ARGS` or `<launcher> run_summarization.py ARGS`."""
     prefix = shlex.split(launcher) if launcher else [python]
     return prefix + [SCRIPT] + run.args
 
 
 def launcher_world_size(launcher: str | None) -> int:
-    """Processes a launcher starts (``--num_processes N`` / ``--nproc_per_node N``), 1 without one."""
+    """Processes a launcher starts (`--num_processes N` / `--nproc_per_node N`), 1 without one."""
     if not launcher:
         return 1
     match = re.search(r"--(?:num_processes|nproc_per_node|nproc-per-node)[= ](\d+)", launcher)
@@ -289,7 +292,7 @@ def launcher_world_size(launcher: str | None) -> int:
 
 
 def read_metrics(run_dir: Path, metrics: Sequence[str]) -> dict | None:
-    """``all_results.json`` of a run when it holds every metric in `metrics` as a number, else `None`."""
+    """`all_results.json` of a run when it holds every metric in `metrics` as a number, else `None`."""
     path = Path(run_dir) / "all_results.json"
     try:
         values = json.loads(path.read_text())
@@ -312,10 +315,10 @@ def _log_tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
 
 def execute(run: Run, command: list[str], env: dict, metrics: Sequence[str], world_size: int = 1,
             timeout_s: float | None = None) -> dict:
-    """Runs one process (stdout and stderr to ``<run_dir>/run.log``) and writes ``<run_dir>/study_status.json``.
+    """Runs one process (stdout and stderr to `<run_dir>/run.log`) and writes `<run_dir>/study_status.json`.
 
-    The status is ``finished`` when ``all_results.json`` holds every metric (a non-zero exit after that, e.g. in
-    the final export, is kept in ``returncode`` / ``error``), else ``failed``. Peak memory is the process tree's
+    The status is `finished` when `all_results.json` holds every metric (a non-zero exit after that, e.g. in
+    the final export, is kept in `returncode` / `error`), else `failed`. Peak memory is the process tree's
     maximum resident set size (`os.wait4`), so it is CPU memory; GPU runs report theirs in their own files.
     """
     run_dir = Path(run.args[run.args.index("--output_dir") + 1])
@@ -351,7 +354,7 @@ def execute(run: Run, command: list[str], env: dict, metrics: Sequence[str], wor
 
 
 def run_prepare(spec: dict, variables: dict, selected_tables: set[str], env: dict, dry_run: bool) -> None:
-    """The spec's ``prepare`` steps (data generation, LM pretraining), each skipped once its output exists."""
+    """The spec's `prepare` steps (data generation, LM pretraining), each skipped once its output exists."""
     for step in spec.get("prepare", []):
         if step.get("tables") and not selected_tables & set(step["tables"]):
             continue
@@ -399,7 +402,7 @@ def _read_json(path: Path) -> Any:
 
 
 def collect_row(run: Run, metrics: Sequence[str]) -> dict:
-    """One ``results.csv`` row: design, seed, metrics and costs; a value no file gives is left empty."""
+    """One `results.csv` row: design, seed, metrics and costs; a value no file gives is left empty."""
     run_dir = Path(run.args[run.args.index("--output_dir") + 1])
     status = _read_json(run_dir / STATUS_FILE) or {}
     results = _read_json(run_dir / "all_results.json") or {}
@@ -414,14 +417,8 @@ def collect_row(run: Run, metrics: Sequence[str]) -> dict:
     train = _read_json(run_dir / "train_results.json") or {}
     state = _read_json(run_dir / "trainer_state.json") or {}
     report = _read_json(run_dir / "data_report.json")
-    log_text = (run_dir / LOG_FILE).read_text(errors="replace") if (run_dir / LOG_FILE).is_file() else ""
-    trainable = total = None
-    for source in (train, results, report or {}):
-        trainable = trainable or _find_key(source, ("trainable_parameters", "trainable_params"))
-        total = total or _find_key(source, ("total_parameters", "total_params"))
-    found = PARAMS_LINE.findall(log_text)
-    if (trainable is None or total is None) and found:
-        trainable, total = (int(x.replace(",", "")) for x in found[-1])  # the last: after tuning wrapped it
+    # The script records the sizes of the model it trained (after tuning wrapped it) in all_results.json.
+    trainable, total = results.get("trainable_parameters"), results.get("total_parameters")
     row["trainable_params"] = trainable if trainable is not None else ""
     row["total_params"] = total if total is not None else ""
     row["trainable_share"] = round(trainable / total, 6) if trainable and total else ""
@@ -478,7 +475,7 @@ def _number(value) -> float | None:
 
 
 def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple, tuple[float, float, int]]:
-    """``{cell: (mean, spread, n)}`` of `column` over the finished rows, a cell being the values of `keys`;
+    """`{cell: (mean, spread, n)}` of `column` over the finished rows, a cell being the values of `keys`;
     the spread is the sample standard deviation over seeds (0 for one seed)."""
     values: dict[tuple, list[float]] = {}
     for row in rows:
@@ -493,8 +490,8 @@ def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple
 
 @dataclass
 class Finding:
-    """A verdict on one of the paper's findings: ``holds``, ``partly holds``, ``does not hold`` or
-    ``undetermined`` (cells missing), with the numbers that decided it."""
+    """A verdict on one of the paper's findings: `holds`, `partly holds`, `does not hold` or
+    `undetermined` (cells missing), with the numbers that decided it."""
 
     verdict: str
     reason: str
@@ -505,8 +502,8 @@ def _mean(stats: dict, cell: tuple) -> float | None:
 
 
 def finding_context(rows: list[dict], metric: str) -> Finding:
-    """Finding 1: more multimodal context improves generation (Table 1, SA-TE): ``all`` beats ``section_only``
-    and is the best context (holds); beats ``section_only`` only (partly)."""
+    """Finding 1: more multimodal context improves generation (Table 1, SA-TE): `all` beats `section_only`
+    and is the best context (holds); beats `section_only` only (partly)."""
     stats = cell_stats(rows, ("context",), metric)
     contexts = ("section_only", "section_all", "text_only", "all")
     missing = [c for c in contexts if (c,) not in stats]
@@ -659,7 +656,7 @@ def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence
 
 
 def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) -> list[str]:
-    """``tables.png`` (one panel per table: the primary metric per cell) and ``table2_tradeoff.png``
+    """`tables.png` (one panel per table: the primary metric per cell) and `table2_tradeoff.png`
     (input tokens vs the metric per encoding and context). Returns the written paths."""
     import matplotlib
 
@@ -713,7 +710,7 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
 
 
 def aggregate(runs: list[Run], spec: dict, output_dir: Path) -> list[dict]:
-    """Writes ``results.csv``, the plots and ``RESULTS.md`` in `output_dir`; returns the rows."""
+    """Writes `results.csv`, the plots and `RESULTS.md` in `output_dir`; returns the rows."""
     metrics = spec.get("metrics", list(DEFAULT_METRICS))
     primary = spec.get("primary_metric", metrics[0])
     rows = [collect_row(run, metrics) for run in runs]

@@ -3,7 +3,7 @@
 import torch
 
 from modeling_mmgl import MMGLConfig, MMGLForConditionalGeneration
-from processing.laplacian_encoding import slot_laplacian_eigenvectors
+from processing.laplacian_encoding import _dense_eigenvectors, slot_laplacian_eigenvectors
 
 VOCAB = 100
 NEIGHBOR_TOKEN = 99
@@ -113,3 +113,11 @@ def labels_for(batch):
     labels[batch["attention_mask"] == 0] = -100
     labels[labels == NEIGHBOR_TOKEN] = -100
     return labels
+
+
+def laplacian_eigenvectors(edge_index: torch.Tensor, num_nodes: int, k: int) -> torch.Tensor:
+    """The LPE of a graph given by `edge_index` `(2, num_edges)` (treated as undirected), `(num_nodes, k)`: the
+    processor's decomposition (`processing.laplacian_encoding`) on the edge-list form the tests compare with PyG."""
+    adjacency = torch.zeros(num_nodes, num_nodes, dtype=torch.float64)
+    adjacency[edge_index[0].long().cpu(), edge_index[1].long().cpu()] = 1.0
+    return _dense_eigenvectors(adjacency, k)

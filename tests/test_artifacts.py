@@ -45,7 +45,7 @@ def train(sample_dir: Path, output_dir: Path, tuning: str, encoding: str, *extra
 def logits_batch(folder: Path, sample_dir: Path):
     """A left-padded generation batch of the run's predict samples, built by the export's own processor."""
     from processing.embedding_cache import EmbeddingCache
-    from processing.page_graph import PageGraphIndex
+    from processing.data.sample_index import PageGraphIndex
     from processing.processing_mmgl import MMGLProcessor
 
     processor = MMGLProcessor.from_pretrained(folder)

@@ -14,6 +14,7 @@ from processing.page_graph import PageGraph
 from processing.processing_mmgl import MMGLProcessor
 from processing.training.export import attach_neighbor_encoder
 from tests.modeling_helpers import TINY_CLIP, TINY_OPT
+from processing.data.neighbor_inputs import processor_neighbor_inputs
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_cache_equals_the_in_model_encoder_for_the_same_file_and_text(tokenizer,
     image = tmp_path / "cat.png"
     Image.radial_gradient("L").convert("RGB").resize((50, 37)).save(image)
     processor = processor_for(tokenizer)
-    inputs = processor.collect_neighbor_inputs([(page(image), 1)])
+    inputs = processor_neighbor_inputs(processor, [(page(image), 1)])
     assert inputs.image_files == [str(image)] and inputs.texts
     encoder = MMGLNeighborEncoder.from_settings("ViT-B-32", model_config=TINY_CLIP)
     cache = build_embedding_cache(tmp_path / "cache", inputs.texts, inputs.image_files, encoder=encoder,

@@ -123,7 +123,8 @@ def test_every_image_the_pages_reference_reaches_the_processor(walked):
     from processing.embedding_cache import EmbeddingCache
     from processing.image_source import ImageFolder
     from processing.neighbor_selection import select_neighbors
-    from processing.page_graph import PageGraph, PageGraphIndex
+    from processing.page_graph import PageGraph
+    from processing.data.sample_index import PageGraphIndex
     from processing.processing_mmgl import MMGLProcessor
     from processing.data.page_table import open_page_table
 
@@ -206,7 +207,7 @@ def test_cached_embeddings_equal_the_in_model_encoder(walked):
     from transformers import AutoModelForCausalLM
 
     from processing.embedding_cache import EmbeddingCache
-    from processing.page_graph import PageGraphIndex
+    from processing.data.sample_index import PageGraphIndex
     from processing.processing_mmgl import MMGLProcessor
     from processing.data.page_table import open_page_table
 

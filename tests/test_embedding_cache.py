@@ -27,6 +27,8 @@ from processing.embedding_cache import (
     text_key,
 )
 from processing.image_source import clip_image_processor, load_rgb_image, pixel_values
+from processing.data.token_store import build_token_cache
+from processing.data.neighbor_inputs import processor_neighbor_inputs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -615,8 +617,8 @@ def test_lookups_equal_the_shards_for_every_realwiki_input(tmp_path, encoder, re
     vector equals the shard's row as the previous reader loaded it, and the encoder's own output."""
     from processing.data.page_table import open_page_table
     from processing.data.build_embedding_cache import streamed_neighbor_inputs
-    from processing.neighbor_selection import collect_neighbor_inputs, iter_neighbor_inputs
-    from processing.page_graph import PageGraphIndex
+    from processing.data.neighbor_inputs import collect_neighbor_inputs, iter_neighbor_inputs
+    from processing.data.sample_index import PageGraphIndex
 
     pages = open_page_table(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz"))
     inputs = collect_neighbor_inputs(PageGraphIndex(pages), "all", "sa_e", 11, 5, realwiki_dir / "images")
@@ -688,9 +690,9 @@ def test_dataloader_workers_share_the_mapped_stores(tmp_path, encoder):
         Image.new("RGB", (40, 30), (60 * i, 10, 200)).save(image_dir / name)
     graph = PageGraph.from_wikiweb2m(rows[0])
     samples = [(graph, s) for s in graph.sample_sections()]
-    inputs = processor.collect_neighbor_inputs(samples, image_dir=image_dir)
+    inputs = processor_neighbor_inputs(processor, samples, image_dir=image_dir)
     cache = build(tmp_path / "cache", encoder, texts=inputs.texts, image_paths=inputs.image_files)
-    processor.build_token_cache([graph], neighbor_input_ids=False, show_progress=False)
+    build_token_cache(processor, [graph], neighbor_input_ids=False, show_progress=False)
     processor.token_cache.save(tmp_path / "tokens.bin")
     processor.load_token_cache(tmp_path / "tokens.bin")
     cache = EmbeddingCache(tmp_path / "cache")

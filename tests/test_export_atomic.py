@@ -14,7 +14,7 @@ import pytest
 import transformers
 
 import processing.atomic_write
-import processing.pipeline_mmgl
+import processing.training.export
 import run_summarization
 from processing.atomic_write import recover_folder
 from processing.data.sample_data import generate_sample
@@ -87,7 +87,7 @@ def kill_at(stage: str, monkeypatch, output_dir: Path):
         monkeypatch.setattr(run_summarization.MMGLSummarizationTrainer, "evaluate_generation",
                             after(run_summarization.MMGLSummarizationTrainer.evaluate_generation))
     elif stage == "export":  # the model files written, the card not yet
-        monkeypatch.setattr(processing.pipeline_mmgl, "save_for_hub", after(processing.pipeline_mmgl.save_for_hub))
+        monkeypatch.setattr(processing.training.export, "save_for_hub", after(processing.training.export.save_for_hub))
     elif stage == "between_renames":  # the old folder moved aside, the new one not yet in place
         rename = os.rename
 

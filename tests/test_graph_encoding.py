@@ -5,7 +5,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import AddLaplacianEigenvectorPE
 
-from processing.laplacian_encoding import laplacian_eigenvectors
+from tests.modeling_helpers import laplacian_eigenvectors
 from modeling_mmgl.graph_position_encoding import MMGLGNNPositionEncoding
 from tests.modeling_helpers import tiny_config
 

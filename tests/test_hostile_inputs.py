@@ -296,6 +296,8 @@ def test_damaged_checkpoints_and_ranges_are_one_line_before_any_work(sample, tmp
         (["--do_eval", "--max_eval_samples", "0"], ["--max_eval_samples 0 leaves none of the", "'val' split"]),
         (["--do_train", "--preprocessing_num_workers", "0"], ["--preprocessing_num_workers must be >= 1, got 0"]),
         (["--do_train", "--max_train_samples", "-1"], ["--max_train_samples must be >= 0, got -1"]),
+        (["--do_predict", "--generation_max_length", "40"],
+         ["--generation_max_length 40 is not used", "give --generation_max_new_tokens"]),
     ]
     before = tree_hashes(tmp_path)
     with ThreadPoolExecutor(2) as pool:
@@ -316,6 +318,20 @@ def test_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_what_was_there(sam
     one_error(code, err, f"no space left on device writing {checkpoints / 'checkpoint-1'}", "bytes needed",
               "the incomplete checkpoint-1 was removed")
     assert (out / "notes.txt").read_text() == "mine" and not (checkpoints / "checkpoint-1").exists()
+
+
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_previous_result_folder(sample, tmp_path, tmpfs):
+    disk = tmpfs("256k")
+    out = disk / "out"
+    out.mkdir()
+    (out / "all_results.json").write_text('{"eval_rougeL": 0.5}')
+    before = tree_hashes(disk)
+    code, _, err = run(training(sample, out, "--do_train", "--image_dir", sample / "images", "--embedding_cache_dir",
+                                tmp_path / "cache", "--save_strategy", "no"))
+    one_error(code, err, f"no space left on device writing {out}", "bytes needed",
+              f"the previous contents of {out} are kept")
+    assert tree_hashes(disk) == before  # the old result folder as it was, no half-built one beside it
+    assert sorted(p.name for p in disk.iterdir()) == ["out"]
 
 
 def test_an_image_folder_resolving_nothing_stops_training_unless_said(sample, tmp_path):

@@ -3,7 +3,8 @@ like the adjacency, the model only projects them (random sign flips while traini
 import pytest
 import torch
 
-from processing.laplacian_encoding import laplacian_eigenvectors, slot_laplacian_eigenvectors
+from processing.laplacian_encoding import slot_laplacian_eigenvectors
+from tests.modeling_helpers import laplacian_eigenvectors
 from processing.page_graph import PageGraph
 from processing.processing_mmgl import MMGLProcessor
 from tests.modeling_helpers import labels_for, neighbor_batch, tiny_config, tiny_model

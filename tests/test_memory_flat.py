@@ -12,12 +12,13 @@ from processing.data.build_embedding_cache import _DigestSet
 from processing.data.page_table import open_page_table
 from processing.data.wikiweb2m import iter_pages, summarization_samples
 from processing.mapped_pages import ReleaseEvery, release_arrays, release_mapped_files, table_maps, track, track_table
-from processing.page_graph import PageGraph, PageGraphIndex
-from processing.sample_list import SampleList
+from processing.data.sample_index import PageGraphIndex
+from processing.data.sample_list import SampleList
+from processing.page_graph import PageGraph
 
 
 def mapped_kib(path) -> int:
-    """Resident KiB of this process's maps of ``path`` (from ``/proc/self/smaps``)."""
+    """Resident KiB of this process's maps of `path` (from `/proc/self/smaps`)."""
     path, total, inside = os.path.realpath(path), 0, False
     with open("/proc/self/smaps") as f:
         for line in f:

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
+from processing.data.neighbor_inputs import collect_neighbor_inputs
 from processing.data.sample_data import make_page
 from processing.neighbor_selection import (
-    collect_neighbor_inputs,
     image_candidates,
     section_ranking,
     select_neighbors,

@@ -3,6 +3,7 @@ duck-typed `coerce` across two copies of page_graph.py, and in-memory images in 
 import importlib.util
 import io
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 
 from processing import page_graph
 from processing.page_graph import PageGraph, is_page_graph
+from processing.data.sample_index import PageGraphIndex
 from processing.image_source import clip_image_processor
 from processing.processing_mmgl import MMGLProcessor
 from tests.modeling_helpers import TINY_CLIP
@@ -21,10 +23,14 @@ PAGE_GRAPH_FILE = Path(page_graph.__file__)
 
 
 def load_copy(name="hub_copy_page_graph"):
-    """page_graph.py loaded a second time from its file, as transformers loads a Hub folder's copy."""
-    spec = importlib.util.spec_from_file_location(name, PAGE_GRAPH_FILE)
+    """page_graph.py loaded a second time from its file, as transformers loads a Hub folder's copy: a module of a
+    package of its own (`transformers_modules.<folder>`), whose relative imports load that folder's files again."""
+    package = types.ModuleType(f"{name}_folder")
+    package.__path__ = [str(PAGE_GRAPH_FILE.parent)]
+    sys.modules[package.__name__] = package
+    spec = importlib.util.spec_from_file_location(f"{package.__name__}.page_graph", PAGE_GRAPH_FILE)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    sys.modules[spec.name] = sys.modules[name] = module  # dataclasses look their module up while the class is built
     try:
         spec.loader.exec_module(module)
     except BaseException:
@@ -57,7 +63,7 @@ def test_coerce_accepts_a_graph_of_another_copy_of_the_file():
         assert copy.PageGraph.coerce(PageGraph.from_wikiweb2m(row)).page_id == theirs.page_id
         assert not is_page_graph(row) and not is_page_graph(None)
         # An index of this copy serves graphs of the other.
-        index = page_graph.PageGraphIndex([theirs])
+        index = PageGraphIndex([theirs])
         assert index.graph(0) is theirs and len(index) == len(theirs.sample_sections())
     finally:
         del sys.modules["hub_copy_page_graph"]

@@ -1,12 +1,14 @@
 """The `mmgl-summarization` pipeline: in process, and from a saved Hub folder in a fresh offline process
 that cannot import this project's packages. Its output must equal decoding `model.generate` on the
 processor's output."""
+import ast
 import importlib.util
 import io
 import json
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +20,12 @@ from transformers import pipeline
 from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
 from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.page_graph import PageGraph
-from processing.pipeline_mmgl import (
-    MMGLSummarizationPipeline,
-    check_flat_folder,
-    register_pipeline,
-    save_for_hub,
-)
+from processing.pipeline_mmgl import MMGLSummarizationPipeline, register_pipeline
+from processing.training.export import check_flat_folder, save_for_hub
 from processing.image_source import clip_image_processor
 from processing.processing_mmgl import MMGLProcessor
 from tests.modeling_helpers import TINY_CLIP, tiny_model
+from processing.data.neighbor_inputs import processor_neighbor_inputs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -230,17 +229,41 @@ CHILD = textwrap.dedent(
 )
 
 
+REPO = Path(__file__).resolve().parents[1]
+# What a Hub folder runs: the classes its config.json / processor_config.json `auto_map` and `custom_pipelines` name.
+ENTRY_POINTS = ("modeling_mmgl/configuration_mmgl.py", "modeling_mmgl/modeling_mmgl.py",
+                "processing/processing_mmgl.py", "processing/pipeline_mmgl.py")
+
+
+def shipped_files(entry_points=ENTRY_POINTS) -> set[str]:
+    """The files the entry points import, following every relative import (lazy ones in functions too) through
+    the repository's sources: what an export must hold, derived from the import graph, not from a list."""
+    seen, todo = set(), [REPO / path for path in entry_points]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                todo.append(path.parent / f"{node.module}.py")
+    return {path.name for path in seen}
+
+
+def test_processing_top_level_is_exactly_what_ships():
+    """Every file at the top of `processing/` is run by an export, and nothing build-time is (those live in
+    `processing/data/` and `processing/training/`)."""
+    shipped = shipped_files()
+    top_level = {path.name for path in (REPO / "processing").glob("*.py")} - {"__init__.py"}
+    assert top_level == {name for name in shipped if (REPO / "processing" / name).is_file()}
+    assert not shipped & {"token_store.py", "sample_index.py", "neighbor_inputs.py", "export.py", "wikiweb2m.py"}
+
+
 def test_hub_folder_is_flat_and_complete(hub):
     folder = hub["folder"]
-    # Exactly the files inference imports: the modeling files, the processor and what it imports, the pipeline and
-    # the embedding-cache reader; no data tool (fetcher, cache builder, reader of TFRecords) is shipped.
-    code = {
-        "configuration_mmgl.py", "modeling_mmgl.py", "cross_attention.py", "graph_position_encoding.py",
-        "neighbor_encoder.py", "neighbor_projection.py", "processing_mmgl.py", "collator.py", "page_graph.py",
-        "design_space.py", "neighbor_selection.py", "sa_te_layout.py", "graph_projection.py", "image_source.py",
-        "token_cache.py", "atomic_write.py", "pipeline_mmgl.py", "embedding_cache.py", "laplacian_encoding.py",
-        "text_neighbor_encoder.py", "text_neighbor_tokens.py", "loading.py", "virtual_tokens.py",
-    }
+    # Exactly the files inference imports (the import graph of the entry points); no data tool is shipped.
+    code = shipped_files()
+    assert {"processing_mmgl.py", "page_graph.py", "errors.py", "wikiweb2m_schema.py", "virtual_tokens.py"} <= code
     assert {name for name in hub["files"] if name.endswith(".py")} == code
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json"} <= set(
         hub["files"]
@@ -321,6 +344,36 @@ def test_fresh_process_pipeline_equals_generate(hubs, neighbor_encoding):
     assert "section index 2 out of range (2 sections)" in out["bad_section"]
 
 
+OFF_PATH_CHILD = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    # The repository off the path: the editable install's finder removed, no path entry inside the repository.
+    repo = sys.argv[3]
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in str(getattr(f, "__module__", "")) + type(f).__module__]
+    sys.path[:] = [p for p in sys.path if "site-packages" in p or not p.startswith(repo)]  # the venv may live in it
+    assert importlib.util.find_spec("processing") is None and importlib.util.find_spec("modeling_mmgl") is None
+    from transformers import pipeline
+    folder, page = sys.argv[1], json.loads(sys.argv[2])
+    pipe = pipeline("mmgl-summarization", model=folder, trust_remote_code=True)
+    print("RESULT" + json.dumps(pipe({"page": page, "section": 1}, max_new_tokens=%d)))
+    """ % MAX_NEW_TOKENS
+)
+
+
+def test_export_loads_in_a_fresh_process_with_the_repository_off_the_path(hub):
+    model, processor, root = hub["model"], hub["processor"], hub["root"]
+    page = plain_page(image_ref=hub["cat"])
+    result = subprocess.run(
+        [sys.executable, "-c", OFF_PATH_CHILD, str(hub["folder"]), json.dumps(page), str(REPO)],
+        capture_output=True, text=True, timeout=120, cwd="/",
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(root / "hf_home_off_path")},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    expected = expected_summaries(model, processor, [with_target_summary_unknown(page, 1)], [1])[0]
+    assert json.loads(lines[-1][len("RESULT"):]) == {"summary_text": expected} and expected
+
+
 @pytest.fixture(scope="module")
 def local_pipe(hub):
     register_pipeline()
@@ -391,7 +444,7 @@ def test_embedding_cache_path_without_encoder(hub, tmp_path):
     processor = hub["processor"]
     model = make_model(processor, with_encoder=False)
     page = second_page(hub["dog"])
-    inputs = processor.collect_neighbor_inputs([(with_target_summary_unknown(page, 1), 1)])
+    inputs = processor_neighbor_inputs(processor, [(with_target_summary_unknown(page, 1), 1)])
     texts, image_paths = inputs.texts, inputs.image_files
     cache_dir = tmp_path / "cache"
     build_embedding_cache(
@@ -423,7 +476,7 @@ def test_in_memory_image_equals_its_file(hub, local_pipe, tmp_path):
     by_path = plain_page(image_ref=cat)
     in_memory = {"pil": plain_page(image_ref=pil), "bytes": plain_page(image_ref=Path(cat).read_bytes())}
 
-    inputs = processor.collect_neighbor_inputs([(with_target_summary_unknown(by_path, s), s) for s in (0, 1)])
+    inputs = processor_neighbor_inputs(processor, [(with_target_summary_unknown(by_path, s), s) for s in (0, 1)])
     texts, image_paths = inputs.texts, inputs.image_files
     assert image_paths == [cat]
     cache_dir = tmp_path / "cache"
@@ -458,7 +511,11 @@ def test_in_memory_image_equals_its_file(hub, local_pipe, tmp_path):
 def test_graph_from_another_copy_of_page_graph(hub, local_pipe, monkeypatch):
     """A graph built by another copy of page_graph.py (a Hub folder's, next to the installed package) is
     taken as it is, bare or under "page"."""
-    spec = importlib.util.spec_from_file_location("hub_copy_of_page_graph", hub["folder"] / "page_graph.py")
+    # As transformers loads it: a module of a package of the folder's own, whose relative imports load its files.
+    package = types.ModuleType("hub_copy_folder")
+    package.__path__ = [str(hub["folder"])]
+    monkeypatch.setitem(sys.modules, package.__name__, package)
+    spec = importlib.util.spec_from_file_location("hub_copy_folder.page_graph", hub["folder"] / "page_graph.py")
     copy = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, copy)  # dataclasses look their module up while decorating
     spec.loader.exec_module(copy)

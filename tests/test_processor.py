@@ -13,12 +13,15 @@ from PIL import Image
 
 from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.collator import MMGLDataCollator
-from processing.page_graph import PageGraph, PageGraphIndex
+from processing.page_graph import PageGraph
+from processing.data.sample_index import PageGraphIndex
 from processing.design_space import CONTEXTS, NEIGHBOR_ENCODINGS
 from processing.image_source import clip_image_processor
 from processing.neighbor_selection import section_ranking
 from processing.processing_mmgl import NEIGHBOR_TOKEN, MMGLProcessor
 from tests.modeling_helpers import TINY_CLIP
+from processing.data.token_store import build_token_cache
+from processing.data.neighbor_inputs import processor_neighbor_inputs
 
 COMBOS = list(itertools.product(CONTEXTS, NEIGHBOR_ENCODINGS))
 K_TEXT, K_IMAGE = 2, 3  # different placeholder counts per modality, so the counts tell them apart
@@ -464,7 +467,7 @@ def test_missing_images_are_masked_with_embedding_cache(tokenizer, image_process
     assert cache.text_calls == EXPECTED_TEXTS  # keys: the neighbour texts, in slot order
     assert "text_neighbor_input_ids" not in example and "image_neighbor_pixel_values" not in example
     assert _placeholder_count(example, processor) == K_TEXT * 10 + K_IMAGE * 3
-    inputs = processor.collect_neighbor_inputs([(graph, TARGET)], image_dir=image_dir)
+    inputs = processor_neighbor_inputs(processor, [(graph, TARGET)], image_dir=image_dir)
     texts, images = inputs.texts, inputs.image_files
     assert texts == EXPECTED_TEXTS and [os.path.basename(p) for p in images] == [
         "Early.png", "Hist1.png", "Modern.png", "Lead.png"]  # Hist2.png: not on disk
@@ -482,7 +485,7 @@ def test_summary_repeated_in_target_text_and_title_is_cut(tokenizer, image_proce
     row["section_text"][1] = f"History of Alpha. {SUMMARY}"
     graph = PageGraph.from_wikiweb2m(row)
     processor = make_processor(tokenizer, image_processor, "all", encoding)
-    processor.build_token_cache([graph], show_progress=False)
+    build_token_cache(processor, [graph], show_progress=False)
     example = processor.build_example(graph, TARGET)
     text = tokenizer.decode(example["input_ids"][example["labels"] == -100])
     assert SUMMARY not in text
@@ -504,7 +507,7 @@ def test_token_cache_matches_uncached(tokenizer, image_processor, image_dir, con
     graph = PageGraph.from_wikiweb2m(known_row())
     plain = make_processor(tokenizer, image_processor, context, encoding)
     cached = make_processor(tokenizer, image_processor, context, encoding)
-    cache = cached.build_token_cache([known_row()], show_progress=False)
+    cache = build_token_cache(cached, [known_row()], show_progress=False)
     assert cache is cached.token_cache and len(cache) > 0
     for section_idx in graph.sample_sections():
         for for_generation in (False, True):
@@ -674,7 +677,7 @@ def test_examples_equal_a_straightforward_reference(tokenizer, image_processor, 
     for options in ({}, {"max_source_length": 80, "max_target_length": 6, "max_text_neighbors": 4}, {"max_source_length": 40}):
         plain = make_processor(tokenizer, image_processor, context, encoding, **options)
         cached = make_processor(tokenizer, image_processor, context, encoding, **options)
-        cached.build_token_cache(pages, neighbor_input_ids=True, show_progress=False)
+        build_token_cache(cached, pages, neighbor_input_ids=True, show_progress=False)
         for processor, graph, embeddings, for_generation in itertools.product(
             (plain, cached), pages, (None, FakeEmbeddingCache(images)), (False, True)
         ):
@@ -726,7 +729,7 @@ def test_in_memory_images_of_page_dicts(tokenizer, image_processor, image_dir):
     c = processor.build_example(in_memory, 0, embedding_cache=BytesCache({}))
     assert c["image_neighbor_mask"].tolist() == [1, 1]
     assert torch.equal(c["image_neighbor_embeds"], torch.stack([torch.ones(8), torch.zeros(8) + 2]))
-    inputs = processor.collect_neighbor_inputs([(in_memory, 0)], image_dir=image_dir)
+    inputs = processor_neighbor_inputs(processor, [(in_memory, 0)], image_dir=image_dir)
     texts, files = inputs.texts, inputs.image_files
     assert files == [] and "early" in texts  # in-memory images have no file to list
 
@@ -746,7 +749,7 @@ def test_every_context_and_encoding_realwiki(realwiki_dir, tokenizer, image_proc
     processor = make_processor(
         tokenizer, image_processor, context, encoding, max_source_length=1024, max_target_length=512
     )
-    processor.build_token_cache([graph], show_progress=False)
+    build_token_cache(processor, [graph], show_progress=False)
     images = str(realwiki_dir / "images")
     assert graph.sample_sections()
     for section_idx in graph.sample_sections():
@@ -821,7 +824,7 @@ def test_save_load_round_trip(tokenizer, image_processor, tmp_path):
         tokenizer, image_processor, "text_only", "ca_e", max_text_neighbors=7, max_source_length=300,
         summary_prompt="TL;DR:",
     )
-    processor.build_token_cache([known_row()], show_progress=False)  # runtime state is not saved
+    build_token_cache(processor, [known_row()], show_progress=False)  # runtime state is not saved
     processor.save_pretrained(tmp_path)
     loaded = MMGLProcessor.from_pretrained(tmp_path)
     for name in (

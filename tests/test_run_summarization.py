@@ -7,6 +7,7 @@ import pytest
 
 import run_summarization
 from processing.data.sample_data import generate_sample
+from processing.data.neighbor_inputs import processor_neighbor_inputs
 
 TINY_CLIP_JSON = Path(__file__).resolve().parents[1] / "demo" / "tiny_clip.json"
 
@@ -267,7 +268,7 @@ def test_model_trained_from_cache_is_exported_with_its_encoder(sample_dir, tmp_p
 
     from modeling_mmgl import MMGLForConditionalGeneration
     from processing.embedding_cache import EmbeddingCache
-    from processing.page_graph import PageGraphIndex
+    from processing.data.sample_index import PageGraphIndex
     from processing.processing_mmgl import MMGLProcessor
     from processing.data.wikiweb2m import load_pages
 
@@ -281,7 +282,7 @@ def test_model_trained_from_cache_is_exported_with_its_encoder(sample_dir, tmp_p
     assert model.neighbor_encoder is not None
 
     index = PageGraphIndex(load_pages(str(sample_dir / "wikiweb2m-sample.tfrecord.gz")))
-    inputs = processor.collect_neighbor_inputs(index, image_dir=sample_dir / "images")
+    inputs = processor_neighbor_inputs(processor, index, image_dir=sample_dir / "images")
     texts, images = inputs.texts, inputs.image_files
     texts, images = list(texts)[:8], list(images)[:4]
     with torch.no_grad():
@@ -619,7 +620,7 @@ def test_truncated_trainer_state_is_one_line_error_naming_the_file(sample_dir, t
 def test_data_report_counts_what_the_model_sees(sample_dir, tmp_path):
     """data_report.json (and all_results.json) state truncation, input lengths and real vs masked images, counted
     against the examples themselves; a short source budget shows up as truncation."""
-    from processing.page_graph import PageGraphIndex
+    from processing.data.sample_index import PageGraphIndex
 
     output_dir = tmp_path / "out"
     args = base_args(sample_dir, output_dir) + ["--context", "all", "--neighbor_encoding", "sa_te",
@@ -672,16 +673,14 @@ def test_trainer_checkpoint_of_a_cache_run_names_its_encoder(sample_dir, tmp_pat
 def test_complete_covered_cache_collects_nothing_at_startup(sample_dir, tmp_path, monkeypatch):
     """A restart over a complete embedding cache that records this page table and design builds no page graph to
     collect the cache's keys (the first start collected them once per split); another design collects again."""
-    from processing.processing_mmgl import MMGLProcessor
-
     collected = []
-    original = MMGLProcessor.iter_neighbor_inputs
+    original = run_summarization.iter_processor_neighbor_inputs
 
-    def counting(self, samples, image_dir=None, counts=None):
+    def counting(processor, samples, image_dir=None, counts=None):
         collected.append(len(samples))
-        return original(self, samples, image_dir=image_dir, counts=counts)
+        return original(processor, samples, image_dir=image_dir, counts=counts)
 
-    monkeypatch.setattr(MMGLProcessor, "iter_neighbor_inputs", counting)
+    monkeypatch.setattr(run_summarization, "iter_processor_neighbor_inputs", counting)
     cache_dir = tmp_path / "cache"
 
     def start(name, *extra):

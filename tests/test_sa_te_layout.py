@@ -10,7 +10,7 @@ from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.neighbor_selection import section_ranking
 from processing.page_graph import PageGraph
 from processing.processing_mmgl import MMGLProcessor
-from processing.sa_te_layout import SectionGroup, sa_te_groups
+from processing.token_layout import SectionGroup, sa_te_groups
 from tests.test_processor import image_processor  # noqa: F401
 
 K = 3  # placeholders per image

@@ -29,6 +29,7 @@ from processing.training.export import attach_neighbor_encoder, save_hub_folder
 from tests.modeling_helpers import TINY_CLIP, TINY_OPT
 from tests.test_compatibility import page
 from tests.test_run_summarization import TINY_CLIP_JSON, base_args
+from processing.data.neighbor_inputs import processor_neighbor_inputs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -152,7 +153,7 @@ def test_cached_text_embedding_equals_the_in_model_one(minilm_dir, lm_tokenizer,
     image = tmp_path / "cat.png"
     Image.radial_gradient("L").convert("RGB").resize((50, 37)).save(image)
     processor = processor_for(lm_tokenizer, minilm_dir)
-    inputs = processor.collect_neighbor_inputs([(page(image), 1)])
+    inputs = processor_neighbor_inputs(processor, [(page(image), 1)])
     encoder = encoder_for(minilm_dir)
     cache = builder.build_embedding_cache(tmp_path / "cache", inputs.texts, inputs.image_files, encoder=encoder,
                                           dtype="float32", progress=False)
@@ -359,7 +360,7 @@ def test_training_from_a_text_encoder_cache_exports_the_encoder(tiny_bert_dir, t
     images stay with the script's tiny open_clip), the model's text projector reads 16, and the exported model encodes raw texts as the
     cache did."""
     from processing.data.wikiweb2m import load_pages
-    from processing.page_graph import PageGraphIndex
+    from processing.data.sample_index import PageGraphIndex
 
     clip_dim = json.loads(TINY_CLIP_JSON.read_text())["embed_dim"]  # the script's tiny open_clip
     sample = tmp_path / "sample"
@@ -379,7 +380,7 @@ def test_training_from_a_text_encoder_cache_exports_the_encoder(tiny_bert_dir, t
     assert model.neighbor_projection.text.linear.in_features == 16
     assert model.neighbor_projection.image.linear.in_features == clip_dim
     cache.check_encoder(model.neighbor_encoder.identity())  # the exported encoder is the one that filled the cache
-    texts = processor.collect_neighbor_inputs(PageGraphIndex(load_pages(str(sample / "wikiweb2m-sample.tfrecord.gz")))).texts
+    texts = processor_neighbor_inputs(processor, PageGraphIndex(load_pages(str(sample / "wikiweb2m-sample.tfrecord.gz")))).texts
     texts = list(texts)[:8]
     with torch.no_grad():
         raw = model.neighbor_encoder.encode_text(torch.stack(processor._encode_clip(texts)))

@@ -11,6 +11,7 @@ from processing.data.bpe_tokenizer import train_bpe_tokenizer
 from processing.page_graph import PageGraph
 from processing.token_cache import MMGLTokenCache
 from tests.test_processor import image_dir, image_processor, known_row, make_processor, tokenizer  # noqa: F401
+from processing.data.token_store import build_token_cache
 
 
 def _all_texts(processor, graph):
@@ -23,7 +24,7 @@ def _all_texts(processor, graph):
 
 def test_token_cache_file_round_trip(tokenizer, image_processor, image_dir, tmp_path, monkeypatch):
     processor = make_processor(tokenizer, image_processor, "all", "sa_e")
-    cache = processor.build_token_cache([known_row()], neighbor_input_ids=True, show_progress=False)
+    cache = build_token_cache(processor, [known_row()], neighbor_input_ids=True, show_progress=False)
     graph = PageGraph.from_wikiweb2m(known_row())
     lm_texts, clip_texts = _all_texts(processor, graph)
     # Examples first: summary-scrubbed neighbour texts join the cache on first use, and are saved too.
@@ -65,7 +66,7 @@ def test_token_cache_incremental_build_and_covered_table(tokenizer, image_proces
     """Building onto a loaded store tokenises only the texts it lacks; a covered table is not even collected."""
     processor = make_processor(tokenizer, image_processor, "all", "sa_te")
     first = known_row()
-    processor.build_token_cache([first], show_progress=False, fingerprint="table-a")
+    build_token_cache(processor, [first], show_progress=False, fingerprint="table-a")
     path = tmp_path / "tokens.bin"
     processor.token_cache.save(path)
     size = len(processor.token_cache)
@@ -77,7 +78,7 @@ def test_token_cache_incremental_build_and_covered_table(tokenizer, image_proces
     seen = []
     original = fresh._encode_lm
     monkeypatch.setattr(fresh, "_encode_lm", lambda texts: seen.extend(texts) or original(texts))
-    fresh.build_token_cache([first, second], show_progress=False, fingerprint="table-b")
+    build_token_cache(fresh, [first, second], show_progress=False, fingerprint="table-b")
     assert seen and all("(copy 2)" in text for text in seen)  # only the new page's new texts
     assert len(fresh.token_cache) == size + len(seen)
     fresh.token_cache.save(path)
@@ -89,12 +90,12 @@ def test_token_cache_incremental_build_and_covered_table(tokenizer, image_proces
         pytest.fail("pages were read although the store covers the table")
         yield
 
-    assert again.build_token_cache(no_pages(), show_progress=False, fingerprint="table-b") is again.token_cache
+    assert build_token_cache(again, no_pages(), show_progress=False, fingerprint="table-b") is again.token_cache
     # Another configuration of the same table is not covered.
     other = make_processor(tokenizer, image_processor, "section_only", "sa_te")
     other.load_token_cache(path)
     with pytest.raises(pytest.fail.Exception):
-        other.build_token_cache(no_pages(), show_progress=False, fingerprint="table-b")
+        build_token_cache(other, no_pages(), show_progress=False, fingerprint="table-b")
 
 
 def test_token_cache_parallel_build_equals_serial(tokenizer, image_processor):
@@ -105,8 +106,8 @@ def test_token_cache_parallel_build_equals_serial(tokenizer, image_processor):
         rows.append(row)
     serial = make_processor(tokenizer, image_processor, "all", "sa_te")
     parallel = make_processor(tokenizer, image_processor, "all", "sa_te")
-    a = serial.build_token_cache(rows, neighbor_input_ids=True, show_progress=False, batch_size=4)
-    b = parallel.build_token_cache(rows, neighbor_input_ids=True, show_progress=False, batch_size=4, num_proc=2)
+    a = build_token_cache(serial, rows, neighbor_input_ids=True, show_progress=False, batch_size=4)
+    b = build_token_cache(parallel, rows, neighbor_input_ids=True, show_progress=False, batch_size=4, num_proc=2)
     assert len(a) == len(b) > 0
     for row in rows:
         graph = PageGraph.from_wikiweb2m(row)
@@ -119,7 +120,7 @@ def test_token_cache_parallel_build_equals_serial(tokenizer, image_processor):
 def test_token_cache_file_of_other_tokenizers_is_refused(tokenizer, image_processor, tmp_path):
     processor = make_processor(tokenizer, image_processor, "all", "sa_te")
     path = tmp_path / "tokens.bin"
-    processor.build_token_cache([known_row()], show_progress=False).save(path)
+    build_token_cache(processor, [known_row()], show_progress=False).save(path)
     other = make_processor(train_bpe_tokenizer(["something else entirely"] * 5, 300), image_processor)
     with pytest.raises(ValueError, match=r"tokens\.bin.*was built with tokenizers"):
         other.load_token_cache(path)
@@ -130,14 +131,14 @@ def test_token_cache_file_of_other_tokenizers_is_refused(tokenizer, image_proces
     with pytest.raises(ValueError, match="was built with tokenizers"):
         make_processor(tokenizer, image_processor, neighbor_context_length=8).load_token_cache(path)
     # The fingerprint ignores the truncation / padding state that tokenizer calls leave behind.
-    before = processor._tokenizer_identity()
+    before = processor.tokenizer_identity()
     tokenizer("warm up", max_length=4, truncation=True, padding="max_length")
-    assert make_processor(tokenizer, image_processor, "all", "sa_te")._tokenizer_identity() == before
+    assert make_processor(tokenizer, image_processor, "all", "sa_te").tokenizer_identity() == before
 
 
 def test_token_cache_damaged_file_is_detected(tokenizer, image_processor, tmp_path, monkeypatch):
     processor = make_processor(tokenizer, image_processor, "all", "sa_te")
-    cache = processor.build_token_cache([known_row()], show_progress=False)
+    cache = build_token_cache(processor, [known_row()], show_progress=False)
     path = tmp_path / "tokens.bin"
     cache.save(path)
     data = path.read_bytes()
@@ -175,10 +176,10 @@ def test_token_cache_equals_plain_tokenisation_on_real_pages(realwiki_dir, token
 
     pages = [PageGraph.coerce(row) for row in iter_pages(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz"))]
     processor = make_processor(tokenizer, image_processor, "all", "sa_te")
-    processor.build_token_cache(pages, neighbor_input_ids=True, show_progress=False)
+    build_token_cache(processor, pages, neighbor_input_ids=True, show_progress=False)
     path = tmp_path / "real.bin"
     processor.token_cache.save(path)
-    loaded = MMGLTokenCache.load(path, identity=processor._tokenizer_identity())
+    loaded = MMGLTokenCache.load(path, identity=processor.tokenizer_identity())
     for graph in pages:
         lm_texts, clip_texts = _all_texts(processor, graph)
         lm_texts += [node.text for node in graph.nodes if node.text]
@@ -268,7 +269,7 @@ def test_prepare_spills_to_disk_and_equals_the_tokenizer(realwiki_dir, tokenizer
     twice, so texts repeat across blocks), ids spilled to disk (nothing held in memory), extending a saved store;
     every id equals the tokenizer's own call, no temporary file stays, and a crash keeps the old file."""
     from processing.data.wikiweb2m import iter_pages
-    from processing.token_cache import prepare_token_cache
+    from processing.data.token_store import prepare_token_cache
 
     rows = list(iter_pages(str(realwiki_dir / "wikiweb2m-dev.tfrecord.gz")))
     path = tmp_path / "store" / "tokens.bin"
@@ -290,7 +291,7 @@ def test_prepare_spills_to_disk_and_equals_the_tokenizer(realwiki_dir, tokenizer
     monkeypatch.undo()
     assert held and max(held) == 0  # every id went to the spill file, none to memory
     assert os.listdir(path.parent) == ["tokens.bin"]  # spills removed, no temporary file
-    loaded = MMGLTokenCache.load(path, identity=processor._tokenizer_identity())
+    loaded = MMGLTokenCache.load(path, identity=processor.tokenizer_identity())
     texts = []
     for row in rows:
         graph = PageGraph.coerce(row)
@@ -340,7 +341,7 @@ def test_token_cache_shared_by_dataloader_workers(tokenizer, image_processor, im
 
     processor = make_processor(tokenizer, image_processor, "all", "sa_te")
     path = tmp_path / "tokens.bin"
-    processor.build_token_cache([known_row()], show_progress=False)
+    build_token_cache(processor, [known_row()], show_progress=False)
     processor.token_cache.save(path)
     processor.load_token_cache(path)
     blob = pickle.dumps(processor.token_cache)

@@ -93,7 +93,7 @@ def test_exported_model_carries_trained_mmgl_modules(tuning, monkeypatch, tmp_pa
     batch = neighbor_batch(model.config)
     train_steps(model, batch)
     exported = {}
-    monkeypatch.setattr("processing.pipeline_mmgl.save_for_hub",
+    monkeypatch.setattr("processing.training.export.save_for_hub",
                         lambda m, processor, output_dir: exported.setdefault("model", m))
     monkeypatch.setattr(type(model), "save_pretrained", lambda self, path: None)  # the adapter copy
     export.save_hub_folder(model, None, tmp_path / "hub")

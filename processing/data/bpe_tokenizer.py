@@ -1,7 +1,7 @@
 """An offline byte-level BPE tokenizer with OPT's special tokens, for models trained from scratch without the Hub.
 
-OPT's conventions: ``</s>`` is both bos and eos, ``<pad>`` pads, ``<unk>`` is unknown (never produced by a
-byte-level BPE, kept for the vocabulary layout). Used by ``run_summarization.py`` when no tokenizer is given, by
+OPT's conventions: `</s>` is both bos and eos, `<pad>` pads, `<unk>` is unknown (never produced by a
+byte-level BPE, kept for the vocabulary layout). Used by `run_summarization.py` when no tokenizer is given, by
 the benchmarks and by the tests.
 """
 

@@ -5,17 +5,17 @@ pages, or an image shown on many pages, is encoded once. The cache layout and th
 `processing.embedding_cache`.
 
 What gets embedded is decided by the ONE neighbour collector (`processing.neighbor_selection`) under the
-same design flags as ``run_summarization.py`` (context, encoding, budgets), and images are found by the
+same design flags as `run_summarization.py` (context, encoding, budgets), and images are found by the
 ONE resolver and preprocessed by the ONE preprocessing (`processing.image_source`): a cache built by this
 command holds exactly what the processor asks for, and a cached embedding equals the in-model one.
 
     python -m processing.data.build_embedding_cache data/wikiweb2m cache/clip --image_dir images \
         --context all --neighbor_encoding sa_e --neighbor_encoder_name ViT-B-32 --neighbor_encoder_pretrained openai
 
-Add ``--text_neighbor_encoder NAME_OR_PATH`` (and ``--text_neighbor_pooling`` / ``--text_neighbor_max_length``) to
-embed the texts with a Hugging Face text model instead of open_clip's text tower, as ``run_summarization.py`` does.
+Add `--text_neighbor_encoder NAME_OR_PATH` (and `--text_neighbor_pooling` / `--text_neighbor_max_length`) to
+embed the texts with a Hugging Face text model instead of open_clip's text tower, as `run_summarization.py` does.
 
-Run it under ``accelerate launch`` to split the work across processes (each takes every n-th unique input).
+Run it under `accelerate launch` to split the work across processes (each takes every n-th unique input).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from processing.embedding_cache import (
     CACHE_FORMAT,
     CONFIG_NAME,
     ENCODER_IDENTITY_FIELDS,
+    INDEX_FORMAT,
     INDEX_NAME,
     KINDS,
     SHARD_FORMAT,
@@ -48,11 +49,11 @@ from processing.embedding_cache import (
     CorruptShardError,
     EmbeddingCache,
     EncoderMismatchError,
-    _load_shard,
-    _open_index,
-    _read_shard_header,
-    _shard_paths,
-    _tensor_sha256,
+    load_shard,
+    open_index,
+    read_shard_header,
+    shard_files,
+    tensor_sha256,
     encoder_description,
     encoder_identity,
     image_key,
@@ -68,7 +69,7 @@ from processing.image_source import (
     load_rgb_image,
     pixel_values,
 )
-from processing.neighbor_selection import iter_neighbor_inputs
+from processing.data.neighbor_inputs import iter_neighbor_inputs
 
 if TYPE_CHECKING:  # the model stack (torch, transformers, open_clip: ~10-20 s to import) is imported where it is used,
     import torch  # so that bad input is reported before it
@@ -80,7 +81,7 @@ logger = logging.getLogger(__name__)
 
 class _ShardWriter:
     """Buffers (key, embedding) rows of one kind and writes them as shards of ~`shard_size` rows, each recording
-    ``identity`` (`encoder_identity` of the cache's config: the encoder that wrote it)."""
+    `identity` (`encoder_identity` of the cache's config: the encoder that wrote it)."""
 
     def __init__(self, kind_dir: Path, rank: int, dtype: torch.dtype, shard_size: int, identity: str):
         self.kind_dir = kind_dir
@@ -112,7 +113,7 @@ class _ShardWriter:
 
         embeddings = torch.cat(self.rows).contiguous()
         path = self.kind_dir / f"shard-r{self.rank:03d}-{self.next_seq:05d}.safetensors"
-        metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": _tensor_sha256(embeddings),
+        metadata = {"format": SHARD_FORMAT, "keys": json.dumps(self.keys), "sha256": tensor_sha256(embeddings),
                     "encoder": self.identity}
         atomic_write_bytes(path, safetensors_save({"embeddings": embeddings}, metadata=metadata))
         self.written.append(path)
@@ -121,14 +122,14 @@ class _ShardWriter:
 
 
 def _recorded_shards(cache_dir: Path) -> dict:
-    """``(kind, name) -> (size, mtime_ns)`` of the shards the index records as verified; a damaged or foreign
-    index is set aside (``*.corrupt``) and records nothing, so every shard is checked and the index rebuilt."""
+    """`(kind, name) -> (size, mtime_ns)` of the shards the index records as verified; a damaged or foreign
+    index is set aside (`*.corrupt`) and records nothing, so every shard is checked and the index rebuilt."""
     path = cache_dir / INDEX_NAME
     if not path.is_file():
         return {}
     config = read_cache_config(cache_dir)
     try:
-        records, _, _ = _open_index(path, config)
+        records, _, _ = open_index(path, config)
     except CorruptIndexError as err:
         logger.error("%s; setting it aside as %s.corrupt", err, path.name)
         os.replace(path, path.with_name(path.name + ".corrupt"))
@@ -137,14 +138,14 @@ def _recorded_shards(cache_dir: Path) -> dict:
 
 
 def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[list, int]:
-    """Remove temp files of killed builds and rename damaged shards to ``*.corrupt``.
+    """Remove temp files of killed builds and rename damaged shards to `*.corrupt`.
 
     A build must not extend a cache it cannot trust: every shard the index does not record with its current
-    size and modification time (or, with ``verify``, every shard) is read in full and checked against its
+    size and modification time (or, with `verify`, every shard) is read in full and checked against its
     checksum. Shards an earlier build verified are not read again. Returns the paths set aside and the number
     of shards checked.
     """
-    recorded = _recorded_shards(cache_dir)  # sets a damaged index aside, also under ``verify``
+    recorded = _recorded_shards(cache_dir)  # sets a damaged index aside, also under `verify`
     if verify:
         recorded = {}
     identity = encoder_identity(read_cache_config(cache_dir))
@@ -155,14 +156,14 @@ def _set_aside_damaged_files(cache_dir: Path, verify: bool = False) -> tuple[lis
         for tmp in kind_dir.glob(".*.tmp"):
             logger.info("removing %s left by an interrupted build", tmp)
             tmp.unlink(missing_ok=True)
-        for path in _shard_paths(kind_dir):
+        for path in shard_files(kind_dir):
             stat = path.stat()
             if recorded.get((kind, path.name)) == (stat.st_size, stat.st_mtime_ns):
                 continue
             checked += 1
             try:
-                _read_shard_header(path, identity=identity)
-                _load_shard(path)
+                read_shard_header(path, identity=identity)
+                load_shard(path)
             except CorruptShardError as err:
                 logger.error("%s; setting it aside as %s.corrupt and recomputing its keys", err, path.name)
                 os.replace(path, path.with_name(path.name + ".corrupt"))
@@ -218,8 +219,8 @@ def _process_state():
 
 
 def _keyed(items: Iterable, key_fn: Callable, what: str, unreadable: list) -> Iterator[tuple]:
-    """``(key, item)`` for each item, lazily; items whose key cannot be computed are skipped with a warning and
-    counted in ``unreadable[0]``."""
+    """`(key, item)` for each item, lazily; items whose key cannot be computed are skipped with a warning and
+    counted in `unreadable[0]`."""
     for item in items:
         try:
             key = key_fn(item)
@@ -313,7 +314,7 @@ class _DigestSet:
 
 def _embed_kind(cache: EmbeddingCache, kind: str, items: Iterable[tuple], encode_batch: Callable, *, rank: int,
                 world: int, batch_size: int, shard_size: int, dtype: torch.dtype, progress: bool) -> dict:
-    """Encode this process's share of ``items`` (``(key, source)``, read lazily: a data set's texts are never all
+    """Encode this process's share of `items` (`(key, source)`, read lazily: a data set's texts are never all
     in memory, only the keys already met, as 16-byte digests: `_DigestSet`) that the cache lacks."""
     from tqdm.auto import tqdm
 
@@ -359,9 +360,30 @@ def _embed_kind(cache: EmbeddingCache, kind: str, items: Iterable[tuple], encode
             "shards_written": len(writer.written)}
 
 
+def save_index(cache: EmbeddingCache, covers: Iterable[str] = ()) -> EmbeddingCache:
+    """Write the index of the shards `cache` was opened on (`EmbeddingCache.key_tables`, `shard_records`), with its
+    coverage records plus `covers`, atomically (the build calls this once every shard it lists is verified), and
+    return the cache reopened on it."""
+    from safetensors.numpy import save
+
+    tensors = {}
+    for kind, table in cache.key_tables.items():
+        tensors[f"{kind}_keys"] = np.ascontiguousarray(table.keys).view(np.uint8).reshape(len(table), 32)
+        tensors[f"{kind}_shards"] = np.ascontiguousarray(table.shards, dtype=np.int32)
+        tensors[f"{kind}_rows"] = np.ascontiguousarray(table.rows, dtype=np.int32)
+    metadata = {
+        "format": INDEX_FORMAT,
+        "identity": encoder_identity(cache.config),
+        "shards": json.dumps([list(record) for record in cache.shard_records]),
+        "covers": json.dumps(list(dict.fromkeys([*cache.coverage, *covers]))),
+    }
+    atomic_write_bytes(cache.cache_dir / INDEX_NAME, save(tensors, metadata=metadata))
+    return EmbeddingCache(cache.cache_dir)
+
+
 def streamed_neighbor_inputs(per_sample: Iterable[Iterable[tuple[list, list]]]):
-    """``(texts, image_paths, image_sha256)`` for `build_embedding_cache` from `iter_neighbor_inputs` streams
-    (one per split), in one pass: ``texts`` is a generator (the data set's texts are never all in memory) that
+    """`(texts, image_paths, image_sha256)` for `build_embedding_cache` from `iter_neighbor_inputs` streams
+    (one per split), in one pass: `texts` is a generator (the data set's texts are never all in memory) that
     fills the image paths (unique, first-seen order) and their known hashes as it runs; `build_embedding_cache`
     reads every text before the first image."""
     images: dict[str, None] = {}
@@ -408,8 +430,8 @@ def build_embedding_cache(
     """Encode every text and image not yet in the cache at `cache_dir`; return the cache.
 
     Resumable and idempotent: keys already in complete shards are skipped, so a rerun after a
-    kill encodes only the rest. Under ``accelerate launch`` / ``torchrun`` each process takes the
-    unique keys with ``i % num_processes == process_index`` and writes shards named with its rank.
+    kill encodes only the rest. Under `accelerate launch` / `torchrun` each process takes the
+    unique keys with `i % num_processes == process_index` and writes shards named with its rank.
 
     Args:
         cache_dir (`str` or `Path`): the cache directory (created if missing).
@@ -420,12 +442,12 @@ def build_embedding_cache(
             Unreadable or undecodable files are skipped with a warning and counted as failed.
         encoder (`MMGLNeighborEncoder`, *optional*): the frozen encoder (the model's, or one built with
             `MMGLNeighborEncoder.from_settings`); by default built from the three settings below.
-        model_name (`str`, *optional*, defaults to ``"ViT-B-32"``): the open_clip model.
+        model_name (`str`, *optional*, defaults to `"ViT-B-32"`): the open_clip model.
         pretrained (`str`, *optional*): open_clip pretrained tag or checkpoint path; `None` is the seeded
             random initialisation.
         model_config (`dict`, *optional*): custom open_clip config (e.g. a tiny test model).
         text_encoder, text_pooling, text_max_length (*optional*): a Hugging Face text model that encodes the texts
-            instead of open_clip (`MMGLConfig.text_neighbor_*`), when ``encoder`` is not given.
+            instead of open_clip (`MMGLConfig.text_neighbor_*`), when `encoder` is not given.
         text_tokenizer (*optional*): the tokenizer of the encoder's Hugging Face text model (default: loaded from
             its name, as the processor does).
         image_sha256 (`dict[str, str]`, *optional*): content hash of image files already known (the image
@@ -434,7 +456,7 @@ def build_embedding_cache(
         device (`str` or `torch.device`, *optional*): defaults to this process's accelerate device.
         shard_size (`int`, *optional*, defaults to 4096): rows per shard; a kill loses at most the
             rows encoded since the last shard.
-        dtype (`str` or `torch.dtype`, *optional*, defaults to ``"float16"``): storage dtype.
+        dtype (`str` or `torch.dtype`, *optional*, defaults to `"float16"`): storage dtype.
         state (*optional*): an `accelerate.PartialState` (default: a new one).
         progress (`bool`, *optional*, defaults to True): show tqdm progress bars.
         covers (`Iterable[str]`, *optional*): coverage records to write into the index once every input is
@@ -445,9 +467,9 @@ def build_embedding_cache(
             and modification time are read).
 
     Returns:
-        `EmbeddingCache` over all shards of all processes, with ``build_summary`` set to this
+        `EmbeddingCache` over all shards of all processes, with `build_summary` set to this
         process's counts per kind (unique, assigned, cached, encoded, failed, shards_written;
-        ``unreadable`` image paths; ``set_aside`` damaged shards; ``shards_checked`` at start).
+        `unreadable` image paths; `set_aside` damaged shards; `shards_checked` at start).
 
     Raises:
         `EncoderMismatchError` if the cache was built with another encoder or storage dtype.
@@ -500,7 +522,7 @@ def build_embedding_cache(
         # (their checksums were computed from the tensors written). One process records them in the index.
         cache = EmbeddingCache(cache_dir)
         if not cache.index_fresh or any(not cache.covers(record) for record in covers):
-            cache.save_index(covers)
+            cache = save_index(cache, covers)
     state.wait_for_everyone()
     if not state.is_main_process:
         cache = EmbeddingCache(cache_dir)  # the index the main process wrote: every process's shards
@@ -511,7 +533,7 @@ def build_embedding_cache(
 def coverage_key(table_fingerprint: str | None, samples: str, context: str, neighbor_encoding: str,
                  max_text_neighbors: int, max_image_neighbors: int, image_dir=None) -> str | None:
     """What a set of collected neighbour inputs depends on, as one string: the page table (its fingerprint,
-    `processing.token_cache.table_fingerprint`), which samples of it (e.g. ``"all"``), the design that selects
+    `processing.data.token_store.table_fingerprint`), which samples of it (e.g. `"all"`), the design that selects
     the neighbours, and the image folder's state (its path, its modification time and that of its manifest:
     files added or fetched change which references resolve). `None` when the table has no fingerprint (then
     nothing is skipped). An image file replaced in place under the same name in a plain folder is not seen."""
@@ -529,7 +551,7 @@ def coverage_key(table_fingerprint: str | None, samples: str, context: str, neig
 
 def open_covered_cache(cache_dir, records: Iterable[str | None], encoder: MMGLNeighborEncoder,
                        dtype="float16") -> EmbeddingCache | None:
-    """The cache at ``cache_dir`` when its index records one of ``records`` (`coverage_key`), else `None`:
+    """The cache at `cache_dir` when its index records one of `records` (`coverage_key`), else `None`:
     the startup of a training run skips collecting the neighbour inputs (a page graph per sample) when the
     cache already holds them. Raises `EncoderMismatchError`, as a build would, when the cache holds another
     encoder's embeddings."""
@@ -544,7 +566,7 @@ def open_covered_cache(cache_dir, records: Iterable[str | None], encoder: MMGLNe
 
 # -------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    """``python -m processing.data.build_embedding_cache DATA CACHE_DIR --image_dir DIR [design flags]``."""
+    """`python -m processing.data.build_embedding_cache DATA CACHE_DIR --image_dir DIR [design flags]`."""
     parser = argparse.ArgumentParser(
         prog="python -m processing.data.build_embedding_cache",
         description="Embed, once, every neighbour text and image that the processor will ask for under the given "
@@ -612,8 +634,8 @@ def main(argv=None) -> int:
     from modeling_mmgl.configuration_mmgl import TEXT_NEIGHBOR_POOLINGS
     from modeling_mmgl.neighbor_encoder import MMGLNeighborEncoder
     from modeling_mmgl.text_neighbor_encoder import resolve_text_encoder_settings
-    from processing.page_graph import PageGraphIndex
-    from processing.token_cache import table_fingerprint
+    from processing.data.sample_index import PageGraphIndex
+    from processing.data.token_store import table_fingerprint
 
     if args.text_neighbor_pooling not in (None, *TEXT_NEIGHBOR_POOLINGS):
         raise ValueError(f"--text_neighbor_pooling must be one of {TEXT_NEIGHBOR_POOLINGS}, got "
@@ -658,7 +680,7 @@ def main(argv=None) -> int:
     return 0
 
 
-__all__ = ["build_embedding_cache", "coverage_key", "main", "open_covered_cache", "streamed_neighbor_inputs"]
+__all__ = ["build_embedding_cache", "coverage_key", "main", "open_covered_cache", "save_index", "streamed_neighbor_inputs"]
 
 
 if __name__ == "__main__":

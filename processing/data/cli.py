@@ -1,6 +1,6 @@
 """One entry-point wrapper for every command: bad input ends in one line naming what is wrong.
 
-Every ``python -m processing...`` command (and ``run_summarization.py``) calls its ``main`` through
+Every `python -m processing...` command (and `run_summarization.py`) calls its `main` through
 `run_command`::
 
     if __name__ == "__main__":
@@ -9,27 +9,27 @@ Every ``python -m processing...`` command (and ``run_summarization.py``) calls i
 Rule for what is "bad input" (reported in one line, exit code `EXIT_BAD_INPUT`) rather than a bug
 (full traceback, exit code 1):
 
-* an instance of one of the project's own error types, `cli_error_types` (reader, framing, page
-  structure, embedding-cache and URL errors); their messages name the file, record, page, section
-  and field;
+* a `processing.errors.MMGLInputError`, the base of every error class of the project (reader,
+  framing, page structure, embedding-cache, image and URL errors); its message names the file,
+  record, page, section and field;
 * a missing, unreadable or clashing file (`FileNotFoundError`, `FileExistsError`,
   `PermissionError`, `IsADirectoryError`, `NotADirectoryError`): the message holds the path;
-* a full disk or quota (an `OSError` with ``ENOSPC`` / ``EDQUOT`` anywhere in the chain): reported as a
+* a full disk or quota (an `OSError` with `ENOSPC` / `EDQUOT` anywhere in the chain): reported as a
   `DiskFullError` (the path, the bytes needed when the writer knew them, the bytes free);
 * a `ValueError`, `KeyError` or `TypeError` *raised by the project's own code*: the frame that
-  raised it lies in a file of this project (``processing/``, ``modeling_mmgl/`` or a top-level
+  raised it lies in a file of this project (`processing/`, `modeling_mmgl/` or a top-level
   script), i.e. it comes from our own validation, whose messages name what was expected. The same
   types raised deep inside torch, `datasets` or numpy are bugs or misuse we did not anticipate, and
   keep their traceback.
 
-Exceptions raised inside `datasets` generation arrive wrapped (``DatasetGenerationError: An error
-occurred while generating the dataset``): the chain (``__cause__``, then ``__context__``) is
+Exceptions raised inside `datasets` generation arrive wrapped (`DatasetGenerationError: An error
+occurred while generating the dataset`): the chain (`__cause__`, then `__context__`) is
 walked and the first bad-input error found is reported instead.
 
-``--traceback`` anywhere on the command line, or ``MMGL_DEBUG=1`` in the environment, re-raises the
-error with its full traceback (not ``--debug``: that is a `TrainingArguments` flag of
-``run_summarization.py``). Commands declare the flag with `add_debug_argument` so that ``--help``
-documents it; `run_command` removes it before ``main`` parses the rest.
+`--traceback` anywhere on the command line, or `MMGL_DEBUG=1` in the environment, re-raises the
+error with its full traceback (not `--debug`: that is a `TrainingArguments` flag of
+`run_summarization.py`). Commands declare the flag with `add_debug_argument` so that `--help`
+documents it; `run_command` removes it before `main` parses the rest.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 
 #: Exit code of a command stopped by bad input (argparse uses 2 for bad usage too).
 EXIT_BAD_INPUT = 2
-#: Environment variable that shows full tracebacks, like ``--traceback``.
+#: Environment variable that shows full tracebacks, like `--traceback`.
 DEBUG_ENV = "MMGL_DEBUG"
 DEBUG_FLAG = "--traceback"
 
@@ -50,41 +50,8 @@ _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirector
 _VALIDATION_ERRORS = (ValueError, KeyError, TypeError)
 
 
-def cli_error_types() -> tuple:
-    """The project's own error types, always reported as bad input (imported lazily, so that a
-    command pays only for the modules it uses; a module that cannot be imported is left out).
-
-    Returns:
-        `tuple[type, ...]`
-    """
-    import importlib
-
-    names = {
-        "processing.data.tfrecord_io": ("TFRecordCorruptError",),
-        "processing.data.wikiweb2m": ("WikiWeb2MFormatError", "EmptyInputError"),
-        "processing.data.image_fetcher": ("InvalidURLError", "URLListError", "UnsafeCacheError"),
-        "processing.page_graph": ("PageStructureError",),
-        "processing.embedding_cache": ("CorruptShardError", "EncoderMismatchError"),
-        "processing.image_source": ("MissingImagesError",),
-    }
-    found = []
-    for module, attrs in names.items():
-        # Only modules the command already imported: importing the others here would be slow
-        # (torch) and their errors cannot have been raised anyway.
-        mod = sys.modules.get(module)
-        if mod is None:
-            try:
-                mod = importlib.import_module(module) if module.startswith("processing.data.") else None
-            except Exception:  # a broken optional module must not hide the real error
-                mod = None
-        for attr in attrs:
-            if mod is not None and isinstance(getattr(mod, attr, None), type):
-                found.append(getattr(mod, attr))
-    return tuple(found)
-
-
 def _raised_by_project(exc: BaseException) -> bool:
-    """Whether the innermost frame of ``exc``'s traceback is in a file of this project."""
+    """Whether the innermost frame of `exc`'s traceback is in a file of this project."""
     tb = exc.__traceback__
     if tb is None:  # e.g. re-created from a worker process: only the type is known
         return False
@@ -97,7 +64,7 @@ def _raised_by_project(exc: BaseException) -> bool:
 
 
 def find_bad_input(exc: BaseException) -> BaseException | None:
-    """The first bad-input error in ``exc``'s chain (``exc``, its ``__cause__`` or ``__context__``, ...).
+    """The first bad-input error in `exc`'s chain (`exc`, its `__cause__` or `__context__`, ...).
 
     Args:
         exc (`BaseException`): what a command raised.
@@ -106,8 +73,7 @@ def find_bad_input(exc: BaseException) -> BaseException | None:
         `BaseException` or `None`: the error to report in one line, or `None` for a bug.
     """
     from processing.atomic_write import DISK_FULL_ERRNOS, DiskFullError
-
-    own = cli_error_types()
+    from processing.errors import MMGLInputError
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -115,7 +81,7 @@ def find_bad_input(exc: BaseException) -> BaseException | None:
             return exc
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             return DiskFullError(exc.filename or "a file")  # a writer that did not say more
-        if isinstance(exc, own) or isinstance(exc, _FILE_ERRORS):
+        if isinstance(exc, (MMGLInputError, *_FILE_ERRORS)):
             return exc
         if isinstance(exc, _VALIDATION_ERRORS) and _raised_by_project(exc):
             return exc
@@ -124,7 +90,7 @@ def find_bad_input(exc: BaseException) -> BaseException | None:
 
 
 def error_message(exc: BaseException) -> str:
-    """The one-line text of ``exc`` (a `KeyError`'s message without the quotes `str()` adds)."""
+    """The one-line text of `exc` (a `KeyError`'s message without the quotes `str()` adds)."""
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]
     else:
@@ -136,7 +102,7 @@ def error_message(exc: BaseException) -> str:
 
 
 def add_debug_argument(parser) -> None:
-    """Declare ``--traceback`` on an `argparse.ArgumentParser`, so that ``--help`` documents it."""
+    """Declare `--traceback` on an `argparse.ArgumentParser`, so that `--help` documents it."""
     parser.add_argument(
         DEBUG_FLAG,
         action="store_true",
@@ -145,15 +111,15 @@ def add_debug_argument(parser) -> None:
 
 
 def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a command's ``main(argv)``; report bad input as ``error: <message>`` on stderr.
+    """Run a command's `main(argv)`; report bad input as `error: <message>` on stderr.
 
     Args:
         main (`Callable`): the command's entry point; takes a list of arguments, returns an exit
             code (`None` counts as 0).
-        argv (`list[str]`, *optional*): the arguments; defaults to ``sys.argv[1:]``.
+        argv (`list[str]`, *optional*): the arguments; defaults to `sys.argv[1:]`.
 
     Returns:
-        `int`: ``main``'s exit code, or `EXIT_BAD_INPUT` after a bad-input error. Bugs (errors not
+        `int`: `main`'s exit code, or `EXIT_BAD_INPUT` after a bad-input error. Bugs (errors not
         covered by the rule in the module docstring) propagate with their traceback, as do
         `KeyboardInterrupt` and `SystemExit` (argparse's own usage errors exit 2 by themselves).
     """
@@ -179,7 +145,6 @@ __all__ = [
     "DEBUG_FLAG",
     "EXIT_BAD_INPUT",
     "add_debug_argument",
-    "cli_error_types",
     "error_message",
     "find_bad_input",
     "run_command",

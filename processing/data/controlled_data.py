@@ -5,17 +5,17 @@ schema, image drawings and TFRecord writer) with pages whose six summarization s
 on exactly one kind of neighbour information:
 
 ===========  ==========================================  ==============================================
-section      summary (target)                            where the fact is (``SummaryFact.source``)
+section      summary (target)                            where the fact is (`SummaryFact.source`)
 ===========  ==========================================  ==============================================
-Geography    ``Kelvo lies close to Pessa.``              ``page_description`` (text context helps)
-Flag         ``The flag of Kelvo is red.``               ``image_pixels``: the caption says only "The
+Geography    `Kelvo lies close to Pessa.`              `page_description` (text context helps)
+Flag         `The flag of Kelvo is red.`               `image_pixels`: the caption says only "The
                                                          flag of Kelvo."; the colour is in the pixels
-Emblem       ``The emblem of Kelvo is a triangle.``      ``image_pixels`` (the drawn shape)
-Founding     ``Kelvo was founded in 1764.``              ``long_parent_text``: the parent (History) is
-Rulers       ``The first ruler of Kelvo was King Doran.`` a long text whose facts sit past its first
+Emblem       `The emblem of Kelvo is a triangle.`      `image_pixels` (the drawn shape)
+Founding     `Kelvo was founded in 1764.`              `long_parent_text`: the parent (History) is
+Rulers       `The first ruler of Kelvo was King Doran.` a long text whose facts sit past its first
                                                          ~70 tokens, where a text encoder truncates or
                                                          dilutes them but raw tokens keep them
-Market       ``The market of Kelvo sells honey.``        ``child_section``: three sections say "Most
+Market       `The market of Kelvo sells honey.`        `child_section`: three sections say "Most
                                                          stalls there sell <product>." with different
                                                          products; only the one whose parent is the
                                                          Market section is right
@@ -23,8 +23,8 @@ Market       ``The market of Kelvo sells honey.``        ``child_section``: thre
 
 The structure task (Market) must not be solvable from the neighbour ORDER: the processor ranks the
 target's parent first and then the other sections by distance in page order, so the non-lead
-sections are shuffled (parent indices follow them), which puts the right ``Stalls`` section and the
-two distractor ``Stalls`` sections (children of the ``Harbour`` and ``Old town`` sections, of the same
+sections are shuffled (parent indices follow them), which puts the right `Stalls` section and the
+two distractor `Stalls` sections (children of the `Harbour` and `Old town` sections, of the same
 template) at random ranks. Only the graph (the right one is the target's child) tells them apart.
 
 Usage::
@@ -95,7 +95,7 @@ def _permute_sections(b: _PageBuilder, facts: dict[int, SummaryFact], rng: rando
 
 
 def make_controlled_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
-    """Generate page number ``index`` of the controlled sample (independent of how many pages are made).
+    """Generate page number `index` of the controlled sample (independent of how many pages are made).
 
     Args:
         index (`int`): page position; also fixes its split (`SPLIT_PATTERN`).
@@ -103,7 +103,7 @@ def make_controlled_page(index: int, seed: int = 0, image_size: int = 64) -> Sam
         image_size (`int`, *optional*, defaults to 64): declared image width and height.
 
     Returns:
-        `SamplePage`: ``facts`` gives, per sample section, the fact and its source (see the module table).
+        `SamplePage`: `facts` gives, per sample section, the fact and its source (see the module table).
     """
     rng = random.Random((seed << 40) ^ index ^ 0x5EED)  # a different stream from sample_data's pages
     name, kind, city = rng.choice(NAMES), rng.choice(KINDS), rng.choice(CITIES)
@@ -162,12 +162,12 @@ def make_controlled_page(index: int, seed: int = 0, image_size: int = 64) -> Sam
 
 def generate_controlled(output_dir, num_pages: int = 600, seed: int = 0, image_size: int = 64) -> dict[str, Any]:
     """Write the controlled sample (`make_controlled_page`) with `processing.data.sample_data.generate_sample`'s
-    writer: ``<output_dir>/wikiweb2m-sample.tfrecord.gz`` and ``<output_dir>/images/``. Returns its summary dict."""
+    writer: `<output_dir>/wikiweb2m-sample.tfrecord.gz` and `<output_dir>/images/`. Returns its summary dict."""
     return generate_sample(output_dir, num_pages, seed, image_size, page_factory=make_controlled_page)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m processing.data.controlled_data OUTPUT_DIR [--num_pages N] [--seed S]``."""
+    """`python -m processing.data.controlled_data OUTPUT_DIR [--num_pages N] [--seed S]`."""
     parser = argparse.ArgumentParser(prog="python -m processing.data.controlled_data",
                                      description="Write the controlled WikiWeb2M sample of the MMGL study.")
     parser.add_argument("output_dir")

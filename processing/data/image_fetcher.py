@@ -10,19 +10,19 @@ Layout of a cache directory::
     <cache>/tmp/*.part                downloads in flight; removed at the start of every `fetch`
 
 No path is ever derived from a URL, so nothing can be written outside the cache whatever a URL
-holds; ``tmp/`` and the ``<sha256[:2]>/`` folders must be real folders inside the cache (a symbolic
-link there, or a ``manifest.jsonl`` that links elsewhere, is refused with `UnsafeCacheError`), and a
+holds; `tmp/` and the `<sha256[:2]>/` folders must be real folders inside the cache (a symbolic
+link there, or a `manifest.jsonl` that links elsewhere, is refused with `UnsafeCacheError`), and a
 manifest path that leads outside the cache is never looked up. A file only gets its final name
 through `os.replace` after it was fully received and verified, so an interrupted run never leaves a
 partial file under a finished name, and a rerun fetches only the URLs that have no successful record
 yet.
 
-Each attempt has one wall-clock deadline (``download_timeout``) covering the connection, the
-response headers and the body, whatever the server's ``Connection`` header: a server dripping
+Each attempt has one wall-clock deadline (`download_timeout`) covering the connection, the
+response headers and the body, whatever the server's `Connection` header: a server dripping
 headers or body one byte at a time is cut at the deadline.
 
-Exit status of the command: 0 when every URL ended ``ok`` (fetched now or before), `EXIT_FAILED_URLS`
-(3) when some did not (``--allow_failed`` makes that 0), 2 on bad input (one ``error:`` line).
+Exit status of the command: 0 when every URL ended `ok` (fetched now or before), `EXIT_FAILED_URLS`
+(3) when some did not (`--allow_failed` makes that 0), 2 on bad input (one `error:` line).
 
 Manifest records::
 
@@ -30,9 +30,9 @@ Manifest records::
      "width": 220, "height": 190, "format": "JPEG", "attempts": 1, "time": 1700000000.0}
     {"url": ..., "status": "error", "reason": "http_404", "detail": "...", "attempts": 1, "time": ...}
 
-Failure reasons: ``invalid_url``, ``http_<status>``, ``timeout``, ``connection_error``,
-``too_many_redirects``, ``request_error``, ``too_large``, ``undecodable``, ``decompression_bomb``,
-``io_error``.
+Failure reasons: `invalid_url`, `http_<status>`, `timeout`, `connection_error`,
+`too_many_redirects`, `request_error`, `too_large`, `undecodable`, `decompression_bomb`,
+`io_error`.
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ from PIL import Image
 
 # The one manifest format and the one containment rule, shared with the resolver.
 from processing.image_source import MANIFEST_NAME, ImageManifest, file_inside
+from processing.errors import MMGLInputError
 
 if TYPE_CHECKING:  # annotations only: requests is imported where a download happens
     import requests
@@ -90,20 +91,20 @@ _RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 _CHUNK_SIZE = 64 * 1024
 
 
-#: Exit status of the command when some URLs did not end ``ok`` (see the module docstring).
+#: Exit status of the command when some URLs did not end `ok` (see the module docstring).
 EXIT_FAILED_URLS = 3
 
 
-class InvalidURLError(ValueError):
+class InvalidURLError(MMGLInputError, ValueError):
     """A URL the fetcher refuses to request (not http(s), no host, control characters)."""
 
 
-class UnsafeCacheError(ValueError):
+class UnsafeCacheError(MMGLInputError, ValueError):
     """A working folder or file of the cache that is a symbolic link or lies outside the cache."""
 
 
 def _real_folder_inside(cache_dir: Path, name: str) -> Path:
-    """``cache_dir / name`` as a real folder inside the cache (created when missing); a symbolic link or a
+    """`cache_dir / name` as a real folder inside the cache (created when missing); a symbolic link or a
     non-folder there raises `UnsafeCacheError`: the fetcher deletes and renames files in its working folders."""
     path = cache_dir / name
     try:
@@ -138,8 +139,8 @@ class FetchResult:
 
     Args:
         url (`str`): the URL as given.
-        status (`str`): ``"fetched"`` (downloaded now), ``"cached"`` (already in the cache),
-            ``"failed"`` or ``"skipped"`` (a recorded failure, with ``retry_failed=False``).
+        status (`str`): `"fetched"` (downloaded now), `"cached"` (already in the cache),
+            `"failed"` or `"skipped"` (a recorded failure, with `retry_failed=False`).
         path (`Path`, *optional*): absolute path of the cached file when it exists.
         reason (`str`, *optional*): failure reason (see the module docstring).
         detail (`str`, *optional*): human-readable failure detail.
@@ -157,8 +158,8 @@ class FetchResult:
 def validate_url(url: str) -> str:
     """Return `url` if the fetcher may request it, else raise `InvalidURLError` naming the URL.
 
-    Only ``http`` and ``https`` URLs with a host are accepted; ``file://``, ``ftp://``,
-    ``data:`` and relative paths are refused so a URL list can never read local files.
+    Only `http` and `https` URLs with a host are accepted; `file://`, `ftp://`,
+    `data:` and relative paths are refused so a URL list can never read local files.
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidURLError(f"invalid image URL {url!r}: expected a non-empty http(s) URL string")
@@ -180,7 +181,7 @@ def validate_url(url: str) -> str:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
     if value is None:
         return None
     value = value.strip()
@@ -221,11 +222,11 @@ _current_attempt = threading.local()
 
 
 class _Deadline:
-    """One attempt's wall-clock deadline: at ``seconds`` it shuts the attempt's socket down, which wakes a read
-    blocked on the response headers or body whatever the timeouts per read, and the attempt fails as ``timeout``.
+    """One attempt's wall-clock deadline: at `seconds` it shuts the attempt's socket down, which wakes a read
+    blocked on the response headers or body whatever the timeouts per read, and the attempt fails as `timeout`.
 
     The socket is registered by `_DeadlineConnectionMixin` when the request has been sent; the object itself is
-    kept, so the deadline still reaches it after http.client dropped its own reference (``Connection: close``).
+    kept, so the deadline still reaches it after http.client dropped its own reference (`Connection: close`).
     """
 
     def __init__(self, seconds: float):
@@ -316,18 +317,18 @@ class ImageFetcher:
         download_timeout (`float`, *optional*, defaults to 300): wall-clock cap of one attempt, from the
             connection to the last byte of the body, so a server dripping headers or body just under
             `read_timeout` cannot hold a worker: at the deadline the connection is shut down (even
-            inside a blocked read) and the attempt fails as ``timeout``.
+            inside a blocked read) and the attempt fails as `timeout`.
         backoff_base (`float`, *optional*, defaults to 1.0): first retry delay in seconds; doubles
             per attempt, with jitter (half fixed, half random) so workers do not retry in lockstep.
         backoff_max (`float`, *optional*, defaults to 60): cap of one backoff delay.
-        max_retry_after (`float`, *optional*, defaults to 300): longest ``Retry-After`` honoured;
+        max_retry_after (`float`, *optional*, defaults to 300): longest `Retry-After` honoured;
             a server asking for more gets the URL recorded as failed instead of a stalled worker.
         max_bytes (`int`, *optional*, defaults to 20 MB): larger bodies are aborted mid-stream.
         max_pixels (`int`, *optional*, defaults to 50M): larger images are rejected as
             decompression bombs before they are decoded.
         retry_failed (`bool`, *optional*, defaults to True): whether URLs recorded as failed by an
             earlier run are attempted again (successful ones never are).
-        user_agent (`str`, *optional*): the ``User-Agent`` header; identify yourself to the host.
+        user_agent (`str`, *optional*): the `User-Agent` header; identify yourself to the host.
     """
 
     def __init__(
@@ -387,12 +388,12 @@ class ImageFetcher:
     def fetch(self, urls: Iterable[str], progress: bool = False) -> dict:
         """Fetch every URL not yet cached; return a summary.
 
-        Duplicate URLs are fetched once. At most ``max_workers`` downloads run at a time and only
+        Duplicate URLs are fetched once. At most `max_workers` downloads run at a time and only
         a small window of work is queued, so a list of millions of URLs is fine.
 
         Returns:
-            `dict`: ``total`` (unique URLs), ``fetched``, ``cached``, ``failed``, ``skipped``,
-            ``failed_by_reason`` (reason -> count) and ``bytes_downloaded``.
+            `dict`: `total` (unique URLs), `fetched`, `cached`, `failed`, `skipped`,
+            `failed_by_reason` (reason -> count) and `bytes_downloaded`.
         """
         self._remove_stale_parts()
         unique = list(dict.fromkeys(urls))
@@ -475,10 +476,10 @@ class ImageFetcher:
         return FetchResult(url, "fetched", path=path, record=record)
 
     # --------------------------------------------------------------------------------- internals
-    def _session(self) -> "requests.Session":
+    def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests  # lazily: a Hub folder copies this file into processes that never fetch
+            import requests  # lazily: the first fetch pays for it, not every import of this module (tests, manifest reads)
 
             session = requests.Session()
             session.headers["User-Agent"] = self.user_agent
@@ -660,12 +661,12 @@ class ImageFetcher:
 
 
 # ------------------------------------------------------------------------------------ URL sources
-class URLListError(ValueError):
+class URLListError(MMGLInputError, ValueError):
     """A URL list file that is not UTF-8 text (e.g. a binary file given by mistake)."""
 
 
 def urls_from_file(path) -> list:
-    """URLs from a UTF-8 text file, one per line; blank lines and ``#`` comments are skipped.
+    """URLs from a UTF-8 text file, one per line; blank lines and `#` comments are skipped.
 
     Raises:
         URLListError: the file is binary or not UTF-8 (the message names the file and line).
@@ -717,8 +718,8 @@ def urls_from_dataset(dataset_dir, column: str = "section_image_url") -> list:
 
 # -------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    """``python -m processing.data.image_fetcher URL_LIST_OR_DATASET CACHE_DIR`` or
-    ``python -m processing.data.image_fetcher --from_dataset DATASET_DIR CACHE_DIR``."""
+    """`python -m processing.data.image_fetcher URL_LIST_OR_DATASET CACHE_DIR` or
+    `python -m processing.data.image_fetcher --from_dataset DATASET_DIR CACHE_DIR`."""
     from .cli import add_debug_argument
 
     parser = argparse.ArgumentParser(

@@ -2,8 +2,8 @@
 writes (a folder, converted once), or WikiWeb2M TFRecord files read now.
 
 TFRecords read now never write outside the user's folders: their Arrow table is built in the cache folder the user
-names (``cache_dir``: kept, and reused while the files are unchanged) or, without one, in a temporary folder that is
-removed as soon as the table is loaded into memory (so nothing lands in ``~/.cache/huggingface/datasets`` and no lock
+names (`cache_dir`: kept, and reused while the files are unchanged) or, without one, in a temporary folder that is
+removed as soon as the table is loaded into memory (so nothing lands in `~/.cache/huggingface/datasets` and no lock
 file is left, whether the read succeeds or fails). A large corpus is better converted once.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def open_page_table(source: str | os.PathLike | Sequence[str], cache_dir: str | 
             glob(s) (read with `processing.data.wikiweb2m.load_pages`).
         cache_dir (`str`, *optional*): for TFRecords, the folder their Arrow table is kept in; without it the table
             is read into memory and nothing stays on disk (module docstring).
-        load_kwargs: passed to `load_pages` for TFRecords (``skip_corrupt``, ``errors``, ``num_proc``, ...).
+        load_kwargs: passed to `load_pages` for TFRecords (`skip_corrupt`, `errors`, `num_proc`, ...).
     """
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         if not is_arrow_dataset_dir(source):

@@ -1,30 +1,30 @@
 """A synthetic WikiWeb2M sample whose section summaries can only be written from the neighbours.
 
 Each page describes a fictional place. Every section summarization target
-(``section_clean_1st_sentence``) states one key fact -- a city, a colour, a year, a ruler, a
+(`section_clean_1st_sentence`) states one key fact -- a city, a colour, a year, a ruler, a
 number, a shape or a product -- that appears nowhere in the section's own title or remaining text
-(``section_rest_sentence``), only in a *neighbour*:
+(`section_rest_sentence`), only in a *neighbour*:
 
 ===========  ==========================================  ======================================
 section      summary (target)                            where the fact is
 ===========  ==========================================  ======================================
-Geography    ``Kelvo lies close to Pessa.``              page description / lead section
-Flag         ``The flag of Kelvo is red.``               image caption + the image (solid red)
-Founding     ``Kelvo was founded in 1764.``              parent section (History)
-Rulers       ``The first ruler of Kelvo was King Doran.`` parent section (History)
-Castle       ``The castle of Kelvo has five towers.``    image caption + the image (five bars)
-Emblem       ``The emblem of Kelvo is a triangle.``      image caption + the image (a triangle)
-Market       ``The market of Kelvo sells honey.``        parent section (Economy)
+Geography    `Kelvo lies close to Pessa.`              page description / lead section
+Flag         `The flag of Kelvo is red.`               image caption + the image (solid red)
+Founding     `Kelvo was founded in 1764.`              parent section (History)
+Rulers       `The first ruler of Kelvo was King Doran.` parent section (History)
+Castle       `The castle of Kelvo has five towers.`    image caption + the image (five bars)
+Emblem       `The emblem of Kelvo is a triangle.`      image caption + the image (a triangle)
+Market       `The market of Kelvo sells honey.`        parent section (Economy)
 ===========  ==========================================  ======================================
 
 Page names repeat across pages with different facts, so a model cannot memorise "Kelvo -> red":
 it has to read the description, the parent section, the caption or the pixels. Sentences are
 templated over a small vocabulary, so a tiny model trained for minutes on CPU can learn the copy.
 
-Structure exercised: a lead section (never a sample), parent / child sections (``History`` ->
-``Founding``, ``Rulers``; ``Economy`` -> ``Market``) with depth, heading level, parent and
-subsection indices; sections with a table or list (``History``, ``Economy``: not samples); sections
-without images, with one, and with several (``Gallery``: images only, no text). Splits follow the
+Structure exercised: a lead section (never a sample), parent / child sections (`History` ->
+`Founding`, `Rulers`; `Economy` -> `Market`) with depth, heading level, parent and
+subsection indices; sections with a table or list (`History`, `Economy`: not samples); sections
+without images, with one, and with several (`Gallery`: images only, no text). Splits follow the
 pattern train, val, test, then seven train pages (80/10/10, and val / test always have samples
 once there are 3 pages). All fields of the WikiWeb2M schema are written with their real types.
 
@@ -154,8 +154,8 @@ class SummaryFact:
     """The key fact of one summarization sample and where a model can find it.
 
     Attributes:
-        value (`str`): the fact as it appears in the summary (e.g. ``"red"``, ``"1764"``).
-        source (`str`): ``"page_description"``, ``"parent_section"`` or ``"image_caption"``
+        value (`str`): the fact as it appears in the summary (e.g. `"red"`, `"1764"`).
+        source (`str`): `"page_description"`, `"parent_section"` or `"image_caption"`
             (the image itself then shows it too).
         neighbour_text (`str`): the neighbour text that states it.
     """
@@ -189,8 +189,8 @@ def render_image(spec: tuple, image_size: int = 64) -> bytes:
     """PNG bytes of a simple drawing.
 
     Args:
-        spec (`tuple`): ``("solid", colour)``, ``("towers", n)`` (n dark bars on white),
-            ``("shape", shape)`` (a dark shape on white) or ``("grey", level)``.
+        spec (`tuple`): `("solid", colour)`, `("towers", n)` (n dark bars on white),
+            `("shape", shape)` (a dark shape on white) or `("grey", level)`.
         image_size (`int`, *optional*, defaults to 64): side in pixels.
 
     Returns:
@@ -236,7 +236,7 @@ def render_image(spec: tuple, image_size: int = 64) -> bytes:
 
 
 def image_url(file_name: str) -> str:
-    """MediaWiki's hashed upload URL of a file name (``.../commons/<h>/<hh>/<name>``)."""
+    """MediaWiki's hashed upload URL of a file name (`.../commons/<h>/<hh>/<name>`)."""
     digest = hashlib.md5(file_name.encode("utf-8")).hexdigest()
     return f"https://upload.wikimedia.org/wikipedia/commons/{digest[0]}/{digest[:2]}/{file_name}"
 
@@ -255,7 +255,7 @@ class _PageBuilder:
         self.image_size = image_size
 
     def add(self, title, depth, parent, first="", rest="", table=False, images=()):
-        """Append a section; returns its index. ``images``: (file name, spec, caption) triples."""
+        """Append a section; returns its index. `images`: (file name, spec, caption) triples."""
         index = len(self.sections)
         if parent is not None:
             self.sections[parent]["children"].append(index)
@@ -319,7 +319,7 @@ class _PageBuilder:
 
 
 def make_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
-    """Generate page number ``index`` of the sample (independent of how many pages are made).
+    """Generate page number `index` of the sample (independent of how many pages are made).
 
     Args:
         index (`int`): page position; also fixes its split (`SPLIT_PATTERN`).
@@ -345,7 +345,7 @@ def make_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
     facts: dict[int, SummaryFact] = {}
 
     def add_sample(title, depth, parent, summary, pool, fact, source, neighbour, images=()):
-        """A summarization sample: the summary states ``fact``; the rest is 1-2 filler sentences."""
+        """A summarization sample: the summary states `fact`; the rest is 1-2 filler sentences."""
         rest = " ".join(rng.sample(pool, rng.randint(1, 2)))
         index = b.add(title, depth, parent, summary, rest, images=images)
         facts[index] = SummaryFact(fact, source, neighbour)
@@ -412,7 +412,7 @@ def make_page(index: int, seed: int = 0, image_size: int = 64) -> SamplePage:
 
 
 def is_generated_page(url: str) -> bool:
-    """Whether a page URL is one the bundled generators made (``..._(sample_N)``, ``..._(controlled_N)``), not a real
+    """Whether a page URL is one the bundled generators made (`..._(sample_N)`, `..._(controlled_N)`), not a real
     Wikipedia page."""
     return bool(_GENERATED_URL.search(url))
 
@@ -420,7 +420,7 @@ def is_generated_page(url: str) -> bool:
 def iter_sample_pages(
     num_pages: int, seed: int = 0, image_size: int = 64, start: int = 0, page_factory: Callable | None = None
 ) -> Iterator[SamplePage]:
-    """Yield pages ``start .. start + num_pages - 1`` of the sample (``page_factory``, defaults to `make_page`)."""
+    """Yield pages `start .. start + num_pages - 1` of the sample (`page_factory`, defaults to `make_page`)."""
     page_factory = page_factory or make_page
     for index in range(start, start + num_pages):
         yield page_factory(index, seed, image_size)
@@ -442,18 +442,18 @@ def generate_sample(
         num_pages (`int`, *optional*, defaults to 200): pages to generate.
         seed (`int`, *optional*, defaults to 0): same seed, same bytes.
         image_size (`int`, *optional*, defaults to 64): image side in pixels.
-        with_images (`bool`, *optional*, defaults to `True`): also write ``images/<file name>`` (the
-            last path component of each ``section_image_url``); turn off for fast, text-only
+        with_images (`bool`, *optional*, defaults to `True`): also write `images/<file name>` (the
+            last path component of each `section_image_url`); turn off for fast, text-only
             benchmarks (the records are the same either way).
         num_shards (`int`, *optional*, defaults to 1): 1 writes `OUTPUT_FILE`; more writes
-            ``wikiweb2m-sample.tfrecord.gz-0000k-of-0000n`` (like the official train files), pages
+            `wikiweb2m-sample.tfrecord.gz-0000k-of-0000n` (like the official train files), pages
             dealt out in contiguous blocks so that file order is page order.
-        page_factory (`Callable`, *optional*): ``(index, seed, image_size) -> SamplePage``; defaults to
+        page_factory (`Callable`, *optional*): `(index, seed, image_size) -> SamplePage`; defaults to
             `make_page`. Other generators (e.g. `processing.data.controlled_data`) reuse the writer with it.
 
     Returns:
-        `dict`: ``files`` (TFRecord paths), ``image_dir`` (or `None`), ``pages``, ``sections``,
-        ``summarization_samples``, ``images`` (image occurrences), ``pages_per_second``.
+        `dict`: `files` (TFRecord paths), `image_dir` (or `None`), `pages`, `sections`,
+        `summarization_samples`, `images` (image occurrences), `pages_per_second`.
     """
     if num_pages < 0 or num_shards < 1:
         raise ValueError(f"need num_pages >= 0 and num_shards >= 1, got {num_pages} and {num_shards}")
@@ -496,7 +496,7 @@ def generate_sample(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m processing.data.sample_data OUTPUT_DIR [--num_pages N] [--seed S] [--no_images]``."""
+    """`python -m processing.data.sample_data OUTPUT_DIR [--num_pages N] [--seed S] [--no_images]`."""
     from .cli import add_debug_argument
 
     parser = argparse.ArgumentParser(

@@ -7,7 +7,7 @@ A TFRecord file is a sequence of records, each framed as::
     byte   data[length]
     uint32 masked_crc32c(data)
 
-with ``masked_crc32c(x) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2**32)``. The file may be
+with `masked_crc32c(x) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2**32)`. The file may be
 gzip-compressed as a whole (WikiWeb2M is); offsets reported here are then positions in the
 *uncompressed* record stream, which is what identifies a record (the compressed position of a
 record is not well defined).
@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 
 import crc32c as _crc32c
 
+from processing.errors import MMGLInputError
+
 PathLike = str | os.PathLike
 
 _HEADER = struct.Struct("<QI")  # length, masked crc of the 8 length bytes
@@ -39,7 +41,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK_SIZE = 1 << 20
 
 
-class TFRecordCorruptError(ValueError):
+class TFRecordCorruptError(MMGLInputError, ValueError):
     """A TFRecord file is truncated or a record's length or data CRC does not match.
 
     Attributes:
@@ -54,7 +56,7 @@ class TFRecordCorruptError(ValueError):
         self.reason = reason
         self.compressed = compressed
         where = "uncompressed byte offset" if compressed else "byte offset"
-        super().__init__(f"{self.path}: corrupt TFRecord at {where} {self.offset}: {reason}")
+        super().__init__(f"corrupt TFRecord at {where} {self.offset}: {reason}", file=self.path)
 
     def __reduce__(self):
         # `datasets` worker processes pickle errors back to the parent: keep every attribute.
@@ -62,7 +64,7 @@ class TFRecordCorruptError(ValueError):
 
 
 def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum of ``data``: crc32c, rotated right by 15 bits, plus a constant.
+    """The TFRecord checksum of `data`: crc32c, rotated right by 15 bits, plus a constant.
 
     Args:
         data (`bytes`): the bytes to checksum.
@@ -75,7 +77,7 @@ def masked_crc32c(data: bytes) -> int:
 
 
 def is_gzip_file(path: PathLike) -> bool:
-    """Whether ``path`` starts with the gzip magic bytes (so `.gz` naming is not trusted)."""
+    """Whether `path` starts with the gzip magic bytes (so `.gz` naming is not trusted)."""
     with open(path, "rb") as f:
         return f.read(2) == _GZIP_MAGIC
 
@@ -131,7 +133,7 @@ class _BadGzip(Exception):
 
 @dataclass
 class TFRecordReader:
-    """Iterate ``(offset, data)`` over the records of one TFRecord file, checking both CRCs.
+    """Iterate `(offset, data)` over the records of one TFRecord file, checking both CRCs.
 
     Args:
         path (`str` or `os.PathLike`): the file, gzip-compressed or plain.
@@ -245,7 +247,7 @@ class TFRecordReader:
 def iter_tfrecord(
     path: PathLike, skip_corrupt: bool = False, compression: str | None = "auto"
 ) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(offset, data)`` for each record of a TFRecord file; see `TFRecordReader`.
+    """Yield `(offset, data)` for each record of a TFRecord file; see `TFRecordReader`.
 
     Args:
         path (`str` or `os.PathLike`): the file, gzip-compressed or plain.
@@ -270,11 +272,11 @@ def frame_record(data: bytes) -> bytes:
 def write_tfrecord(
     path: PathLike, records: Iterable[bytes], gzip: bool = True, compresslevel: int = 6
 ) -> int:
-    """Write ``records`` to a TFRecord file, atomically.
+    """Write `records` to a TFRecord file, atomically.
 
-    The records go to a temporary file beside ``path`` that is renamed over ``path`` with
+    The records go to a temporary file beside `path` that is renamed over `path` with
     `os.replace` only once complete and flushed to disk, so a crash (or an exception raised by the
-    ``records`` iterable) never leaves a half-written file under the final name.
+    `records` iterable) never leaves a half-written file under the final name.
 
     Args:
         path (`str` or `os.PathLike`): the destination; its folder must exist.

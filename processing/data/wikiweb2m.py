@@ -1,46 +1,17 @@
 """The WikiWeb2M schema and reader: TFRecord files of `SequenceExample` pages -> page rows.
 
-WikiWeb2M (google-research-datasets/wit, ``wikiweb2m.md``) stores one Wikipedia page per record as a
+WikiWeb2M (google-research-datasets/wit, `wikiweb2m.md`) stores one Wikipedia page per record as a
 `tf.train.SequenceExample`: page-level *context* features and per-section *feature lists* (one step
 per section, in page order). This module turns a record into ONE PAGE ROW, a plain `dict` whose keys
-are the feature names, kept verbatim:
-
-============================================  =====================  ==========================
-feature                                       row value              if the feature is missing
-============================================  =====================  ==========================
-``split``, ``page_url``, ``page_title``       `str`                  required (error)
-``raw_page_description``,                     `str`                  ``""``
-``clean_page_description``
-``page_contains_images``,                     `int`                  ``0``
-``page_content_sections_without_table_list``,
-``is_page_description_sample``
-``section_title``, ``section_text``,          `list[str]`, one per   required (error)
-``section_clean_1st_sentence``,               section
-``section_rest_sentence``
-``section_raw_1st_sentence``                  `list[str]`            ``""`` per section
-``section_parent_index``,                     `list[int]`            required (error)
-``is_section_summarization_sample``
-``section_index``                             `list[int]`            the section's position
-``section_depth``, ``section_heading_level``  `list[int]`            ``-1`` (unknown) per section
-``section_contains_table_or_list``,           `list[int]`            ``0`` per section
-``section_contains_images``
-``section_subsection_index``                  `list[list[int]]`      ``[]`` per section
-``section_image_url`` and the other           `list[list[str]]`      ``""`` per image of the
-``section_image_*`` text features                                    section (``[]`` without
-                                                                     images)
-``section_image_width``, ``_height``,         `list[list[int]]`      ``0`` per image (likewise)
-``_in_wit``, ``is_image_caption_sample``
-============================================  =====================  ==========================
-
-All image lists of a section are aligned (the j-th caption belongs to the j-th URL), so a missing
-image feature is filled with one empty value per image rather than an empty list, and a present one
-whose length differs from the others is an error. Text is decoded as UTF-8.
+are the feature names, kept verbatim;
+the columns, their types and the defaults of missing optional features are listed in
+`processing/wikiweb2m_schema.py`, which the page graph reads too.
 
 Errors name the file, the record's byte offset (in the uncompressed stream), the page and the
 field, so one bad page among two million can be found. Corrupt framing is handled by
 `processing.data.tfrecord_io`.
 
-Splits: the official ``split`` field (``train`` / ``val`` / ``test``) is the default. The MMGL study
+Splits: the official `split` field (`train` / `val` / `test`) is the default. The MMGL study
 (Yoon et al., 2023) instead took pages in file order: the first 400k for training, the next 100k for
 validation and the next 100k for testing; `study_split` gives those page ranges, scaled 4:1:1 when
 fewer than 600k pages are read.
@@ -67,16 +38,31 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
 from processing.atomic_write import DiskFullError, is_disk_full
+from processing.errors import MMGLInputError
+from processing.wikiweb2m_schema import (
+    CONTEXT_BYTES_FEATURES,
+    CONTEXT_DEFAULTS,
+    CONTEXT_FEATURES,
+    IMAGE_BYTES_FEATURES,
+    IMAGE_INT_FEATURES,
+    PAGE_COLUMNS,
+    REQUIRED_FEATURES,
+    SECTION_BYTES_FEATURES,
+    SECTION_DEFAULTS,
+    SECTION_INT_FEATURES,
+    SECTION_LIST_INT_FEATURES,
+    SEQUENCE_FEATURES,
+)
 
 from processing.atomic_write import recover_folder, replace_folder, staging_folder
-from processing.sample_list import SampleList
 
+from .sample_list import SampleList
 from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
 
 if TYPE_CHECKING:  # loaded by `_example_pb2`, without the tfrecord package's torch import
@@ -84,9 +70,9 @@ if TYPE_CHECKING:  # loaded by `_example_pb2`, without the tfrecord package's to
 
 @functools.cache
 def _example_pb2():
-    """TensorFlow's Example protos as the `tfrecord` package ships them (``tfrecord.example_pb2``), loaded without
-    running ``tfrecord/__init__.py``, which imports torch (seconds) for DataLoader helpers this reader never uses.
-    Registered under its own name, so a later ``import tfrecord`` reuses it instead of defining the protos twice."""
+    """TensorFlow's Example protos as the `tfrecord` package ships them (`tfrecord.example_pb2`), loaded without
+    running `tfrecord/__init__.py`, which imports torch (seconds) for DataLoader helpers this reader never uses.
+    Registered under its own name, so a later `import tfrecord` reuses it instead of defining the protos twice."""
     name = "tfrecord.example_pb2"
     if name not in sys.modules:
         package = importlib.util.find_spec("tfrecord")  # locates the package without running it
@@ -98,85 +84,7 @@ def _example_pb2():
     return sys.modules[name]
 
 
-# --------------------------------------------------------------------------------------------------
-# Schema
-# --------------------------------------------------------------------------------------------------
-
-#: Page-level features holding one UTF-8 string.
-CONTEXT_BYTES_FEATURES = (
-    "split",
-    "page_url",
-    "page_title",
-    "raw_page_description",
-    "clean_page_description",
-)
-#: Page-level features holding one int64.
-CONTEXT_INT_FEATURES = (
-    "page_contains_images",
-    "page_content_sections_without_table_list",
-    "is_page_description_sample",
-)
-#: Per-section features holding one string per section.
-SECTION_BYTES_FEATURES = (
-    "section_title",
-    "section_text",
-    "section_raw_1st_sentence",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-)
-#: Per-section features holding one int64 per section.
-SECTION_INT_FEATURES = (
-    "section_index",
-    "section_depth",
-    "section_heading_level",
-    "section_parent_index",
-    "section_contains_table_or_list",
-    "section_contains_images",
-    "is_section_summarization_sample",
-)
-#: Per-section features holding a list of int64 per section (not aligned with the images).
-SECTION_LIST_INT_FEATURES = ("section_subsection_index",)
-#: Per-image string features: one list per section, one value per image of that section.
-IMAGE_BYTES_FEATURES = (
-    "section_image_url",
-    "section_image_mime_type",
-    "section_image_alt_text",
-    "section_image_raw_ref_desc",
-    "section_image_clean_ref_desc",
-    "section_image_raw_attr_desc",
-    "section_image_clean_attr_desc",
-    "section_image_captions",
-)
-#: Per-image int64 features, aligned with `IMAGE_BYTES_FEATURES`.
-IMAGE_INT_FEATURES = (
-    "section_image_width",
-    "section_image_height",
-    "section_image_in_wit",
-    "is_image_caption_sample",
-)
-CONTEXT_FEATURES = CONTEXT_BYTES_FEATURES + CONTEXT_INT_FEATURES
-SEQUENCE_FEATURES = (
-    SECTION_BYTES_FEATURES
-    + SECTION_INT_FEATURES
-    + SECTION_LIST_INT_FEATURES
-    + IMAGE_BYTES_FEATURES
-    + IMAGE_INT_FEATURES
-)
-#: Every column of a page row, in order.
-PAGE_COLUMNS = CONTEXT_FEATURES + SEQUENCE_FEATURES
-#: Features without which a page (with at least one section) cannot be used for summarization.
-REQUIRED_FEATURES = (
-    "page_title",
-    "page_url",
-    "split",
-    "section_title",
-    "section_text",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-    "section_parent_index",
-    "is_section_summarization_sample",
-)
-#: Values of the official ``split`` field.
+#: Values of the official `split` field.
 SPLITS = ("train", "val", "test")
 #: The MMGL study's page budget per split, taken in page order (see `study_split`).
 STUDY_SPLIT_PAGES = {"train": 400_000, "val": 100_000, "test": 100_000}
@@ -184,19 +92,11 @@ STUDY_SPLIT_PAGES = {"train": 400_000, "val": 100_000, "test": 100_000}
 _BYTES_KINDS = dict.fromkeys(CONTEXT_BYTES_FEATURES + SECTION_BYTES_FEATURES + IMAGE_BYTES_FEATURES, "bytes_list")
 _KIND = {**dict.fromkeys(PAGE_COLUMNS, "int64_list"), **_BYTES_KINDS}
 _REQUIRED = frozenset(REQUIRED_FEATURES)
-_CONTEXT_DEFAULT = {"raw_page_description": "", "clean_page_description": "", **dict.fromkeys(CONTEXT_INT_FEATURES, 0)}
-# Per-section defaults for optional scalar features; `None` means "the section's position".
-_SECTION_DEFAULT = {
-    "section_raw_1st_sentence": "",
-    "section_index": None,
-    "section_depth": -1,
-    "section_heading_level": -1,
-    "section_contains_table_or_list": 0,
-    "section_contains_images": 0,
-}
+_CONTEXT_DEFAULT = CONTEXT_DEFAULTS
+_SECTION_DEFAULT = SECTION_DEFAULTS
 
 
-class WikiWeb2MFormatError(ValueError):
+class WikiWeb2MFormatError(MMGLInputError, ValueError):
     """A record is not a valid WikiWeb2M page.
 
     Attributes:
@@ -207,17 +107,11 @@ class WikiWeb2MFormatError(ValueError):
         section (`int` or `None`): the offending section's position, for per-section problems.
     """
 
+    field_holds_sections = True  # a feature list holds one value per section: "field 'section_text', section 2"
+
     def __init__(self, message: str, path: PathLike, offset: int, page=None, field=None, section=None):
-        self.path, self.offset, self.page, self.field, self.section = str(path), offset, page, field, section
-        where = [f"{self.path}: record at byte offset {offset}"]
-        if page is not None:
-            where.append(f"page {page!r}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        if section is not None:
-            where.append(f"section {section}")
-        self.message = message
-        super().__init__(f"{', '.join(where)}: {message}")
+        self.path, self.offset = str(path), offset
+        super().__init__(message, file=self.path, record=offset, page=page, section=section, field=field)
 
     def __reduce__(self):
         # `datasets` worker processes pickle errors back to the parent: keep every attribute.
@@ -228,7 +122,7 @@ class RecordDecodeError(WikiWeb2MFormatError):
     """A record passed its CRCs but is not a `SequenceExample` protobuf (skippable as corrupt)."""
 
 
-class EmptyInputError(ValueError):
+class EmptyInputError(MMGLInputError, ValueError):
     """The input files hold no page at all (empty files, or every record skipped as corrupt).
 
     Attributes:
@@ -394,7 +288,7 @@ def parse_page(data: bytes, path: PathLike = "<bytes>", offset: int = 0, errors:
 
 
 def _parse_images(rc: _RecordContext, lists, num_sections: int, row: dict[str, Any]) -> None:
-    """Fill the aligned per-image features of ``row``; check that their lengths agree per section."""
+    """Fill the aligned per-image features of `row`; check that their lengths agree per section."""
     image_names = IMAGE_BYTES_FEATURES + IMAGE_INT_FEATURES
     parsed = {}
     for name in image_names:
@@ -424,10 +318,10 @@ def _parse_images(rc: _RecordContext, lists, num_sections: int, row: dict[str, A
             row[name] = [[empty] * n for n in counts]
 
 
-def page_to_example(row: dict[str, Any]) -> "example_pb2.SequenceExample":
+def page_to_example(row: dict[str, Any]) -> example_pb2.SequenceExample:
     """Build the WikiWeb2M `SequenceExample` of a page row (the inverse of `parse_page`).
 
-    Every column of `PAGE_COLUMNS` present in ``row`` is written; columns absent from ``row`` are
+    Every column of `PAGE_COLUMNS` present in `row` is written; columns absent from `row` are
     left out of the record (useful to test readers on incomplete records).
 
     Args:
@@ -474,7 +368,7 @@ def serialize_page(row: dict[str, Any]) -> bytes:
 def resolve_paths(paths_or_glob: PathLike | Sequence[PathLike]) -> list[str]:
     """Expand a path, a glob pattern, or a list of them into a list of existing files.
 
-    Patterns are expanded in sorted order (so ``wikiweb2m-train.tfrecord.gz-0000*-of-00005`` reads
+    Patterns are expanded in sorted order (so `wikiweb2m-train.tfrecord.gz-0000*-of-00005` reads
     the shards in order); explicit paths keep the given order.
 
     Raises:
@@ -506,7 +400,7 @@ class ReadStats:
         files (`int`): files opened.
         pages (`int`): page rows produced.
         sections (`int`): sections in those pages.
-        corrupt_records (`int`): damaged records skipped (only with ``skip_corrupt=True``).
+        corrupt_records (`int`): damaged records skipped (only with `skip_corrupt=True`).
     """
 
     files: int = 0
@@ -514,7 +408,7 @@ class ReadStats:
     sections: int = 0
     corrupt_records: int = 0
 
-    def update(self, other: "ReadStats") -> None:
+    def update(self, other: ReadStats) -> None:
         for key, value in asdict(other).items():
             setattr(self, key, getattr(self, key) + value)
 
@@ -530,7 +424,7 @@ def iter_pages(
     Args:
         paths (`str`, `os.PathLike` or a list of them): files or glob patterns (`resolve_paths`).
         skip_corrupt (`bool`, *optional*, defaults to `False`): skip records with bad framing or
-            CRCs, or that are not protobufs, instead of raising; they are counted in ``stats``.
+            CRCs, or that are not protobufs, instead of raising; they are counted in `stats`.
             Records that parse but break the schema always raise `WikiWeb2MFormatError`.
         errors (`str`, *optional*, defaults to `"strict"`): UTF-8 error handler (`parse_page`).
         stats (`ReadStats`, *optional*): updated in place while reading.
@@ -539,7 +433,7 @@ def iter_pages(
         `dict[str, Any]`: page rows.
 
     Raises:
-        TFRecordCorruptError: damaged framing (without ``skip_corrupt``).
+        TFRecordCorruptError: damaged framing (without `skip_corrupt`).
         WikiWeb2MFormatError: a record that is not a valid page.
     """
     stats = stats if stats is not None else ReadStats()
@@ -566,7 +460,7 @@ def iter_pages(
 
 
 def ingestion_throughput(paths: PathLike | Sequence[PathLike], max_pages: int | None = None) -> float:
-    """Pages per second that `iter_pages` reads from ``paths`` in this process (for benchmarks).
+    """Pages per second that `iter_pages` reads from `paths` in this process (for benchmarks).
 
     Args:
         paths: files or glob patterns.
@@ -594,8 +488,8 @@ def page_features():
     """The `datasets.Features` of a page row (explicit, so types never depend on the data seen).
 
     Returns:
-        `datasets.Features`: strings as ``Value("string")``, integers as ``Value("int64")``,
-        per-section features as ``List``, per-section lists as ``List(List(...))``.
+        `datasets.Features`: strings as `Value("string")`, integers as `Value("int64")`,
+        per-section features as `List`, per-section lists as `List(List(...))`.
     """
     from datasets import Features, List as DList, Value  # heavy import: only when asked for
 
@@ -613,9 +507,9 @@ def page_features():
 
 
 def _generate_pages(paths, skip_corrupt=False, errors="strict", fingerprint="", stats_dir=None):
-    """`datasets` generator over a shard of ``paths``; writes its `ReadStats` when asked.
+    """`datasets` generator over a shard of `paths`; writes its `ReadStats` when asked.
 
-    ``fingerprint`` is unused here: it is part of ``gen_kwargs`` only so that the `datasets` cache
+    `fingerprint` is unused here: it is part of `gen_kwargs` only so that the `datasets` cache
     key changes when a file's size or modification time does (the key is computed from the
     arguments, not from the files' contents).
     """
@@ -678,7 +572,7 @@ def _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, 
 
 
 def _chain_find(exc: BaseException | None, types) -> BaseException | None:
-    """The first exception of ``types`` in ``exc``'s ``__cause__`` / ``__context__`` chain."""
+    """The first exception of `types` in `exc`'s `__cause__` / `__context__` chain."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -728,18 +622,18 @@ def load_pages(
         skip_corrupt (`bool`, *optional*, defaults to `False`): skip damaged records (`iter_pages`).
         errors (`str`, *optional*, defaults to `"strict"`): UTF-8 error handler.
         keep_in_memory (`bool`, *optional*, defaults to `False`): load the table into memory (the files written
-            in ``cache_dir`` may then be removed).
+            in `cache_dir` may then be removed).
 
     Returns:
-        `datasets.Dataset` (or `datasets.IterableDataset` when ``streaming``) with the columns of
+        `datasets.Dataset` (or `datasets.IterableDataset` when `streaming`) with the columns of
         `PAGE_COLUMNS` and the types of `page_features`.
 
     Raises:
         FileNotFoundError: a path does not exist or a pattern matches nothing.
         EmptyInputError: the files hold no page (empty, or every record skipped as corrupt); not
-            raised when ``streaming`` (nothing is read until iteration).
+            raised when `streaming` (nothing is read until iteration).
         WikiWeb2MFormatError, TFRecordCorruptError: a bad record (inside `datasets` generation
-            they arrive wrapped in ``DatasetGenerationError``; see `processing.data.cli`).
+            they arrive wrapped in `DatasetGenerationError`; see `processing.data.cli`).
     """
     _check_errors(errors)
     return _build(paths_or_glob, num_proc, streaming, cache_dir, skip_corrupt, errors, stats_dir=None,
@@ -752,7 +646,7 @@ def load_pages(
 
 
 def _iter_columns(pages, columns: Sequence[str]) -> Iterator[tuple]:
-    """Yield tuples of ``columns`` per page from a `Dataset`, `IterableDataset` or list of rows.
+    """Yield tuples of `columns` per page from a `Dataset`, `IterableDataset` or list of rows.
 
     For `datasets` objects only the needed columns are read, in Arrow batches: the section texts of
     two million pages never have to be decoded to find the samples.
@@ -765,19 +659,35 @@ def _iter_columns(pages, columns: Sequence[str]) -> Iterator[tuple]:
             yield tuple(row[c] for c in columns)
 
 
+def _sample_flags(pages) -> Iterator[tuple]:
+    """`(split, is_section_summarization_sample)` per page: columns of a `datasets` table or of page rows; pages of
+    another kind (page dicts, `PageGraph`s) through their page graph."""
+    from processing.page_graph import PageGraph
+
+    if hasattr(pages, "select_columns") and hasattr(pages, "iter"):
+        yield from _iter_columns(pages, ("split", "is_section_summarization_sample"))
+        return
+    for page in pages:
+        if isinstance(page, Mapping) and "is_section_summarization_sample" in page:
+            yield page.get("split"), page["is_section_summarization_sample"]
+        else:
+            graph = PageGraph.coerce(page)
+            yield graph.split, graph.is_sample
+
+
 def study_split(num_pages: int) -> dict[str, range]:
     """The MMGL study's page split: page positions (in file order) of train, val and test.
 
     The study used the first 400,000 pages for training, the next 100,000 for validation and the
-    next 100,000 for testing, ignoring the official ``split`` field. With fewer than 600,000 pages
-    the same 4:1:1 proportions are kept (val and test get ``num_pages // 6`` pages each, train the
+    next 100,000 for testing, ignoring the official `split` field. With fewer than 600,000 pages
+    the same 4:1:1 proportions are kept (val and test get `num_pages // 6` pages each, train the
     rest); with more, pages after the first 600,000 belong to no split.
 
     Args:
         num_pages (`int`): the number of pages read.
 
     Returns:
-        `dict[str, range]`: ``{"train": range, "val": range, "test": range}`` of row indices.
+        `dict[str, range]`: `{"train": range, "val": range, "test": range}` of row indices.
     """
     if num_pages < 0:
         raise ValueError(f"num_pages must be >= 0, got {num_pages}")
@@ -795,21 +705,22 @@ def study_split(num_pages: int) -> dict[str, range]:
 
 
 def summarization_samples(pages, split: str | None = None, use_study_split: bool = False) -> SampleList:
-    """Section summarization samples as ``(page row index, section index)`` pairs, in page order (a `SampleList`:
+    """Section summarization samples as `(page row index, section index)` pairs, in page order (a `SampleList`:
     two integer arrays, no Python object per sample).
 
-    A section is a sample when its ``is_section_summarization_sample`` flag is 1.
+    A section is a sample when its `is_section_summarization_sample` flag is 1. The one selection rule: the
+    sample index (`processing.data.sample_index.PageGraphIndex`) takes its default samples from here.
 
     Args:
-        pages (`datasets.Dataset`, `datasets.IterableDataset` or a list of page rows).
-        split (`str`, *optional*): keep only pages of this split (``train``, ``val`` or ``test``);
+        pages (`datasets.Dataset`, `datasets.IterableDataset`, or a list of page rows, page dicts or `PageGraph`s).
+        split (`str`, *optional*): keep only pages of this split (`train`, `val` or `test`);
             `None` keeps all.
         use_study_split (`bool`, *optional*, defaults to `False`): assign splits by page position
-            as the MMGL study did (`study_split`) instead of the official ``split`` field; needs
-            ``len(pages)``.
+            as the MMGL study did (`study_split`) instead of the official `split` field; needs
+            `len(pages)`.
 
     Returns:
-        `SampleList` (a sequence of ``(int, int)`` tuples)
+        `SampleList` (a sequence of `(int, int)` tuples)
     """
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -824,7 +735,7 @@ def summarization_samples(pages, split: str | None = None, use_study_split: bool
         wanted = study_split(num_pages)[split]
 
     def pairs():
-        for page, (page_split, flags) in enumerate(_iter_columns(pages, ("split", "is_section_summarization_sample"))):
+        for page, (page_split, flags) in enumerate(_sample_flags(pages)):
             if split is not None:
                 if wanted is not None:
                     if page not in wanted:
@@ -837,7 +748,7 @@ def summarization_samples(pages, split: str | None = None, use_study_split: bool
 
 
 def page_url_index(pages) -> dict[str, int]:
-    """Map each ``page_url`` to its row index, for O(1) page lookup (never scan the table per item).
+    """Map each `page_url` to its row index, for O(1) page lookup (never scan the table per item).
 
     Raises:
         ValueError: two rows share a URL.
@@ -851,10 +762,10 @@ def page_url_index(pages) -> dict[str, int]:
 
 
 def split_counts(pages, use_study_split: bool = False) -> dict[str, dict[str, int]]:
-    """Pages, sections and summarization samples per split (and ``"all"``).
+    """Pages, sections and summarization samples per split (and `"all"`).
 
     Returns:
-        `dict[str, dict[str, int]]`: ``{split: {"pages": .., "sections": .., "summarization_samples": ..}}``.
+        `dict[str, dict[str, int]]`: `{split: {"pages": .., "sections": .., "summarization_samples": ..}}`.
     """
     study = None
     if use_study_split:
@@ -880,7 +791,7 @@ def split_counts(pages, use_study_split: bool = False) -> dict[str, dict[str, in
 
 
 def recover_output(output_dir: PathLike) -> None:
-    """Finish or undo what a killed `main` left beside ``output_dir`` (run at every start; `recover_folder`)."""
+    """Finish or undo what a killed `main` left beside `output_dir` (run at every start; `recover_folder`)."""
     recover_folder(output_dir)
 
 
@@ -909,17 +820,17 @@ def _uncompressed_size(path: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]``.
+    """`python -m processing.data.wikiweb2m INPUT_GLOB OUTPUT_DIR [--num_proc N] [--skip_corrupt]`.
 
     Reads the TFRecord files into an Arrow dataset (one row per page), saves it with
     `save_to_disk`, and prints counts. `datasets` shows tqdm progress bars while generating and
     saving.
 
-    Everything is written in a staging folder beside ``OUTPUT_DIR`` (``.NAME.tmp-<pid>-*``: the
+    Everything is written in a staging folder beside `OUTPUT_DIR` (`.NAME.tmp-<pid>-*`: the
     same file system, so renaming is atomic), which is renamed into place only once complete; a
     previous output is removed only after that. A kill at any point leaves the previous complete
     output or the new one, never a mix; the next start removes what the killed run left. Two runs
-    writing the same ``OUTPUT_DIR`` at once are not supported.
+    writing the same `OUTPUT_DIR` at once are not supported.
     """
     from .cli import add_debug_argument
 

@@ -1,13 +1,13 @@
-"""The design of an MMGL checkpoint (an exported Hub folder or a Trainer ``checkpoint-N``), read from its
-``config.json`` and ``processor_config.json``, and reconciled with the command line before any work.
+"""The design of an MMGL checkpoint (an exported Hub folder or a Trainer `checkpoint-N`), read from its
+`config.json` and `processor_config.json`, and reconciled with the command line before any work.
 
-A checkpoint whose ``model_type`` is ``"mmgl"`` with ``neighbor_mode != "none"`` carries its design: the run takes
+A checkpoint whose `model_type` is `"mmgl"` with `neighbor_mode != "none"` carries its design: the run takes
 it, and a flag given on the command line that contradicts it is refused naming both values. A plain OPT checkpoint,
-or an MMGL one without neighbour slots (``neighbor_mode == "none"``), is a *base* model: the design flags apply.
+or an MMGL one without neighbour slots (`neighbor_mode == "none"`), is a *base* model: the design flags apply.
 Any other model type is refused (MMGL extends OPT).
 
-A peft checkpoint (``checkpoint-N`` of a LoRA / prefix / prompt run: ``adapter_config.json``, no ``config.json``) is
-read through its base: the unmerged MMGL model its ``base_model_name_or_path`` names (``base_model/`` in the
+A peft checkpoint (`checkpoint-N` of a LoRA / prefix / prompt run: `adapter_config.json`, no `config.json`) is
+read through its base: the unmerged MMGL model its `base_model_name_or_path` names (`base_model/` in the
 checkpoint folder), found beside the checkpoint when the folder has moved. Its tuning is fixed by the adapter.
 """
 from __future__ import annotations
@@ -63,11 +63,11 @@ class CheckpointDesign:
 
     Args:
         path (`str`): the checkpoint folder.
-        config (`dict`): its ``config.json``.
-        processor (`dict | None`): its ``processor_config.json``, or `None` when it has none.
+        config (`dict`): its `config.json`.
+        processor (`dict | None`): its `processor_config.json`, or `None` when it has none.
         values (`dict`): command-line argument name -> the checkpoint's value.
-        adapter (`dict | None`): a peft checkpoint's ``adapter_config.json``, `None` for a complete model.
-        base_path (`str | None`): a peft checkpoint's base model folder (where ``config`` comes from).
+        adapter (`dict | None`): a peft checkpoint's `adapter_config.json`, `None` for a complete model.
+        base_path (`str | None`): a peft checkpoint's base model folder (where `config` comes from).
     """
 
     path: str
@@ -79,7 +79,7 @@ class CheckpointDesign:
 
     @property
     def model_path(self) -> str:
-        """Where the model's ``config.json`` and weights are: the base of a peft checkpoint, else the checkpoint."""
+        """Where the model's `config.json` and weights are: the base of a peft checkpoint, else the checkpoint."""
         return self.base_path or self.path
 
     @property
@@ -103,8 +103,8 @@ class CheckpointDesign:
 
 
 def adapter_base_path(folder: str | os.PathLike) -> str | None:
-    """The base model folder of the peft checkpoint ``folder``, or `None` when ``folder`` is not one (it has a
-    ``config.json`` or no ``adapter_config.json``). Raises `FileNotFoundError` naming the file when the base is gone."""
+    """The base model folder of the peft checkpoint `folder`, or `None` when `folder` is not one (it has a
+    `config.json` or no `adapter_config.json`). Raises `FileNotFoundError` naming the file when the base is gone."""
     folder = Path(os.path.expanduser(os.fspath(folder)))
     adapter_file = folder / "adapter_config.json"
     if (folder / "config.json").is_file() or not adapter_file.is_file():
@@ -121,7 +121,7 @@ def adapter_base_path(folder: str | os.PathLike) -> str | None:
 
 
 def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign | None:
-    """The design of the MMGL checkpoint in ``model_name_or_path``; `None` for a base model (OPT, MMGL without
+    """The design of the MMGL checkpoint in `model_name_or_path`; `None` for a base model (OPT, MMGL without
     neighbour slots, from scratch, or a hub id not present locally). Raises `ValueError` for a non-OPT model."""
     if not model_name_or_path:
         return None
@@ -176,7 +176,7 @@ def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign |
 
 
 def contradictions(config: dict, processor: dict) -> list[str]:
-    """Where a checkpoint's ``processor_config.json`` and ``config.json`` disagree on what they both decide: the
+    """Where a checkpoint's `processor_config.json` and `config.json` disagree on what they both decide: the
     neighbour mode the processor's design needs, and (with neighbour slots) the budgets and, in self-attention, the
     tokens per neighbour. Empty when they agree (the check `MMGLProcessor.check_model_config` makes on loaded
     objects, here on the two files before any work)."""
@@ -199,7 +199,7 @@ def contradictions(config: dict, processor: dict) -> list[str]:
 
 
 def given_on_command_line(argv: list[str] | None, name: str, args, default) -> bool:
-    """Whether ``--name`` was given: scanned in ``argv`` (command line), else compared with the default (JSON)."""
+    """Whether `--name` was given: scanned in `argv` (command line), else compared with the default (JSON)."""
     if argv is not None and not (len(argv) == 1 and argv[0].endswith(".json")):
         flag = f"--{name}"
         return any(item == flag or item.startswith(flag + "=") for item in argv)
@@ -215,7 +215,7 @@ def _default(args, name):
 
 def apply_checkpoint_design(design: CheckpointDesign, argv: list[str] | None, *arg_groups,
                             encoder_config_file: str | None = None) -> dict:
-    """Sets every design argument in ``arg_groups`` to the checkpoint's value.
+    """Sets every design argument in `arg_groups` to the checkpoint's value.
 
     A flag given on the command line with another value is refused, naming both (`ValueError`). Returns the
     argument -> value pairs taken from the checkpoint (for the log).

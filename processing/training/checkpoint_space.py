@@ -1,10 +1,10 @@
 """A checkpoint save that failed for lack of disk space, told as such.
 
-torch's writer reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos``
-and safetensors as a ``SafetensorError`` whose text mentions ``os error 28``: neither carries an errno. A training
-run whose save failed is therefore judged by the file system instead: an incomplete ``checkpoint-N`` folder (no
-``trainer_state.json``, which the Trainer writes last) written by this run, on a file system with less room than a
-checkpoint needs, or an ``ENOSPC`` anywhere in the chain of errors.
+torch's writer reports a full disk as `RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos`
+and safetensors as a `SafetensorError` whose text mentions `os error 28`: neither carries an errno. A training
+run whose save failed is therefore judged by the file system instead: an incomplete `checkpoint-N` folder (no
+`trainer_state.json`, which the Trainer writes last) written by this run, on a file system with less room than a
+checkpoint needs, or an `ENOSPC` anywhere in the chain of errors.
 """
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from processing.atomic_write import DiskFullError, free_bytes, is_disk_full
 
 
 def checkpoint_bytes(model) -> int:
-    """About what one checkpoint of ``model`` takes: its weights, plus AdamW's two float32 moments per trainable
+    """About what one checkpoint of `model` takes: its weights, plus AdamW's two float32 moments per trainable
     parameter (the optimizer state the Trainer saves beside them)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return weights + 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def incomplete_checkpoints(output_dir: str | os.PathLike, since: float) -> list[Path]:
-    """``checkpoint-N`` folders of ``output_dir`` changed after ``since`` (a `time.time()`) without a
-    ``trainer_state.json``: saves that did not finish."""
+    """`checkpoint-N` folders of `output_dir` changed after `since` (a `time.time()`) without a
+    `trainer_state.json`: saves that did not finish."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
@@ -33,13 +33,13 @@ def incomplete_checkpoints(output_dir: str | os.PathLike, since: float) -> list[
 
 
 def checkpoint_disk_full(err: BaseException, output_dir: str | os.PathLike, model, since: float) -> DiskFullError | None:
-    """The `DiskFullError` to raise instead of ``err`` when ``err`` is a checkpoint save of this run (started at
-    ``since``) that ran out of disk space, else `None`. The incomplete checkpoint is removed (it cannot be resumed
+    """The `DiskFullError` to raise instead of `err` when `err` is a checkpoint save of this run (started at
+    `since`) that ran out of disk space, else `None`. The incomplete checkpoint is removed (it cannot be resumed
     from, and it holds the space another try needs); the previous checkpoints are left as they were."""
     needed = checkpoint_bytes(model)
     partial = incomplete_checkpoints(output_dir, since)
     free = free_bytes(output_dir)
-    full = is_disk_full(err) or "os error 28" in str(err) or (partial and free is not None and free < needed)
+    full = is_disk_full(err) or (partial and free is not None and free < needed)
     if not full:
         return None
     for path in partial:

@@ -1,7 +1,7 @@
 """The data report of a run (`data_report.json` and a startup log): what the model will actually see, so that
 truncation, masked images and duplicated neighbours are visible instead of silent.
 
-Per split it reports the samples, and over the first ``max_examples`` of them (examples are built exactly as in
+Per split it reports the samples, and over the first `max_examples` of them (examples are built exactly as in
 training, with the run's processor, embedding cache and image folder): how many sources and targets were truncated,
 the mean and maximum input tokens, the real and masked image slots, and the neighbour texts dropped as duplicates.
 Truncation is found by building the same example once more with unbounded lengths and comparing.
@@ -12,11 +12,11 @@ import copy
 import json
 import os
 
-from processing.page_graph import PageGraphIndex
+from processing.data.sample_index import PageGraphIndex
 
 
 def _unbounded(processor):
-    """A shallow copy of ``processor`` (same tokenizer, token cache and prompts) that never truncates."""
+    """A shallow copy of `processor` (same tokenizer, token cache and prompts) that never truncates."""
     clone = copy.copy(processor)
     clone.max_source_length = clone.max_target_length = 10**9
     return clone
@@ -52,7 +52,7 @@ def split_report(index: PageGraphIndex, processor, embedding_cache=None, image_d
 
 
 def data_report(indices: dict, processor, embedding_cache=None, image_dir=None, max_examples: int = 1000) -> dict:
-    """``{split: split_report}`` for every split with samples, plus the design the inputs were built for."""
+    """`{split: split_report}` for every split with samples, plus the design the inputs were built for."""
     report = {name: split_report(index, processor, embedding_cache, image_dir, max_examples)
               for name, index in indices.items() if len(index)}
     report["design"] = {"context": processor.context, "neighbor_encoding": processor.neighbor_encoding,
@@ -62,7 +62,7 @@ def data_report(indices: dict, processor, embedding_cache=None, image_dir=None, 
 
 
 def write_data_report(report: dict, output_dir: str | os.PathLike) -> str:
-    """Write ``data_report.json`` into ``output_dir``; returns its path."""
+    """Write `data_report.json` into `output_dir`; returns its path."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "data_report.json")
     with open(path, "w", encoding="utf-8") as handle:

@@ -15,7 +15,7 @@ EDGE_POSITION_ENCODINGS = ("laplacian", "gnn")
 
 
 def num_decoder_layers(model_name_or_path: str | None, opt_config_kwargs: dict | None) -> int:
-    """``num_hidden_layers`` of the model to be trained, from its ``config.json`` or the from-scratch overrides."""
+    """`num_hidden_layers` of the model to be trained, from its `config.json` or the from-scratch overrides."""
     if model_name_or_path:
         from transformers import AutoConfig
 

@@ -23,7 +23,7 @@ EXAMPLE_INDEX = "example_index"
 
 
 def example_step_seeds(seed: int, step: int, example_index: torch.Tensor) -> torch.LongTensor:
-    """`(B,)` seeds, one per example: a hash of the run's ``seed``, the optimizer ``step`` and the example's index.
+    """`(B,)` seeds, one per example: a hash of the run's `seed`, the optimizer `step` and the example's index.
 
     The same example at the same step gets the same seed in any process layout (one process, DDP at the same
     global batch, a resumed run), and a different one at every other step or epoch.
@@ -70,7 +70,7 @@ def gathered_state_dict(trainer) -> dict[str, torch.Tensor]:
 
 
 def model_with_state_dict(model, state_dict: dict[str, torch.Tensor]):
-    """A fresh CPU copy of ``model`` (an MMGL model, or a peft model over one) carrying ``state_dict``.
+    """A fresh CPU copy of `model` (an MMGL model, or a peft model over one) carrying `state_dict`.
 
     The copy is built from the model's config (and its peft config), not copied from its parameters: under FSDP or
     ZeRO-3 the live parameters are shards or empty placeholders. It never shares memory with the live model, so
@@ -112,8 +112,8 @@ def check_launch(environ: dict[str, str] | None = None) -> None:
 
     `accelerate launch --num_processes N` without `--multi_gpu` (or with `--cpu`) on a machine where it cannot
     start them itself runs ONE process, which would then train on everything at 1/N of the global batch. Such a
-    launch is visible: accelerate's launcher (it sets ``ACCELERATE_MIXED_PRECISION``) exported a rendezvous
-    address (``MASTER_PORT``, set only for several processes or machines) but no world size (``WORLD_SIZE`` from
+    launch is visible: accelerate's launcher (it sets `ACCELERATE_MIXED_PRECISION`) exported a rendezvous
+    address (`MASTER_PORT`, set only for several processes or machines) but no world size (`WORLD_SIZE` from
     torchrun, or MPI's when accelerate starts CPU processes with mpirun).
     """
     env = os.environ if environ is None else environ
@@ -129,16 +129,16 @@ def check_launch(environ: dict[str, str] | None = None) -> None:
 
 
 def prepare_on_each_node(args, path: str | None, prepare: Callable[[bool], object]):
-    """Run ``prepare(save)`` so that the file at ``path`` is written once per file system.
+    """Run `prepare(save)` so that the file at `path` is written once per file system.
 
     The main process prepares and saves first; then, on each node, the local main process prepares again, saving
-    only when it cannot see ``path`` (a node without the shared file system), and the other processes wait for it
-    and read what it wrote. Without ``path`` (nothing saved) every process prepares.
+    only when it cannot see `path` (a node without the shared file system), and the other processes wait for it
+    and read what it wrote. Without `path` (nothing saved) every process prepares.
 
     Args:
         args (`TrainingArguments`): for the process indices and `main_process_first`.
-        path (`str`, *optional*): the file ``prepare`` writes when asked to save.
-        prepare (`Callable[[bool], object]`): called once per process with ``save``; its result is returned.
+        path (`str`, *optional*): the file `prepare` writes when asked to save.
+        prepare (`Callable[[bool], object]`): called once per process with `save`; its result is returned.
     """
     if path is None or args.world_size == 1:
         return prepare(path is not None and args.process_index == 0)

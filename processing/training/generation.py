@@ -2,8 +2,8 @@
 model and the pipeline decode as the reported metrics did.
 
 Resolved once, in this order (each overrides the one before): the model's own generation config (an exported MMGL
-model records the settings its metrics used), a ``--generation_config`` file or folder, then the flags
-``--generation_max_new_tokens``, ``--generation_num_beams`` and ``--no_repeat_ngram_size``
+model records the settings its metrics used), a `--generation_config` file or folder, then the flags
+`--generation_max_new_tokens`, `--generation_num_beams` and `--no_repeat_ngram_size`
 (`Seq2SeqTrainingArguments`' names where it has one). Without any of them: greedy, 64 new tokens.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ REPORTED_SETTINGS = ("max_new_tokens", "num_beams", "do_sample", "no_repeat_ngra
 
 
 def load_generation_config(path: str | os.PathLike) -> GenerationConfig:
-    """A `GenerationConfig` from a JSON file, or from a folder (or hub id) holding ``generation_config.json``."""
+    """A `GenerationConfig` from a JSON file, or from a folder (or hub id) holding `generation_config.json`."""
     path = os.fspath(path)
     if os.path.isfile(path):
         return GenerationConfig.from_pretrained(os.path.dirname(os.path.abspath(path)),
@@ -34,11 +34,11 @@ def resolve_generation_config(model_config: GenerationConfig, generation_config:
                               max_new_tokens: int | None = None, num_beams: int | None = None,
                               no_repeat_ngram_size: int | None = None, pad_token_id: int | None = None,
                               eos_token_id: int | None = None) -> GenerationConfig:
-    """The run's decoding settings (see the module docstring); ``model_config`` is left unchanged.
+    """The run's decoding settings (see the module docstring); `model_config` is left unchanged.
 
     Args:
         model_config (`GenerationConfig`): the model's own (`model.generation_config`).
-        generation_config (`str` or `GenerationConfig`, *optional*): ``--generation_config``.
+        generation_config (`str` or `GenerationConfig`, *optional*): `--generation_config`.
         max_new_tokens, num_beams, no_repeat_ngram_size (`int`, *optional*): the flags, `None` when not given.
         pad_token_id, eos_token_id (`int`, *optional*): the processor's, always set.
     """

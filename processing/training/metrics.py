@@ -1,15 +1,15 @@
 """Summarization metrics of the MMGL paper: BLEU-4, ROUGE-L and CIDEr, computed offline.
 
-The metric libraries are called directly (``evaluate.load(...)`` fetches its scripts from the Hub and
+The metric libraries are called directly (`evaluate.load(...)` fetches its scripts from the Hub and
 fails offline):
 
-* ``bleu4``: `sacrebleu.corpus_bleu` with its defaults (``13a`` tokenisation, case-sensitive, 4-gram,
-  ``exp`` smoothing, no effective order), i.e. corpus BLEU = brevity penalty x geometric mean of the
-  corpus-level modified n-gram precisions, **divided by 100** so it lies in ``[0, 1]``.
-* ``rougeL``: `rouge_score.rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)`, the mean over
+* `bleu4`: `sacrebleu.corpus_bleu` with its defaults (`13a` tokenisation, case-sensitive, 4-gram,
+  `exp` smoothing, no effective order), i.e. corpus BLEU = brevity penalty x geometric mean of the
+  corpus-level modified n-gram precisions, **divided by 100** so it lies in `[0, 1]`.
+* `rougeL`: `rouge_score.rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)`, the mean over
   examples of the ROUGE-L F-measure (LCS-based; lower-cased, non-alphanumerics dropped, Porter
-  stemming), in ``[0, 1]``.
-* ``cider``: `pycocoevalcap.cider.Cider` (the CIDEr-D variant of pycocoevalcap: clipped tf-idf
+  stemming), in `[0, 1]`.
+* `cider`: `pycocoevalcap.cider.Cider` (the CIDEr-D variant of pycocoevalcap: clipped tf-idf
   n-gram cosine, n = 1..4, Gaussian length penalty sigma = 6) on lower-cased, whitespace-tokenised
   text (no Java PTB tokeniser; punctuation stays attached to its word). The raw pycocoevalcap value
   is returned: a perfect match scores 10 per example at most; papers usually print it x100 like
@@ -17,21 +17,21 @@ fails offline):
   present in every reference weighs nothing and a one-example set always scores 0.0, even when the
   prediction equals its reference. Score a whole evaluation split at once, never example by example.
 
-``metrics_style="original"`` reproduces the original MMGL code's scoring (minjiyoon/MMGL,
-``language_modelling/run_generation.py``) on the same predictions, so numbers can sit beside the paper's:
+`metrics_style="original"` reproduces the original MMGL code's scoring (minjiyoon/MMGL,
+`language_modelling/run_generation.py`) on the same predictions, so numbers can sit beside the paper's:
 
-* predictions are cut before their first ``'.'`` when it comes after the 5th character
+* predictions are cut before their first `'.'` when it comes after the 5th character
   (`first_sentence_cut`; references are not cut);
-* BLEU-n as torchmetrics' ``BLEUScore(n_gram=n)``: whitespace tokens, case kept, no smoothing, corpus
-  brevity penalty (here `sacrebleu` with ``tokenize="none"`` and ``smooth_method="none"``, which computes the
-  same quantity), in ``[0, 1]``;
-* ROUGE as torchmetrics' ``ROUGEScore()``: no stemming (lower-cased, non-alphanumerics dropped), mean
+* BLEU-n as torchmetrics' `BLEUScore(n_gram=n)`: whitespace tokens, case kept, no smoothing, corpus
+  brevity penalty (here `sacrebleu` with `tokenize="none"` and `smooth_method="none"`, which computes the
+  same quantity), in `[0, 1]`;
+* ROUGE as torchmetrics' `ROUGEScore()`: no stemming (lower-cased, non-alphanumerics dropped), mean
   F-measure over examples (here `rouge_score` without stemmer: the same tokenisation);
 * CIDEr: the same CIDEr-D (the original copies vrama91's scorer, which pycocoevalcap ships) on the raw
   whitespace tokens (no lower-casing). The original script's own CIDEr call cannot run as published (it
   wraps each reference in a second list and indexes the score with a ROUGE key);
 * its validation score was computed from the teacher-forced logits (argmax at every summary position), not
-  from generation: `teacher_forced_predictions` rebuilds those texts, reported as ``eval_teacher_forced_*``.
+  from generation: `teacher_forced_predictions` rebuilds those texts, reported as `eval_teacher_forced_*`.
 
 This file imports only installed packages, so it can sit in a flat Hub folder.
 """
@@ -58,7 +58,7 @@ def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
 
 
 def bleu4(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU-4 of sacrebleu (default settings), in ``[0, 1]``."""
+    """Corpus BLEU-4 of sacrebleu (default settings), in `[0, 1]`."""
     import sacrebleu
 
     _check(predictions, references)
@@ -66,7 +66,7 @@ def bleu4(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def bleu_n(predictions: Sequence[str], references: Sequence[str], n: int) -> float:
-    """Corpus BLEU-n of sacrebleu (default settings, n-gram order ``n``), in ``[0, 1]``."""
+    """Corpus BLEU-n of sacrebleu (default settings, n-gram order `n`), in `[0, 1]`."""
     from sacrebleu.metrics import BLEU
 
     _check(predictions, references)
@@ -74,7 +74,7 @@ def bleu_n(predictions: Sequence[str], references: Sequence[str], n: int) -> flo
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str], kinds=("rouge1", "rouge2", "rougeL")) -> dict[str, float]:
-    """Mean ROUGE F-measures (rouge_score, Porter stemmer) of each kind, in ``[0, 1]``."""
+    """Mean ROUGE F-measures (rouge_score, Porter stemmer) of each kind, in `[0, 1]`."""
     from rouge_score import rouge_scorer
 
     _check(predictions, references)
@@ -88,7 +88,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str], kinds=("rouge1"
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (rouge_score, Porter stemmer), in ``[0, 1]``."""
+    """Mean ROUGE-L F-measure (rouge_score, Porter stemmer), in `[0, 1]`."""
     from rouge_score import rouge_scorer
 
     _check(predictions, references)
@@ -123,9 +123,9 @@ def summarization_metrics(predictions: Sequence[str], references: Sequence[str])
         references (`list[str]`): the reference summary of each prediction, same order and length.
 
     Returns:
-        `dict[str, float]`: ``bleu1`` .. ``bleu3`` (the same at lower n-gram orders), ``rouge1`` / ``rouge2``
-        (mean unigram / bigram ROUGE F-measure), ``bleu4`` (sacrebleu corpus BLEU / 100, in ``[0, 1]``), ``rougeL`` (mean
-        F-measure, in ``[0, 1]``) and ``cider`` (pycocoevalcap's raw corpus CIDEr, ``0`` to ``10``; its
+        `dict[str, float]`: `bleu1` .. `bleu3` (the same at lower n-gram orders), `rouge1` / `rouge2`
+        (mean unigram / bigram ROUGE F-measure), `bleu4` (sacrebleu corpus BLEU / 100, in `[0, 1]`), `rougeL` (mean
+        F-measure, in `[0, 1]`) and `cider` (pycocoevalcap's raw corpus CIDEr, `0` to `10`; its
         IDF comes from this set, so a one-example set scores 0.0). See the module docstring.
 
     Raises:
@@ -140,7 +140,7 @@ def summarization_metrics(predictions: Sequence[str], references: Sequence[str])
 
 
 def first_sentence_cut(text: str) -> str:
-    """The original MMGL code's cut of a generated summary: before the first ``'.'`` if it is past index 5."""
+    """The original MMGL code's cut of a generated summary: before the first `'.'` if it is past index 5."""
     stop = text.find(".")
     return text[:stop] if stop > 5 else text
 
@@ -171,7 +171,7 @@ def original_metrics(predictions: Sequence[str], references: Sequence[str]) -> d
 
 
 def score(predictions: Sequence[str], references: Sequence[str], style: str = "mmgl") -> dict[str, float]:
-    """`summarization_metrics` (``style="mmgl"``) or `original_metrics` (``style="original"``)."""
+    """`summarization_metrics` (`style="mmgl"`) or `original_metrics` (`style="original"`)."""
     if style not in METRICS_STYLES:
         raise ValueError(f"metrics style must be one of {METRICS_STYLES}, got {style!r}")
     return summarization_metrics(predictions, references) if style == "mmgl" else original_metrics(predictions,
@@ -196,7 +196,7 @@ def teacher_forced_predictions(predicted_ids, label_ids, tokenizer) -> tuple[lis
 
 def teacher_forced_metrics(tokenizer):
     """`Trainer(compute_metrics=..., preprocess_logits_for_metrics=...)` pair that adds the original code's
-    validation score to the loss evaluation: ``eval_teacher_forced_bleu4`` etc. (`original_metrics` of the
+    validation score to the loss evaluation: `eval_teacher_forced_bleu4` etc. (`original_metrics` of the
     teacher-forced argmax texts against the label texts)."""
 
     def argmax_logits(logits, labels):

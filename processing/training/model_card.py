@@ -1,8 +1,8 @@
 """The model card (README.md) of an exported MMGL model, built with `huggingface_hub.ModelCard` from the run's real
 state: the exported model's own config and processor (only the settings its design uses), the run record saved in
-``trainer_state.json`` (training setup, whole-run loss, resumes; `run_record.py`), the decoding settings, the data
+`trainer_state.json` (training setup, whole-run loss, resumes; `run_record.py`), the decoding settings, the data
 actually read, and the metrics with the implementation that produced them. `ModelCard.load` reads its metadata back:
-``base_model``, ``datasets``, ``metrics``, ``model-index``, ``license`` (+ name and link), ``pipeline_tag``, ``tags``.
+`base_model`, `datasets`, `metrics`, `model-index`, `license` (+ name and link), `pipeline_tag`, `tags`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ SPLITS = {"eval": "validation", "predict": "test"}
 
 
 def encoder_description(name: str | None, pretrained: str | None, config: dict | None) -> str:
-    """``open_clip `ViT-B-32`, weights `openai` `` or ``custom config {...}, random init (seeded)``."""
+    """The encoder as the card names it (markdown), e.g. "open_clip `ViT-B-32`, weights `openai`", or with its custom
+    config and "random init (seeded)"."""
     if name is None and config is None:
         return "none (no neighbour is given as an embedding)"
     weights = f"weights `{pretrained}`" if pretrained not in (None, "", "none") else "random init (seeded)"
@@ -35,8 +36,8 @@ def encoder_description(name: str | None, pretrained: str | None, config: dict |
 
 
 def card_license(base_model: str | None, given: str | None = None) -> tuple[str, str | None, str | None]:
-    """(license, license_name, license_link): ``given`` (an SPDX id) when set, else the base model's (OPT: Meta's
-    OPT license), else ``other`` / ``unspecified`` (weights trained from scratch, no --license)."""
+    """(license, license_name, license_link): `given` (an SPDX id) when set, else the base model's (OPT: Meta's
+    OPT license), else `other` / `unspecified` (weights trained from scratch, no --license)."""
     if given:
         return given, None, None
     if base_model and base_model.split("/")[-1].lower().startswith("opt-"):
@@ -45,8 +46,8 @@ def card_license(base_model: str | None, given: str | None = None) -> tuple[str,
 
 
 def base_model_of(model_name_or_path: str | None) -> str | None:
-    """The Hub base model of a run started from ``model_name_or_path``: a hub id itself; a local folder's own
-    recorded base (its card's ``base_model``, or the run record of its ``trainer_state.json``); `None` from scratch."""
+    """The Hub base model of a run started from `model_name_or_path`: a hub id itself; a local folder's own
+    recorded base (its card's `base_model`, or the run record of its `trainer_state.json`); `None` from scratch."""
     if not model_name_or_path:
         return None
     folder = Path(os.path.expanduser(model_name_or_path))
@@ -74,17 +75,17 @@ class CardInputs:
     """What the card is built from.
 
     Args:
-        config (`dict`): the exported model's ``config.json``.
-        processor (`dict | None`): its ``processor_config.json``.
+        config (`dict`): the exported model's `config.json`.
+        processor (`dict | None`): its `processor_config.json`.
         record (`dict | None`): the run record (`run_record.read_run_record`) of the training run, `None` when the
             model's folder holds none.
-        trainer_state (`dict | None`): ``trainer_state.json`` of the training run.
-        metrics (`dict`): the metrics to report (``eval_*`` / ``predict_*``), measured by this run or recorded by the
-            run that trained the model (``metrics_source`` says which).
+        trainer_state (`dict | None`): `trainer_state.json` of the training run.
+        metrics (`dict`): the metrics to report (`eval_*` / `predict_*`), measured by this run or recorded by the
+            run that trained the model (`metrics_source` says which).
         generation (`dict`): the decoding settings the metrics used (`generation.reported_settings`).
-        data (`dict`): ``files``, ``generated`` (pages from the bundled generator, not WikiWeb2M), ``study_split``,
-            ``samples`` (per split).
-        folder_name (`str`): the export folder's name; ``hub_model_id`` the Hub id when pushed.
+        data (`dict`): `files`, `generated` (pages from the bundled generator, not WikiWeb2M), `study_split`,
+            `samples` (per split).
+        folder_name (`str`): the export folder's name; `hub_model_id` the Hub id when pushed.
     """
 
     config: dict
@@ -276,10 +277,10 @@ def _read_json(path: Path) -> dict | None:
 def export_card_inputs(folder: str | os.PathLike, folder_name: str, source: str | os.PathLike | None, metrics: dict,
                        generation: dict, data: dict, hub_model_id: str | None = None, license: str | None = None,
                        metrics_implementation: dict | None = None) -> CardInputs:
-    """The card inputs of the export written in ``folder`` (to be named ``folder_name``), read from what is there: its config, processor and
-    ``trainer_state.json`` (the run record). ``source``: the folder the model was loaded from (a checkpoint being
-    exported without training), whose recorded metrics (``all_results.json``) the card reports when this run
-    measured none. ``data``: this run's data, used when no record names the training data."""
+    """The card inputs of the export written in `folder` (to be named `folder_name`), read from what is there: its config, processor and
+    `trainer_state.json` (the run record). `source`: the folder the model was loaded from (a checkpoint being
+    exported without training), whose recorded metrics (`all_results.json`) the card reports when this run
+    measured none. `data`: this run's data, used when no record names the training data."""
     from processing.training.run_record import read_run_record
 
     folder = Path(folder)
@@ -316,7 +317,7 @@ def export_card_inputs(folder: str | os.PathLike, folder_name: str, source: str 
 
 
 def write_adapter_card(checkpoint: str | os.PathLike, record: dict | None, trainer_state: dict | None) -> ModelCard:
-    """Replaces peft's unfilled template in a ``checkpoint-N`` adapter folder by a card that says what the adapter
+    """Replaces peft's unfilled template in a `checkpoint-N` adapter folder by a card that says what the adapter
     is, what it applies to and how to load it."""
     checkpoint = Path(checkpoint)
     adapter = json.loads((checkpoint / "adapter_config.json").read_text())
@@ -349,7 +350,7 @@ def write_adapter_card(checkpoint: str | os.PathLike, record: dict | None, train
 
 
 def write_model_card(output_dir: str | os.PathLike, inputs: CardInputs) -> ModelCard:
-    """Writes ``<output_dir>/README.md`` (atomically); returns the card."""
+    """Writes `<output_dir>/README.md` (atomically); returns the card."""
     card = build_model_card(inputs)
     atomic_write_bytes(Path(output_dir) / "README.md", str(card).encode("utf-8"))
     return card

@@ -1,13 +1,13 @@
 """Where a run writes, and how its results replace a previous run's.
 
-- ``--output_dir`` is the run's result: the exported model (a complete Hub folder, when the run trains or
-  ``--export`` is given), its card, the metrics files, the predictions, the data report and the TensorBoard logs. It
+- `--output_dir` is the run's result: the exported model (a complete Hub folder, when the run trains or
+  `--export` is given), its card, the metrics files, the predictions, the data report and the TensorBoard logs. It
   is built in a staging folder beside it and swapped in as a whole at the end (`ResultsFolder`,
   `processing.atomic_write.replace_folder`): a crash or a kill at any point (during training, during
-  ``--do_predict``, during the export) leaves the previous result complete or the new one complete, never a mix.
-- The Trainer's working files (``checkpoint-N/`` with optimizer states, ``runs/`` while training, the first stage,
-  the unmerged base model that peft checkpoints apply to) live in ``--checkpoint_dir``, by default
-  ``<output_dir>-checkpoints`` beside it, never inside the Hub folder; ``--resume_from_checkpoint`` takes them
+  `--do_predict`, during the export) leaves the previous result complete or the new one complete, never a mix.
+- The Trainer's working files (`checkpoint-N/` with optimizer states, `runs/` while training, the first stage,
+  the unmerged base model that peft checkpoints apply to) live in `--checkpoint_dir`, by default
+  `<output_dir>-checkpoints` beside it, never inside the Hub folder; `--resume_from_checkpoint` takes them
   from there.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def keep_in_output(name: str) -> bool:
 
 
 def default_checkpoint_dir(output_dir: str | os.PathLike) -> str:
-    """``<output_dir>-checkpoints``, beside the Hub folder."""
+    """`<output_dir>-checkpoints`, beside the Hub folder."""
     out = os.path.abspath(os.path.expanduser(os.fspath(output_dir)))
     return f"{out}-checkpoints"
 
@@ -77,7 +77,7 @@ def check_output_folders(output_dir: str, checkpoint_dir: str, model_name_or_pat
 class ResultsFolder:
     """The staging folder of a run's result, swapped into --output_dir by `finish`.
 
-    Only the process that saves (``should_save``) stages anything; the others get ``path`` `None`.
+    Only the process that saves (`should_save`) stages anything; the others get `path` `None`.
     """
 
     def __init__(self, output_dir: str | os.PathLike, should_save: bool = True):
@@ -90,7 +90,7 @@ class ResultsFolder:
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
 
     def take_logs(self, checkpoint_dir: str | os.PathLike) -> None:
-        """TensorBoard logs written in the checkpoint folder while training go with the result (``runs/``): moved
+        """TensorBoard logs written in the checkpoint folder while training go with the result (`runs/`): moved
         when the folder holds nothing else (no checkpoint to resume from), else copied (a resumed run adds to them)."""
         runs = Path(checkpoint_dir) / "runs"
         if self.path is None or not runs.is_dir():
@@ -116,7 +116,7 @@ class ResultsFolder:
 
 
 def remove_if_empty(folder: str | os.PathLike) -> None:
-    """Removes ``folder`` and its empty sub-folders when nothing was written there (no checkpoint, no log)."""
+    """Removes `folder` and its empty sub-folders when nothing was written there (no checkpoint, no log)."""
     folder = Path(folder)
     if not folder.is_dir():
         return

@@ -19,7 +19,7 @@ PAPER_MAX_SOURCE_LENGTH = {"sa_te": 1024, "sa_e": 512, "ca_e": 512}
 
 @dataclass
 class ResolvedRecipe:
-    """Settings `--recipe paper` resolves to; ``None`` means "left as the user set it"."""
+    """Settings `--recipe paper` resolves to; `None` means "left as the user set it"."""
 
     per_device_train_batch_size: int
     gradient_accumulation_steps: int | None

@@ -1,10 +1,10 @@
 """What a model card says about training, recorded by the run itself in every checkpoint and export.
 
 `MMGLRunRecord` is a stateful Trainer callback (`transformers.ExportableState`): its state is saved in
-``trainer_state.json`` (``stateful_callbacks``) with every ``checkpoint-N`` and with the export, and read back when a
+`trainer_state.json` (`stateful_callbacks`) with every `checkpoint-N` and with the export, and read back when a
 run resumes. It holds the run's arguments (design, tuning, data, training setup, world size), the sum of the
 training losses of every step so far (so a resumed run reports its loss over the whole run, not over the resumed
-steps only) and the resumes. `read_run_record` reads it from any saved folder, so ``--export`` from a checkpoint
+steps only) and the resumes. `read_run_record` reads it from any saved folder, so `--export` from a checkpoint
 writes the setup that trained it, not the exporting command's defaults.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ TRAINING_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight
 
 
 def run_arguments(model_args, mmgl_args, data_args, training_args) -> dict:
-    """The arguments of a run as plain JSON values: ``{"model", "mmgl", "data", "training", "world_size"}``."""
+    """The arguments of a run as plain JSON values: `{"model", "mmgl", "data", "training", "world_size"}`."""
     def plain(args):
         return json.loads(json.dumps(dataclasses.asdict(args), default=str))
 
@@ -35,7 +35,7 @@ def run_arguments(model_args, mmgl_args, data_args, training_args) -> dict:
 
 
 class MMGLRunRecord(TrainerCallback, ExportableState):
-    """The run's record (see the module docstring). ``trainer`` is set after the Trainer is built: the record reads
+    """The run's record (see the module docstring). `trainer` is set after the Trainer is built: the record reads
     the losses it has accumulated when a checkpoint is saved."""
 
     def __init__(self, arguments: dict | None = None):
@@ -82,12 +82,12 @@ class MMGLRunRecord(TrainerCallback, ExportableState):
 
     def finish(self, global_step: int, session_loss: float, session_steps: int) -> float:
         """Records the end of training; returns the mean training loss over every step of the run
-        (``session_loss``: the Trainer's `train_loss`, a mean over this session's ``session_steps``)."""
+        (`session_loss`: the Trainer's `train_loss`, a mean over this session's `session_steps`)."""
         self.final_loss_sum = self.loss_sum_before + session_loss * session_steps
         return self.final_loss_sum / max(global_step, 1)
 
     def store(self, state) -> None:
-        """Writes the record into ``state`` (a `TrainerState` about to be saved with the export)."""
+        """Writes the record into `state` (a `TrainerState` about to be saved with the export)."""
         state.stateful_callbacks[RECORD_NAME] = self.state()
 
 
@@ -102,7 +102,7 @@ def _logged_loss_sum(log_history: list[dict]) -> float:
 
 
 def read_trainer_state(folder: str | Path | None) -> dict | None:
-    """``trainer_state.json`` of a saved folder (a checkpoint or an export), or `None`."""
+    """`trainer_state.json` of a saved folder (a checkpoint or an export), or `None`."""
     if not folder:
         return None
     path = Path(folder).expanduser() / "trainer_state.json"
@@ -115,7 +115,7 @@ def read_trainer_state(folder: str | Path | None) -> dict | None:
 
 
 def read_run_record(trainer_state: dict | None) -> dict | None:
-    """The `MMGLRunRecord` attributes saved in a ``trainer_state.json`` dict, or `None`."""
+    """The `MMGLRunRecord` attributes saved in a `trainer_state.json` dict, or `None`."""
     if not trainer_state:
         return None
     saved = (trainer_state.get("stateful_callbacks") or {}).get(RECORD_NAME)

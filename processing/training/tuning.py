@@ -10,22 +10,22 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from processing.design_space import PEFT_TUNINGS, TUNINGS
+
 # peft matches `modules_to_save` by suffix of the full module name: these match exactly the MMGL modules.
 MMGL_MODULES = ("neighbor_projection", "position_encoding", "gated_cross_attention")
 # OPT decoder self-attention only: a bare ["q_proj", ..., "out_proj"] list would also wrap the cross-attention
 # blocks (trained in full instead) and open_clip's attention `out_proj` inside the frozen neighbour encoder.
 LORA_TARGET_MODULES = r".*model\.decoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj"
-TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
-PEFT_TUNINGS = ("lora", "prefix", "prompt")
 
 
 def is_mmgl_parameter(name: str) -> bool:
-    """Whether the parameter ``name`` (as in `model.named_parameters()`) belongs to a module MMGL adds to OPT."""
+    """Whether the parameter `name` (as in `model.named_parameters()`) belongs to a module MMGL adds to OPT."""
     return name.startswith(("neighbor_projection", "position_encoding")) or "gated_cross_attention" in name
 
 
 def mmgl_modules_to_save(model) -> list[str]:
-    """The MMGL modules present in ``model`` (its neighbour encoding decides which), as peft `modules_to_save`."""
+    """The MMGL modules present in `model` (its neighbour encoding decides which), as peft `modules_to_save`."""
     present = []
     for name in MMGL_MODULES:
         if name == "gated_cross_attention":
@@ -48,12 +48,12 @@ def check_tuning(tuning: str, neighbor_encoding: str) -> None:
 
 
 def apply_tuning(model, mmgl_args, base_model_name_or_path: str | None = None):
-    """Freezes / wraps ``model`` for ``mmgl_args.tuning``; returns the model to train.
+    """Freezes / wraps `model` for `mmgl_args.tuning`; returns the model to train.
 
     - `full`: the model as built (every parameter).
     - `flamingo` (`ca_e` only): the gated cross-attention blocks, projectors and position encoding; OPT frozen.
     - `lora` / `prefix` / `prompt`: the peft adapter, plus the MMGL modules as `modules_to_save`.
-      ``base_model_name_or_path``: where ``model`` itself is saved (recorded in every saved adapter's config, so
+      `base_model_name_or_path`: where `model` itself is saved (recorded in every saved adapter's config, so
       `AutoPeftModelForCausalLM` finds the unmerged base).
     """
     virtual = getattr(model.config, "virtual_tokens", "none")
@@ -88,7 +88,7 @@ def apply_tuning(model, mmgl_args, base_model_name_or_path: str | None = None):
 
 
 def load_adapter(model, adapter_dir):
-    """``model`` (the unmerged base) with the peft adapter saved in ``adapter_dir`` (a Trainer ``checkpoint-N`` of
+    """`model` (the unmerged base) with the peft adapter saved in `adapter_dir` (a Trainer `checkpoint-N` of
     a lora / prefix / prompt run), for evaluation: it computes exactly what the run computed at that step."""
     from peft import PeftModel
 
@@ -96,7 +96,7 @@ def load_adapter(model, adapter_dir):
 
 
 def unwrap_modules_to_save(model):
-    """Replaces every peft `ModulesToSaveWrapper` in ``model`` by its trained copy, in place (the base model of a
+    """Replaces every peft `ModulesToSaveWrapper` in `model` by its trained copy, in place (the base model of a
     prefix / prompt adapter still holds the wrappers; their state-dict names would not load as MMGL)."""
     from peft.utils import ModulesToSaveWrapper
 
@@ -114,9 +114,9 @@ def first_stage_parameter(name: str) -> bool:
 
 
 def run_first_stage(model, training_args, train_dataset, data_collator, steps: int, trainer_class=None):
-    """Trains only the MMGL modules (projectors, position encoding, gated cross-attention) for ``steps`` steps
+    """Trains only the MMGL modules (projectors, position encoding, gated cross-attention) for `steps` steps
     (output in `<output_dir>/first_stage`), then restores which parameters train, ready for the main stage.
-    ``trainer_class`` (default `Trainer`): the main stage's, so both stages treat the inputs alike."""
+    `trainer_class` (default `Trainer`): the main stage's, so both stages treat the inputs alike."""
     from transformers import Trainer
 
     was_trainable = {name: param.requires_grad for name, param in model.named_parameters()}

@@ -1,10 +1,9 @@
-"""`SampleList`: the ``(page row index, section index)`` pairs of a split in two integer arrays.
+"""`SampleList`: the `(page row index, section index)` pairs of a split in two integer arrays.
 
 A split of the full WikiWeb2M has millions of samples; as a Python list of tuples (and a dict from pair to
 position) each costs ~200 bytes in every process, DataLoader workers included. Here a sample costs 12 bytes, plus
-16 for the sorted order that `position` searches (built on first use).
-
-This file is Hub-loadable: it imports installed packages only.
+16 for the sorted order that `position` searches (built on first use). Build-time only, like the sample index
+(`processing.data.sample_index`) and `processing.data.wikiweb2m.summarization_samples` that make it.
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import numpy as np
 
 
 class SampleList(Sequence):
-    """A read-only sequence of ``(page_idx, section_idx)`` tuples of Python ints, stored as numpy arrays.
+    """A read-only sequence of `(page_idx, section_idx)` tuples of Python ints, stored as numpy arrays.
 
     Args:
         pages (`np.ndarray`): page row index of each sample.
@@ -31,7 +30,7 @@ class SampleList(Sequence):
         self._order: np.ndarray | None = None
 
     @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[int, int]]) -> "SampleList":
+    def from_pairs(cls, pairs: Iterable[tuple[int, int]]) -> SampleList:
         """From any iterable of pairs (read once, without a Python object per pair kept)."""
         if isinstance(pairs, SampleList):
             return pairs
@@ -66,7 +65,7 @@ class SampleList(Sequence):
         return f"SampleList([{shown}{', ...' if len(self) > 5 else ''}], {len(self)} samples)"
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        """Positions in ``(page, section)`` order and the sorted keys (one int64 per sample each; built once)."""
+        """Positions in `(page, section)` order and the sorted keys (one int64 per sample each; built once)."""
         if self._order is None:
             keys = (self.pages << 32) | self.sections.astype(np.int64)  # sections are int32: < 2**31
             self._order = np.argsort(keys, kind="stable")
@@ -74,7 +73,7 @@ class SampleList(Sequence):
         return self._order, self._sorted_keys
 
     def first_duplicate(self) -> tuple[int, int] | None:
-        """Positions ``(first, second)`` of the first pair listed twice, or `None`."""
+        """Positions `(first, second)` of the first pair listed twice, or `None`."""
         order, keys = self._sorted()
         same = np.flatnonzero(keys[1:] == keys[:-1])
         if not len(same):
