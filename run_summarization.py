@@ -61,10 +61,12 @@ from processing.design_space import (
     CONTEXTS,
     DESIGN_DEFAULTS,
     GRAPH_TARGET_FEATURES,
+    NEIGHBOR_BRIDGES,
     NEIGHBOR_ENCODINGS,
     PEFT_TUNINGS,
     POSITION_ENCODINGS,
     TUNINGS,
+    check_neighbor_bridge,
     check_text_neighbor_encoder,
     has_neighbor_slots,
     neighbor_mode,
@@ -156,6 +158,17 @@ class MMGLArguments:
         metadata={"help": "ca_e: tanh gates closed at init (the model starts as OPT). False: the paper's ungated "
                   "CA-E, residuals added directly."},
     )
+    neighbor_bridge: str = field(
+        default=DESIGN_DEFAULTS["neighbor_bridge"],
+        metadata={"help": f"One of {NEIGHBOR_BRIDGES}. linear: each neighbour becomes its own projected tokens (the LM "
+                  "input grows with the neighbours). perceiver (Flamingo's Perceiver Resampler) / qformer (BLIP-2's "
+                  "Q-Former): all of an example's neighbour embeddings become --bridge_num_latents tokens (sa_e: in "
+                  "the sequence; ca_e: the cross-attention keys and values; sa_te: its images only)."},
+    )
+    bridge_num_latents: int = field(default=DESIGN_DEFAULTS["bridge_num_latents"],
+                                    metadata={"help": "LM tokens a perceiver / qformer bridge gives per example."})
+    bridge_num_layers: int = field(default=DESIGN_DEFAULTS["bridge_num_layers"],
+                                   metadata={"help": "Perceiver blocks / Q-Former layers of the bridge."})
     alpha_initializer: str = field(
         default=DESIGN_DEFAULTS["alpha_initializer"],
         metadata={"help": f"ca_e: initial gate parameters, IDEFICS' option, one of {ALPHA_INITIALIZERS}: zeros "
@@ -300,6 +313,10 @@ def validate_arguments(model_args, mmgl_args, data_args, training_args):
         if getattr(mmgl_args, name) not in choices:
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(mmgl_args, name)!r}.")
     check_tuning(mmgl_args.tuning, mmgl_args.neighbor_encoding)
+    check_neighbor_bridge(mmgl_args.neighbor_bridge, mmgl_args.neighbor_encoding, mmgl_args.context)
+    for name in ("bridge_num_latents", "bridge_num_layers"):
+        if getattr(mmgl_args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(mmgl_args, name)}.")
     # A sentence-transformers text encoder reads as many tokens and pools as its own config says (unless given).
     mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length, notes = resolve_text_encoder_settings(
         mmgl_args.text_neighbor_encoder, mmgl_args.text_neighbor_pooling, mmgl_args.text_neighbor_max_length)
@@ -438,6 +455,9 @@ def mmgl_config_kwargs(mmgl_args, encoder_dim: int, neighbor_token_id: int, text
         graph_target_feature=mmgl_args.graph_target_feature if mode != "none" else "none",
         gnn_type=mmgl_args.gnn_type,
         gnn_num_layers=mmgl_args.gnn_num_layers,
+        neighbor_bridge=mmgl_args.neighbor_bridge if mode != "none" else "linear",
+        bridge_num_latents=mmgl_args.bridge_num_latents,
+        bridge_num_layers=mmgl_args.bridge_num_layers,
     )
 
 
@@ -906,6 +926,7 @@ def main(argv=None):
             graph_target_feature=mmgl_args.graph_target_feature,
             text_neighbor_encoder=mmgl_args.text_neighbor_encoder,
             text_neighbor_max_length=mmgl_args.text_neighbor_max_length,
+            neighbor_bridge=mmgl_args.neighbor_bridge, bridge_num_latents=mmgl_args.bridge_num_latents,
         )
     # Written by the main process, and by each node's local main process that cannot see it (no shared file
     # system); the others read it. open_clip ids only for raw text neighbours (an embedding cache replaces them);

@@ -11,6 +11,12 @@ the processor, so the script also times that per-example cost beside the per-exa
 Runs are interleaved (OPT, SA, CA, OPT, SA, CA, ...) and the median is reported, so machine noise hits all modes
 alike. Usage: `python benchmarks/bench_model.py [--device cuda] [--dtype bfloat16] [--batch_size 2] [--seq_len 256]
 [--modes none self_attention self_attention+laplacian]`.
+
+`--bridges` measures the neighbour bridges instead (`MMGLConfig.neighbor_bridge`): SA-E and CA-E with `linear`,
+`perceiver` and `qformer` at 16, 64 and 256 neighbours (11:5 texts to images), each against plain OPT on the same
+text: train step and cached decoding ratios, and the LM input length (it grows with the neighbours for `linear`
+SA-E, and stays at text + `bridge_num_latents` with a bridge). One model is alive at a time (memory), so these runs
+are sequential rather than interleaved; OPT is timed before and after each neighbour count to show the drift.
 """
 
 import argparse
@@ -137,6 +143,90 @@ def decode_block_share(config, context_len, num_memory_tokens):
     return extra / base
 
 
+BRIDGE_COUNTS = (16, 64, 256)
+BRIDGE_VARIANTS = [(mode, bridge) for mode in ("self_attention", "cross_attention")
+                   for bridge in ("linear", "perceiver", "qformer")]
+
+
+def bridge_model(mode, bridge, num_text, num_image, latents, device, dtype):
+    config = MMGLConfig(
+        **OPT_125M, neighbor_mode=mode, neighbor_token_id=NEIGHBOR_TOKEN if mode != "none" else None,
+        text_neighbor_embed_dim=EMBED_DIM, image_neighbor_embed_dim=EMBED_DIM, max_text_neighbors=num_text,
+        max_image_neighbors=num_image, neighbor_bridge=bridge if mode != "none" else "linear",
+        bridge_num_latents=latents,
+    )
+    model = MMGLForConditionalGeneration(config).to(device=device, dtype=dtype)
+    for name, param in model.named_parameters():
+        if "alpha_" in name:
+            param.data.fill_(0.5)
+    return model
+
+
+def bridge_batch(mode, bridge, batch_size, text_len, num_text, num_image, latents, device, dtype, generator):
+    """`text_len` tokens of text; SA-E adds its placeholders in front of them (4 per neighbour, or the latents)."""
+    placeholders = 0
+    if mode == "self_attention":
+        placeholders = latents if bridge != "linear" else (num_text + num_image) * TOKENS_PER_NEIGHBOR
+    input_ids = torch.randint(3, 50000, (batch_size, text_len + placeholders), generator=generator)
+    input_ids[:, 1 : 1 + placeholders] = NEIGHBOR_TOKEN
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if mode != "none":
+        batch.update(
+            text_neighbor_embeds=torch.randn(batch_size, num_text, EMBED_DIM, generator=generator),
+            text_neighbor_mask=torch.ones(batch_size, num_text, dtype=torch.long),
+            image_neighbor_embeds=torch.randn(batch_size, num_image, EMBED_DIM, generator=generator),
+            image_neighbor_mask=torch.ones(batch_size, num_image, dtype=torch.long),
+        )
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+
+
+def measure(model, train_batch, gen_batch, args):
+    """(median train step s, median cached decoding tok/s) of one model: one warm-up, then `repeats` of each."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    model.train()
+    train_step(model, optimizer, train_batch, args.device)
+    steps = [train_step(model, optimizer, train_batch, args.device) for _ in range(args.repeats)]
+    model.eval()
+    generation_tokens_per_second(model, gen_batch, 4, args.device)
+    rates = [generation_tokens_per_second(model, gen_batch, args.new_tokens, args.device) for _ in range(args.repeats)]
+    return statistics.median(steps), statistics.median(rates)
+
+
+def bridges_main(args, dtype):
+    generator = torch.Generator().manual_seed(0)
+    latents = args.bridge_num_latents
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU x{torch.get_num_threads()} threads"
+    print(f"device: {device_name}, dtype {args.dtype}, OPT-125m shape, batch {args.batch_size}, text {args.seq_len} "
+          f"tokens (generation: batch 1, text {args.prompt_len}, {args.new_tokens} new tokens), bridges of "
+          f"{latents} latents x 2 layers, gates open, median of {args.repeats}")
+    print(f"{'neighbours':>10} {'variant':<26}{'LM input':>9}{'train step s':>14}{'ratio':>8}{'gen tok/s':>11}{'ratio':>8}")
+    for count in args.neighbor_counts:
+        num_text, num_image = count * 11 // 16, count - count * 11 // 16
+        rows = []
+
+        def run(mode, bridge):
+            torch.manual_seed(0)
+            model = bridge_model(mode, bridge, num_text, num_image, latents, args.device, dtype)
+            train_batch = bridge_batch(mode, bridge, args.batch_size, args.seq_len, num_text, num_image, latents,
+                                       args.device, dtype, generator)
+            gen_batch = bridge_batch(mode, bridge, 1, args.prompt_len, num_text, num_image, latents, args.device,
+                                     dtype, generator)
+            step, rate = measure(model, train_batch, gen_batch, args)
+            del model
+            return train_batch["input_ids"].shape[1], step, rate
+
+        before = run("none", "linear")
+        for mode, bridge in BRIDGE_VARIANTS:
+            rows.append((f"{'SA-E' if mode == 'self_attention' else 'CA-E'} {bridge}", *run(mode, bridge)))
+        after = run("none", "linear")
+        opt_step, opt_rate = (before[1] + after[1]) / 2, (before[2] + after[2]) / 2
+        print(f"{count:>10} {'OPT (before / after)':<26}{before[0]:>9}{opt_step:>14.3f}{'1.000':>8}{opt_rate:>11.1f}"
+              f"{'1.000':>8}   ({before[1]:.3f} / {after[1]:.3f} s, {before[2]:.1f} / {after[2]:.1f} tok/s)")
+        for label, length, step, rate in rows:
+            print(f"{count:>10} {label:<26}{length:>9}{step:>14.3f}{step / opt_step:>8.3f}{rate:>11.1f}"
+                  f"{rate / opt_rate:>8.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -148,8 +238,14 @@ def main():
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
                         help="modes to run ('none' is always run: it is the reference)")
+    parser.add_argument("--bridges", action="store_true",
+                        help="measure the neighbour bridges (linear / perceiver / qformer) at --neighbor_counts")
+    parser.add_argument("--neighbor_counts", nargs="+", type=int, default=list(BRIDGE_COUNTS))
+    parser.add_argument("--bridge_num_latents", type=int, default=32)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    if args.bridges:
+        return bridges_main(args, dtype)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     modes = ["none"] + [m for m in args.modes if m != "none"]

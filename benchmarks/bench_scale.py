@@ -31,6 +31,7 @@ Usage::
     python benchmarks/bench_scale.py --part embeddings --pages 2000 8000 32000  # embedding cache
     python benchmarks/bench_scale.py --part preparation --pages 2000          # first-start steps per page
     python benchmarks/bench_scale.py --part run --pages 8000 24000 48000      # whole training runs (~20 min)
+    python benchmarks/bench_scale.py --part command --pages 6000 12000 24000  # the command as a user runs it
     python benchmarks/bench_scale.py --part manifest --pages 100000 400000    # image manifest, per image
 
 ``--part preparation`` times, per page and on one core, the conversion of TFRecords to the Arrow table, the
@@ -41,6 +42,14 @@ and a token store, a tiny OPT and CLIP, 2 DataLoader workers, 40 steps) twice: a
 everything and a restart that finds it prepared. It prints the CPU seconds up to the first training step and per
 phase (the frozen encoder's forward passes apart), the main process's peak anonymous memory (also per phase), each
 worker's private memory, and their slopes per page between consecutive N.
+
+``--part command`` (issue 24) runs ``python run_summarization.py`` itself, as a user does, for each N: the same
+SA-E command (converted Arrow folder, or ``--source tfrecord``; new embedding cache and token store; a saved
+tokenizer; 2 DataLoader workers; ``--steps`` training steps, 2 by default), first start then restart. Each run is one
+process tree under ``/usr/bin/time -v``; the main process's maximum resident set is the one ``time`` reports (file-
+backed pages of memory maps included, as any user or scheduler counts them), every other process of the tree
+(the DataLoader workers) is sampled every 50 ms for its peak (`VmHWM`). It prints the slope per extra page between
+consecutive N of the main process (first start and restart) and of the largest child.
 """
 from __future__ import annotations
 
@@ -512,6 +521,138 @@ def bench_run(base: list[dict], sizes: list[int], steps: int = 40) -> None:
           f"{b['disk'] / b['n'] / 1024:.2f} KiB/page")
 
 
+def _tree_memory(root: int, peaks: dict, stop) -> None:
+    """Samples every process of the tree under `root` every 50 ms: its peak resident set (`VmHWM`, exact: the kernel
+    keeps it) and the most anonymous / file-backed memory seen, by process (main process, DataLoader workers, ...)."""
+    import psutil
+
+    def status(pid: int) -> dict:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)
+                    if k in ("VmHWM", "RssAnon", "RssFile", "RssShmem")}
+
+    try:
+        top = psutil.Process(root)
+    except psutil.NoSuchProcess:
+        return
+    while not stop.is_set():
+        try:
+            procs = [top] + top.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for proc in procs:
+            try:
+                values, name = status(proc.pid), " ".join(proc.cmdline()[:3])[-60:]
+            except (OSError, psutil.Error):
+                continue
+            entry = peaks.setdefault(proc.pid, {"name": name, "parent": proc.ppid()})
+            for key, value in values.items():
+                entry[key] = max(entry.get(key, 0), value)
+        stop.wait(0.05)
+
+
+def run_measured(command: list[str], env: dict, log: Path) -> dict:
+    """Runs `command` under `/usr/bin/time -v` (the main process's maximum resident set, as a user would measure it)
+    while sampling every process of its tree (`_tree_memory`). Returns per process peaks and the wall / CPU time."""
+    import subprocess
+    import threading
+
+    timing = log.with_suffix(".time")
+    peaks: dict = {}
+    stop = threading.Event()
+    with open(log, "w") as out:
+        start = time.time()
+        proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(timing), *command], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+        sampler = threading.Thread(target=_tree_memory, args=(proc.pid, peaks, stop), daemon=True)
+        sampler.start()
+        code = proc.wait()
+        stop.set()
+        sampler.join()
+    if code:
+        sys.exit(f"{' '.join(command[:3])} failed ({code}); its log: {log}\n{log.read_text()[-3000:]}")
+    fields = dict(line.strip().rsplit(": ", 1) for line in timing.read_text().splitlines() if ": " in line)
+    main_pid = next((pid for pid, e in peaks.items() if e["parent"] == proc.pid), None)
+    main = peaks.get(main_pid, {})
+    others = [e for pid, e in peaks.items() if pid not in (proc.pid, main_pid)]
+    return dict(
+        wall=time.time() - start,
+        cpu=float(fields["User time (seconds)"]) + float(fields["System time (seconds)"]),
+        main_max_rss=int(fields["Maximum resident set size (kbytes)"]),
+        main_anon=main.get("RssAnon", 0), main_file=main.get("RssFile", 0),
+        children_max_rss=[e.get("VmHWM", 0) for e in others], children_anon=[e.get("RssAnon", 0) for e in others],
+        children=[e["name"] for e in others],
+    )
+
+
+def bench_command(base: list[dict], sizes: list[int], steps: int = 2, source: str = "arrow") -> None:
+    """The whole `run_summarization.py` first start and restart as a user runs it (issue 24): one process tree per
+    run, the maximum resident set of each process (main process by `/usr/bin/time -v`, DataLoader workers and any
+    other child by their `VmHWM`), at each N, and the slope per page between consecutive N."""
+    import subprocess
+
+    from processing.data.tfrecord_io import write_tfrecord
+    from processing.data.wikiweb2m import serialize_page
+
+    images = REALWIKI.parent / "images"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   OMP_NUM_THREADS="1")
+        for n in sizes:
+            work = tmp / f"n{n}"
+            records = work / "pages.tfrecord.gz"
+            records.parent.mkdir()
+            write_tfrecord(records, (serialize_page(row) for row in make_rows(base, n)))
+            data = records
+            if source == "arrow":
+                subprocess.run([sys.executable, "-m", "processing.data.wikiweb2m", str(records), str(work / "data")],
+                               check=True, env=env, cwd=ROOT, capture_output=True)
+                data = work / "data"
+            runs = {}
+            for start in ("first", "restart"):
+                runs[start] = run_measured([
+                    sys.executable, str(ROOT / "run_summarization.py"), "--train_files", str(data),
+                    "--image_dir", str(images), "--embedding_cache_dir", str(work / "cache"),
+                    "--token_cache_file", str(work / "tokens.bin"), "--tokenizer_name", str(tmp / "tokenizer"),
+                    "--context", "all", "--neighbor_encoding", "sa_e",
+                    "--neighbor_encoder_config", str(ROOT / "demo" / "tiny_clip.json"),
+                    "--neighbor_encoder_pretrained", "none", "--config_overrides",
+                    "hidden_size=64,num_hidden_layers=2,ffn_dim=128,num_attention_heads=4,max_position_embeddings=512",
+                    "--max_source_length", "256", "--max_target_length", "32", "--do_train", "--max_steps", str(steps),
+                    "--per_device_train_batch_size", "8", "--dataloader_num_workers", "2", "--save_strategy", "no",
+                    "--report_to", "none", "--use_cpu", "--seed", "0", "--output_dir", str(work / f"out-{start}"),
+                    "--disable_tqdm", "true",
+                ], env, work / f"{start}.log")
+            rows.append(dict(n=n, **runs))
+            for start, r in runs.items():
+                print(f"N={n:>7,} {start:>7}: wall {r['wall']:.0f} s, CPU {r['cpu']:.0f} s; main max RSS "
+                      f"{r['main_max_rss'] / 1024:.0f} MiB (most RssAnon {r['main_anon'] / 1024:.0f}, RssFile "
+                      f"{r['main_file'] / 1024:.0f}); children max RSS "
+                      f"{[round(k / 1024) for k in r['children_max_rss']]} MiB; load {os.getloadavg()[0]:.1f}",
+                      flush=True)
+    print("\nper extra page, as the slope between consecutive N (KiB; the fixed part cancels):")
+    print(f"{'N':>16} {'1st main':>9} {'1st anon':>9} {'1st file':>9} {'1st child':>10} {'re main':>8} {'re child':>9}")
+    for a, b in zip(rows, rows[1:]):
+        dn = b["n"] - a["n"]
+
+        def slope(start, key, pick=max):
+            va, vb = a[start][key], b[start][key]
+            return (pick(vb or [0]) - pick(va or [0])) / dn if isinstance(va, list) else (vb - va) / dn
+
+        print(f"{a['n']:>7,}->{b['n']:<8,} {slope('first', 'main_max_rss'):>9.2f} {slope('first', 'main_anon'):>9.2f} "
+              f"{slope('first', 'main_file'):>9.2f} {slope('first', 'children_max_rss'):>10.2f} "
+              f"{slope('restart', 'main_max_rss'):>8.2f} {slope('restart', 'children_max_rss'):>9.2f}")
+    a, b = rows[0], rows[-1]
+    worst = max((b[s]["main_max_rss"] - a[s]["main_max_rss"]) / (b["n"] - a["n"]) for s in ("first", "restart"))
+    peak = (b["first"]["main_max_rss"] + worst * (FULL_PAGES - b["n"])) / 2**20
+    print(f"\nextrapolated to {FULL_PAGES:,} pages (main process, slope {a['n']:,} -> {b['n']:,}, the larger of first "
+          f"start and restart): {worst:.2f} KiB/page -> {peak:.1f} GiB peak")
+
+
 def _open_manifest(cls, path, urls, conn):
     gc.collect()
     before, t = rss_kib(), cpu()
@@ -564,7 +705,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--num_proc", type=int, default=1)
-    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation", "run", "manifest"), default="tokens")
+    parser.add_argument("--part", choices=("tokens", "embeddings", "preparation", "run", "command", "manifest"),
+                        default="tokens")
+    parser.add_argument("--steps", type=int, default=2, help="training steps of each `--part command` run")
+    parser.add_argument("--source", choices=("arrow", "tfrecord"), default="arrow",
+                        help="`--part command`: train from the converted Arrow folder or the TFRecord itself")
     args = parser.parse_args()
     base = list(iter_pages(str(REALWIKI)))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: other jobs run)")
@@ -574,6 +719,8 @@ def main():
         return bench_preparation(base, args.pages[-1])
     if args.part == "run":
         return bench_run(base, args.pages)
+    if args.part == "command":
+        return bench_command(base, args.pages, args.steps, args.source)
     if args.part == "manifest":
         return bench_manifest(args.pages)
     tokenizer = train_bpe_tokenizer([t for row in base for t in row["section_text"]], vocab_size=8000)

@@ -12,6 +12,7 @@ TEXT_NEIGHBOR_POOLINGS = ("cls", "mean", "pooler")
 VIRTUAL_TOKENS = ("none", "prefix", "prompt")
 ALPHA_INITIALIZERS = ("zeros", "ones", "normal")
 GRAPH_TARGET_FEATURES = ("none", "distance")
+NEIGHBOR_BRIDGES = ("linear", "perceiver", "qformer")
 
 
 @strict
@@ -104,6 +105,17 @@ class MMGLConfig(OPTConfig):
         num_virtual_tokens (`int`, *optional*, defaults to 20):
             Number of virtual tokens when `virtual_tokens` is not `"none"`; they take positions in front of the input
             (`max_position_embeddings` must leave room for them).
+        neighbor_bridge (`str`, *optional*, defaults to `"linear"`):
+            What the language model reads of the neighbours (see `neighbor_bridge.py`). `"linear"`: each neighbour's
+            projected token vectors (input grows with the neighbour count). `"perceiver"` (Flamingo's Perceiver
+            Resampler, IDEFICS' module) or `"qformer"` (BLIP-2's Q-Former): `bridge_num_latents` learned latents
+            cross-attend to all of an example's neighbour tokens (after their modality and graph position encodings)
+            and replace them, so the LM input stays the same size whatever the neighbour count. With SA-TE only the
+            image neighbours are bridged (the texts stay raw tokens).
+        bridge_num_latents (`int`, *optional*, defaults to 32):
+            Number of LM token vectors a bridge compresses an example's neighbours into (Flamingo: 64, BLIP-2: 32).
+        bridge_num_layers (`int`, *optional*, defaults to 2):
+            Depth of the bridge: Perceiver blocks, or Q-Former layers (each with cross-attention to the neighbours).
     """
 
     model_type = "mmgl"
@@ -137,6 +149,9 @@ class MMGLConfig(OPTConfig):
     text_neighbor_encoder_config: dict | None = None
     virtual_tokens: str = "none"
     num_virtual_tokens: int = 20
+    neighbor_bridge: str = "linear"
+    bridge_num_latents: int = 32
+    bridge_num_layers: int = 2
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -158,9 +173,15 @@ class MMGLConfig(OPTConfig):
                 f"alphas_initializer_range must be > 0 with alpha_initializer='normal' (and never negative), got "
                 f"{self.alphas_initializer_range}."
             )
+        _check_choice("neighbor_bridge", self.neighbor_bridge, NEIGHBOR_BRIDGES)
         if self.neighbor_mode == "none" and self.position_encoding != "none":
             raise ValueError(
                 f"position_encoding={self.position_encoding!r} needs neighbours, but neighbor_mode='none'; "
+                "set neighbor_mode to 'self_attention' or 'cross_attention'."
+            )
+        if self.neighbor_mode == "none" and self.neighbor_bridge != "linear":
+            raise ValueError(
+                f"neighbor_bridge={self.neighbor_bridge!r} needs neighbours, but neighbor_mode='none'; "
                 "set neighbor_mode to 'self_attention' or 'cross_attention'."
             )
         if self.neighbor_mode == "self_attention" and self.neighbor_token_id is None:
@@ -168,7 +189,7 @@ class MMGLConfig(OPTConfig):
         if self.cross_attention_interval < 1:
             raise ValueError(f"cross_attention_interval must be >= 1, got {self.cross_attention_interval}.")
         for name in ("text_neighbor_num_tokens", "image_neighbor_num_tokens", "lpe_k", "gnn_num_layers",
-                     "text_neighbor_max_length", "num_virtual_tokens"):
+                     "text_neighbor_max_length", "num_virtual_tokens", "bridge_num_latents", "bridge_num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 

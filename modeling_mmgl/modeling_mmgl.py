@@ -15,10 +15,12 @@ from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.opt.modeling_opt import OPTForCausalLM, OPTPreTrainedModel
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.idefics.perceiver import IdeficsPerceiverResampler
 
 from .configuration_mmgl import MMGLConfig
 from .cross_attention import MMGLDecoderLayer, MMGLGatedCrossAttentionBlock, MMGLNeighborKeyValues
 from .graph_position_encoding import build_position_encoding
+from .neighbor_bridge import MMGLNeighborBridge
 from .neighbor_encoder import MMGLNeighborEncoder
 from .neighbor_projection import MMGLNeighborProjection
 from .virtual_tokens import MMGLVirtualTokens
@@ -62,6 +64,11 @@ class MMGLPreTrainedModel(OPTPreTrainedModel):
                     init.normal_(gate, mean=0.0, std=self.config.alphas_initializer_range)
                 else:
                     init.zeros_(gate)
+        # The bridges' learned latents / queries, as IDEFICS and BLIP-2 draw them (missing from an OPT checkpoint).
+        if isinstance(module, IdeficsPerceiverResampler):
+            init.normal_(module.latents)
+        if isinstance(module, MMGLNeighborBridge) and module.kind == "qformer":
+            init.normal_(module.query_tokens, std=self.config.init_std)
         # open_clip's causal text mask is a non-persistent buffer: never in a checkpoint, so rebuild it on load.
         if getattr(module, "attn_mask", None) is not None and "attn_mask" in module._non_persistent_buffers_set:
             size = module.attn_mask.shape[-1]
@@ -87,6 +94,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         width = config.word_embed_proj_dim if config.neighbor_mode == "self_attention" else config.hidden_size
         self.neighbor_projection = MMGLNeighborProjection(config, width) if config.neighbor_mode != "none" else None
         self.position_encoding = build_position_encoding(config, width)
+        # `linear` adds nothing: the projectors' tokens go to the LM as they are (the model of before the switch).
+        self.neighbor_bridge = MMGLNeighborBridge(config, width) if config.neighbor_bridge != "linear" else None
         has_encoder = config.neighbor_encoder_name is not None or config.neighbor_encoder_config is not None
         self.neighbor_encoder = MMGLNeighborEncoder(config) if has_encoder else None
         if self.neighbor_encoder is not None and self.neighbor_encoder.text_model is not None:
@@ -191,11 +200,12 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         neighbor_target_distances=None,
         laplacian_sign_seeds=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Neighbour token vectors in node order: all text slots, then all image slots.
+        """Neighbour token vectors in node order: all text slots, then all image slots; with a bridge, its latents.
 
         Returns:
             `tokens` `(B, Nt * text_neighbor_num_tokens + Ni * image_neighbor_num_tokens, width)` and `token_mask`
-            `(B, same)`, 1 where the token belongs to a real neighbour.
+            `(B, same)`, 1 where the token belongs to a real neighbour. With `neighbor_bridge` other than `"linear"`:
+            `(B, bridge_num_latents, width)` and `(B, bridge_num_latents)`, 1 in rows with any real neighbour.
         """
         config = self.config
         device = self.lm_head.weight.device
@@ -260,6 +270,8 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
             ],
             dim=1,
         )
+        if self.neighbor_bridge is not None:
+            tokens, token_mask = self.neighbor_bridge(tokens, token_mask)
         return tokens, token_mask
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
@@ -278,11 +290,16 @@ class MMGLForConditionalGeneration(MMGLPreTrainedModel, OPTForCausalLM):
         found, expected = placeholders.sum(1), token_mask.sum(1)
         if not torch.equal(found.cpu(), expected.cpu()):
             row = int((found != expected).nonzero()[0, 0])
+            config = self.config
+            if config.neighbor_bridge == "linear":
+                rule = (f"text_neighbor_num_tokens={config.text_neighbor_num_tokens} per real text neighbour + "
+                        f"image_neighbor_num_tokens={config.image_neighbor_num_tokens} per real image neighbour")
+            else:
+                rule = (f"neighbor_bridge={config.neighbor_bridge!r}: bridge_num_latents={config.bridge_num_latents} "
+                        "when the example has any real neighbour, else none")
             raise ValueError(
                 f"Row {row} of `input_ids` holds {int(found[row])} `<neighbor>` placeholders (id "
-                f"{self.config.neighbor_token_id}) but its neighbours need {int(expected[row])} "
-                f"(text_neighbor_num_tokens={self.config.text_neighbor_num_tokens} per real text neighbour + "
-                f"image_neighbor_num_tokens={self.config.image_neighbor_num_tokens} per real image neighbour)."
+                f"{config.neighbor_token_id}) but its neighbours need {int(expected[row])} ({rule})."
             )
         source = tokens[token_mask.bool()].to(inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1).expand_as(inputs_embeds), source)

@@ -1,18 +1,21 @@
-"""The MMGL design space in one place: every axis (context, neighbour encoding, graph position encoding, tuning,
-cross-attention gating, budgets) with its choices and defaults, and which neighbour slots and which model mode each
-(encoding, context) pair gives. The processor, the training script (its flags and their defaults), the tuning
-helpers and the study runner all read this file.
+"""The MMGL design space in one place: every axis (context, neighbour encoding, neighbour bridge, graph position
+encoding, tuning, cross-attention gating, budgets) with its choices and defaults, and which neighbour slots and which
+model mode each (encoding, context) pair gives. The processor, the training script (its flags and their defaults),
+the tuning helpers and the study runner all read this file.
 
 The model configuration (`modeling_mmgl/configuration_mmgl.py`) validates the model-side choices
-(`POSITION_ENCODINGS`, `GNN_TYPES`, `ALPHA_INITIALIZERS`, `GRAPH_TARGET_FEATURES`) itself, because a Hub folder's
-modeling code cannot import the `processing` package; `tests/test_design_space.py` checks that its tuples equal
-these.
+(`POSITION_ENCODINGS`, `GNN_TYPES`, `NEIGHBOR_BRIDGES`, `ALPHA_INITIALIZERS`, `GRAPH_TARGET_FEATURES`) itself,
+because a Hub folder's modeling code cannot import the `processing` package; `tests/test_design_space.py` checks that
+its tuples equal these.
 
 This file imports nothing: it is Hub-loadable and cheap.
 """
 
 CONTEXTS = ("section_only", "section_all", "text_only", "all")
 NEIGHBOR_ENCODINGS = ("sa_te", "sa_e", "ca_e")
+# What the LM reads of the neighbour embeddings (`MMGLConfig.neighbor_bridge`): each neighbour's projected tokens, or
+# a fixed number of latents from a Perceiver Resampler / Q-Former over all of them.
+NEIGHBOR_BRIDGES = ("linear", "perceiver", "qformer")
 POSITION_ENCODINGS = ("none", "sequence", "laplacian", "gnn")
 GNN_TYPES = ("gcn", "gat", "sage")
 TUNINGS = ("full", "lora", "prefix", "prompt", "flamingo")
@@ -42,6 +45,9 @@ DESIGN_DEFAULTS = {
     "graph_target_feature": "none",
     "gnn_type": "gcn",
     "gnn_num_layers": 2,
+    "neighbor_bridge": "linear",
+    "bridge_num_latents": 32,
+    "bridge_num_layers": 2,
 }
 # How each encoding reaches the LM (`MMGLConfig.neighbor_mode`).
 NEIGHBOR_MODE_OF_ENCODING = {"sa_te": "self_attention", "sa_e": "self_attention", "ca_e": "cross_attention"}
@@ -83,6 +89,17 @@ def check_text_neighbor_encoder(neighbor_encoding: str, context: str, text_neigh
         )
 
 
+def check_neighbor_bridge(neighbor_bridge: str, neighbor_encoding: str, context: str) -> None:
+    """Refuse (`ValueError`) an unknown bridge, or a bridge for a design without neighbour embeddings to bridge."""
+    if neighbor_bridge not in NEIGHBOR_BRIDGES:
+        raise ValueError(f"neighbor_bridge must be one of {NEIGHBOR_BRIDGES}, got {neighbor_bridge!r}")
+    if neighbor_bridge != "linear" and not has_neighbor_slots(neighbor_encoding, context):
+        raise ValueError(
+            f"neighbor_bridge {neighbor_bridge!r} compresses neighbour embeddings, but neighbor_encoding "
+            f"{neighbor_encoding!r} with context {context!r} has none; use neighbor_bridge 'linear'"
+        )
+
+
 def neighbor_mode(neighbor_encoding: str, context: str) -> str:
     """`MMGLConfig.neighbor_mode` for a design point: `"none"` when no neighbour is an embedding (plain OPT)."""
     if not has_neighbor_slots(neighbor_encoding, context):
@@ -96,12 +113,14 @@ __all__ = [
     "DESIGN_DEFAULTS",
     "GNN_TYPES",
     "GRAPH_TARGET_FEATURES",
+    "NEIGHBOR_BRIDGES",
     "NEIGHBOR_ENCODINGS",
     "NEIGHBOR_MODE_OF_ENCODING",
     "PEFT_TUNINGS",
     "POSITION_ENCODINGS",
     "TUNINGS",
     "check_design",
+    "check_neighbor_bridge",
     "check_text_neighbor_encoder",
     "has_image_slots",
     "has_neighbor_slots",

@@ -64,6 +64,7 @@ from safetensors import safe_open
 
 from .errors import MMGLInputError
 from .loading import read_json, safetensors_layout
+from .mapped_pages import ReleaseEvery, release_arrays
 from .sorted_digests import find_one, find_sorted, unique_order
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made, so that a command reading a cache's files reports bad
@@ -380,6 +381,9 @@ class EmbeddingCache:
         self.config = read_cache_config(self.cache_dir)
         self.build_summary: dict | None = None  # set by build_embedding_cache
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._files: OrderedDict[int, object] = OrderedDict()  # open shards, evicted with their maps
+        # A lookup maps a folio of the key index and of a shard (tens of KiB); give them back every 512 lookups.
+        self._release = ReleaseEvery(512)
         self._verified: set[int] = set()  # shards checksum-verified in this process (those the index lacks)
         self._image_keys: OrderedDict[tuple, str] = OrderedDict()
         self._open()
@@ -526,6 +530,8 @@ class EmbeddingCache:
     def __contains__(self, item) -> bool:
         """`(kind, key) in cache`."""
         kind, key = item
+        if self._release.due():
+            self._release_maps()
         return self._table(kind).position(_raw_key(key)) >= 0
 
     def __len__(self) -> int:
@@ -562,14 +568,26 @@ class EmbeddingCache:
             )
         import torch
 
-        value = torch.from_numpy(self._mapped(shard_id)[row].copy())
+        if self._release.due():
+            self._release_maps()
+        mapped = self._mapped(shard_id)
+        # Read with `os.pread`, not through the map: a mapped read makes the kernel map the page cache's whole folio
+        # around the row (tens of KiB and more), resident in this process until given back.
+        size = mapped.shape[1] * mapped.dtype.itemsize
+        data = os.pread(self._files[shard_id].fileno(), size, self._records[shard_id].offset + row * size)
+        value = torch.from_numpy(np.frombuffer(data, dtype=mapped.dtype).copy())
         return value.view(torch.bfloat16) if self.config["dtype"] == "bfloat16" else value
+
+    def _release_maps(self) -> None:
+        tables = [array for table in self._tables.values() for array in (table.keys, table.shards, table.rows)]
+        release_arrays([*self._maps.values(), *tables])
 
     def _mapped(self, shard_id: int) -> np.ndarray:
         """The (rows, D) memory map of a shard; one not verified by a build yet is checksummed first (once)."""
         mapped = self._maps.get(shard_id)
         if mapped is not None:
             self._maps.move_to_end(shard_id)
+            self._files.move_to_end(shard_id)
             return mapped
         record = self._records[shard_id]
         path = self.cache_dir / record.kind / record.name
@@ -578,8 +596,10 @@ class EmbeddingCache:
             self._verified.add(shard_id)
         mapped = self._maps[shard_id] = _map(path, _SAFETENSORS_DTYPES[self.config["dtype"]][1], record.offset,
                                              (record.rows, self.width(record.kind)))
+        self._files[shard_id] = open(path, "rb")  # the same file as the map (`_row` reads rows from it)
         if len(self._maps) > _OPEN_SHARDS:
             self._maps.popitem(last=False)
+            self._files.pop(next(iter(self._files))).close()
         return mapped
 
     def check_encoder(self, identity: dict, owner: str = "this model", texts: bool = True) -> None:

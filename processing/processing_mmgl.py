@@ -28,6 +28,9 @@ in-memory image, its bytes).
 Options are plain attributes saved in `processor_config.json`; prompt ids are tokenised at first use, so build a
 new processor (or `from_pretrained`) rather than editing the prompts afterwards.
 
+With a bridge (`neighbor_bridge` `"perceiver"` / `"qformer"`) an SA-E or SA-TE example with any real bridged
+neighbour holds `bridge_num_latents` placeholders in all, whatever its neighbour count (placed by `token_layout`).
+
 This file is Hub-loadable: it imports installed packages and same-folder files only, and never modeling code.
 """
 from __future__ import annotations
@@ -53,6 +56,7 @@ from .design_space import (
     DESIGN_DEFAULTS,
     GRAPH_TARGET_FEATURES,
     check_design,
+    check_neighbor_bridge,
     check_text_neighbor_encoder,
     has_image_slots,
     has_text_slots,
@@ -136,6 +140,12 @@ class MMGLProcessor(ProcessorMixin):
             so LPE and GNN can tell which node is the target's child; `"none"` adds nothing.
         context_prompt / section_prompt / summary_prompt (`str`, *optional*): the fixed prompt words,
             `"Context:"`, `"Section:"` and `"Summary:"`.
+        neighbor_bridge (`str`, *optional*, defaults to `"linear"`): the model's `neighbor_bridge`. `"linear"`:
+            placeholders per neighbour as above. `"perceiver"` / `"qformer"`: the model compresses an example's
+            neighbour embeddings into `bridge_num_latents` tokens, so SA-E and SA-TE write that many placeholders
+            (SA-E after the target text; SA-TE after the last section group, since the latents mix every image), and
+            none for an example without any real bridged neighbour.
+        bridge_num_latents (`int`, *optional*, defaults to 32): placeholders of a bridged example.
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -162,13 +172,17 @@ class MMGLProcessor(ProcessorMixin):
         context_prompt: str = "Context:",
         section_prompt: str = "Section:",
         summary_prompt: str = "Summary:",
+        neighbor_bridge: str = DESIGN_DEFAULTS["neighbor_bridge"],
+        bridge_num_latents: int = DESIGN_DEFAULTS["bridge_num_latents"],
         **kwargs,
     ):
         if tokenizer is None:
             raise ValueError("MMGLProcessor needs a tokenizer (the OPT tokenizer of the model)")
         check_design(context, neighbor_encoding)
         check_text_neighbor_encoder(neighbor_encoding, context, text_neighbor_encoder)
+        check_neighbor_bridge(neighbor_bridge, neighbor_encoding, context)
         for name, value, low in (
+            ("bridge_num_latents", bridge_num_latents, 1),
             ("text_neighbor_num_tokens", text_neighbor_num_tokens, 1),
             ("image_neighbor_num_tokens", image_neighbor_num_tokens, 1),
             ("max_text_neighbors", max_text_neighbors, 0),
@@ -208,6 +222,8 @@ class MMGLProcessor(ProcessorMixin):
         self.context_prompt = context_prompt
         self.section_prompt = section_prompt
         self.summary_prompt = summary_prompt
+        self.neighbor_bridge = neighbor_bridge
+        self.bridge_num_latents = bridge_num_latents
         self._state = _RuntimeState()
         super().__init__(image_processor, tokenizer, **kwargs)
         self.neighbor_token_id = int(tokenizer.convert_tokens_to_ids(NEIGHBOR_TOKEN))
@@ -310,6 +326,9 @@ class MMGLProcessor(ProcessorMixin):
                 pairs += [("text_neighbor_encoder", self.text_neighbor_encoder)]
                 if self.text_neighbor_encoder is not None:
                     pairs += [("text_neighbor_max_length", self.text_neighbor_max_length)]
+            pairs.append(("neighbor_bridge", self.neighbor_bridge))
+            if self.neighbor_bridge != "linear":
+                pairs.append(("bridge_num_latents", self.bridge_num_latents))
             if wanted_mode == "self_attention":
                 pairs += [("text_neighbor_num_tokens", self.text_neighbor_num_tokens),
                           ("image_neighbor_num_tokens", self.image_neighbor_num_tokens),
@@ -541,6 +560,11 @@ class MMGLProcessor(ProcessorMixin):
             slot_mask += image_mask
             if self.neighbor_encoding != "ca_e":
                 num_placeholders += self.image_neighbor_num_tokens * sum(image_mask)
+        if self.neighbor_bridge != "linear" and self.neighbor_encoding != "ca_e":
+            # The bridge's latents replace every neighbour's placeholders; no real neighbour, no latents (the model's
+            # rule: it reads rows without any as plain OPT).
+            has_real = (text_slots and len(selection.texts) > 0) or sum(image_mask) > 0
+            num_placeholders = self.bridge_num_latents if has_real else 0
         if text_slots or image_slots:
             # Without text slots (SA-TE) each image slot stands for its section (`graph_projection`).
             example["neighbor_adjacency"] = adjacency = neighbor_adjacency(
@@ -582,7 +606,8 @@ class MMGLProcessor(ProcessorMixin):
             self._prompt_ids(), target, summary, neighbor_texts, num_placeholders, self._placeholders,
             self.max_source_length, self.max_target_length,
             groups=sa_te_groups(graph, section_idx, selection) if sa_te else None, image_mask=image_mask,
-            image_tokens=self.image_neighbor_num_tokens, where=f"page {graph.page_id!r}, section {section_idx}",
+            image_tokens=self.image_neighbor_num_tokens, bridged=self.neighbor_bridge != "linear",
+            where=f"page {graph.page_id!r}, section {section_idx}",
         )
 
     def _placeholders(self, count: int) -> np.ndarray:

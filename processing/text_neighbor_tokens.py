@@ -68,7 +68,19 @@ def clip_text_ids(tokenizer, texts: Sequence[str]) -> torch.LongTensor:
                 break
         ids = ids[: length - 1] + [eot]  # `SimpleTokenizer.__call__`'s truncation: the last id becomes the end token
         result[row, : len(ids)] = torch.tensor(ids)
+    _bound_bpe_memo(tokenizer)
     return result
+
+
+BPE_MEMO_SIZE = 1 << 17
+
+
+def _bound_bpe_memo(tokenizer, size: int = BPE_MEMO_SIZE) -> None:
+    """`SimpleTokenizer.bpe` memoises every distinct word it meets, without a bound: over a full data set's texts
+    (millions of distinct words) that dict would grow with the corpus in every process. Past `size` words it
+    starts again from its special tokens (stored as themselves); the frequent words come back within a few texts."""
+    if len(tokenizer.cache) > size:
+        tokenizer.cache = {word: bpe for word, bpe in tokenizer.cache.items() if word == bpe}
 
 
 def _line_prefixes(text: str, size: int):

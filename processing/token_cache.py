@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .atomic_write import atomic_file
+from .mapped_pages import ReleaseEvery, release_arrays
 from .sorted_digests import find_sorted, unique_order
 
 
@@ -50,8 +51,11 @@ class _IdTable:
     """The ids of many texts in three flat arrays: text `i` has digest `keys[i]` (sorted) and ids
     `ids[offsets[i] : offsets[i + 1]]`. No Python object per text; the arrays may be memory-mapped."""
 
-    def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray):
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray, ids: np.ndarray, handle=None):
         self.keys, self.offsets, self.ids = keys, offsets, ids
+        # The stored file, open: a row's ids are read with `os.pread`, not through the map (a mapped read makes the
+        # kernel map the page cache's whole folio around it, tens of KiB and more, resident until given back).
+        self.handle = handle
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -70,6 +74,10 @@ class _IdTable:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         if not 0 <= start <= end <= len(self.ids):
             return None
+        if self.handle is not None and end > start:
+            size = self.ids.dtype.itemsize
+            data = os.pread(self.handle.fileno(), (end - start) * size, self.ids.offset + start * size)
+            return np.frombuffer(data, dtype=self.ids.dtype).astype(np.int64)
         return np.asarray(self.ids[start:end], dtype=np.int64)
 
 
@@ -185,6 +193,7 @@ def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[s
     for i in range(0, len(new.ids), chunk_tokens):
         piece = new.ids[i : i + chunk_tokens]
         low, high = min(low, int(piece.min())), max(high, int(piece.max()))
+        release_arrays([new.ids])  # the spill's pages just read
     dtype = _narrowest(low, high)
 
     def chunks():
@@ -201,6 +210,7 @@ def _merge(base: _IdTable, new: _IdTable, chunk_tokens: int = 1 << 20) -> dict[s
                 out[np.repeat(offsets[a:b][pick] - offsets[a], runs) + within] = source[
                     np.repeat(starts[a:b][pick], runs) + within]
             yield out
+            release_arrays([base.ids, new.ids])  # the ids this chunk gathered, scattered over both files
             a = b
 
     return {"keys": keys, "offsets": offsets, "ids": _Chunked(dtype, int(offsets[-1]), chunks)}
@@ -266,6 +276,8 @@ class MMGLTokenCache:
         self._stored: dict[str, _IdTable] = {kind: _IdTable.empty() for kind in self.KINDS}
         self._pending: dict[str, dict[bytes, np.ndarray]] = {kind: {} for kind in self.KINDS}
         self._spills: dict[str, _Spill] = {}  # bulk additions on disk until `save` (`spill_to`)
+        # A lookup maps a folio of each of keys, offsets and ids (tens of KiB); give them back every 512 texts.
+        self._release = ReleaseEvery(512)
 
     def __len__(self) -> int:
         return sum(self.count(kind) for kind in self.KINDS)
@@ -276,6 +288,9 @@ class MMGLTokenCache:
         if self.path is None:
             return super().__reduce_ex__(protocol)
         return (_reopen, (self.path, self.identity, self.max_pending, self._pending, self.covers))
+
+    def _release_maps(self) -> None:
+        release_arrays(array for table in self._stored.values() for array in (table.keys, table.offsets, table.ids))
 
     def count(self, kind: str) -> int:
         kind = _kind(kind)
@@ -306,6 +321,8 @@ class MMGLTokenCache:
             return []
         keys = _text_digests(texts)
         pending, stored = self._pending[kind], self._stored[kind]
+        if self._release.due(len(texts)):
+            self._release_maps()
         rows = stored.find(keys).tolist()
         out = []
         for key, row in zip(keys, rows):
@@ -328,6 +345,8 @@ class MMGLTokenCache:
         if not unique:
             return []
         keys = _text_digests(unique)
+        if self._release.due(len(unique)):
+            self._release_maps()
         rows = self._stored[kind].find(keys).tolist()
         pending = self._pending[kind]
         return [t for t, k, r in zip(unique, keys, rows) if r < 0 and k.tobytes() not in pending]
@@ -443,7 +462,8 @@ class MMGLTokenCache:
             )
             if not consistent:
                 raise ValueError(f"token cache {path!r}: the {kind!r} tables are inconsistent (a damaged file)")
-            cache._stored[kind] = _IdTable(keys, offsets, ids)
+            handle = open(path, "rb") if isinstance(ids, np.memmap) else None  # rows are read from it: `_IdTable.row`
+            cache._stored[kind] = _IdTable(keys, offsets, ids, handle)
         return cache
 
 

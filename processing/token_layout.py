@@ -19,6 +19,12 @@ SA-TE (neighbour texts as tokens; each image's placeholders right after its own 
 
     labels: -100 everywhere except " <summary>" </s>
 
+With a bridge (`neighbor_bridge` `"perceiver"` / `"qformer"`) the model compresses all of an example's neighbour
+embeddings into `bridge_num_latents` tokens: SA-E writes `<neighbor> x bridge_num_latents` after the target text,
+SA-TE the same block after its last section group (just before " Summary:", since the latents mix every image),
+and an example without any real bridged neighbour gets none. The input length no longer grows with the neighbour
+count.
+
 For generation the example stops after " Summary:". Truncation (`max_source_length`) cuts texts only, from their
 end, never placeholders or prompts: the target text keeps what the SA-TE neighbour texts leave free and at least
 half of the text budget, the neighbour texts share the rest in slot order; an image's placeholders stay whole even
@@ -120,6 +126,7 @@ def layout_ids(
     groups: Sequence[SectionGroup] | None = None,
     image_mask: Sequence[int] = (),
     image_tokens: int = 0,
+    bridged: bool = False,
     where: str = "",
 ) -> tuple[np.ndarray, int]:
     """`input_ids` of one example as an int64 array, and the source length (tokens before the summary; -1 for
@@ -139,6 +146,8 @@ def layout_ids(
             (placeholders after the target text).
         image_mask (`Sequence[int]`): per image slot, whether it gets placeholders (SA-TE).
         image_tokens (`int`): placeholders per real image (SA-TE).
+        bridged (`bool`): a bridge's latents stand for every neighbour (SA-TE: the `num_placeholders` in one block
+            after the last group, none per image).
         where (`str`): the example (page and section), named in errors.
     """
     # SA-TE: " Context:" opens whatever follows the target's own group (texts or real images).
@@ -172,7 +181,10 @@ def layout_ids(
             if k == 1 and has_context:
                 body.append(prompts["context"])
             body += [neighbor_texts[i] for i in group.texts]
-            body.append(placeholders(image_tokens * sum(image_mask[j] for j in group.images)))
+            if not bridged:
+                body.append(placeholders(image_tokens * sum(image_mask[j] for j in group.images)))
+        if bridged:  # the latents mix every image: one block after all the sections
+            body.append(placeholders(num_placeholders))
     if summary is None:
         return np.concatenate([prompts["bos"], *body, prompts["summary"]]), -1
     summary = summary[: max_target_length - 1]

@@ -26,10 +26,10 @@ Spec keys (all optional but `tables`):
   the module is importable and (if named) `run_summarization.py --help` lists the flag;
 * `tables`: `{"table1": {"title", "fixed": {...}, "grid": {choice: [values]}, "cells": [{...}], "args": {...},
   "tag": str, "metric": column, "floor": {...}, "ceiling": {...}}}`. Design choices are `run_summarization.py`
-  flags without dashes: the paper's axes (`context`, `neighbor_encoding`, `position_encoding`, `tuning`,
-  `cross_attention_gating`) and any other flag of the script (`graph_target_feature`, `alpha_initializer`,
-  `neighbor_bridge`, ...): a cell naming a flag the script does not offer yet is left out, as is one whose
-  `requires_flag` it does not list. A cell may also carry `tag` (a variant such as `"oracle"`: own run
+  flags without dashes: the design axes (`context`, `neighbor_encoding`, `position_encoding`, `tuning`,
+  `cross_attention_gating`, `neighbor_bridge`; `DESIGN_KEYS`, a column each) and any other flag of the script
+  (`graph_target_feature`, `alpha_initializer`, ...): a cell naming such a flag that the script does not offer yet
+  is left out, as is one whose `requires_flag` it does not list (the neighbour bridge cells carry one). A cell may also carry `tag` (a variant such as `"oracle"`: own run
   folders, shown in a `variant` column) and `args` (its own arguments, e.g. the oracle's data). A table's
   `tag` names runs whose `args` differ from the shared ones, so they never share a folder with other tables.
   `metric` is the column the table is judged on (e.g. a planted fact's `facts_right_child_section`; default
@@ -66,12 +66,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from processing.design_space import DESIGN_DEFAULTS as DESIGN
+from processing.design_space import DESIGN_DEFAULTS as DESIGN, NEIGHBOR_BRIDGES
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES_DIR = Path(__file__).resolve().parent
 SCRIPT = "run_summarization.py"
-DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "cross_attention_gating")
+DESIGN_KEYS = ("context", "neighbor_encoding", "position_encoding", "tuning", "cross_attention_gating", "neighbor_bridge")
 # run_summarization.py's defaults, as the command-line values a cell compares with (booleans as "true" / "false").
 DESIGN_DEFAULTS = {key: str(value).lower() if isinstance(value, bool) else value
                    for key, value in DESIGN.items() if key in DESIGN_KEYS}
@@ -84,8 +84,8 @@ LOG_FILE = "run.log"
 ERROR_TAIL_LINES = 15
 CSV_COLUMNS = (
     "run_id", "tables", "status", *DESIGN_KEYS, "extra design...", "tag", "variant", "seed", "metrics...",
-    "trainable_params", "total_params", "trainable_share", "mean_input_tokens", "train_step_time_s", "gate_cross_attn",
-    "gate_dense", "peak_memory_mb", "wall_s", "returncode", "error", "run_dir",
+    "trainable_params", "total_params", "trainable_share", "mean_input_tokens", "mean_neighbor_tokens",
+    "train_step_time_s", "gate_cross_attn", "gate_dense", "peak_memory_mb", "wall_s", "returncode", "error", "run_dir",
 )
 
 
@@ -253,6 +253,8 @@ def _run_id(explicit: dict, tag: str, seed: int) -> str:
              f"tune-{design['tuning']}"]
     if str(design["cross_attention_gating"]).lower() == "false":
         parts.append("ungated")
+    if design["neighbor_bridge"] != "linear":
+        parts.append(f"bridge-{design['neighbor_bridge']}")
     parts += [f"{k}-{v}" for k, v in _extra_design(explicit).items()]
     if tag:
         parts.append(tag)
@@ -475,6 +477,9 @@ def collect_row(run: Run, metrics: Sequence[str], fact_scoring: dict | None = No
         if seen and steps and batch:
             tokens = seen / (steps * batch * accumulation * status.get("world_size", 1))
     row["mean_input_tokens"] = round(tokens, 1) if tokens else ""
+    # The LM token vectors the neighbours become (placeholders, or cross-attention keys): constant with a bridge.
+    neighbor_tokens = _find_key(report, ("mean_neighbor_tokens",))
+    row["mean_neighbor_tokens"] = round(neighbor_tokens, 1) if neighbor_tokens is not None else ""
     history = state.get("log_history") or [{}]
     final = next((e for e in reversed(history) if "train_runtime" in e), {})
     steps_per_s = train.get("train_steps_per_second") or final.get("train_steps_per_second")
@@ -566,16 +571,21 @@ def compare(a: Interval, b: Interval) -> str:
     return "overlap"
 
 
+def _cell(row: dict, keys: Sequence[str]) -> tuple:
+    """A row's values of `keys`; a design key the row lacks (rows written before it existed) has its default, any
+    other key reads as `""`."""
+    return tuple(row.get(k, DESIGN_DEFAULTS.get(k, "")) for k in keys)
+
+
 def cell_stats(rows: list[dict], keys: Sequence[str], column: str) -> dict[tuple, Interval]:
-    """`{cell: Interval}` of `column` over the finished rows, a cell being the values of `keys` (a key a row lacks
-    reads as `""`)."""
+    """`{cell: Interval}` of `column` over the finished rows, a cell being the values of `keys` (`_cell`)."""
     values: dict[tuple, list[float]] = {}
     for row in rows:
         if row.get("status") != "finished":
             continue
         v = _number(row.get(column))
         if v is not None:
-            values.setdefault(tuple(row.get(k, "") for k in keys), []).append(v)
+            values.setdefault(_cell(row, keys), []).append(v)
     return {cell: interval(v) for cell, v in values.items()}
 
 
@@ -601,9 +611,11 @@ def _show(value: Interval) -> str:
 
 
 def _plain(rows: list[dict]) -> list[dict]:
-    """The rows of the plain cells: no variant (oracle) and no design choice beyond `DESIGN_KEYS`."""
+    """The rows of the paper's cells: no variant (oracle), no neighbour bridge and no design choice beyond
+    `DESIGN_KEYS`."""
     extra = _extra_keys(rows)
-    return [r for r in rows if not r.get("variant") and not any(r.get(k) not in (None, "") for k in extra)]
+    return [r for r in rows if not r.get("variant") and _cell(r, ("neighbor_bridge",)) == (DESIGN["neighbor_bridge"],)
+            and not any(r.get(k) not in (None, "") for k in extra)]
 
 
 def _extra_keys(rows: list[dict]) -> list[str]:
@@ -625,7 +637,7 @@ def finding_context(rows: list[dict], metric: str) -> Finding:
 def finding_encoding(rows: list[dict], metric: str) -> Finding:
     """Finding 2: SA-TE performs best but needs the longest inputs (Table 2). SA-TE above SA-E and above gated CA-E,
     each encoding's score per seed averaged over the contexts all three have, `section_only` left out (there the
-    three encodings are the same model); ungated CA-E and other variants are shown but not judged."""
+    three encodings are the same model); ungated CA-E, bridged cells and other variants are shown but not judged."""
     rows = [r for r in _plain(rows) if str(r.get("cross_attention_gating", "true")).lower() != "false"
             and r.get("context") != "section_only"]
     encodings = ("sa_te", "sa_e", "ca_e")
@@ -712,8 +724,9 @@ FINDINGS = {  # table -> (the paper's finding, its direction, the check)
 }
 TABLE_COLUMNS = {  # design columns shown per table, then metrics, then the table's cost columns
     "table1": (("context",), ()),
-    "table2": (("neighbor_encoding", "cross_attention_gating", "context"),
-               ("mean_input_tokens", "train_step_time_s", "gate_cross_attn", "gate_dense")),
+    "table2": (("neighbor_encoding", "neighbor_bridge", "cross_attention_gating", "context"),
+               ("mean_input_tokens", "mean_neighbor_tokens", "train_step_time_s", "peak_memory_mb", "gate_cross_attn",
+                "gate_dense")),
     "table3": (("position_encoding",), ("mean_input_tokens", "train_step_time_s")),
     "table4": (("neighbor_encoding", "tuning", "context"), ("trainable_params", "trainable_share")),
 }
@@ -788,15 +801,16 @@ def table_markdown(name: str, rows: list[dict], metrics: Sequence[str], primary:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = []
     for row in rows:
-        cell = tuple(row.get(k, "") for k in keys)
+        cell = _cell(row, keys)
         if cell not in cells:
             cells.append(cell)
     columns = {c: cell_stats(rows, keys, c) for c in (*shown, *costs)}
     for cell in cells:
         n = max((columns[m].get(cell, Interval(0, 0, 0)).n for m in shown), default=0)
-        failed = sum(1 for r in rows if tuple(r.get(k, "") for k in keys) == cell and r.get("status") != "finished")
+        failed = sum(1 for r in rows if _cell(r, keys) == cell and r.get("status") != "finished")
         values = [_fmt(columns[m].get(cell)) for m in shown]
-        values += [_fmt(columns[c].get(cell), 1 if c == "mean_input_tokens" else 4) for c in costs]
+        values += [_fmt(columns[c].get(cell), 1 if c in ("mean_input_tokens", "mean_neighbor_tokens") else 4)
+                   for c in costs]
         seeds = f"{n}" + (f" (+{failed} not finished)" if failed else "")
         lines.append("| " + " | ".join([*map(str, cell), *values, seeds]) + " |")
     floor, ceiling = floor_and_ceiling(name, table, rows, metric)
@@ -840,17 +854,21 @@ def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence
     path.write_text("\n".join(lines))
 
 
+# Switches whose default a plot label leaves out (the other axes' values are always shown).
+LABEL_SKIPS_DEFAULT = ("cross_attention_gating", "neighbor_bridge", "graph_target_feature", "alpha_initializer")
+
+
 def _label(keys: Sequence[str], cell: tuple) -> str:
-    """A cell's axis label: its values, defaults left out, one per line."""
-    parts = [str(v) for k, v in zip(keys, cell) if v not in ("", "true", None)
-             and not (k == "graph_target_feature" and v == DESIGN["graph_target_feature"])]
+    """A cell's axis label: its values, the switches' defaults left out, one per line."""
+    parts = [str(v) for k, v in zip(keys, cell) if v not in ("", None)
+             and not (k in LABEL_SKIPS_DEFAULT and str(v).lower() == str(DESIGN[k]).lower())]
     return "\n".join(parts) or "default"
 
 
 def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) -> list[str]:
     """`tables.png`: one panel per table, each cell's judged metric as a horizontal bar with its 95% interval and
-    value, the axis zoomed to the data, floor and ceiling drawn; `table2_tradeoff.png`: input tokens vs that
-    metric per encoding and context. Returns the written paths."""
+    value, the axis zoomed to the data, floor and ceiling drawn; `table2_tradeoff.png`: LM input tokens vs
+    that metric per encoding, bridge and context. Returns the written paths."""
     import textwrap
 
     import matplotlib
@@ -909,25 +927,25 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     table2 = [r for r in rows if "table2" in str(r.get("tables", "")).split(";")]
     metric = table_metric(spec["tables"].get("table2", {}), table2, primary)
-    keys = ("neighbor_encoding", "cross_attention_gating", "context")
+    keys = ("neighbor_encoding", "neighbor_bridge", "cross_attention_gating", "context")
     quality, length = cell_stats(table2, keys, metric), cell_stats(table2, keys, "mean_input_tokens")
     markers = {"sa_te": "o", "sa_e": "s", "ca_e": "^"}
-    for encoding in markers:
-        for gating in ("true", "false"):
-            cells = [c for c in quality if c[0] == encoding and str(c[1]).lower() == gating and c in length]
-            if not cells:
-                continue
-            label = encoding + (" (ungated)" if gating == "false" else "")
-            halves = [quality[c].half if math.isfinite(quality[c].half) else 0.0 for c in cells]
-            axis.errorbar([length[c].mean for c in cells], [quality[c].mean for c in cells], yerr=halves,
-                          fmt=markers[encoding], label=label, capsize=3,
-                          markerfacecolor="none" if gating == "false" else None)
-            for c in cells:
-                axis.annotate(c[2], (length[c].mean, quality[c].mean), fontsize=8, xytext=(4, 4),
-                              textcoords="offset points")
+    for encoding, bridge, gating in itertools.product(markers, NEIGHBOR_BRIDGES, ("true", "false")):
+        cells = [c for c in quality if c[:2] == (encoding, bridge) and str(c[2]).lower() == gating and c in length]
+        if not cells:
+            continue
+        label = (encoding + (f" + {bridge}" if bridge != DESIGN["neighbor_bridge"] else "")
+                 + (" (ungated)" if gating == "false" else ""))
+        halves = [quality[c].half if math.isfinite(quality[c].half) else 0.0 for c in cells]
+        axis.errorbar([length[c].mean for c in cells], [quality[c].mean for c in cells], yerr=halves,
+                      fmt=markers[encoding], label=label, capsize=3,
+                      markerfacecolor="none" if gating == "false" else None)
+        for c in cells:
+            axis.annotate(c[3], (length[c].mean, quality[c].mean), fontsize=8, xytext=(4, 4),
+                          textcoords="offset points")
     if not length:
         axis.text(0.5, 0.5, "no input lengths recorded", ha="center", transform=axis.transAxes)
-    axis.set(xlabel="mean input tokens per example", ylabel=_short(metric),
+    axis.set(xlabel="mean LM input tokens per example", ylabel=_short(metric),
              title="Table 2: input length vs " + _short(metric))
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8)

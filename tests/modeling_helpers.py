@@ -59,18 +59,20 @@ def tiny_model(mode="self_attention", position_encoding="none", seed=0, open_gat
     return model
 
 
-def neighbor_batch(config: MMGLConfig, seed=0, prefix_len=3, suffix_len=6):
+def neighbor_batch(config: MMGLConfig, seed=0, prefix_len=3, suffix_len=6, text_neighbors=True):
     """Two rows: left-padded prompt, placeholders (self-attention mode) after a prefix, then text.
 
     Row 0 has text neighbours 0 and 1 and image 0; row 1 has text neighbour 0 and images 0 and 1. Slot 2 of the
-    text neighbours is padding in both rows.
+    text neighbours is padding in both rows. `text_neighbors=False`: images only (SA-TE: texts are LM tokens).
     """
     generator = torch.Generator().manual_seed(seed)
-    text_mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    text_mask = torch.tensor([[1, 1, 0], [1, 0, 0]]) if text_neighbors else torch.zeros(2, 0, dtype=torch.long)
     image_mask = torch.tensor([[1, 0], [1, 1]])
     num_placeholders = (
         config.text_neighbor_num_tokens * text_mask.sum(1) + config.image_neighbor_num_tokens * image_mask.sum(1)
     )
+    if config.neighbor_bridge != "linear":  # a bridge's latents, in every row with a real neighbour
+        num_placeholders = config.bridge_num_latents * (text_mask.sum(1) + image_mask.sum(1) > 0).long()
     if config.neighbor_mode != "self_attention":
         num_placeholders = torch.zeros_like(num_placeholders)
     lengths = prefix_len + num_placeholders + suffix_len
@@ -90,16 +92,20 @@ def neighbor_batch(config: MMGLConfig, seed=0, prefix_len=3, suffix_len=6):
     adjacency = torch.zeros(2, 5, 5)
     for a, b in [(0, 1), (0, 3), (1, 3), (3, 4)]:
         adjacency[:, a, b] = adjacency[:, b, a] = 1
+    if not text_neighbors:
+        adjacency = adjacency[:, 3:, 3:]
     adjacency = adjacency * torch.cat([text_mask, image_mask], 1)[:, :, None] * torch.cat([text_mask, image_mask], 1)[:, None, :]
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "text_neighbor_embeds": torch.randn(2, 3, config.text_neighbor_embed_dim, generator=generator),
+        "text_neighbor_embeds": torch.randn(2, text_mask.shape[1], config.text_neighbor_embed_dim, generator=generator),
         "text_neighbor_mask": text_mask,
         "image_neighbor_embeds": torch.randn(2, 2, config.image_neighbor_embed_dim, generator=generator),
         "image_neighbor_mask": image_mask,
         "neighbor_adjacency": adjacency,
     }
+    if not text_neighbors:
+        del batch["text_neighbor_embeds"], batch["text_neighbor_mask"]
     if config.position_encoding == "laplacian":  # as the processor gives them: once per example, real slots only
         slot_mask = torch.cat([text_mask, image_mask], 1)
         batch["neighbor_laplacian_eigenvectors"] = torch.stack(

@@ -20,6 +20,10 @@ def test_model_config_validates_the_design_module_choices():
     assert configuration_mmgl.GNN_TYPES == design_space.GNN_TYPES
     assert configuration_mmgl.ALPHA_INITIALIZERS == design_space.ALPHA_INITIALIZERS
     assert configuration_mmgl.GRAPH_TARGET_FEATURES == design_space.GRAPH_TARGET_FEATURES
+    assert configuration_mmgl.NEIGHBOR_BRIDGES == design_space.NEIGHBOR_BRIDGES
+    config = configuration_mmgl.MMGLConfig()  # the bridge's model-side defaults are the design module's
+    for key in ("neighbor_bridge", "bridge_num_latents", "bridge_num_layers"):
+        assert getattr(config, key) == DESIGN_DEFAULTS[key], key
     assert set(design_space.NEIGHBOR_MODE_OF_ENCODING.values()) | {"none"} == set(configuration_mmgl.NEIGHBOR_MODES)
     assert tuning.TUNINGS is design_space.TUNINGS and tuning.PEFT_TUNINGS is design_space.PEFT_TUNINGS
 
@@ -29,7 +33,8 @@ def test_script_processor_and_study_take_the_design_defaults():
     assert {key: fields[key] for key in DESIGN_DEFAULTS} == DESIGN_DEFAULTS
     parameters = inspect.signature(MMGLProcessor.__init__).parameters
     for key in ("context", "neighbor_encoding", "text_neighbor_num_tokens", "image_neighbor_num_tokens",
-                "max_text_neighbors", "max_image_neighbors", "graph_target_feature"):
+                "max_text_neighbors", "max_image_neighbors", "neighbor_bridge", "bridge_num_latents",
+                "graph_target_feature"):
         assert parameters[key].default == DESIGN_DEFAULTS[key], key
     config = configuration_mmgl.MMGLConfig()  # the model's defaults of the axes it owns
     for key in ("alpha_initializer", "alphas_initializer_range", "graph_target_feature", "lpe_k", "gnn_type",

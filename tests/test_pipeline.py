@@ -263,7 +263,8 @@ def test_hub_folder_is_flat_and_complete(hub):
     folder = hub["folder"]
     # Exactly the files inference imports (the import graph of the entry points); no data tool is shipped.
     code = shipped_files()
-    assert {"processing_mmgl.py", "page_graph.py", "errors.py", "wikiweb2m_schema.py", "virtual_tokens.py"} <= code
+    assert {"processing_mmgl.py", "page_graph.py", "errors.py", "wikiweb2m_schema.py", "virtual_tokens.py",
+            "neighbor_bridge.py"} <= code
     assert {name for name in hub["files"] if name.endswith(".py")} == code
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json"} <= set(
         hub["files"]

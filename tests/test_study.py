@@ -37,7 +37,9 @@ def micro_spec(data_dir: Path) -> dict:
             "table1": {"fixed": {"neighbor_encoding": "sa_te"}, "grid": {"context": ["section_only", "all"]}},
             "table2": {"fixed": {"context": "all"}, "grid": {"neighbor_encoding": ["sa_te", "sa_e"]},
                        "cells": [{"neighbor_encoding": "ca_e", "cross_attention_gating": "false",
-                                  "requires_flag": "--no_such_flag_anywhere"}]},
+                                  "requires_flag": "--no_such_flag_anywhere"},
+                                 {"neighbor_encoding": "sa_e", "neighbor_bridge": "perceiver",
+                                  "requires_flag": "--neighbor_bridge"}]},
             "table3": {"fixed": {"context": "all", "neighbor_encoding": "sa_e"},
                        "grid": {"position_encoding": ["none", "gnn"]}},
             # flamingo needs CA-E: run_summarization.py refuses this cell at once (the deliberate failure)
@@ -72,8 +74,12 @@ def test_commands_and_dry_run(study, capsys):
     capsys.readouterr()
     assert run_study.main([str(spec_path), "--output_dir", str(out / "dry"), "--dry_run", "--seeds", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "run_summarization.py" in line]
-    # 2 + 1 new + 1 new + 2 new: shared cells (sa_te/all, sa_e/all) run once; the flag-gated cell is left out
-    assert len(lines) == 6
+    # 2 + 2 new + 1 new + 2 new: shared cells (sa_te/all, sa_e/all) run once; the cell gated on a flag the script
+    # lacks is left out, the bridge cell (its flag exists) is in
+    assert len(lines) == 7
+    bridged = next(line for line in lines if "--neighbor_bridge" in line)
+    assert "--neighbor_encoding sa_e --neighbor_bridge perceiver" in bridged
+    assert "sa_e_all_pe-none_tune-full_bridge-perceiver_seed0" in bridged
     assert not (out / "dry" / "runs").exists()  # nothing ran
     assert all("--no_such_flag_anywhere" not in line and "--never" not in line for line in lines)
     gnn = next(line for line in lines if "--position_encoding gnn" in line)
@@ -104,12 +110,12 @@ def test_micro_study_runs_records_failure_and_aggregates(study):
     _, out, code = study
     assert code == 1  # one run failed on purpose
     rows = _rows(out)
-    assert len(rows) == 6
+    assert len(rows) == 7
     by_id = {r["run_id"]: r for r in rows}
     failed = by_id["sa_e_all_pe-none_tune-flamingo_t4_seed0"]
     assert failed["status"] == "failed" and "flamingo" in failed["error"] and failed["returncode"] not in ("", "0")
     finished = [r for r in rows if r["status"] == "finished"]
-    assert len(finished) == 5
+    assert len(finished) == 6
     for r in finished:
         assert 0.0 <= float(r["predict_rougeL"]) <= 1.0
         assert int(r["trainable_params"]) <= int(r["total_params"])
@@ -122,7 +128,14 @@ def test_micro_study_runs_records_failure_and_aggregates(study):
     # SA-TE reads neighbour texts as tokens: longer inputs than section_only
     assert float(by_id["sa_te_all_pe-none_tune-full_seed0"]["mean_input_tokens"]) > float(
         by_id["sa_te_section_only_pe-none_tune-full_seed0"]["mean_input_tokens"])
+    # The bridge: every example's neighbours become its 32 latents (the default), fewer input tokens than linear SA-E.
+    bridged, linear = by_id["sa_e_all_pe-none_tune-full_bridge-perceiver_seed0"], by_id["sa_e_all_pe-none_tune-full_seed0"]
+    assert bridged["neighbor_bridge"] == "perceiver" and linear["neighbor_bridge"] == "linear"
+    assert float(bridged["mean_neighbor_tokens"]) == 32.0 and float(linear["mean_neighbor_tokens"]) > 32.0
+    assert float(bridged["mean_input_tokens"]) < float(linear["mean_input_tokens"])
+    assert float(bridged["train_step_time_s"]) > 0 and float(bridged["peak_memory_mb"]) > 0
     md = (out / "RESULTS.md").read_text()
+    assert "| sa_e | perceiver | true | all |" in md and "| sa_e | linear | true | all |" in md
     for table in ("table1", "table2", "table3", "table4"):
         assert f"## {table}" in md
     assert md.count("**Paper's finding:**") == 4
@@ -203,10 +216,13 @@ def test_encoding_verdict_leaves_out_section_only_and_variants():
     assert finding.verdict == "does not hold" and "longest: `sa_te`" in finding.reason
     # an ungated CA-E cell and a bridge cell are shown, never judged
     extra = (_seeds((0.99, 0.99, 0.99), neighbor_encoding="ca_e", context="all", cross_attention_gating="false")
-             + _seeds((0.99, 0.99, 0.99), neighbor_encoding="sa_e", context="all", neighbor_bridge="qformer",
-                      extra_design="neighbor_bridge"))
+             + _seeds((0.99, 0.99, 0.99), neighbor_encoding="sa_e", context="all", neighbor_bridge="qformer"))
     assert run_study.finding_encoding(rows(SEPARATED_HIGH, SEPARATED_LOW, SEPARATED_LOW) + extra,
                                       "facts_right").verdict == "holds"
+    # Rows written before the bridge existed read as `linear`.
+    stats = run_study.cell_stats(rows(SEPARATED_HIGH, SEPARATED_LOW, SEPARATED_LOW),
+                                 ("neighbor_encoding", "neighbor_bridge", "context"), "facts_right")
+    assert stats[("sa_e", "linear", "all")].mean == pytest.approx(0.30)
 
 
 def test_position_verdict_counts_lpe_and_gnn_as_graph_encodings():
@@ -272,25 +288,32 @@ def test_table_markdown_judges_the_tables_metric_with_floor_and_ceiling():
 
 def test_bridge_cells_are_picked_up_once_the_script_offers_the_flag(tmp_path):
     spec = {"tables": {"table2": {"fixed": {"context": "all"}, "grid": {"neighbor_encoding": ["sa_e"]},
-                                  "cells": [{"neighbor_encoding": "sa_e", "neighbor_bridge": "qformer"},
+                                  "cells": [{"neighbor_encoding": "sa_e", "neighbor_bridge": "qformer",
+                                             "requires_flag": "--neighbor_bridge"},
+                                            {"neighbor_encoding": "ca_e", "alpha_initializer": "ones"},
                                             {"neighbor_encoding": "sa_e", "tag": "oracle",
                                              "args": {"--train_files": "oracle.tfrecord"}}]}},
             "shared_args": {"--train_files": "plain.tfrecord"}}
     variables = {"output_dir": str(tmp_path)}
     without = run_study.build_runs(spec, variables, seeds=1, flags={"--context"})
     assert [r.run_id for r in without] == ["sa_e_all_pe-none_tune-full_seed0", "sa_e_all_pe-none_tune-full_oracle_seed0"]
-    runs = run_study.build_runs(spec, variables, seeds=2, flags={"--neighbor_bridge"})
+    runs = run_study.build_runs(spec, variables, seeds=2, flags={"--neighbor_bridge", "--alpha_initializer"})
     ids = [r.run_id for r in runs]
-    assert "sa_e_all_pe-none_tune-full_neighbor_bridge-qformer_seed1" in ids and len(ids) == 6
-    bridge = next(r for r in runs if r.extra)
-    assert bridge.args[bridge.args.index("--neighbor_bridge") + 1] == "qformer"
+    assert "sa_e_all_pe-none_tune-full_bridge-qformer_seed1" in ids and len(ids) == 8
+    assert "ca_e_all_pe-none_tune-full_alpha_initializer-ones_seed0" in ids
+    bridge = next(r for r in runs if r.design["neighbor_bridge"] == "qformer")
+    assert bridge.args[bridge.args.index("--neighbor_bridge") + 1] == "qformer" and not bridge.extra
     oracle = next(r for r in runs if r.variant == "oracle")
     assert oracle.args[oracle.args.index("--train_files") + 1] == "oracle.tfrecord"
     assert runs[0].args[runs[0].args.index("--train_files") + 1] == "plain.tfrecord"
     row = run_study.collect_row(bridge, ["predict_rougeL"])
-    assert row["neighbor_bridge"] == "qformer" and row["extra_design"] == "neighbor_bridge"
-    assert run_study.table_keys("table2", [row]) == ("neighbor_encoding", "cross_attention_gating", "context",
-                                                     "neighbor_bridge")
+    assert row["neighbor_bridge"] == "qformer" and row["extra_design"] == ""
+    assert run_study.table_keys("table2", [row]) == ("neighbor_encoding", "neighbor_bridge", "cross_attention_gating",
+                                                     "context")
+    gates = next(r for r in runs if r.extra)
+    row = run_study.collect_row(gates, ["predict_rougeL"])
+    assert row["alpha_initializer"] == "ones" and row["extra_design"] == "alpha_initializer"
+    assert run_study.table_keys("table2", [row])[-1] == "alpha_initializer"
     with pytest.raises(ValueError, match="are not design choices"):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"tables": {"t": {"cells": [{"Neighbor-Bridge": "x"}]}}}))

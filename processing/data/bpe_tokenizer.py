@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from processing.mapped_pages import ReleaseEvery, release_mapped_files, track_table
+
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as in OPT's vocabulary
 
 
@@ -31,8 +33,13 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, show_progress: bo
 
 
 def wikiweb2m_texts(pages) -> Iterable[str]:
-    """Every text of WikiWeb2M rows a model reads: titles, descriptions, section texts and image captions."""
+    """Every text of WikiWeb2M rows a model reads: titles, descriptions, section texts and image captions (a
+    memory-mapped table's pages are given back as it goes: `processing.mapped_pages`)."""
+    track_table(pages)
+    release = ReleaseEvery()
     for row in pages:
+        if release.due():
+            release_mapped_files()
         yield row["page_title"] + "\n" + row["clean_page_description"]
         yield from row["section_title"]
         yield from row["section_text"]

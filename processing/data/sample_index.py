@@ -4,11 +4,14 @@ demand (LRU). Build-time only (training, data reports, cache builders): a Hub fo
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from processing.data.sample_list import SampleList
 from processing.data.wikiweb2m import summarization_samples
+from processing.mapped_pages import ReleaseEvery, release_mapped_files, release_ranges, table_maps, track_table
 from processing.page_graph import PageGraph
 
 
@@ -17,12 +20,14 @@ class PageGraphIndex:
 
     `index[i]` gives `(graph, section_idx)` for sample `i`: a constant-time row fetch from
     the table (a `datasets.Dataset` reads one Arrow row; a list indexes) and a memoised graph
-    build, never a scan. `index.position(page_idx, section_idx)` is the reverse dict lookup.
+    build, never a scan. `index.position(page_idx, section_idx)` is the reverse lookup (a binary search over the
+    `SampleList`: no Python object per sample).
 
     Args:
         pages (`datasets.Dataset`, or a list of WikiWeb2M rows, page dicts or `PageGraph`s).
-        samples (`list[tuple[int, int]]`, *optional*): `(page_idx, section_idx)` pairs; by default
-            `processing.data.wikiweb2m.summarization_samples` (every section flagged as a summarization sample).
+        samples (`SampleList` or an iterable of `tuple[int, int]`, *optional*): `(page_idx, section_idx)` pairs;
+            by default `processing.data.wikiweb2m.summarization_samples` (every section flagged as a summarization
+            sample).
         split (`str`, *optional*): with the default samples, keep only pages of this split.
         graph_cache_size (`int`, *optional*, defaults to 1024): how many page graphs to keep (LRU); `None`
             keeps all, 0 keeps none. Small by default: a miss rebuilds a graph from its row in ~1 ms, and a
@@ -39,14 +44,17 @@ class PageGraphIndex:
         self.pages = pages
         self.graph_cache_size = graph_cache_size
         self._graphs: OrderedDict[int, PageGraph] = OrderedDict()
-        if samples is None:
-            samples = summarization_samples(pages, split)
-        self.samples: list[tuple[int, int]] = [(int(p), int(s)) for p, s in samples]
-        self._position: dict[tuple[int, int], int] = {}
-        for i, key in enumerate(self.samples):
-            if key in self._position:
-                raise ValueError(f"sample (page {key[0]}, section {key[1]}) listed twice (positions {self._position[key]}, {i})")
-            self._position[key] = i
+        # Rows read from a memory-mapped Arrow table leave its pages resident: `_read` gives the table's maps back
+        # after every row, and every 256 rows any other map of its files (`processing.mapped_pages`).
+        track_table(pages)
+        self._release = ReleaseEvery(256)
+        self._maps: tuple[int, list] | None = None  # (process id, its maps of the Arrow table): `_read`
+        self.samples = SampleList.from_pairs(summarization_samples(pages, split) if samples is None else samples)
+        duplicate = self.samples.first_duplicate()
+        if duplicate is not None:
+            page, section = self.samples[duplicate[0]]
+            raise ValueError(f"sample (page {page}, section {section}) listed twice (positions {duplicate[0]}, "
+                             f"{duplicate[1]})")
 
     def _remember(self, page_idx: int, graph: PageGraph) -> PageGraph:
         if self.graph_cache_size != 0:
@@ -64,8 +72,14 @@ class PageGraphIndex:
         return self.graph(page_idx), section_idx
 
     def __iter__(self) -> Iterator[tuple[PageGraph, int]]:
-        for i in range(len(self.samples)):
-            yield self[i]
+        """Every sample in order: a pass over the data set (a cache build, neighbour-input collection). A page's
+        samples are consecutive, so its graph is built once and not remembered: the pass leaves the LRU that
+        training draws from as it was, instead of filling it with the last pages of the table."""
+        current, graph = -1, None
+        for page_idx, section_idx in self.samples:
+            if page_idx != current:
+                current, graph = page_idx, self._passing(page_idx)
+            yield graph, section_idx
 
     def sample(self, i: int) -> tuple[int, int]:
         """`(page_idx, section_idx)` of sample `i`."""
@@ -73,13 +87,13 @@ class PageGraphIndex:
 
     def position(self, page_idx: int, section_idx: int) -> int:
         """Sample number of `(page_idx, section_idx)`; `KeyError` if it is not a sample."""
-        try:
-            return self._position[(page_idx, section_idx)]
-        except KeyError:
-            raise KeyError(f"(page {page_idx}, section {section_idx}) is not a sample of this index") from None
+        position = self.samples.position(page_idx, section_idx)
+        if position < 0:
+            raise KeyError(f"(page {page_idx}, section {section_idx}) is not a sample of this index")
+        return position
 
     def __contains__(self, key: tuple[int, int]) -> bool:
-        return key in self._position
+        return self.samples.position(*key) >= 0
 
     def graph(self, page_idx: int) -> PageGraph:
         """The page graph of row `page_idx` (one O(1) row fetch, then memoised)."""
@@ -87,16 +101,33 @@ class PageGraphIndex:
         if graph is not None:
             self._graphs.move_to_end(page_idx)
             return graph
-        return self._remember(page_idx, PageGraph.coerce(self.pages[page_idx]))
+        return self._remember(page_idx, self._read(page_idx))
+
+    def _read(self, page_idx: int) -> PageGraph:
+        if self._release.due():
+            release_mapped_files()
+        graph = PageGraph.coerce(self.pages[page_idx])
+        # A row maps the page cache's folios around each of its columns (tens of KiB to MiBs): a DataLoader worker
+        # reading a few rows of a large table would keep much of it resident. Its maps, found once per process, are
+        # given back after every row: one system call.
+        if self._maps is None or self._maps[0] != os.getpid():
+            self._maps = (os.getpid(), table_maps(self.pages))
+        release_ranges(self._maps[1])
+        return graph
+
+    def _passing(self, page_idx: int) -> PageGraph:
+        """The graph of a page met in a pass: the remembered one, else built and not remembered."""
+        graph = self._graphs.get(page_idx)
+        return graph if graph is not None else self._read(page_idx)
 
     def page_indices(self) -> list[int]:
         """The distinct pages that hold samples, in order."""
-        return sorted({p for p, _ in self.samples})
+        return self.samples.page_indices().tolist()
 
     def graphs(self) -> Iterator[PageGraph]:
-        """The graphs of `page_indices` (e.g. to build a token cache over exactly these pages)."""
-        for page_idx in self.page_indices():
-            yield self.graph(page_idx)
+        """The graphs of `page_indices` (e.g. to build a token cache over exactly these pages), not remembered."""
+        for page_idx in self.samples.page_indices():
+            yield self._passing(int(page_idx))
 
 
 __all__ = ["PageGraphIndex"]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from processing.data.sample_index import PageGraphIndex
+from processing.mapped_pages import ReleaseEvery, release_mapped_files, track_table
 from processing.page_graph import PageGraph
 from processing.token_cache import MMGLTokenCache
 
@@ -104,7 +105,9 @@ def build_token_cache(
     if isinstance(pages, PageGraphIndex):
         graphs = pages.graphs()
     else:
+        track_table(pages)  # a memory-mapped Arrow table: its pages are given back every 256 rows
         graphs = (PageGraph.coerce(page) for page in pages)
+    release = ReleaseEvery(256)
     # Block by block of pages: the texts of one block are in memory at a time, and their ids go to the store
     # (to its spill files on disk when `spill_to` was called), so memory does not grow with the table.
     wanted: dict[str, dict[str, None]] = {"lm": {}, "neighbor_text": {}}
@@ -131,6 +134,8 @@ def build_token_cache(
                         wanted["lm"][node.text] = None
                     if neighbor_input_ids:
                         wanted["neighbor_text"][node.text] = None
+            if release.due():
+                release_mapped_files()
             in_block += 1
             if in_block == block_pages:
                 tokenize_block(map_chunks)

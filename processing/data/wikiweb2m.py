@@ -62,6 +62,7 @@ from processing.wikiweb2m_schema import (
 
 from processing.atomic_write import recover_folder, replace_folder, staging_folder
 
+from .sample_list import SampleList
 from .tfrecord_io import PathLike, TFRecordCorruptError, TFRecordReader
 
 if TYPE_CHECKING:  # loaded by `_example_pb2`, without the tfrecord package's torch import
@@ -703,8 +704,9 @@ def study_split(num_pages: int) -> dict[str, range]:
     }
 
 
-def summarization_samples(pages, split: str | None = None, use_study_split: bool = False) -> list[tuple[int, int]]:
-    """Section summarization samples as `(page row index, section index)` pairs, in page order.
+def summarization_samples(pages, split: str | None = None, use_study_split: bool = False) -> SampleList:
+    """Section summarization samples as `(page row index, section index)` pairs, in page order (a `SampleList`:
+    two integer arrays, no Python object per sample).
 
     A section is a sample when its `is_section_summarization_sample` flag is 1. The one selection rule: the
     sample index (`processing.data.sample_index.PageGraphIndex`) takes its default samples from here.
@@ -718,7 +720,7 @@ def summarization_samples(pages, split: str | None = None, use_study_split: bool
             `len(pages)`.
 
     Returns:
-        `list[tuple[int, int]]`
+        `SampleList` (a sequence of `(int, int)` tuples)
     """
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -731,16 +733,18 @@ def summarization_samples(pages, split: str | None = None, use_study_split: bool
                 "use_study_split needs the number of pages: pass a Dataset or a list, not a stream"
             ) from None
         wanted = study_split(num_pages)[split]
-    samples = []
-    for page, (page_split, flags) in enumerate(_sample_flags(pages)):
-        if split is not None:
-            if wanted is not None:
-                if page not in wanted:
+
+    def pairs():
+        for page, (page_split, flags) in enumerate(_sample_flags(pages)):
+            if split is not None:
+                if wanted is not None:
+                    if page not in wanted:
+                        continue
+                elif page_split != split:
                     continue
-            elif page_split != split:
-                continue
-        samples.extend((page, section) for section, flag in enumerate(flags) if flag)
-    return samples
+            yield from ((page, section) for section, flag in enumerate(flags) if flag)
+
+    return SampleList.from_pairs(pairs())
 
 
 def page_url_index(pages) -> dict[str, int]:

@@ -38,6 +38,9 @@ CONFIG_FIELDS = {
     "text_neighbor_encoder": "text_neighbor_encoder",
     "text_neighbor_pooling": "text_neighbor_pooling",
     "text_neighbor_max_length": "text_neighbor_max_length",
+    "neighbor_bridge": "neighbor_bridge",
+    "bridge_num_latents": "bridge_num_latents",
+    "bridge_num_layers": "bridge_num_layers",
 }
 # Command-line argument -> key in processor_config.json (how inputs are built).
 PROCESSOR_FIELDS = {
@@ -50,6 +53,8 @@ PROCESSOR_FIELDS = {
     "max_source_length": "max_source_length",
     "max_target_length": "max_target_length",
     "graph_target_feature": "graph_target_feature",
+    "neighbor_bridge": "neighbor_bridge",
+    "bridge_num_latents": "bridge_num_latents",
 }
 # Settings that may legitimately differ from the run that trained the checkpoint: applied and logged.
 FREE_FIELDS = ("generation_max_new_tokens", "generation_num_beams", "no_repeat_ngram_size", "generation_config",
@@ -179,9 +184,9 @@ def read_checkpoint_design(model_name_or_path: str | None) -> CheckpointDesign |
 
 def contradictions(config: dict, processor: dict) -> list[str]:
     """Where a checkpoint's `processor_config.json` and `config.json` disagree on what they both decide: the
-    neighbour mode the processor's design needs, and (with neighbour slots) the budgets and, in self-attention, the
-    tokens per neighbour. Empty when they agree (the check `MMGLProcessor.check_model_config` makes on loaded
-    objects, here on the two files before any work)."""
+    neighbour mode the processor's design needs, and (with neighbour slots) the budgets, the bridge (and its number of
+    latents) and, in self-attention, the tokens per neighbour. Empty when they agree (the check
+    `MMGLProcessor.check_model_config` makes on loaded objects, here on the two files before any work)."""
     from processing.design_space import check_design, neighbor_mode
 
     try:
@@ -194,6 +199,12 @@ def contradictions(config: dict, processor: dict) -> list[str]:
         return [f"the processor's neighbor_encoding {processor.get('neighbor_encoding')!r} with context "
                 f"{processor.get('context')!r} needs neighbor_mode {wanted!r}, config.json has {mode!r}"]
     shared = ["max_text_neighbors", "max_image_neighbors"]
+    # Files written before the bridge switch have neither key: both mean "linear".
+    bridge = processor.get("neighbor_bridge", "linear"), config.get("neighbor_bridge", "linear")
+    if bridge[0] != bridge[1]:
+        return [f"neighbor_bridge: processor_config.json {bridge[0]!r}, config.json {bridge[1]!r}"]
+    if bridge[0] != "linear":
+        shared.append("bridge_num_latents")
     if mode == "self_attention":
         shared += ["text_neighbor_num_tokens", "image_neighbor_num_tokens"]
     shared.append("graph_target_feature")

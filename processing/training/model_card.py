@@ -116,6 +116,13 @@ def design_lines(config: dict, processor: dict | None) -> list[str]:
     if images:
         lines.append(f"- image neighbours: up to `{config.get('max_image_neighbors')}`, "
                      f"`{config.get('image_neighbor_num_tokens')}` tokens each")
+    bridge = config.get("neighbor_bridge", "linear")
+    if mode != "none" and bridge != "linear":
+        name = {"perceiver": "Perceiver Resampler (Flamingo, IDEFICS' module)",
+                "qformer": "Q-Former (BLIP-2)"}.get(bridge, bridge)
+        read = "keys and values of the cross-attention" if mode == "cross_attention" else "tokens in the sequence"
+        lines.append(f"- neighbour bridge: `{bridge}`, a {name} of `{config.get('bridge_num_layers')}` layers: every "
+                     f"example's neighbours become `{config.get('bridge_num_latents')}` {read}")
     position = config.get("position_encoding", "none")
     if mode != "none":
         detail = {"laplacian": f", `{config.get('lpe_k')}` eigenvectors",

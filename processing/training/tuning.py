@@ -1,9 +1,10 @@
 """Which parameters train for each point of the design space: the tuning method (`full`, `flamingo`, `lora`,
 `prefix`, `prompt`) applied to a model with a given neighbour encoding, and the optional first stage.
 
-Rule: every module MMGL adds on top of OPT (neighbour projectors, graph position encoding and, with `ca_e`, the
-gated cross-attention blocks) is new and randomly initialised, so it always trains, whatever adapter trains the
-language model. With peft this is `modules_to_save`; the frozen neighbour encoder never trains.
+Rule: every module MMGL adds on top of OPT (neighbour projectors, graph position encoding, the neighbour bridge
+(Perceiver Resampler / Q-Former) and, with `ca_e`, the gated cross-attention blocks) is new and randomly initialised,
+so it always trains, whatever adapter trains the language model. With peft this is `modules_to_save`; the frozen
+neighbour encoder never trains.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from processing.design_space import PEFT_TUNINGS, TUNINGS
 
 # peft matches `modules_to_save` by suffix of the full module name: these match exactly the MMGL modules.
-MMGL_MODULES = ("neighbor_projection", "position_encoding", "gated_cross_attention")
+MMGL_MODULES = ("neighbor_projection", "position_encoding", "neighbor_bridge", "gated_cross_attention")
 # OPT decoder self-attention only: a bare ["q_proj", ..., "out_proj"] list would also wrap the cross-attention
 # blocks (trained in full instead) and open_clip's attention `out_proj` inside the frozen neighbour encoder.
 LORA_TARGET_MODULES = r".*model\.decoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj"
@@ -21,7 +22,8 @@ LORA_TARGET_MODULES = r".*model\.decoder\.layers\.\d+\.self_attn\.(q|k|v|out)_pr
 
 def is_mmgl_parameter(name: str) -> bool:
     """Whether the parameter `name` (as in `model.named_parameters()`) belongs to a module MMGL adds to OPT."""
-    return name.startswith(("neighbor_projection", "position_encoding")) or "gated_cross_attention" in name
+    return (name.startswith(("neighbor_projection", "position_encoding", "neighbor_bridge"))
+            or "gated_cross_attention" in name)
 
 
 def mmgl_modules_to_save(model) -> list[str]:
@@ -51,7 +53,8 @@ def apply_tuning(model, mmgl_args, base_model_name_or_path: str | None = None):
     """Freezes / wraps `model` for `mmgl_args.tuning`; returns the model to train.
 
     - `full`: the model as built (every parameter).
-    - `flamingo` (`ca_e` only): the gated cross-attention blocks, projectors and position encoding; OPT frozen.
+    - `flamingo` (`ca_e` only): the gated cross-attention blocks, projectors, position encoding and bridge; OPT
+      frozen.
     - `lora` / `prefix` / `prompt`: the peft adapter, plus the MMGL modules as `modules_to_save`.
       `base_model_name_or_path`: where `model` itself is saved (recorded in every saved adapter's config, so
       `AutoPeftModelForCausalLM` finds the unmerged base).
@@ -108,13 +111,13 @@ def unwrap_modules_to_save(model):
 
 
 def first_stage_parameter(name: str) -> bool:
-    """Parameters the first stage trains: projectors, position encoding and (with `ca_e`) the gated
+    """Parameters the first stage trains: projectors, position encoding, the bridge and (with `ca_e`) the gated
     cross-attention blocks, which are the only path from neighbours to the LM there."""
     return is_mmgl_parameter(name)
 
 
 def run_first_stage(model, training_args, train_dataset, data_collator, steps: int, trainer_class=None):
-    """Trains only the MMGL modules (projectors, position encoding, gated cross-attention) for `steps` steps
+    """Trains only the MMGL modules (projectors, position encoding, bridge, gated cross-attention) for `steps` steps
     (output in `<output_dir>/first_stage`), then restores which parameters train, ready for the main stage.
     `trainer_class` (default `Trainer`): the main stage's, so both stages treat the inputs alike."""
     from transformers import Trainer
