@@ -9,7 +9,7 @@ is contracted and its graph neighbours become pairwise adjacent. Masked (missing
 isolated; there are no self loops.
 
 Without text slots (SA-TE: the texts are tokens of the prompt), an image node has no other slot to meet:
-its caption and its section's text are tokens, placed right before its placeholders (`sa_te_layout`). There
+its caption and its section's text are tokens, placed right before its placeholders (`token_layout`). There
 each image slot stands for its section (`images_stand_for_sections`), and the same three rules apply to
 the images' section nodes: two image slots are adjacent when (1) their images belong to the same section,
 (2) their sections are joined by section order or parent-child (page edges join the page node, never a

@@ -21,7 +21,7 @@ Duplicates: a text that repeats, or lies inside another selected text or the tar
 and its slot goes to the next candidate.
 
 Where the selected neighbours go in the sequence is not decided here: SA-TE's layout (each section's texts,
-then its images) is `sa_te_layout`.
+then its images) is `token_layout`.
 
 Cost. Candidates are produced lazily, and sections without text (or without images) are stepped over by
 bisection, so a selection costs its budgets, not the page. Cleaning duplicates walks texts deduplicated by

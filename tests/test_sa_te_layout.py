@@ -1,4 +1,4 @@
-"""The SA-TE layout (`processing.sa_te_layout`) and the SA-TE image graph, value by value: on a hand-made page
+"""The SA-TE layout (`processing.token_layout`) and the SA-TE image graph, value by value: on a hand-made page
 where several sections have images (one with a blank text, two beyond the text budget), and on a real Wikipedia
 page. Each image's placeholders must follow the text of its own section, in slot order; truncation cuts texts and
 never a placeholder."""
