@@ -29,9 +29,10 @@ Spec keys (all optional but `tables`):
   flags without dashes: the design axes (`context`, `neighbor_encoding`, `position_encoding`, `tuning`,
   `cross_attention_gating`, `neighbor_bridge`; `DESIGN_KEYS`, a column each) and any other flag of the script
   (`graph_target_feature`, `alpha_initializer`, ...): a cell naming such a flag that the script does not offer yet
-  is left out, as is one whose `requires_flag` it does not list (the neighbour bridge cells carry one). A cell may also carry `tag` (a variant such as `"oracle"`: own run
-  folders, shown in a `variant` column) and `args` (its own arguments, e.g. the oracle's data). A table's
-  `tag` names runs whose `args` differ from the shared ones, so they never share a folder with other tables.
+  is left out, as is one whose `requires_flag` it does not list (the neighbour bridge cells carry one). A cell
+  may also carry `tag` (a variant such as `"oracle"`: own run folders, shown in a `variant` column) and `args`
+  (its own arguments, e.g. the oracle's data). A table's `tag` names runs whose `args` differ from the shared
+  ones, so they never share a folder with other tables.
   `metric` is the column the table is judged on (e.g. a planted fact's `facts_right_child_section`; default
   `primary_metric`); `floor` and `ceiling` pick cells by their values (e.g. `{"context": "section_only"}`,
   `{"variant": "oracle"}`) drawn and printed with the table;
