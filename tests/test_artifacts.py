@@ -13,6 +13,13 @@ from processing.data.sample_data import generate_sample
 from tests.test_run_summarization import base_args, checkpoints
 
 TUNINGS = [("full", "sa_e"), ("lora", "sa_e"), ("prefix", "sa_e"), ("prompt", "sa_e"), ("flamingo", "ca_e")]
+# The other switches of a run, each with a tuning it can meet: bridges, the target-aware graph, open gates.
+DESIGN_CASES = [(tuning, encoding, ()) for tuning, encoding in TUNINGS] + [
+    ("full", "sa_e", ("--neighbor_bridge", "perceiver", "--bridge_num_latents", "3")),
+    ("flamingo", "ca_e", ("--neighbor_bridge", "qformer", "--bridge_num_latents", "3")),
+    ("lora", "sa_e", ("--position_encoding", "laplacian", "--graph_target_feature", "distance")),
+    ("full", "ca_e", ("--alpha_initializer", "ones")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +64,14 @@ def logits_batch(folder: Path, sample_dir: Path):
     return processor.data_collator(for_generation=True)(examples), index
 
 
-@pytest.mark.parametrize("tuning,encoding", TUNINGS)
-def test_export_pipeline_and_checkpoint_reproduce_the_run(sample_dir, tmp_path, tuning, encoding, capsys):
+@pytest.mark.parametrize("tuning,encoding,extra", DESIGN_CASES,
+                         ids=["-".join((t, e, *(x.lstrip("-") for x in extra[:2]))) for t, e, extra in DESIGN_CASES])
+def test_export_pipeline_and_checkpoint_reproduce_the_run(sample_dir, tmp_path, tuning, encoding, extra, capsys):
     from huggingface_hub import ModelCard
     from transformers import AutoModel, GenerationConfig, pipeline
 
     out = tmp_path / "run"
-    train(sample_dir, out, tuning, encoding, "--generation_num_beams", "2", "--no_repeat_ngram_size", "2")
+    train(sample_dir, out, tuning, encoding, "--generation_num_beams", "2", "--no_repeat_ngram_size", "2", *extra)
     expected = predictions(out)
     assert any(expected), "the run must predict some text for the comparisons to mean anything"
     # The Hub folder holds no Trainer checkpoint and no adapter; the checkpoints live beside it.
