@@ -26,8 +26,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from processing.data.sample_data import CITIES, COLOURS, NUMBERS, PRODUCTS, RULERS, SHAPES, YEARS
+from processing.errors import MMGLInputError
 
 OUTCOMES = ("right", "decoy", "neither")
+
+
+class FactScoringError(MMGLInputError, ValueError):
+    """A generation that cannot be scored: its page is not a generated one, or its section holds no planted fact."""
 # Every vocabulary a planted fact is drawn from; a decoy is another member of the fact's own vocabulary.
 KINDS = {
     "city": CITIES,
@@ -81,8 +86,8 @@ def page_facts(page_url: str, seed: int = 0) -> tuple[str, dict]:
     """`(page name, {section index: SummaryFact})` of a generated page, regenerated from its URL and `seed`."""
     match = GENERATED_URL.search(page_url or "")
     if match is None:
-        raise ValueError(f"page URL {page_url!r} is not a generated page's (expected '..._(controlled_N)' or "
-                         "'..._(sample_N)'): fact scoring needs the generator's pages.")
+        raise FactScoringError("not a generated page's URL (expected '..._(controlled_N)' or '..._(sample_N)'): "
+                               "fact scoring needs the generator's pages.", page=page_url, field="page_url")
     generator, index = match.group(1), int(match.group(2))
     if generator == "controlled":
         from processing.data.controlled_data import make_controlled_page as make
@@ -109,8 +114,8 @@ def score_records(records: Iterable[dict], seed: int = 0) -> dict[str, float]:
         name, facts = page_facts(record["page_url"], seed)
         fact = facts.get(int(record["section"]))
         if fact is None:
-            raise ValueError(f"page {record['page_url']!r} section {record['section']}: no planted fact there "
-                             f"(sections with facts: {sorted(facts)}).")
+            raise FactScoringError(f"no planted fact there (sections with facts: {sorted(facts)}).",
+                                   page=record["page_url"], section=int(record["section"]))
         outcome = fact_outcome(record["prediction"], fact.value, name)
         for group in ("", fact.source):
             counts.setdefault(group, dict.fromkeys(OUTCOMES, 0))[outcome] += 1
@@ -145,5 +150,5 @@ def fact_columns(sources: Sequence[str]) -> list[str]:
     return columns + ["rougeL_name_masked"]
 
 
-__all__ = ["KINDS", "OUTCOMES", "fact_columns", "fact_outcome", "kind_of", "mask_name", "page_facts", "score_records",
+__all__ = ["KINDS", "OUTCOMES", "FactScoringError", "fact_columns", "fact_outcome", "kind_of", "mask_name", "page_facts", "score_records",
            "score_run"]

@@ -13,6 +13,7 @@ import fact_scoring  # noqa: E402
 from fact_scoring import fact_outcome, mask_name, page_facts, score_records  # noqa: E402
 
 from processing.data.controlled_data import make_controlled_page  # noqa: E402
+from processing.errors import MMGLInputError  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -58,8 +59,10 @@ def _records_of_page(index):
 def test_page_facts_regenerates_the_page_from_its_url():
     url, name, facts = _records_of_page(7)
     assert page_facts(url) == (name, facts)
-    with pytest.raises(ValueError, match="not a generated page"):
+    with pytest.raises(fact_scoring.FactScoringError, match="page 'https://en.wikipedia.org/wiki/Paris', field "
+                       "'page_url': not a generated page") as caught:
         page_facts("https://en.wikipedia.org/wiki/Paris")
+    assert isinstance(caught.value, MMGLInputError) and isinstance(caught.value, ValueError)
 
 
 def test_score_records_counts_outcomes_per_source_and_masks_the_name_in_rouge():
@@ -103,5 +106,5 @@ def test_score_run_reads_the_predictions_file_and_names_bad_sections(tmp_path):
     (tmp_path / "predict_predictions.jsonl").write_text(json.dumps(good) + "\n")
     assert fact_scoring.score_run(tmp_path)["facts_neither"] == 1.0
     bad = dict(good, section=0)  # the lead section has no planted fact
-    with pytest.raises(ValueError, match="section 0: no planted fact"):
+    with pytest.raises(fact_scoring.FactScoringError, match="section 0: no planted fact"):
         score_records([bad])
