@@ -109,6 +109,13 @@ class MMGLGNNPositionEncoding(nn.Module):
         self.layers = nn.ModuleList(layer_class(dim, dim) for _ in range(config.gnn_num_layers))
         self.activation = nn.ReLU()
         self.target_distance = build_target_distance(config, dim)
+        # `from_pretrained` builds the model on the meta device, where torch_geometric's constructors draw nothing,
+        # and transformers' initialisation knows no torch_geometric layer: mark them so that the model's
+        # `_init_weights` draws them (`draw_undrawn_gnn_layer`) when the checkpoint lacks them (an OPT base has
+        # no GNN). A model built directly keeps the constructors' draws.
+        for module in self.layers.modules():
+            if hasattr(module, "reset_parameters"):
+                module.undrawn_gnn_layer = any(p.is_meta for p in module.parameters())
 
     def forward(self, node_states, node_mask, node_positions, adjacency, laplacian_eigenvectors=None,
                 laplacian_sign_seeds=None, target_distances=None):
@@ -127,6 +134,17 @@ class MMGLGNNPositionEncoding(nn.Module):
         return hidden.view(batch_size, num_nodes, dim) * real[..., None].to(hidden.dtype)
 
 
+def draw_undrawn_gnn_layer(module: nn.Module) -> None:
+    """Draws a GNN (sub)layer built on the meta device with torch_geometric's own initialisers, unless one of its
+    weights was loaded from a checkpoint. Every torch_geometric module is passed here, because transformers skips a
+    module with no weights of its own (a `SAGEConv`) and only its sublayers come."""
+    if not getattr(module, "undrawn_gnn_layer", False):
+        return
+    if not any(getattr(p, "_is_hf_initialized", False) for p in module.parameters()):
+        module.reset_parameters()
+    module.undrawn_gnn_layer = False
+
+
 POSITION_ENCODINGS = {
     "sequence": MMGLSequencePositionEncoding,
     "laplacian": MMGLLaplacianPositionEncoding,
@@ -143,6 +161,7 @@ def build_position_encoding(config: MMGLConfig, dim: int) -> nn.Module | None:
 
 __all__ = [
     "MMGLGNNPositionEncoding",
+    "draw_undrawn_gnn_layer",
     "MMGLTargetDistanceEmbedding",
     "MMGLLaplacianPositionEncoding",
     "MMGLSequencePositionEncoding",

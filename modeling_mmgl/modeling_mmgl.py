@@ -19,7 +19,7 @@ from transformers.models.idefics.perceiver import IdeficsPerceiverResampler
 
 from .configuration_mmgl import MMGLConfig
 from .cross_attention import MMGLDecoderLayer, MMGLGatedCrossAttentionBlock, MMGLNeighborKeyValues
-from .graph_position_encoding import build_position_encoding
+from .graph_position_encoding import build_position_encoding, draw_undrawn_gnn_layer
 from .neighbor_bridge import MMGLNeighborBridge
 from .neighbor_encoder import MMGLNeighborEncoder
 from .neighbor_projection import MMGLNeighborProjection
@@ -69,6 +69,7 @@ class MMGLPreTrainedModel(OPTPreTrainedModel):
             init.normal_(module.latents)
         if isinstance(module, MMGLNeighborBridge) and module.kind == "qformer":
             init.normal_(module.query_tokens, std=self.config.init_std)
+        draw_undrawn_gnn_layer(module)  # torch_geometric layers an OPT checkpoint lacks
         # open_clip's causal text mask is a non-persistent buffer: never in a checkpoint, so rebuild it on load.
         if getattr(module, "attn_mask", None) is not None and "attn_mask" in module._non_persistent_buffers_set:
             size = module.attn_mask.shape[-1]

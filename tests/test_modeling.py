@@ -100,6 +100,39 @@ def test_loads_plain_opt_checkpoint(tmp_path, mode):
         assert gates and all(float(g.abs().max()) == 0.0 for g in gates), "missing gates initialise closed"
 
 
+@pytest.mark.parametrize("gnn_type", ["gcn", "gat", "sage"])
+def test_gnn_layers_missing_from_an_opt_checkpoint_are_drawn_and_train(tmp_path, gnn_type):
+    # `from_pretrained` builds on the meta device, where torch_geometric's constructors draw nothing; the GNN an OPT
+    # base lacks once stayed uninitialised memory (NaN in the controlled study: loss NaN from the first step).
+    tiny_opt().save_pretrained(tmp_path)
+    config = MMGLConfig.from_pretrained(
+        tmp_path, neighbor_mode="self_attention", neighbor_token_id=NEIGHBOR_TOKEN, position_encoding="gnn",
+        gnn_type=gnn_type, text_neighbor_embed_dim=TEXT_DIM, image_neighbor_embed_dim=IMAGE_DIM,
+        text_neighbor_num_tokens=2, image_neighbor_num_tokens=3, max_text_neighbors=4, max_image_neighbors=3,
+    )
+    torch.manual_seed(0)
+    model = MMGLForConditionalGeneration.from_pretrained(tmp_path, config=config)
+    for name, param in model.position_encoding.layers.named_parameters():
+        assert torch.isfinite(param).all(), name
+        if name.endswith("weight"):
+            # torch_geometric's own draws: glorot (GCN, GAT) or kaiming-uniform (SAGE) bounds, never zeros.
+            fan_in, fan_out = param.shape[1], param.shape[0]
+            bound = (6 / (fan_in + fan_out)) ** 0.5 if gnn_type != "sage" else fan_in ** -0.5
+            assert 0.5 * bound < float(param.abs().max()) <= bound + 1e-6, name
+    batch = neighbor_batch(model.config)
+    loss = model(**batch, labels=labels_for(batch)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    gnn_grads = [p.grad for p in model.position_encoding.layers.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in gnn_grads) and any(g.abs().sum() > 0 for g in gnn_grads)
+
+    # Saved and loaded again, the trained GNN comes back as it was (loaded weights are never drawn again).
+    model.save_pretrained(tmp_path / "mmgl")
+    reloaded = MMGLForConditionalGeneration.from_pretrained(tmp_path / "mmgl")
+    for (name, before), after in zip(model.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(before, after), name
+
+
 def test_placeholders_receive_their_neighbours():
     model = tiny_model("self_attention", "sequence", open_gates=True)
     batch = neighbor_batch(model.config)
