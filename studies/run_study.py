@@ -859,11 +859,16 @@ def write_results_md(rows: list[dict], spec: dict, path: Path, metrics: Sequence
 LABEL_SKIPS_DEFAULT = ("cross_attention_gating", "neighbor_bridge", "graph_target_feature", "alpha_initializer")
 
 
+# Switches whose bare value says little on an axis ("false", "ones", "distance").
+LABEL_FORMATS = {"cross_attention_gating": "gating {}", "alpha_initializer": "gates start {}",
+                 "graph_target_feature": "target {}"}
+
+
 def _label(keys: Sequence[str], cell: tuple) -> str:
-    """A cell's axis label: its values, the switches' defaults left out, one per line."""
-    parts = [str(v) for k, v in zip(keys, cell) if v not in ("", None)
+    """A cell's axis label: its values on one line, the switches' defaults left out."""
+    parts = [LABEL_FORMATS.get(k, "{}").format(v) for k, v in zip(keys, cell) if v not in ("", None)
              and not (k in LABEL_SKIPS_DEFAULT and str(v).lower() == str(DESIGN[k]).lower())]
-    return "\n".join(parts) or "default"
+    return " / ".join(parts) or "default"
 
 
 def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) -> list[str]:
@@ -880,15 +885,19 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
     names = list(spec["tables"])
     columns = 2 if len(names) > 1 else 1
     grid_rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(7.5 * columns, 4.6 * grid_rows), squeeze=False)
-    for axis in axes.flat[len(names):]:
-        axis.set_visible(False)
-    for axis, name in zip(axes.flat, names):
+    panels = []
+    for name in names:
         table = spec["tables"][name]
         table_rows = [r for r in rows if name in str(r.get("tables", "")).split(";")]
         keys = table_keys(name, table_rows)
         metric = table_metric(table, table_rows, primary)
-        stats = cell_stats(table_rows, keys, metric)
+        panels.append((name, table, table_rows, keys, metric, cell_stats(table_rows, keys, metric)))
+    # Panel height grows with the cells of the fullest table, so one-line labels never overlap.
+    panel_height = max(3.6, 1.6 + 0.32 * max(len(panel[-1]) for panel in panels))
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(8.5 * columns, panel_height * grid_rows), squeeze=False)
+    for axis in axes.flat[len(names):]:
+        axis.set_visible(False)
+    for axis, (name, table, table_rows, keys, metric, stats) in zip(axes.flat, panels):
         title = f"{name}: {table.get('title', '')}".rstrip(": ")
         axis.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
         axis.set_xlabel(_short(metric) + " (mean, 95% interval over seeds)", fontsize=9)
@@ -916,7 +925,8 @@ def write_plots(rows: list[dict], spec: dict, output_dir: Path, primary: str) ->
             if value is not None:
                 axis.axvline(value.mean, color=colour, linestyle="--", linewidth=1.2, label=f"{label} {value.mean:.3f}")
         if floor is not None or ceiling is not None:
-            axis.legend(fontsize=8, loc="lower right")
+            # Below the axis, where it covers no point.
+            axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
         axis.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     paths = [output_dir / "tables.png"]

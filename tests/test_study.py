@@ -455,3 +455,10 @@ def test_table3_budget_always_holds_the_targets_child():
         assert child in select_neighbors(graph, market, "all", budget, 5).text_nodes
         missed_at_12 += child not in select_neighbors(graph, market, "all", 12, 5).text_nodes
     assert missed_at_12 > 0
+
+
+def test_plot_labels_are_one_line_and_name_their_switch():
+    keys = ("neighbor_encoding", "cross_attention_gating", "alpha_initializer", "context", "variant")
+    assert run_study._label(keys, ("ca_e", "false", "", "all", "")) == "ca_e / gating false / all"
+    assert run_study._label(keys, ("ca_e", "true", "ones", "all", "")) == "ca_e / gates start ones / all"
+    assert run_study._label(keys, ("sa_te", "true", "zeros", "section_only", "oracle")) == "sa_te / section_only / oracle"
