@@ -33,6 +33,8 @@ OUTCOMES = ("right", "decoy", "neither")
 
 class FactScoringError(MMGLInputError, ValueError):
     """A generation that cannot be scored: its page is not a generated one, or its section holds no planted fact."""
+
+
 # Every vocabulary a planted fact is drawn from; a decoy is another member of the fact's own vocabulary.
 KINDS = {
     "city": CITIES,
@@ -150,5 +152,5 @@ def fact_columns(sources: Sequence[str]) -> list[str]:
     return columns + ["rougeL_name_masked"]
 
 
-__all__ = ["KINDS", "OUTCOMES", "FactScoringError", "fact_columns", "fact_outcome", "kind_of", "mask_name", "page_facts", "score_records",
-           "score_run"]
+__all__ = ["KINDS", "OUTCOMES", "FactScoringError", "fact_columns", "fact_outcome", "kind_of", "mask_name",
+           "page_facts", "score_records", "score_run"]
