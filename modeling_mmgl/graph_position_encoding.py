@@ -141,8 +141,9 @@ def draw_undrawn_gnn_layer(module: nn.Module) -> None:
     if not getattr(module, "undrawn_gnn_layer", False):
         return
     if not any(getattr(p, "_is_hf_initialized", False) for p in module.parameters()):
-        module.reset_parameters()
-    module.undrawn_gnn_layer = False
+        module.reset_parameters()  # a conv resets its sublayers too: they need no second draw
+    for sub in module.modules():
+        sub.undrawn_gnn_layer = False
 
 
 POSITION_ENCODINGS = {
